@@ -1,0 +1,323 @@
+"""The public entry points: :func:`prune`, :class:`PruneResult`, :func:`load_pruned`."""
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from . import models
+from .causal import LABELS, min_samples
+from .data import as_tensors, check_xy
+from .descent import CSwapConfig, model_scores, progressive
+from .metrics import evaluate
+from .surgery import count_macs, count_params, remove_units
+from .units import Masker, UnitLayer, find_unit_layers
+
+METHODS = ("cswap",)
+PRUNED_FORMAT = "cswap_nb.pruned/1"
+
+
+@dataclass
+class PruneResult:
+    """What :func:`prune` returns.
+
+    ``model``: the physically smaller network; ``labels``: one row per tested unit;
+    ``summary()``: the numbers of the ``--json`` contract.
+    """
+
+    model: nn.Module
+    labels: pd.DataFrame
+    config: dict
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    seconds: float
+    layers: list[dict]
+    equivalence_max_abs_diff: float
+    calib_samples: int
+    model_name: str = "custom"
+    method: str = "cswap"
+    metric_name: str = "top1_accuracy_pct"
+    metric_before: float | None = None
+    metric_after: float | None = None
+    spec: dict | None = None
+    pruned_units: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def per_layer(self) -> pd.DataFrame:
+        """Units per layer: how many were critical/neutral/detrimental, removed and kept."""
+        rows = []
+        for layer in self.layers:
+            sub = self.labels[self.labels.layer == layer["name"]]
+            counts = sub.label.value_counts()
+            removed = len(self.pruned_units.get(layer["name"], []))
+            rows.append({"layer": layer["name"], "kind": layer["kind"], "units": layer["size"],
+                         **{lab: int(counts.get(lab, 0)) for lab in LABELS},
+                         "removed": removed, "kept": layer["size"] - removed})
+        return pd.DataFrame(rows)
+
+    @property
+    def params_removed_pct(self) -> float:
+        return 100.0 * (1 - self.params_after / self.params_before)
+
+    def summary(self) -> dict[str, Any]:
+        """The run as a JSON-able dict (the CLI's ``--json`` schema)."""
+        counts = self.labels.label.value_counts()
+        return {
+            "model": self.model_name,
+            "method": self.method,
+            "alpha": self.config.get("alpha"),
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "params_removed_pct": round(self.params_removed_pct, 3),
+            "macs_before": self.macs_before,
+            "macs_after": self.macs_after,
+            "macs_removed_pct": round(100.0 * (1 - self.macs_after / self.macs_before), 3),
+            "metric_name": self.metric_name,
+            "metric_before": self.metric_before,
+            "metric_after": self.metric_after,
+            "seconds": round(self.seconds, 3),
+            "counts": {lab: int(counts.get(lab, 0)) for lab in LABELS},
+            "per_layer": self.per_layer.to_dict(orient="records"),
+            "config": self.config,
+            "calib_samples": self.calib_samples,
+            "equivalence_max_abs_diff": self.equivalence_max_abs_diff,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Save the pruned model as a state dict plus a plain description of its shapes.
+
+        Reload with :func:`load_pruned` (``torch.load(..., weights_only=True)`` underneath).
+        """
+        if self.spec is None:
+            raise ValueError(
+                "this model's architecture cannot be described as a plain spec (supported: timm and "
+                "torchvision ResNets); save res.model.state_dict() and rebuild the model yourself"
+            )
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({
+            "format": PRUNED_FORMAT,
+            "spec": self.spec,
+            "shapes": models.shapes_of(self.model),
+            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "summary": _jsonable(self.summary()),
+        }, path)
+        return path
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "item"):
+        return obj.item()
+    return obj
+
+
+def load_pruned(path: str | Path) -> nn.Module:
+    """Rebuild a model saved by :meth:`PruneResult.save` (no pickled modules are loaded)."""
+    path = Path(path)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable cswap_nb pruned-model file (corrupt or wrong format): {exc}") from exc
+    if not isinstance(blob, dict) or blob.get("format") != PRUNED_FORMAT:
+        raise ValueError(f"{path} is not a cswap_nb pruned-model file (expected format {PRUNED_FORMAT!r})")
+    model = models.reshape_to(models.build(blob["spec"]), blob["shapes"])
+    try:
+        model.load_state_dict(blob["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: the weights do not match the described architecture: {exc}") from exc
+    return model.eval()
+
+
+def select_calibration(model: nn.Module, x: Tensor, y: Tensor, samples_per_class: int | None,
+                       seed: int = 0, min_per_class: int = 2, batch_size: int = 512) -> tuple[Tensor, Tensor]:
+    """Keep correctly classified samples, ``samples_per_class`` per class (seeded choice).
+
+    Every class present in ``y`` must keep at least ``min_per_class`` samples.
+    """
+    with torch.inference_mode():
+        pred = torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(y), batch_size)])
+    correct = pred.cpu() == y.cpu()
+    gen = torch.Generator().manual_seed(seed)
+    keep = []
+    for c in torch.unique(y).tolist():
+        idx = torch.nonzero((y.cpu() == c) & correct).flatten()
+        if len(idx) == 0:
+            raise ValueError(
+                f"class {c} has no correctly classified calibration sample "
+                f"({int((y == c).sum())} sample(s) of that class, all misclassified); "
+                "give more data for it or check the model and labels"
+            )
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        if samples_per_class is not None:
+            if len(idx) < samples_per_class:
+                warnings.warn(f"class {c}: only {len(idx)} correctly classified samples, "
+                              f"fewer than samples_per_class={samples_per_class}", stacklevel=3)
+            idx = idx[:samples_per_class]
+        if len(idx) < min_per_class:
+            raise ValueError(
+                f"class {c} has only {len(idx)} correctly classified calibration sample(s); "
+                f"the chosen test needs at least {min_per_class} per class"
+            )
+        keep.append(idx.sort().values)
+    keep = torch.cat(keep)
+    return x[keep], y[keep]
+
+
+def prune(
+    model: nn.Module,
+    calib,
+    method: str = "cswap",
+    *,
+    alpha: float = 0.05,
+    samples_per_class: int | None = 20,
+    inference: str = "per-class",
+    test: str = "welch",
+    score: str = "prob",
+    reference: str = "dense",
+    order: str = "magnitude",
+    layer_order: str = "output-to-input",
+    scope: str = "internal",
+    group_size: int = 1,
+    group_threshold: int = 0,
+    seed: int = 0,
+    eval_data=None,
+    ignored_layers: list[nn.Module] | None = None,
+    progress: bool = True,
+    callback: Callable[[dict], None] | None = None,
+    model_name: str = "custom",
+) -> PruneResult:
+    """Prune a copy of ``model`` with C-SWAP; the caller's model is never modified.
+
+    ``calib``: an ``(x, y)`` tensor pair, Dataset or DataLoader; its correctly classified
+    samples, ``samples_per_class`` per class (all of them with ``None``), form the
+    calibration set. ``eval_data``: optional held-out data; then the summary also holds
+    top-1 accuracy before and after. ``callback(record)`` is called after every tested unit.
+    Options are those of METHOD.md (see :class:`cswap_nb.descent.CSwapConfig`).
+    """
+    t_start = time.perf_counter()
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+    cfg = CSwapConfig(alpha=alpha, test=test, inference=inference, score=score, reference=reference,
+                      order=order, layer_order=layer_order, group_size=group_size,
+                      group_threshold=group_threshold, seed=seed)
+    cfg.validate()
+    need = min_samples(test, alpha)
+    if samples_per_class is not None and (not isinstance(samples_per_class, int) or samples_per_class < need):
+        raise ValueError(
+            f"samples_per_class={samples_per_class!r} is too small for the {test!r} test at alpha={alpha}: "
+            f"it needs at least {need} samples per class"
+        )
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    x, y = as_tensors(calib)
+    check_xy(x, y)
+
+    work = copy.deepcopy(model).eval()
+    params = list(work.parameters())
+    if not params:
+        raise ValueError("the model has no parameters: nothing to prune")
+    device = params[0].device
+    x, y = x.to(device), y.to(device).long()
+    try:
+        with torch.inference_mode():
+            probe = work(x[:2])
+    except Exception as exc:
+        raise ValueError(f"the model could not run on calibration inputs of shape {tuple(x.shape[1:])} "
+                         f"(per sample): {type(exc).__name__}: {exc}") from exc
+    if probe.ndim != 2:
+        raise ValueError(f"expected (N, classes) logits from the model, got shape {tuple(probe.shape)}")
+    if int(y.min()) < 0 or int(y.max()) >= probe.shape[1]:
+        raise ValueError(f"labels must lie in [0, {probe.shape[1] - 1}] for a model with {probe.shape[1]} "
+                         f"outputs; got labels from {int(y.min())} to {int(y.max())}")
+    x, y = select_calibration(work, x, y, samples_per_class, seed=seed, min_per_class=need)
+
+    example = x[:1]
+    try:
+        spec = models.describe(model)
+    except ValueError:
+        spec = None
+    params_before, macs_before = count_params(work), count_macs(work, example)
+    layers = find_unit_layers(work, example, scope=scope, ignored_layers=_same_modules(model, work, ignored_layers))
+    if not layers:
+        raise ValueError(f"the model has no prunable unit (scope={scope!r}): no conv/linear layer other than the "
+                         "classifier whose output channels can be removed")
+
+    masker = Masker(work, layers)
+    records = []
+    try:
+        total = sum(math.ceil(layer.size / (group_size if layer.size > group_threshold else 1)) for layer in layers)
+        bar = tqdm(total=total, desc=f"C-SWAP α={alpha}", unit="unit", disable=not progress, leave=True)
+        for record in progressive(work, masker, layers, x, y, cfg, scores_fn=model_scores):
+            records.append(record)
+            bar.update(1)
+            bar.set_postfix(removed=sum(r["pruned"] for r in records), refresh=False)
+            if callback is not None:
+                callback(record)
+        bar.close()
+        check_x = x[: min(len(x), 64)]
+        with torch.inference_mode():
+            masked_logits = work(check_x)
+    finally:
+        masker.remove()
+    pruned_units = masker.pruned()
+    remove_units(work, example, pruned_units)
+    with torch.inference_mode():
+        diff = float((work(check_x) - masked_logits).abs().max())
+    if diff > 1e-3:
+        warnings.warn(f"the physically pruned model differs from the masked one by up to {diff:.3g}; "
+                      "the intervention does not match removal for this architecture", stacklevel=2)
+
+    result = PruneResult(
+        model=work,
+        labels=pd.DataFrame(records),
+        config={**asdict(cfg), "samples_per_class": samples_per_class, "scope": scope},
+        params_before=params_before,
+        params_after=count_params(work),
+        macs_before=macs_before,
+        macs_after=count_macs(work, example),
+        seconds=0.0,
+        layers=[{"name": layer.name, "kind": layer.kind, "size": layer.size} for layer in layers],
+        equivalence_max_abs_diff=diff,
+        calib_samples=len(y),
+        model_name=model_name,
+        method=method,
+        spec=spec,
+        pruned_units={k: v for k, v in pruned_units.items()},
+    )
+    if eval_data is not None:
+        result.metric_before = evaluate(model, eval_data)
+        result.metric_after = evaluate(work, eval_data)
+    result.seconds = time.perf_counter() - t_start
+    return result
+
+
+def _same_modules(original: nn.Module, copy_: nn.Module, modules: list[nn.Module] | None) -> list[nn.Module]:
+    """Map modules of the caller's model onto the working copy (by qualified name)."""
+    if not modules:
+        return []
+    names = {m: n for n, m in original.named_modules()}
+    copied = dict(copy_.named_modules())
+    missing = [m for m in modules if m not in names]
+    if missing:
+        raise ValueError(f"ignored_layers: {len(missing)} module(s) are not part of the model")
+    return [copied[names[m]] for m in modules]
+
+
+__all__ = ["prune", "PruneResult", "load_pruned", "select_calibration", "UnitLayer"]

@@ -1,0 +1,213 @@
+"""Shipped checkpoints: load them (offline, verified) and retrain them from their recipe.
+
+``python -m cswap_nb.zoo train resnet18-digits`` reproduces ``data/resnet18-digits.pt``
+and records its sha256 and test accuracy in ``data/zoo.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import models
+from ..data import Dataset, load_dataset
+from ..metrics import evaluate
+
+CHECKPOINT_FORMAT = "cswap_nb.checkpoint/1"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a checkpoint is trained: SGD + Nesterov momentum, cosine schedule, random shifts."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    shift: int = 3  # random translation in pixels (zero padding)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    spec: dict
+    dataset: str
+    recipe: Recipe
+    description: str
+
+    @property
+    def file(self) -> str:
+        return f"{self.name}.pt"
+
+
+ZOO: dict[str, Entry] = {
+    "resnet18-digits": Entry(
+        name="resnet18-digits",
+        spec={"family": "timm.resnet", "block": "basic", "layers": [2, 2, 2, 2],
+              "channels": [16, 32, 64, 128], "num_classes": 10, "in_chans": 3},
+        dataset="digits32",
+        recipe=Recipe(),
+        description="timm ResNet18 (BasicBlock [2,2,2,2]) at stage widths 16/32/64/128, digits 32x32",
+    ),
+}
+
+
+def data_dir() -> Path:
+    """Where checkpoints live: ``$CSWAP_NB_DATA`` or the repository's ``data/`` folder."""
+    env = os.environ.get("CSWAP_NB_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "data"
+
+
+def manifest_path() -> Path:
+    return data_dir() / "zoo.json"
+
+
+def read_manifest() -> dict:
+    path = manifest_path()
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def names() -> list[str]:
+    return sorted(ZOO)
+
+
+def entry(name: str) -> Entry:
+    if name not in ZOO:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(names())}")
+    return ZOO[name]
+
+
+def load_checkpoint(path: str | Path, expected_sha256: str | None = None, spec: dict | None = None) -> nn.Module:
+    """Load a checkpoint file written by :func:`train` (``weights_only=True``), verified.
+
+    Raises ``ValueError`` naming the problem for a corrupt file, a sha256 mismatch, or
+    weights that do not fit the architecture.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint file {path} does not exist")
+    if expected_sha256 is not None:
+        actual = sha256_of(path)
+        if actual != expected_sha256:
+            raise ValueError(f"checkpoint {path} is corrupt or was modified: sha256 {actual} differs from the "
+                             f"recorded {expected_sha256} (retrain it with `python -m cswap_nb.zoo train NAME`)")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"checkpoint {path} is corrupt or not a torch file: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a cswap_nb checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    model = models.build(spec or blob["spec"])
+    try:
+        model.load_state_dict(blob["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"checkpoint {path} does not match the architecture {spec or blob['spec']}: {exc}") from exc
+    return model.eval()
+
+
+def load(name: str) -> tuple[nn.Module, Dataset]:
+    """A shipped checkpoint (eval mode) and the dataset splits it was trained on."""
+    e = entry(name)
+    path = data_dir() / e.file
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; rebuild it with `python -m cswap_nb.zoo train {name}`")
+    recorded = read_manifest().get(name, {}).get("sha256")
+    model = load_checkpoint(path, expected_sha256=recorded, spec=e.spec)
+    return model, load_dataset(e.dataset)
+
+
+def _shift_batch(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Random translations by up to ``shift`` pixels, filling with the background value."""
+    if shift == 0:
+        return x
+    n, _, h, w = x.shape
+    background = float(x.min())
+    padded = F.pad(x, (shift, shift, shift, shift), value=background)
+    dx = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
+    dy = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
+    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+
+
+def train(name: str, out_dir: Path | None = None, progress: bool = True) -> dict:
+    """Train a zoo entry from scratch with its recipe; write the checkpoint and manifest entry."""
+    from tqdm.auto import tqdm
+
+    e = entry(name)
+    r = e.recipe
+    torch.manual_seed(r.seed)
+    gen = torch.Generator().manual_seed(r.seed)
+    data = load_dataset(e.dataset)
+    model = models.build(e.spec)
+    opt = torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum, nesterov=True, weight_decay=r.weight_decay)
+    x, y = data.train
+    steps_per_epoch = math.ceil(len(y) / r.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r.lr, total_steps=r.epochs * steps_per_epoch)
+    t0 = time.perf_counter()
+    bar = tqdm(range(r.epochs), desc=f"train {name}", disable=not progress)
+    for _ in bar:
+        model.train()
+        perm = torch.randperm(len(y), generator=gen)
+        total = 0.0
+        for i in range(0, len(y), r.batch_size):
+            idx = perm[i : i + r.batch_size]
+            loss = F.cross_entropy(model(_shift_batch(x[idx], r.shift, gen)), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        bar.set_postfix(loss=f"{total / len(y):.4f}")
+    seconds = time.perf_counter() - t0
+    model.eval()
+    acc = evaluate(model, data.test)
+    out_dir = Path(out_dir) if out_dir else data_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / e.file
+    torch.save({"format": CHECKPOINT_FORMAT, "name": name, "spec": e.spec,
+                "state_dict": model.state_dict(), "recipe": asdict(r)}, path)
+    record = {"file": e.file, "sha256": sha256_of(path), "test_accuracy_pct": round(acc, 3),
+              "dataset": e.dataset, "train_samples": len(y), "test_samples": len(data.test.y),
+              "recipe": asdict(r), "train_seconds": round(seconds, 1),
+              "params": sum(p.numel() for p in model.parameters()),
+              "torch": torch.__version__, "description": e.description}
+    manifest_file = out_dir / "zoo.json"
+    manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
+    manifest[name] = record
+    manifest_file.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cswap_nb.zoo", description="shipped checkpoints")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="retrain a checkpoint from its recipe")
+    t.add_argument("name", choices=names())
+    t.add_argument("--out", type=Path, default=None, help="output folder (default: data/)")
+    sub.add_parser("list", help="list the shipped checkpoints")
+    args = parser.parse_args(argv)
+    if args.cmd == "train":
+        print(json.dumps(train(args.name, args.out), indent=2))
+    else:
+        manifest = read_manifest()
+        for n in names():
+            print(f"{n:20s} {manifest.get(n, {}).get('test_accuracy_pct', '?')}%  {ZOO[n].description}")
+    return 0
