@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 from . import models
 from .causal import LABELS, min_samples
 from .data import as_tensors, check_xy
-from .descent import CSwapConfig, model_scores, progressive
+from .descent import CSwapConfig, progressive
+from .engine import make_engine
 from .metrics import evaluate
 from .surgery import count_macs, count_params, remove_units
 from .units import Masker, UnitLayer, find_unit_layers
@@ -51,6 +52,7 @@ class PruneResult:
     metric_before: float | None = None
     metric_after: float | None = None
     spec: dict | None = None
+    engine: dict = field(default_factory=dict)
     pruned_units: dict[str, list[int]] = field(default_factory=dict)
 
     @property
@@ -92,6 +94,7 @@ class PruneResult:
             "config": self.config,
             "calib_samples": self.calib_samples,
             "equivalence_max_abs_diff": self.equivalence_max_abs_diff,
+            "engine": self.engine,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -197,6 +200,7 @@ def prune(
     group_size: int = 1,
     group_threshold: int = 0,
     seed: int = 0,
+    engine: str = "fast",
     eval_data=None,
     ignored_layers: list[nn.Module] | None = None,
     progress: bool = True,
@@ -210,6 +214,8 @@ def prune(
     calibration set. ``eval_data``: optional held-out data; then the summary also holds
     top-1 accuracy before and after. ``callback(record)`` is called after every tested unit.
     Options are those of METHOD.md (see :class:`cswap_nb.descent.CSwapConfig`).
+    ``engine``: ``"fast"`` caches the network before the analysed layer where the model
+    allows it (same decisions as ``"naive"``, one full forward per unit); see :mod:`cswap_nb.engine`.
     """
     t_start = time.perf_counter()
     if method not in METHODS:
@@ -260,11 +266,13 @@ def prune(
                          "classifier whose output channels can be removed")
 
     masker = Masker(work, layers)
+    scorer = make_engine(engine, work, masker, example)
     records = []
     try:
         total = sum(math.ceil(layer.size / (group_size if layer.size > group_threshold else 1)) for layer in layers)
-        bar = tqdm(total=total, desc=f"C-SWAP α={alpha}", unit="unit", disable=not progress, leave=True)
-        for record in progressive(work, masker, layers, x, y, cfg, scores_fn=model_scores):
+        bar = tqdm(total=total, desc=f"C-SWAP α={alpha}", unit="unit", disable=not progress, leave=True,
+                   mininterval=0.5)
+        for record in progressive(scorer, masker, layers, x, y, cfg):
             records.append(record)
             bar.update(1)
             bar.set_postfix(removed=sum(r["pruned"] for r in records), refresh=False)
@@ -287,7 +295,9 @@ def prune(
     result = PruneResult(
         model=work,
         labels=pd.DataFrame(records),
-        config={**asdict(cfg), "samples_per_class": samples_per_class, "scope": scope},
+        config={**asdict(cfg), "samples_per_class": samples_per_class, "scope": scope, "engine": engine},
+        engine={"name": scorer.name, "fallback": scorer.fallback,
+                "forward_equivalents": round(scorer.forward_equivalents, 3)},
         params_before=params_before,
         params_after=count_params(work),
         macs_before=macs_before,

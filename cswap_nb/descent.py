@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .causal import CRITICAL, INFERENCES, SCORES, TESTS, test_unit, true_class_scores
+from .causal import CRITICAL, INFERENCES, SCORES, TESTS, test_unit
+from .engine import FullEngine
 from .units import Masker, UnitLayer
 
 LAYER_ORDERS = ("output-to-input", "input-to-output")
@@ -52,15 +53,6 @@ class CSwapConfig:
             raise ValueError(f"group_size must be a positive integer, got {self.group_size!r}")
 
 
-def model_scores(model: nn.Module, x: Tensor, y: Tensor, score: str, batch_size: int = 512) -> Tensor:
-    """``q(x)`` for every sample, computed without autograd in batches."""
-    out = []
-    with torch.inference_mode():
-        for i in range(0, x.shape[0], batch_size):
-            out.append(true_class_scores(model(x[i : i + batch_size]), y[i : i + batch_size], score))
-    return torch.cat(out)
-
-
 def visiting_plan(layers: list[UnitLayer], cfg: CSwapConfig) -> list[tuple[UnitLayer, list[int]]]:
     """The fixed order of the progressive loop: (layer, units tested together) pairs."""
     ordered = sorted(layers, key=lambda layer: layer.position, reverse=cfg.layer_order == "output-to-input")
@@ -77,21 +69,23 @@ def visiting_plan(layers: list[UnitLayer], cfg: CSwapConfig) -> list[tuple[UnitL
 
 
 def progressive(
-    model: nn.Module,
+    engine: FullEngine,
     masker: Masker,
     layers: list[UnitLayer],
     x: Tensor,
     y: Tensor,
     cfg: CSwapConfig,
-    scores_fn: Callable[[nn.Module, Tensor, Tensor, str], Tensor] = model_scores,
 ) -> Iterator[dict]:
-    """Run C-SWAP's progressive descent; masks are left set on ``masker`` as it goes."""
-    q_ref = scores_fn(model, x, y, cfg.score)
+    """Run C-SWAP's progressive descent; masks are left set on ``masker`` as it goes.
+
+    ``engine`` computes the calibration scores of the current (masked) network.
+    """
+    q_ref = engine.scores(x, y, cfg.score)
     for step, (layer, units) in enumerate(visiting_plan(layers, cfg)):
         t0 = time.perf_counter()
         remaining = int((~masker.removed[layer.name]).sum())
         masker.set(layer.name, units, True)
-        q_removed = scores_fn(model, x, y, cfg.score)
+        q_removed = engine.scores(x, y, cfg.score, layer)
         verdict = test_unit(q_removed, q_ref, y, cfg.alpha, cfg.test, cfg.inference, cfg.score)
         note = ""
         prune = verdict.label != CRITICAL

@@ -1,0 +1,108 @@
+"""Command line: ``python -m cswap_nb {demo,prune,models}``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import zoo
+from .api import prune
+from .causal import INFERENCES, TESTS
+from .descent import UNIT_ORDERS
+
+
+def _add_prune_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--alpha", type=float, default=0.05, help="test level; larger flags more units critical (default 0.05)")
+    p.add_argument("--samples-per-class", type=int, default=20, help="calibration samples per class, k (default 20)")
+    p.add_argument("--inference", choices=INFERENCES, default="per-class")
+    p.add_argument("--order", choices=UNIT_ORDERS, default="magnitude", help="unit visiting order in a layer")
+    p.add_argument("--test", choices=TESTS, default="welch")
+    p.add_argument("--scope", choices=("internal", "all"), default="internal",
+                   help="internal: channels inside blocks; all: also residual streams as coupled units")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None, help="write the run summary as JSON here")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _table(summary: dict) -> str:
+    s = summary
+    rows = [
+        ("parameters", f"{s['params_before']:,}", f"{s['params_after']:,}", f"-{s['params_removed_pct']:.1f}%"),
+        ("MACs / image", f"{s['macs_before']:,}", f"{s['macs_after']:,}", f"-{s['macs_removed_pct']:.1f}%"),
+    ]
+    if s["metric_before"] is not None:
+        rows.append(("test accuracy %", f"{s['metric_before']:.2f}", f"{s['metric_after']:.2f}",
+                     f"{s['metric_after'] - s['metric_before']:+.2f} pts"))
+    lines = [f"{'':18s}{'before':>14s}{'after':>14s}{'change':>14s}"]
+    lines += [f"{a:18s}{b:>14s}{c:>14s}{d:>14s}" for a, b, c, d in rows]
+    counts = s["counts"]
+    lines.append(f"units tested: {sum(counts.values())}  critical {counts['critical']}  neutral {counts['neutral']}  "
+                 f"detrimental {counts['detrimental']}  |  {s['seconds']:.1f} s, {s['calib_samples']} calibration samples")
+    lines.append("")
+    header = f"{'layer':22s}{'kind':>10s}{'units':>7s}{'crit':>6s}{'neut':>6s}{'detr':>6s}{'removed':>9s}{'kept':>6s}"
+    lines.append(header)
+    for r in s["per_layer"]:
+        lines.append(f"{r['layer']:22s}{r['kind']:>10s}{r['units']:>7d}{r['critical']:>6d}{r['neutral']:>6d}"
+                     f"{r['detrimental']:>6d}{r['removed']:>9d}{r['kept']:>6d}")
+    ok = "ok" if s["equivalence_max_abs_diff"] <= 1e-4 else "MISMATCH"
+    lines.append(f"\nmasked model == physically pruned model: max |Δ logits| = {s['equivalence_max_abs_diff']:.2e} ({ok})")
+    return "\n".join(lines)
+
+
+def run_prune(args: argparse.Namespace, out: Path | None) -> dict:
+    model, data = zoo.load(args.model)
+    res = prune(model, data.calib, alpha=args.alpha, samples_per_class=args.samples_per_class,
+                inference=args.inference, order=args.order, test=args.test, scope=args.scope, seed=args.seed,
+                eval_data=data.test, progress=not args.no_progress, model_name=args.model)
+    summary = res.summary()
+    print(_table(summary))
+    if out is not None:
+        from .plots import plot_layer_labels
+
+        out.mkdir(parents=True, exist_ok=True)
+        res.save(out / "pruned.pt")
+        ax = plot_layer_labels(res)
+        ax.figure.savefig(out / "layers.png", dpi=120)
+        print(f"saved {out / 'pruned.pt'} and {out / 'layers.png'}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cswap_nb",
+                                     description="C-SWAP: causal one-shot structured pruning, no fine-tuning")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    demo = sub.add_parser("demo", help="prune the shipped ResNet18 on digits with C-SWAP (alpha=0.05)")
+    demo.add_argument("--out", type=Path, default=Path("cswap_demo_out"), help="folder for pruned.pt and the figure")
+    demo.add_argument("--json", type=Path, default=None)
+    demo.add_argument("--no-progress", action="store_true")
+    p = sub.add_parser("prune", help="prune a shipped checkpoint with C-SWAP")
+    p.add_argument("--model", required=True, help=f"one of: {', '.join(zoo.names())}")
+    p.add_argument("--out", type=Path, default=None, help="folder for pruned.pt and the figure")
+    _add_prune_options(p)
+    sub.add_parser("models", help="list the shipped checkpoints")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.cmd == "models":
+            manifest = zoo.read_manifest()
+            for name in zoo.names():
+                acc = manifest.get(name, {}).get("test_accuracy_pct", "?")
+                print(f"{name:20s} test accuracy {acc}%  {zoo.ZOO[name].description}")
+            return 0
+        if args.cmd == "demo":
+            defaults = argparse.Namespace(model="resnet18-digits", alpha=0.05, samples_per_class=20,
+                                          inference="per-class", order="magnitude", test="welch", scope="internal",
+                                          seed=0, json=args.json, no_progress=args.no_progress)
+            print("C-SWAP demo: shipped ResNet18 (timm, reduced width) on scikit-learn's digits, alpha=0.05")
+            run_prune(defaults, args.out)
+            return 0
+        run_prune(args, args.out)
+        return 0
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

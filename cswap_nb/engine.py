@@ -1,0 +1,154 @@
+"""How the scores ``q(x)`` of the calibration set are computed for each tested unit.
+
+* :class:`FullEngine` (``engine="naive"``): one full forward pass over the calibration
+  set per tested unit.
+* :class:`PrefixEngine` (``engine="fast"``): the network is split into a sequence of
+  parts (stem layers, residual blocks, head). While one unit layer is analysed only its
+  own masks change, so the input of the first part that contains one of its mask points
+  is computed once and cached; each candidate then runs only the rest of the network.
+  The cache is keyed by the mask state of every other layer, so it is recomputed
+  whenever the network before that part changes. Models whose forward cannot be split
+  this way fall back to full passes; :attr:`PrefixEngine.fallback` says why.
+
+Both produce bit-identical scores up to float reassociation inside a part (the same
+modules run on the same inputs); decisions are compared by ``python -m cswap_nb bench``.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .causal import true_class_scores
+from .units import Masker, UnitLayer
+
+Part = tuple[str, Callable[[Tensor], Tensor], list[str]]  # (name, function, module names inside)
+
+
+def sequential_parts(model: nn.Module) -> list[Part] | None:
+    """Split a timm/torchvision ResNet into stem layers, residual blocks and head."""
+    names = {m: n for n, m in model.named_modules()}
+
+    def part(name: str, module: nn.Module) -> Part:
+        prefix = names[module]
+        inside = [n for n in names.values() if n == prefix or n.startswith(prefix + ".")]
+        return name, module, inside
+
+    stages = [getattr(model, f"layer{i}", None) for i in range(1, 5)]
+    if any(s is None or not isinstance(s, nn.Sequential) for s in stages):
+        return None
+    if not all(hasattr(model, a) for a in ("conv1", "bn1", "maxpool", "fc")):
+        return None
+    act = getattr(model, "act1", None) or getattr(model, "relu", None)
+    if act is None:
+        return None
+    parts = [part("conv1", model.conv1), part("bn1", model.bn1), part(names[act], act), part("maxpool", model.maxpool)]
+    for s in stages:
+        parts.extend(part(names[b], b) for b in s)
+    if hasattr(model, "forward_head"):  # timm
+        head_modules = [n for n in names.values() if n.startswith(("global_pool", "fc", "head_drop"))]
+        parts.append(("head", model.forward_head, head_modules))
+    elif hasattr(model, "avgpool"):  # torchvision
+        parts.append(("head", lambda x: model.fc(torch.flatten(model.avgpool(x), 1)), ["avgpool", "fc"]))
+    else:
+        return None
+    return parts
+
+
+class FullEngine:
+    """One full forward pass per evaluation."""
+
+    name = "naive"
+    fallback: str | None = None
+
+    def __init__(self, model: nn.Module, masker: Masker, batch_size: int = 512):
+        self.model, self.masker, self.batch_size = model, masker, batch_size
+        self.forward_equivalents = 0.0
+
+    def scores(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer | None = None) -> Tensor:
+        out = []
+        with torch.inference_mode():
+            for i in range(0, x.shape[0], self.batch_size):
+                out.append(true_class_scores(self.model(x[i : i + self.batch_size]), y[i : i + self.batch_size], score))
+        self.forward_equivalents += 1.0
+        return torch.cat(out)
+
+
+class PrefixEngine(FullEngine):
+    """Cache the input of the first part touched by the layer under analysis."""
+
+    name = "fast"
+
+    def __init__(self, model: nn.Module, masker: Masker, example: Tensor, batch_size: int = 512):
+        super().__init__(model, masker, batch_size)
+        self.parts = sequential_parts(model)
+        self.fallback = None if self.parts is not None else f"{type(model).__name__} is not a supported sequence of parts"
+        self._cache: tuple | None = None
+        self._cost: list[float] = []
+        if self.parts is not None:
+            self._check(example)
+        if self.parts is not None:
+            self._cost = self._part_costs(example)
+            self._part_of = {}
+            for i, (_, _, inside) in enumerate(self.parts):
+                for n in inside:
+                    self._part_of.setdefault(n, i)
+
+    def _run(self, x: Tensor, start: int, stop: int | None = None) -> Tensor:
+        for _, fn, _ in self.parts[start:stop]:
+            x = fn(x)
+        return x
+
+    def _check(self, example: Tensor) -> None:
+        with torch.inference_mode():
+            ref = self.model(example)
+            got = self._run(example, 0)
+        if got.shape != ref.shape or not torch.allclose(got, ref, atol=1e-5, rtol=1e-4):
+            self.parts, self.fallback = None, "the split forward does not reproduce model(x)"
+
+    def _part_costs(self, example: Tensor) -> list[float]:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        costs, h = [], example
+        with torch.inference_mode():
+            for _, fn, _ in self.parts:
+                with FlopCounterMode(display=False) as counter:
+                    h = fn(h)
+                costs.append(float(counter.get_total_flops()))
+        total = sum(costs) or 1.0
+        return [c / total for c in costs]
+
+    def start_of(self, layer: UnitLayer) -> int:
+        return min(self._part_of.get(n, 0) for n in layer.points)
+
+    def scores(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer | None = None) -> Tensor:
+        if self.parts is None or layer is None:
+            return super().scores(x, y, score)
+        start = self.start_of(layer)
+        if start == 0:
+            return super().scores(x, y, score)
+        state = tuple((name, tuple(mask.nonzero().flatten().tolist()))
+                      for name, mask in self.masker.removed.items() if name != layer.name)
+        key = (layer.name, start, state, x.data_ptr(), x.shape[0])
+        with torch.inference_mode():
+            if self._cache is None or self._cache[0] != key:
+                hidden = [self._run(x[i : i + self.batch_size], 0, start)
+                          for i in range(0, x.shape[0], self.batch_size)]
+                self._cache = (key, hidden)
+                self.forward_equivalents += sum(self._cost[:start])
+            hidden = self._cache[1]
+            out = []
+            for j, i in enumerate(range(0, x.shape[0], self.batch_size)):
+                # a copy: a part may work in place on its input, the cache must survive it
+                logits = self._run(hidden[j].clone(), start)
+                out.append(true_class_scores(logits, y[i : i + self.batch_size], score))
+        self.forward_equivalents += sum(self._cost[start:])
+        return torch.cat(out)
+
+def make_engine(kind: str, model: nn.Module, masker: Masker, example: Tensor) -> FullEngine:
+    if kind == "naive":
+        return FullEngine(model, masker)
+    if kind == "fast":
+        return PrefixEngine(model, masker, example)
+    raise ValueError(f"engine must be 'fast' or 'naive', got {kind!r}")
