@@ -52,6 +52,7 @@ class PruneResult:
     metric_before: float | None = None
     metric_after: float | None = None
     spec: dict | None = None
+    analysis_seconds: float = 0.0
     engine: dict = field(default_factory=dict)
     pruned_units: dict[str, list[int]] = field(default_factory=dict)
 
@@ -89,6 +90,7 @@ class PruneResult:
             "metric_before": self.metric_before,
             "metric_after": self.metric_after,
             "seconds": round(self.seconds, 3),
+            "analysis_seconds": round(self.analysis_seconds, 3),
             "counts": {lab: int(counts.get(lab, 0)) for lab in LABELS},
             "per_layer": self.per_layer.to_dict(orient="records"),
             "config": self.config,
@@ -268,6 +270,7 @@ def prune(
     masker = Masker(work, layers)
     scorer = make_engine(engine, work, masker, example)
     records = []
+    t_analysis = time.perf_counter()
     try:
         total = sum(math.ceil(layer.size / (group_size if layer.size > group_threshold else 1)) for layer in layers)
         bar = tqdm(total=total, desc=f"C-SWAP α={alpha}", unit="unit", disable=not progress, leave=True,
@@ -279,6 +282,7 @@ def prune(
             if callback is not None:
                 callback(record)
         bar.close()
+        analysis_seconds = time.perf_counter() - t_analysis
         check_x = x[: min(len(x), 64)]
         with torch.inference_mode():
             masked_logits = work(check_x)
@@ -309,6 +313,7 @@ def prune(
         model_name=model_name,
         method=method,
         spec=spec,
+        analysis_seconds=analysis_seconds,
         pruned_units={k: v for k, v in pruned_units.items()},
     )
     if eval_data is not None:

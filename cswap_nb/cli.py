@@ -1,4 +1,4 @@
-"""Command line: ``python -m cswap_nb {demo,prune,models}``."""
+"""Command line: ``python -m cswap_nb {demo,prune,models,bench}``."""
 from __future__ import annotations
 
 import argparse
@@ -85,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="folder for pruned.pt and the figure")
     _add_prune_options(p)
     sub.add_parser("models", help="list the shipped checkpoints")
+    b = sub.add_parser("bench", help="naive vs fast analysis engine, dense vs pruned latency")
+    b.add_argument("--model", default="resnet18-digits", help=f"one of: {', '.join(zoo.names())}")
+    b.add_argument("--rounds", type=int, default=2, help="alternating rounds per engine (median is reported)")
+    b.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
     try:
@@ -93,6 +97,15 @@ def main(argv: list[str] | None = None) -> int:
             for name in zoo.names():
                 acc = manifest.get(name, {}).get("test_accuracy_pct", "?")
                 print(f"{name:20s} test accuracy {acc}%  {zoo.ZOO[name].description}")
+            return 0
+        if args.cmd == "bench":
+            from .bench import format_report, run
+
+            report = run(args.model, rounds=args.rounds)
+            print(format_report(report))
+            if args.json is not None:
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(report, indent=2) + "\n")
             return 0
         if args.cmd == "demo":
             defaults = argparse.Namespace(model="resnet18-digits", alpha=0.05, samples_per_class=20,
