@@ -1,0 +1,54 @@
+"""The command line: the demo's outputs and the JSON contract of DESIGN.md."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import torch
+
+import cswap_nb as cs
+from cswap_nb.cli import main
+
+JSON_KEYS = {"model", "method", "alpha", "params_before", "params_after", "params_removed_pct", "macs_before",
+             "macs_after", "metric_name", "metric_before", "metric_after", "seconds", "counts", "per_layer"}
+
+
+def test_demo_end_to_end(tmp_path):
+    out, js = tmp_path / "out", tmp_path / "demo.json"
+    proc = subprocess.run([sys.executable, "-m", "cswap_nb", "demo", "--no-progress", "--out", str(out),
+                           "--json", str(js)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "masked model == physically pruned model" in proc.stdout and "(ok)" in proc.stdout
+    s = json.loads(js.read_text())
+    assert JSON_KEYS <= set(s)
+    assert s["model"] == "resnet18-digits" and s["method"] == "cswap" and s["alpha"] == 0.05
+    assert set(s["counts"]) == {"critical", "neutral", "detrimental"}
+    assert sum(s["counts"].values()) == sum(r["units"] for r in s["per_layer"])
+    assert s["params_after"] < s["params_before"] and s["macs_after"] <= s["macs_before"]
+    assert abs(s["params_removed_pct"] - 100 * (1 - s["params_after"] / s["params_before"])) < 1e-2
+    assert s["equivalence_max_abs_diff"] <= 1e-4
+    # the saved model: weights_only loading, same size, and the accuracy the summary reports
+    blob = torch.load(out / "pruned.pt", weights_only=True)
+    assert blob["format"] == "cswap_nb.pruned/1"
+    model = cs.load_pruned(out / "pruned.pt")
+    assert sum(p.numel() for p in model.parameters()) == s["params_after"]
+    _, data = cs.zoo.load("resnet18-digits")
+    assert abs(cs.evaluate(model, data.test) - s["metric_after"]) < 1e-9
+    assert (out / "layers.png").stat().st_size > 10_000
+
+
+def test_prune_unknown_model_lists_known_ones(capsys):
+    assert main(["prune", "--model", "resnet1000-nothing"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'resnet1000-nothing'" in err and "resnet18-digits" in err
+
+
+def test_prune_bad_alpha_is_a_clear_error(capsys):
+    assert main(["prune", "--model", "resnet18-digits", "--alpha", "1.5", "--no-progress"]) == 2
+    assert "alpha must be a number strictly between 0 and 1" in capsys.readouterr().err
+
+
+def test_models_lists_the_zoo(capsys):
+    assert main(["models"]) == 0
+    assert "resnet18-digits" in capsys.readouterr().out

@@ -1,0 +1,97 @@
+"""The fast (prefix-caching) engine must take exactly the decisions of the naive one."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models.resnet import Bottleneck, ResNet
+
+import cswap_nb as cs
+from cswap_nb.bench import bench_engines
+from cswap_nb.engine import FullEngine, PrefixEngine, sequential_parts
+from cswap_nb.units import Masker, find_unit_layers
+
+COLS = ["layer", "unit", "label", "pruned"]
+
+
+def own_labels(model: nn.Module, n: int = 60, seed: int = 0):
+    """Random images labelled with the model's own prediction: every sample is 'correct'."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        y = model.eval()(x).argmax(1)
+    keep = torch.isin(y, torch.tensor([c for c in y.unique().tolist() if int((y == c).sum()) >= 4]))
+    return x[keep], y[keep]
+
+
+def small_torchvision_bottleneck() -> nn.Module:
+    torch.manual_seed(1)
+    model = ResNet(Bottleneck, [1, 1, 1, 1], num_classes=3, width_per_group=8).eval()
+    with torch.no_grad():  # a less degenerate random network: spread the BN statistics
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return model
+
+
+@pytest.mark.parametrize("which", ["timm-resnet18-digits", "torchvision-bottleneck"])
+def test_fast_and_naive_engines_take_identical_decisions(which, zoo_model):
+    if which == "timm-resnet18-digits":  # with the coupled residual streams
+        model, (x, y), k, scope = zoo_model, cs.data.load_digits().train, 5, "all"
+    else:  # Bottleneck blocks: two internal layers per block
+        model = small_torchvision_bottleneck()
+        x, y = own_labels(model)
+        k, scope = 4, "internal"
+    kwargs = dict(samples_per_class=k, progress=False, scope=scope)
+    fast = cs.prune(model, (x, y), engine="fast", **kwargs)
+    naive = cs.prune(model, (x, y), engine="naive", **kwargs)
+    assert fast.engine["fallback"] is None
+    assert fast.labels[COLS].equals(naive.labels[COLS])
+    assert (fast.labels.p_lower - naive.labels.p_lower).abs().max() < 1e-6
+    # the fast engine really skipped work
+    assert fast.engine["forward_equivalents"] < naive.engine["forward_equivalents"]
+    assert naive.engine["forward_equivalents"] == len(naive.labels) + 1
+
+
+def test_prefix_engine_scores_equal_full_passes_with_masks_everywhere(zoo_model):
+    work = copy.deepcopy(zoo_model)
+    x, y = cs.data.load_digits().train
+    x, y = x[:40], y[:40]
+    layers = find_unit_layers(work, x[:1], scope="all")
+    masker = Masker(work, layers)
+    engine = PrefixEngine(work, masker, x[:1])
+    g = torch.Generator().manual_seed(0)
+    try:
+        for layer in layers:  # masks spread over the whole network, then one layer analysed
+            masker.set(layer.name, torch.randperm(layer.size, generator=g)[: layer.size // 3], True)
+        for layer in layers:
+            fast = engine.scores(x, y, "prob", layer)
+            full = FullEngine.scores(engine, x, y, "prob")
+            assert torch.allclose(fast, full, atol=1e-6), layer.name
+    finally:
+        masker.remove()
+
+
+def test_unsupported_model_falls_back_to_full_passes():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    assert sequential_parts(model) is None
+    x = torch.randn(90, 6)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    res = cs.prune(model, (x, y), samples_per_class=None, progress=False)
+    assert res.engine["fallback"] and "not a supported" in res.engine["fallback"]
+    assert res.engine["forward_equivalents"] == len(res.labels) + 1
+
+
+def test_bench_reports_identical_labels_and_a_ratio():
+    model = small_torchvision_bottleneck()
+    x, y = own_labels(model)
+    out = bench_engines(model, (x, y), rounds=1, samples_per_class=4)
+    out.pop("_result")
+    assert out["identical_labels"] is True
+    assert out["speedup"] > 0 and out["matmul_gflops"] > 0
+    assert out["fast"]["forward_equivalents"] < out["naive"]["forward_equivalents"]
