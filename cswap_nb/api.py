@@ -23,7 +23,6 @@ from .metrics import evaluate
 from .surgery import count_macs, count_params, remove_units
 from .units import Masker, UnitLayer, find_unit_layers
 
-METHODS = ("cswap",)
 PRUNED_FORMAT = "cswap_nb.pruned/1"
 
 
@@ -62,7 +61,7 @@ class PruneResult:
         rows = []
         for layer in self.layers:
             sub = self.labels[self.labels.layer == layer["name"]]
-            counts = sub.label.value_counts()
+            counts = sub.label.value_counts() if "label" in sub else {}
             removed = len(self.pruned_units.get(layer["name"], []))
             rows.append({"layer": layer["name"], "kind": layer["kind"], "units": layer["size"],
                          **{lab: int(counts.get(lab, 0)) for lab in LABELS},
@@ -75,7 +74,7 @@ class PruneResult:
 
     def summary(self) -> dict[str, Any]:
         """The run as a JSON-able dict (the CLI's ``--json`` schema)."""
-        counts = self.labels.label.value_counts()
+        counts = self.labels.label.value_counts() if "label" in self.labels else {}
         return {
             "model": self.model_name,
             "method": self.method,
@@ -203,30 +202,52 @@ def prune(
     group_threshold: int = 0,
     seed: int = 0,
     engine: str = "fast",
+    ratio: float | None = None,
+    params: int | None = None,
+    counts: dict[str, int] | None = None,
     eval_data=None,
     ignored_layers: list[nn.Module] | None = None,
     progress: bool = True,
     callback: Callable[[dict], None] | None = None,
     model_name: str = "custom",
 ) -> PruneResult:
-    """Prune a copy of ``model`` with C-SWAP; the caller's model is never modified.
+    """Prune a copy of ``model``; the caller's model is never modified.
+
+    ``method="cswap"`` (default) runs C-SWAP's progressive causal descent; the amount
+    pruned is an outcome of ``alpha``, ``samples_per_class`` and ``test``.
+    ``method=`` a criterion of :data:`cswap_nb.criteria.CRITERIA` (``"l1"``, ``"taylor"``, ...)
+    ranks the same units once and prunes to a target: ``ratio=`` (fraction of units,
+    global ranking), ``params=`` (parameter count to reach) or ``counts=`` (units per layer).
+    ``method="greedy"`` re-tests every remaining unit before each removal (``ratio=`` or
+    ``params=``; O(U^2) passes, for small models).
 
     ``calib``: an ``(x, y)`` tensor pair, Dataset or DataLoader; its correctly classified
     samples, ``samples_per_class`` per class (all of them with ``None``), form the
     calibration set. ``eval_data``: optional held-out data; then the summary also holds
-    top-1 accuracy before and after. ``callback(record)`` is called after every tested unit.
+    top-1 accuracy before and after. ``callback(record)`` is called after every step.
     Options are those of METHOD.md (see :class:`cswap_nb.descent.CSwapConfig`).
     ``engine``: ``"fast"`` caches the network before the analysed layer where the model
     allows it (same decisions as ``"naive"``, one full forward per unit); see :mod:`cswap_nb.engine`.
     """
+    from .criteria import CRITERIA, Cost, score_units
+    from .descent import greedy, rank_and_prune
+
     t_start = time.perf_counter()
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+    methods = ("cswap", "greedy", *CRITERIA)
+    if method not in methods:
+        raise ValueError(f"method must be one of {list(methods)}, got {method!r}")
     cfg = CSwapConfig(alpha=alpha, test=test, inference=inference, score=score, reference=reference,
                       order=order, layer_order=layer_order, group_size=group_size,
                       group_threshold=group_threshold, seed=seed)
     cfg.validate()
-    need = min_samples(test, alpha)
+    targets = {k: v for k, v in (("ratio", ratio), ("params", params), ("counts", counts)) if v is not None}
+    if method == "cswap" and targets:
+        raise ValueError(f"C-SWAP's compression is an outcome of alpha, not a target; drop {sorted(targets)}")
+    if method != "cswap" and len(targets) != 1:
+        raise ValueError(f"method {method!r} needs exactly one target: ratio=, params= or counts=; got {sorted(targets) or 'none'}")
+    if method == "greedy" and counts is not None:
+        raise ValueError("greedy takes ratio= or params=, not counts=")
+    need = min_samples(test, alpha) if method == "cswap" else 1
     if samples_per_class is not None and (not isinstance(samples_per_class, int) or samples_per_class < need):
         raise ValueError(
             f"samples_per_class={samples_per_class!r} is too small for the {test!r} test at alpha={alpha}: "
@@ -238,10 +259,10 @@ def prune(
     check_xy(x, y)
 
     work = copy.deepcopy(model).eval()
-    params = list(work.parameters())
-    if not params:
+    params_list = list(work.parameters())
+    if not params_list:
         raise ValueError("the model has no parameters: nothing to prune")
-    device = params[0].device
+    device = params_list[0].device
     x, y = x.to(device), y.to(device).long()
     try:
         with torch.inference_mode():
@@ -266,22 +287,48 @@ def prune(
     if not layers:
         raise ValueError(f"the model has no prunable unit (scope={scope!r}): no conv/linear layer other than the "
                          "classifier whose output channels can be removed")
+    template = copy.deepcopy(work)  # never masked: criteria score it, candidate cuts are counted on copies
+
+    def params_after(cut: dict[str, list[int]]) -> int:
+        return count_params(remove_units(copy.deepcopy(template), example, cut))
 
     masker = Masker(work, layers)
     scorer = make_engine(engine, work, masker, example)
-    records = []
+    records: list[dict] = []
+    cost = Cost()
     t_analysis = time.perf_counter()
     try:
-        total = sum(math.ceil(layer.size / (group_size if layer.size > group_threshold else 1)) for layer in layers)
-        bar = tqdm(total=total, desc=f"C-SWAP α={alpha}", unit="unit", disable=not progress, leave=True,
-                   mininterval=0.5)
-        for record in progressive(scorer, masker, layers, x, y, cfg):
-            records.append(record)
-            bar.update(1)
-            bar.set_postfix(removed=sum(r["pruned"] for r in records), refresh=False)
-            if callback is not None:
-                callback(record)
-        bar.close()
+        if method in ("cswap", "greedy"):
+            if method == "cswap":
+                total = sum(math.ceil(layer.size / (group_size if layer.size > group_threshold else 1))
+                            for layer in layers)
+                steps = progressive(scorer, masker, layers, x, y, cfg)
+            else:
+                n_units = sum(layer.size for layer in layers)
+                total = round(ratio * n_units) if ratio is not None else None
+                steps = greedy(scorer, masker, layers, x, y, total if total is not None else n_units, score)
+            desc = f"C-SWAP α={alpha}" if method == "cswap" else "greedy descent"
+            bar = tqdm(total=total, desc=desc, unit="unit", disable=not progress, leave=True, mininterval=0.5)
+            for record in steps:
+                records.append(record)
+                bar.update(1)
+                bar.set_postfix(removed=sum(r["pruned"] for r in records), refresh=False)
+                if callback is not None:
+                    callback(record)
+                if method == "greedy" and params is not None and params_after(masker.pruned()) <= params:
+                    break
+            bar.close()
+            cost.forward_passes = scorer.forward_equivalents
+        else:
+            scores = score_units(method, template, layers, x, y, seed=seed, cost=cost)
+            cut = rank_and_prune(scores, layers, ratio=ratio, params=params, counts=counts, params_after=params_after)
+            for layer in layers:
+                chosen = set(cut.get(layer.name, []))
+                if chosen:
+                    masker.set(layer.name, sorted(chosen), True)
+                for unit in range(layer.size):
+                    records.append({"layer": layer.name, "kind": layer.kind, "unit": unit, "label": None,
+                                    "score": float(scores[layer.name][unit]), "pruned": unit in chosen})
         analysis_seconds = time.perf_counter() - t_analysis
         check_x = x[: min(len(x), 64)]
         with torch.inference_mode():
@@ -296,12 +343,17 @@ def prune(
         warnings.warn(f"the physically pruned model differs from the masked one by up to {diff:.3g}; "
                       "the intervention does not match removal for this architecture", stacklevel=2)
 
+    config = {**asdict(cfg), "samples_per_class": samples_per_class, "scope": scope, "engine": engine}
+    if method != "cswap":
+        config = {"samples_per_class": samples_per_class, "scope": scope, "seed": seed, "ratio": ratio,
+                  "params": params, "counts": counts}
     result = PruneResult(
         model=work,
         labels=pd.DataFrame(records),
-        config={**asdict(cfg), "samples_per_class": samples_per_class, "scope": scope, "engine": engine},
+        config=config,
         engine={"name": scorer.name, "fallback": scorer.fallback,
-                "forward_equivalents": round(scorer.forward_equivalents, 3)},
+                "forward_equivalents": round(scorer.forward_equivalents, 3),
+                "forward_passes": round(cost.forward_passes, 3), "backward_passes": round(cost.backward_passes, 3)},
         params_before=params_before,
         params_after=count_params(work),
         macs_before=macs_before,

@@ -1,16 +1,20 @@
-"""Search strategies. Here: C-SWAP's progressive (ranked) descent, as a step generator.
+"""Search strategies (METHOD.md section 1): progressive descent (C-SWAP), rank-and-prune, greedy.
 
-Each unit is visited once, in a fixed order (layers from the output towards the input,
-weakest L1 filter norm first inside a layer), and tested *on the current, already
-pruned network*: Neutral/Detrimental units stay removed at once, Critical ones are
-restored. The generator yields one record per tested unit so a notebook can plot live,
-a widget can update and a test can inspect every decision.
+* :func:`progressive` (C-SWAP): each unit is visited once, in a fixed order (layers from
+  the output towards the input, weakest L1 filter norm first inside a layer), and tested
+  *on the current, already pruned network*: Neutral/Detrimental units stay removed at
+  once, Critical ones are restored. O(U) forward passes.
+* :func:`rank_and_prune`: score every unit once (a criterion), rank, cut to a target.
+* :func:`greedy`: re-test every remaining unit before each removal. O(U^2) passes.
+
+The iterative strategies are generators yielding one record per step, so a notebook can
+plot live, a widget can update and a test can inspect every decision.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -111,3 +115,119 @@ def progressive(
             "note": note,
             "seconds": time.perf_counter() - t0,
         }
+
+
+def normalise_per_layer(scores: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Divide each layer's scores by their L2 norm so that a global ranking compares layers fairly."""
+    return {name: s / (s.norm() + 1e-12) for name, s in scores.items()}
+
+
+def global_order(scores: dict[str, Tensor], layers: list[UnitLayer]) -> list[tuple[str, int]]:
+    """All (layer, unit) pairs from least to most important under per-layer-normalised scores.
+
+    The strongest unit of each layer is left out: a layer never loses its last unit.
+    """
+    norm = normalise_per_layer(scores)
+    pairs = []
+    for layer in layers:
+        order = torch.argsort(norm[layer.name], stable=True).tolist()
+        pairs.extend((float(norm[layer.name][u]), layer.position, layer.name, u) for u in order[:-1])
+    pairs.sort(key=lambda p: (p[0], -p[1], p[3]))
+    return [(name, unit) for _, _, name, unit in pairs]
+
+
+def take(order: list[tuple[str, int]], n: int) -> dict[str, list[int]]:
+    """The first ``n`` units of a global order, grouped by layer."""
+    out: dict[str, list[int]] = {}
+    for name, unit in order[:n]:
+        out.setdefault(name, []).append(unit)
+    return out
+
+
+def per_layer_counts(scores: dict[str, Tensor], counts: dict[str, int]) -> dict[str, list[int]]:
+    """Remove the ``counts[layer]`` lowest-scored units of each layer (C-SWAP's allocation, say)."""
+    out = {}
+    for name, k in counts.items():
+        k = min(int(k), len(scores[name]) - 1)
+        if k > 0:
+            out[name] = torch.argsort(scores[name], stable=True)[:k].tolist()
+    return out
+
+
+def rank_and_prune(
+    scores: dict[str, Tensor],
+    layers: list[UnitLayer],
+    *,
+    ratio: float | None = None,
+    params: int | None = None,
+    counts: dict[str, int] | None = None,
+    params_after: Callable[[dict[str, list[int]]], int] | None = None,
+) -> dict[str, list[int]]:
+    """Classical XAI pruning: rank once, cut to a target. Exactly one target:
+
+    ``ratio``: fraction of all units removed (global ranking, per-layer normalised scores);
+    ``params``: the global cut whose pruned network's parameter count is closest to
+    ``params`` (needs ``params_after``, which counts a candidate cut; binary search);
+    ``counts``: per-layer counts (lowest-scored units of each layer).
+    """
+    given = [t is not None for t in (ratio, params, counts)]
+    if sum(given) != 1:
+        raise ValueError("rank_and_prune needs exactly one target: ratio=, params= or counts=")
+    if counts is not None:
+        return per_layer_counts(scores, counts)
+    order = global_order(scores, layers)
+    if ratio is not None:
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"ratio must lie in [0, 1], got {ratio!r}")
+        total = sum(layer.size for layer in layers)
+        return take(order, min(len(order), round(ratio * total)))
+    if params_after is None:
+        raise ValueError("params= needs params_after, a function counting the parameters of a cut")
+    lo, hi = 0, len(order)  # params_after(take(order, n)) decreases with n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if params_after(take(order, mid)) > params:
+            lo = mid + 1
+        else:
+            hi = mid
+    # lo: the smallest cut reaching the budget; the one before may be closer
+    best = lo
+    if lo > 0 and abs(params_after(take(order, lo - 1)) - params) < abs(params_after(take(order, lo)) - params):
+        best = lo - 1
+    return take(order, best)
+
+
+def greedy(
+    engine: FullEngine,
+    masker: Masker,
+    layers: list[UnitLayer],
+    x: Tensor,
+    y: Tensor,
+    n_remove: int,
+    score: str = "prob",
+) -> Iterator[dict]:
+    """Greedy descent: before each removal re-test every remaining unit, remove the least harmful.
+
+    Harm is the drop of the mean true-class score against the dense network. Costs
+    about ``U`` forward passes per removal, ``O(U^2)`` in all: the reference that the
+    progressive descent relaxes, affordable only on small models.
+    """
+    q_dense = engine.scores(x, y, score)
+    for step in range(n_remove):
+        t0 = time.perf_counter()
+        best = None
+        for layer in layers:
+            alive = (~masker.removed[layer.name]).nonzero().flatten().tolist()
+            if len(alive) <= 1:
+                continue
+            for unit in alive:
+                masker.set(layer.name, [unit], True)
+                effect = float((engine.scores(x, y, score, layer) - q_dense).mean())
+                masker.set(layer.name, [unit], False)
+                if best is None or effect > best[0]:
+                    best = (effect, layer.name, unit)
+        if best is None:
+            return
+        masker.set(best[1], [best[2]], True)
+        yield {"step": step, "layer": best[1], "unit": best[2], "effect": best[0], "pruned": True,
+               "seconds": time.perf_counter() - t0}

@@ -31,6 +31,7 @@ class UnitLayer:
     ``kind``: ``"internal"`` (one producer) or ``"coupled"`` (several, e.g. a residual stream);
     ``points``: module name -> channel index per unit, where the mask is applied;
     ``magnitude``: L1 norm of each unit's filters summed over producers (visiting order);
+    ``magnitude_l2``: L2 norm of each unit's filters over all producers;
     ``position``: execution index of the anchor in a forward pass (layer order).
     """
 
@@ -41,6 +42,7 @@ class UnitLayer:
     magnitude: Tensor
     position: int
     producers: list[str] = field(default_factory=list)
+    magnitude_l2: Tensor | None = None
 
 
 def _channel_dim(module: nn.Module) -> int:
@@ -147,18 +149,20 @@ def _layer_from_group(group, graph, names, order) -> UnitLayer | None:
             points[names[mod]] = per_unit
     if not points:
         return None
-    magnitude = torch.zeros(size)
+    magnitude, squares = torch.zeros(size), torch.zeros(size)
     for item in group:
         mod = item.dep.target.module
         if mod in producers and _is_out_pruning(item.dep):
-            w = mod.weight.detach()
-            l1 = w.abs().reshape(w.shape[0], -1).sum(1)
+            w = mod.weight.detach().reshape(mod.weight.shape[0], -1)
+            l1, sq = w.abs().sum(1), w.pow(2).sum(1)
             for idx, root_idx in zip(item.idxs, item.root_idxs):
                 magnitude[int(root_idx)] += l1[int(idx)]
+                squares[int(root_idx)] += sq[int(idx)]
     kind = "internal" if len(producers) == 1 else "coupled"
     return UnitLayer(
         name=names[root], kind=kind, size=size, points=points, magnitude=magnitude,
         position=order.get(root, len(order)), producers=[names[p] for p in producers],
+        magnitude_l2=squares.sqrt(),
     )
 
 

@@ -1,0 +1,364 @@
+"""Rank-and-prune criteria: one importance score per unit, higher = more important.
+
+Every criterion scores exactly the units C-SWAP tests (the :class:`~cswap_nb.units.UnitLayer`
+groups) and returns ``{layer name: tensor of shape (layer.size,)}``. Activation-based
+criteria read the unit's output where C-SWAP's mask acts (after BatchNorm); for a coupled
+unit (a residual stream channel) the scores of all its mask points are summed.
+
+| name | what it measures |
+|---|---|
+| ``l1`` / ``l2`` | norm of the unit's filters, summed over the group's producers |
+| ``random`` | a seeded random score (the floor any criterion must beat) |
+| ``bn-scale`` | ``|gamma|`` of the BatchNorm(s) after the unit (network slimming) |
+| ``activation`` | mean ``|activation|`` over samples and positions |
+| ``taylor`` | first-order Taylor: ``|sum over positions of activation x gradient|`` of the loss, mean over samples |
+| ``gradxact`` | Captum ``LayerGradientXActivation`` on the true-class logit, ``|sum over positions|``, mean over samples |
+| ``conductance`` | Captum ``LayerConductance`` (true-class logit, zero input baseline), same reduction |
+| ``ig`` | Captum ``LayerIntegratedGradients`` (true-class logit, zero input baseline), same reduction |
+| ``ablation`` | Captum ``LayerFeatureAblation``: drop of the true-class probability when the unit is zeroed, mean over samples, no statistical test |
+| ``lrp`` | zennit LRP (EpsilonPlusFlat) relevance at the unit, with a ResNet canonizer |
+
+LRP needs a canonizer for the residual additions (Captum's LRP is wrong on residual
+networks): torchvision ResNets use zennit's ``ResNetCanonizer``; timm's BasicBlock /
+Bottleneck use :class:`TimmResNetCanonizer` below. Other models raise a clear error.
+"""
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .units import UnitLayer
+
+Scores = dict[str, Tensor]
+
+
+@dataclass
+class Cost:
+    """Work done by a criterion, in passes over the calibration set."""
+
+    forward_passes: float = 0.0
+    backward_passes: float = 0.0
+    seconds: float = 0.0
+
+
+@contextmanager
+def count_passes(model: nn.Module, n_samples: int, cost: Cost):
+    """Count samples through ``model``'s forward and backward, as passes over ``n_samples``."""
+    def fwd(module, inputs, output):
+        cost.forward_passes += inputs[0].shape[0] / n_samples
+        if output.requires_grad:
+            output.register_hook(lambda g: _add_backward(cost, g.shape[0] / n_samples))
+
+    handle = model.register_forward_hook(fwd)
+    try:
+        yield cost
+    finally:
+        handle.remove()
+
+
+def _add_backward(cost: Cost, passes: float) -> None:
+    cost.backward_passes += passes
+
+
+def _modules(model: nn.Module) -> dict[str, nn.Module]:
+    return dict(model.named_modules())
+
+
+def _no_inplace(model: nn.Module) -> nn.Module:
+    """A copy whose activations do not work in place (hooks and attributions need the outputs intact)."""
+    model = copy.deepcopy(model).eval()
+    for m in model.modules():
+        if hasattr(m, "inplace"):
+            m.inplace = False
+    return model
+
+
+def _gather(layer: UnitLayer, per_point: dict[str, Tensor]) -> Tensor:
+    """Sum per-channel scores of every mask point onto the layer's units."""
+    out = torch.zeros(layer.size)
+    for name, per_unit in layer.points.items():
+        out += per_point[name][per_unit].detach().float().cpu()
+    return out
+
+
+def _reduce(attr: Tensor) -> Tensor:
+    """(N, C, *positions) attribution -> (C,): |sum over positions|, mean over samples."""
+    if attr.ndim > 2:
+        attr = attr.flatten(2).sum(2)
+    return attr.abs().mean(0)
+
+
+def score_l1(model, layers, x=None, y=None, **_) -> Scores:
+    return {layer.name: layer.magnitude.clone() for layer in layers}
+
+
+def score_l2(model, layers, x=None, y=None, **_) -> Scores:
+    return {layer.name: layer.magnitude_l2.clone() for layer in layers}
+
+
+def score_random(model, layers, x=None, y=None, seed: int = 0, **_) -> Scores:
+    g = torch.Generator().manual_seed(seed)
+    return {layer.name: torch.rand(layer.size, generator=g) for layer in layers}
+
+
+def score_bn_scale(model, layers, x=None, y=None, **_) -> Scores:
+    modules = _modules(model)
+    out = {}
+    for layer in layers:
+        bns = {n: modules[n].weight.detach().abs() for n in layer.points
+               if isinstance(modules[n], nn.modules.batchnorm._NormBase) and modules[n].weight is not None}
+        if not bns:
+            raise ValueError(f"bn-scale: layer {layer.name} is not followed by an affine BatchNorm")
+        out[layer.name] = _gather(UnitLayer(layer.name, layer.kind, layer.size,
+                                            {n: layer.points[n] for n in bns}, layer.magnitude, layer.position),
+                                  bns)
+    return out
+
+
+def _activations(model: nn.Module, layers: list[UnitLayer], x: Tensor, y: Tensor, grad: bool, cost: Cost,
+                 batch_size: int = 256) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Per-channel sums over the calibration set of |a| and |sum_pos a*dL/da| at every mask point."""
+    model = _no_inplace(model)
+    modules = _modules(model)
+    names = sorted({n for layer in layers for n in layer.points})
+    acts: dict[str, Tensor] = {}
+    mean_abs = {n: 0.0 for n in names}
+    taylor = {n: 0.0 for n in names}
+
+    def hook(name):
+        def fn(module, inputs, output):
+            acts[name] = output
+            if grad:
+                output.retain_grad()
+        return fn
+
+    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
+    try:
+        with count_passes(model, len(y), cost):
+            for i in range(0, len(y), batch_size):
+                xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+                with torch.set_grad_enabled(grad):
+                    logits = model(xb)
+                    if grad:
+                        model.zero_grad(set_to_none=True)
+                        F.cross_entropy(logits, yb, reduction="sum").backward()
+                for n in names:
+                    a = acts[n].detach()
+                    mean_abs[n] = mean_abs[n] + (a.flatten(2).abs().mean(2) if a.ndim > 2 else a.abs()).sum(0)
+                    if grad:
+                        ag = a * acts[n].grad
+                        taylor[n] = taylor[n] + (ag.flatten(2).sum(2) if ag.ndim > 2 else ag).abs().sum(0)
+    finally:
+        for h in handles:
+            h.remove()
+    return ({n: v / len(y) for n, v in mean_abs.items()}, {n: v / len(y) for n, v in taylor.items()})
+
+
+def score_activation(model, layers, x, y, cost: Cost | None = None, **_) -> Scores:
+    acts, _ = _activations(model, layers, x, y, grad=False, cost=cost or Cost())
+    return {layer.name: _gather(layer, acts) for layer in layers}
+
+
+def score_taylor(model, layers, x, y, cost: Cost | None = None, **_) -> Scores:
+    _, taylor = _activations(model, layers, x, y, grad=True, cost=cost or Cost())
+    return {layer.name: _gather(layer, taylor) for layer in layers}
+
+
+def _captum(kind: str, model, layers, x, y, cost: Cost | None = None, n_steps: int = 8, batch_size: int = 128,
+            **_) -> Scores:
+    """Captum layer attributions at every mask point, reduced to one score per channel.
+
+    Gradient x activation and integrated gradients attribute to all points in one call
+    (Captum accepts a list of layers); conductance and feature ablation go point by point.
+    """
+    from captum.attr import LayerConductance, LayerFeatureAblation, LayerGradientXActivation, LayerIntegratedGradients
+
+    cost = cost or Cost()
+    model = _no_inplace(model)
+    modules = _modules(model)
+    names = sorted({n for layer in layers for n in layer.points})
+    mods = [modules[n] for n in names]
+    totals: dict[str, Tensor] = {n: torch.zeros(0) for n in names}
+
+    def add(name: str, per_channel: Tensor) -> None:
+        totals[name] = per_channel if totals[name].numel() == 0 else totals[name] + per_channel
+
+    def probs(inp):
+        return model(inp).softmax(1)
+
+    with count_passes(model, len(y), cost):
+        for i in range(0, len(y), batch_size):
+            xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+            zero = torch.zeros_like(xb)
+            if kind in ("gradxact", "ig"):
+                if kind == "gradxact":
+                    attrs = LayerGradientXActivation(model, mods).attribute(xb, target=yb)
+                else:
+                    attrs = LayerIntegratedGradients(model, mods).attribute(
+                        xb, baselines=zero, target=yb, n_steps=n_steps, internal_batch_size=n_steps * len(yb))
+                for n, a in zip(names, attrs):
+                    add(n, _reduce(a.detach()) * len(yb))
+                continue
+            for n, mod in zip(names, mods):
+                if kind == "conductance":
+                    a = LayerConductance(model, mod).attribute(xb, baselines=zero, target=yb, n_steps=n_steps,
+                                                               internal_batch_size=n_steps * len(yb))
+                    add(n, _reduce(a.detach()) * len(yb))
+                else:  # ablation: zero one channel at a time (Captum groups channels by layer_mask)
+                    with torch.no_grad():
+                        o = _layer_output(mod, xb[:1], model)
+                        mask = torch.arange(o.shape[1]).reshape(1, o.shape[1], *([1] * (o.ndim - 2)))
+                        a = LayerFeatureAblation(probs, mod).attribute(xb, target=yb, layer_mask=mask,
+                                                                       layer_baselines=0.0, perturbations_per_eval=8)
+                    a = a.flatten(2).mean(2) if a.ndim > 2 else a  # the same value at every position
+                    add(n, a.sum(0))
+    return {layer.name: _gather(layer, {n: v / len(y) for n, v in totals.items()}) for layer in layers}
+
+
+def _layer_output(mod: nn.Module, example: Tensor, model: nn.Module) -> Tensor:
+    out = {}
+    h = mod.register_forward_hook(lambda m, i, o: out.setdefault("o", o))
+    try:
+        model(example)
+    finally:
+        h.remove()
+    return out["o"]
+
+
+class TimmResNetCanonizer:
+    """Makes timm's BasicBlock/Bottleneck residual sum visible to zennit's LRP rules.
+
+    Built on zennit's ``AttributeCanonizer``: each block's ``forward`` is replaced by one
+    that adds the shortcut through a ``zennit.layer.Sum`` module (so the sum rule splits
+    relevance proportionally), plus BatchNorm merging into the preceding convolution.
+    """
+
+    def __new__(cls):
+        from zennit.canonizers import AttributeCanonizer, CompositeCanonizer, SequentialMergeBatchNorm
+        from zennit.layer import Sum
+
+        def forward(self, x):
+            shortcut = x
+            out = self.conv1(x)
+            out = self.bn1(out)
+            out = self.act1(out)
+            if hasattr(self, "conv3"):
+                out = self.conv2(out)
+                out = self.bn2(out)
+                out = self.act2(out)
+                out = self.conv3(out)
+                out = self.bn3(out)
+                last_act = self.act3
+            else:
+                out = self.conv2(out)
+                out = self.bn2(out)
+                last_act = self.act2
+            if self.downsample is not None:
+                shortcut = self.downsample(shortcut)
+            out = self.canonizer_sum(torch.stack([shortcut, out], dim=-1))
+            return last_act(out)
+
+        def attribute_map(name, module):
+            from timm.models.resnet import BasicBlock, Bottleneck
+
+            if isinstance(module, (BasicBlock, Bottleneck)):
+                return {"forward": forward.__get__(module), "canonizer_sum": Sum()}
+            return None
+
+        return CompositeCanonizer((SequentialMergeBatchNorm(), AttributeCanonizer(attribute_map)))
+
+
+def _lrp_canonizers(model: nn.Module) -> list:
+    from torchvision.models.resnet import ResNet as TvResNet
+
+    try:
+        from timm.models.resnet import ResNet as TimmResNet
+    except ImportError:  # pragma: no cover
+        TimmResNet = ()
+    if isinstance(model, TvResNet):
+        from zennit.torchvision import ResNetCanonizer
+
+        return [ResNetCanonizer()]
+    if isinstance(model, TimmResNet):
+        blocks = [m for m in model.modules() if type(m).__name__ in ("BasicBlock", "Bottleneck")]
+        for b in blocks:
+            extras = [getattr(b, a, None) for a in ("drop_block", "aa", "se", "drop_path")]
+            if any(e is not None and not isinstance(e, nn.Identity) for e in extras):
+                raise ValueError("lrp: timm ResNet blocks with drop-block, anti-aliasing, SE or drop-path are not "
+                                 "supported by TimmResNetCanonizer")
+        return [TimmResNetCanonizer()]
+    raise ValueError(f"lrp is available for torchvision and timm ResNets only (zennit canonizers); got "
+                     f"{type(model).__name__}. Captum's LRP is not used: it is wrong on residual networks.")
+
+
+def score_lrp(model, layers, x, y, cost: Cost | None = None, batch_size: int = 128, **_) -> Scores:
+    from zennit.composites import EpsilonPlusFlat
+
+    cost = cost or Cost()
+    model = _no_inplace(model)
+    canonizers = _lrp_canonizers(model)
+    modules = _modules(model)
+    names = sorted({n for layer in layers for n in layer.points})
+    acts: dict[str, Tensor] = {}
+    totals = {n: 0.0 for n in names}
+
+    def hook(name):
+        def fn(module, inputs, output):
+            output.retain_grad()
+            acts[name] = output
+        return fn
+
+    composite = EpsilonPlusFlat(canonizers=canonizers)
+    with composite.context(model) as modified, count_passes(model, len(y), cost):
+        handles = [modules[n].register_forward_hook(hook(n)) for n in names]
+        try:
+            for i in range(0, len(y), batch_size):
+                xb = x[i : i + batch_size].clone().requires_grad_(True)
+                yb = y[i : i + batch_size]
+                out = modified(xb)
+                seed = torch.zeros_like(out).scatter_(1, yb[:, None], 1.0) * out.detach()
+                out.backward(seed)
+                for n in names:
+                    rel = (acts[n] * acts[n].grad).detach()  # relevance at the unit (gradient x input rule)
+                    rel = rel.flatten(2).sum(2) if rel.ndim > 2 else rel
+                    totals[n] = totals[n] + rel.abs().sum(0)
+                model.zero_grad(set_to_none=True)
+        finally:
+            for h in handles:
+                h.remove()
+    return {layer.name: _gather(layer, {n: v / len(y) for n, v in totals.items()}) for layer in layers}
+
+
+CRITERIA: dict[str, Callable[..., Scores]] = {
+    "l1": score_l1,
+    "l2": score_l2,
+    "random": score_random,
+    "bn-scale": score_bn_scale,
+    "activation": score_activation,
+    "taylor": score_taylor,
+    "gradxact": lambda *a, **k: _captum("gradxact", *a, **k),
+    "conductance": lambda *a, **k: _captum("conductance", *a, **k),
+    "ig": lambda *a, **k: _captum("ig", *a, **k),
+    "ablation": lambda *a, **k: _captum("ablation", *a, **k),
+    "lrp": score_lrp,
+}
+
+
+def score_units(criterion: str, model: nn.Module, layers: list[UnitLayer], x: Tensor, y: Tensor,
+                seed: int = 0, cost: Cost | None = None) -> Scores:
+    """Scores of every unit under ``criterion`` (see the table in the module docstring)."""
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown criterion {criterion!r}; known: {', '.join(CRITERIA)}")
+    import time
+
+    cost = cost if cost is not None else Cost()
+    t0 = time.perf_counter()
+    scores = CRITERIA[criterion](model, layers, x, y, seed=seed, cost=cost)
+    cost.seconds += time.perf_counter() - t0
+    return scores
