@@ -53,6 +53,7 @@ class PruneResult:
     spec: dict | None = None
     analysis_seconds: float = 0.0
     engine: dict = field(default_factory=dict)
+    scores: dict | None = None
     pruned_units: dict[str, list[int]] = field(default_factory=dict)
 
     @property
@@ -205,6 +206,7 @@ def prune(
     ratio: float | None = None,
     params: int | None = None,
     counts: dict[str, int] | None = None,
+    scores: dict[str, Tensor] | None = None,
     eval_data=None,
     ignored_layers: list[nn.Module] | None = None,
     progress: bool = True,
@@ -219,7 +221,8 @@ def prune(
     ranks the same units once and prunes to a target: ``ratio=`` (fraction of units,
     global ranking), ``params=`` (parameter count to reach) or ``counts=`` (units per layer).
     ``method="greedy"`` re-tests every remaining unit before each removal (``ratio=`` or
-    ``params=``; O(U^2) passes, for small models).
+    ``params=``; O(U^2) passes, for small models). ``scores=`` reuses a criterion's
+    scores from an earlier result (``res.scores``) instead of computing them again.
 
     ``calib``: an ``(x, y)`` tensor pair, Dataset or DataLoader; its correctly classified
     samples, ``samples_per_class`` per class (all of them with ``None``), form the
@@ -320,7 +323,8 @@ def prune(
             bar.close()
             cost.forward_passes = scorer.forward_equivalents
         else:
-            scores = score_units(method, template, layers, x, y, seed=seed, cost=cost)
+            if scores is None:
+                scores = score_units(method, template, layers, x, y, seed=seed, cost=cost)
             cut = rank_and_prune(scores, layers, ratio=ratio, params=params, counts=counts, params_after=params_after)
             for layer in layers:
                 chosen = set(cut.get(layer.name, []))
@@ -367,6 +371,7 @@ def prune(
         spec=spec,
         analysis_seconds=analysis_seconds,
         pruned_units={k: v for k, v in pruned_units.items()},
+        scores=scores if method not in ("cswap", "greedy") else None,
     )
     if eval_data is not None:
         result.metric_before = evaluate(model, eval_data)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m cswap_nb {demo,prune,models,bench}``."""
+"""Command line: ``python -m cswap_nb {demo,prune,compare,models,bench}``."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +9,7 @@ from pathlib import Path
 from . import zoo
 from .api import prune
 from .causal import INFERENCES, TESTS
+from .criteria import CRITERIA
 from .descent import UNIT_ORDERS
 
 
@@ -72,6 +73,38 @@ def run_prune(args: argparse.Namespace, out: Path | None) -> dict:
     return summary
 
 
+def _floats(text: str | None) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()] if text else []
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from .compare import compare, table
+    from .plots import plot_accuracy_vs_removed
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m != "cswap" and m not in CRITERIA]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; known: cswap, {', '.join(CRITERIA)}")
+    model, data = zoo.load(args.model)
+    records = compare(model, data, methods, alpha=args.alpha, samples_per_class=args.samples_per_class,
+                      per_layer=args.per_layer, ratios=_floats(args.grid), alphas=_floats(args.alphas),
+                      model_name=args.model, progress=not args.no_progress)
+    print(table(records))
+    if args.per_layer:
+        print("\nat C-SWAP's per-layer unit counts:")
+        print(table(records, "same-per-layer-counts"))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(records, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    if args.plot is not None:
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        ax = plot_accuracy_vs_removed([r for r in records if r["budget"] != "same-per-layer-counts"])
+        ax.figure.savefig(args.plot, dpi=120)
+        print(f"wrote {args.plot}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cswap_nb",
                                      description="C-SWAP: causal one-shot structured pruning, no fine-tuning")
@@ -85,6 +118,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="folder for pruned.pt and the figure")
     _add_prune_options(p)
     sub.add_parser("models", help="list the shipped checkpoints")
+    c = sub.add_parser("compare", help="C-SWAP vs rank-and-prune criteria at the same parameter count")
+    c.add_argument("--model", required=True, help=f"one of: {', '.join(zoo.names())}")
+    c.add_argument("--methods", default="cswap,l1,l2,random,bn-scale,activation,taylor,gradxact,ablation,lrp",
+                   help="comma-separated: cswap and any of " + ", ".join(CRITERIA))
+    c.add_argument("--alpha", type=float, default=0.05)
+    c.add_argument("--samples-per-class", type=int, default=20)
+    c.add_argument("--per-layer", action="store_true", help="also prune each baseline to C-SWAP's per-layer counts")
+    c.add_argument("--grid", default=None, help="comma-separated unit ratios for curves, e.g. 0.2,0.4,0.6")
+    c.add_argument("--alphas", default=None, help="comma-separated extra alphas for C-SWAP points, e.g. 0.5,0.01")
+    c.add_argument("--json", type=Path, default=None)
+    c.add_argument("--plot", type=Path, default=None)
+    c.add_argument("--no-progress", action="store_true")
     b = sub.add_parser("bench", help="naive vs fast analysis engine, dense vs pruned latency")
     b.add_argument("--model", default="resnet18-digits", help=f"one of: {', '.join(zoo.names())}")
     b.add_argument("--rounds", type=int, default=2, help="alternating rounds per engine (median is reported)")
@@ -98,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                 acc = manifest.get(name, {}).get("test_accuracy_pct", "?")
                 print(f"{name:20s} test accuracy {acc}%  {zoo.ZOO[name].description}")
             return 0
+        if args.cmd == "compare":
+            return run_compare(args)
         if args.cmd == "bench":
             from .bench import format_report, run
 

@@ -46,3 +46,24 @@ def plot_layer_labels(result, ax: Axes | None = None) -> Axes:
                  fontsize=10)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8, frameon=False)
     return ax
+
+
+def plot_accuracy_vs_removed(records: list[dict], ax: Axes | None = None) -> Axes:
+    """Test metric after pruning vs % of parameters removed, one series per method.
+
+    The dense model's metric is the dashed line (the poster's Figure 2 layout).
+    """
+    ax = ax or _new_ax((7, 4.5))
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    for m in methods:
+        pts = sorted((r["params_removed_pct"], r["metric_after"]) for r in records if r["method"] == m)
+        style = dict(marker="*", markersize=13, color="#c53030", zorder=5) if m == "cswap" else dict(marker="o")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label="C-SWAP" if m == "cswap" else m,
+                linestyle="-" if len(pts) > 1 else "none", **style)
+    dense = records[0]["metric_before"]
+    ax.axhline(dense, linestyle="--", color="black", linewidth=1, label="original model")
+    ax.set_xlabel("parameters removed (%)")
+    ax.set_ylabel(f"test {records[0]['metric_name'].replace('_pct', '').replace('_', ' ')} (%)")
+    ax.set_title(f"{records[0]['model']}: one-shot pruning, no fine-tuning", fontsize=10)
+    ax.legend(fontsize=8, frameon=False, loc="lower left", ncol=2)
+    return ax
