@@ -27,13 +27,17 @@ Part = tuple[str, Callable[[Tensor], Tensor], list[str]]  # (name, function, mod
 
 
 def sequential_parts(model: nn.Module) -> list[Part] | None:
-    """Split a timm/torchvision ResNet into stem layers, residual blocks and head."""
+    """Split a model into parts run one after the other: the children of an ``nn.Sequential``,
+    or a timm/torchvision ResNet's stem layers, residual blocks and head. None if unknown."""
     names = {m: n for n, m in model.named_modules()}
 
     def part(name: str, module: nn.Module) -> Part:
         prefix = names[module]
         inside = [n for n in names.values() if n == prefix or n.startswith(prefix + ".")]
         return name, module, inside
+
+    if isinstance(model, nn.Sequential):
+        return [part(names[child], child) for child in model]
 
     stages = [getattr(model, f"layer{i}", None) for i in range(1, 5)]
     if any(s is None or not isinstance(s, nn.Sequential) for s in stages):

@@ -50,6 +50,17 @@ def resnet_digits(depth: int = 18, channels: tuple[int, ...] = (16, 32, 64, 128)
                   "channels": list(channels), "num_classes": num_classes})
 
 
+def mlp(in_features: int, hidden: tuple[int, ...], num_classes: int) -> nn.Module:
+    """Flatten -> (Linear -> ReLU) per hidden width -> Linear classifier."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = in_features
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
 def describe(model: nn.Module) -> Spec:
     """A plain description from which :func:`build` re-creates the same module tree.
 

@@ -75,9 +75,23 @@ def test_prefix_engine_scores_equal_full_passes_with_masks_everywhere(zoo_model)
         masker.remove()
 
 
+class TwoLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_sequential_models_are_split_into_their_children():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
+    assert [name for name, _, _ in sequential_parts(model)] == ["0", "1", "2", "3"]
+
+
 def test_unsupported_model_falls_back_to_full_passes():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    model = TwoLayer().eval()
     assert sequential_parts(model) is None
     x = torch.randn(90, 6)
     with torch.no_grad():

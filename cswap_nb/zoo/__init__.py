@@ -8,34 +8,20 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import models
 from ..data import Dataset, load_dataset
 from ..metrics import evaluate
+from ..training import Recipe, fit
 
 CHECKPOINT_FORMAT = "cswap_nb.checkpoint/1"
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How a checkpoint is trained: SGD + Nesterov momentum, cosine schedule, random shifts."""
-
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    shift: int = 3  # random translation in pixels (zero padding)
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -135,49 +121,16 @@ def load(name: str) -> tuple[nn.Module, Dataset]:
     return model, load_dataset(e.dataset)
 
 
-def _shift_batch(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
-    """Random translations by up to ``shift`` pixels, filling with the background value."""
-    if shift == 0:
-        return x
-    n, _, h, w = x.shape
-    background = float(x.min())
-    padded = F.pad(x, (shift, shift, shift, shift), value=background)
-    dx = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
-    dy = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
-    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
-
-
 def train(name: str, out_dir: Path | None = None, progress: bool = True) -> dict:
     """Train a zoo entry from scratch with its recipe; write the checkpoint and manifest entry."""
-    from tqdm.auto import tqdm
-
     e = entry(name)
     r = e.recipe
     torch.manual_seed(r.seed)
-    gen = torch.Generator().manual_seed(r.seed)
     data = load_dataset(e.dataset)
     model = models.build(e.spec)
-    opt = torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum, nesterov=True, weight_decay=r.weight_decay)
-    x, y = data.train
-    steps_per_epoch = math.ceil(len(y) / r.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r.lr, total_steps=r.epochs * steps_per_epoch)
     t0 = time.perf_counter()
-    bar = tqdm(range(r.epochs), desc=f"train {name}", disable=not progress)
-    for _ in bar:
-        model.train()
-        perm = torch.randperm(len(y), generator=gen)
-        total = 0.0
-        for i in range(0, len(y), r.batch_size):
-            idx = perm[i : i + r.batch_size]
-            loss = F.cross_entropy(model(_shift_batch(x[idx], r.shift, gen)), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        bar.set_postfix(loss=f"{total / len(y):.4f}")
+    fit(model, data.train, r, desc=f"train {name}", progress=progress)
     seconds = time.perf_counter() - t0
-    model.eval()
     acc = evaluate(model, data.test)
     out_dir = Path(out_dir) if out_dir else data_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -185,7 +138,7 @@ def train(name: str, out_dir: Path | None = None, progress: bool = True) -> dict
     torch.save({"format": CHECKPOINT_FORMAT, "name": name, "spec": e.spec,
                 "state_dict": model.state_dict(), "recipe": asdict(r)}, path)
     record = {"file": e.file, "sha256": sha256_of(path), "test_accuracy_pct": round(acc, 3),
-              "dataset": e.dataset, "train_samples": len(y), "test_samples": len(data.test.y),
+              "dataset": e.dataset, "train_samples": len(data.train.y), "test_samples": len(data.test.y),
               "recipe": asdict(r), "train_seconds": round(seconds, 1),
               "params": sum(p.numel() for p in model.parameters()),
               "torch": torch.__version__, "description": e.description}
