@@ -67,3 +67,107 @@ def plot_accuracy_vs_removed(records: list[dict], ax: Axes | None = None) -> Axe
     ax.set_title(f"{records[0]['model']}: one-shot pruning, no fine-tuning", fontsize=10)
     ax.legend(fontsize=8, frameon=False, loc="lower left", ncol=2)
     return ax
+
+
+def plot_unit_scores(effects, unit: int, ax: Axes | None = None) -> Axes:
+    """Per class: the true-class scores of the calibration samples with (left) and without (right) one unit."""
+    import numpy as np
+
+    ax = ax or _new_ax((8, 3.8))
+    i = effects.units.index(unit)
+    y = effects.y.numpy()
+    classes = sorted(np.unique(y).tolist())
+    rng = np.random.default_rng(0)
+    for k, c in enumerate(classes):
+        idx = np.flatnonzero(y == c)
+        for offset, values, colour in ((-0.18, effects.q_ref.numpy()[idx], "#2b6cb0"),
+                                       (0.18, effects.q_removed[i].numpy()[idx], "#e53e3e")):
+            ax.scatter(k + offset + rng.uniform(-0.06, 0.06, len(idx)), values, s=8, color=colour, alpha=0.7)
+            ax.hlines(values.mean(), k + offset - 0.12, k + offset + 0.12, color="black", linewidth=1.2)
+    ax.set_xticks(range(len(classes)), [str(c) for c in classes])
+    ax.set_xlabel("class")
+    ax.set_ylabel("true-class score q(x)")
+    ax.scatter([], [], color="#2b6cb0", label="dense model")
+    ax.scatter([], [], color="#e53e3e", label=f"unit {unit} removed")
+    ax.legend(fontsize=8, frameon=False)
+    ax.set_title(f"{effects.layer}, unit {unit}: scores per class (bars: means)", fontsize=10)
+    return ax
+
+
+def plot_pvalues(table, unit: int, alpha: float, test: str = "welch", ax: Axes | None = None) -> Axes:
+    """Per-class one-sided p-values of one unit, on a log scale, with the level α."""
+    ax = ax or _new_ax((7, 3.5))
+    sub = table[(table.unit == unit) & (table.test == test)]
+    k = range(len(sub))
+    ax.bar([i - 0.2 for i in k], sub.p_lower.clip(lower=1e-16), width=0.4, color=LABEL_COLOURS["critical"],
+           label="removal lowers q")
+    ax.bar([i + 0.2 for i in k], sub.p_raise.clip(lower=1e-16), width=0.4, color=LABEL_COLOURS["detrimental"],
+           label="removal raises q")
+    ax.axhline(alpha, linestyle="--", color="black", linewidth=1, label=f"α = {alpha}")
+    ax.set_yscale("log")
+    ax.set_xticks(list(k), [str(c) for c in sub["class"]])
+    ax.set_xlabel("class")
+    ax.set_ylabel("p-value")
+    ax.set_title(f"unit {unit}, {test} test: a p-value below α in any class decides", fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
+    return ax
+
+
+def plot_labels_vs_alpha(counts, test: str = "welch", ax: Axes | None = None) -> Axes:
+    """How many units of a layer each label gets as α varies (stacked, log-scale α)."""
+    ax = ax or _new_ax((6.5, 3.8))
+    sub = counts[counts.test == test].sort_values("alpha")
+    ax.stackplot(sub.alpha, *[sub[k] for k in LABEL_COLOURS], labels=list(LABEL_COLOURS),
+                 colors=list(LABEL_COLOURS.values()), alpha=0.9)
+    ax.set_xscale("log")
+    ax.set_xlabel("α")
+    ax.set_ylabel("units")
+    ax.set_title(f"labels vs α ({test} test)", fontsize=10)
+    ax.legend(fontsize=8, frameon=False, loc="center left")
+    return ax
+
+
+def plot_allocation(records: list[dict], budget: str = "same-params", ax: Axes | None = None) -> Axes:
+    """Units removed per layer by each method at one budget (where each method cut)."""
+    import numpy as np
+
+    ax = ax or _new_ax((8, 4))
+    rows = [r for r in records if r["budget"] == budget]
+    layers = [p["layer"] for p in rows[0]["per_layer"]]
+    width = 0.8 / max(1, len(rows))
+    for k, r in enumerate(rows):
+        removed = [p["removed"] for p in r["per_layer"]]
+        ax.bar(np.arange(len(layers)) + k * width - 0.4 + width / 2, removed, width=width,
+               label="C-SWAP" if r["method"] == "cswap" else r["method"])
+    ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("units removed")
+    ax.set_title("where each method removed units (same parameter count)", fontsize=10)
+    ax.legend(fontsize=7, frameon=False, ncol=3)
+    return ax
+
+
+def plot_attribution(model, x, target: int, ax: Axes | None = None, title: str = "") -> Axes:
+    """Captum Integrated Gradients of the target logit w.r.t. the input pixels, summed over channels."""
+    from captum.attr import IntegratedGradients
+
+    ax = ax or _new_ax((3, 3))
+    model = model.eval()
+    attr = IntegratedGradients(model).attribute(x[None], baselines=x[None] * 0, target=int(target), n_steps=32)
+    heat = attr[0].sum(0).detach().numpy()
+    lim = abs(heat).max() or 1.0
+    ax.imshow(heat, cmap="bwr", vmin=-lim, vmax=lim)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=9)
+    return ax
+
+
+def plot_strategy_costs(rows, ax: Axes | None = None) -> Axes:
+    """Forward passes over the calibration set spent by each strategy (log scale)."""
+    ax = ax or _new_ax((6, 3.5))
+    names = [r["strategy"] for r in rows]
+    ax.barh(names, [max(r["forward_passes"], 1e-1) for r in rows], color="#4a5568")
+    ax.set_xscale("log")
+    ax.set_xlabel("forward passes over the calibration set")
+    ax.invert_yaxis()
+    return ax

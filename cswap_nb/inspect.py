@@ -1,0 +1,101 @@
+"""Looking inside the causal test: per-unit score samples, per-class p-values, labels vs α.
+
+Unlike :func:`cswap_nb.prune`, which tests units progressively on an ever smaller
+network, these functions remove each unit *alone from the dense network*: the right view
+for teaching what one test sees, and cheap to re-label for any α afterwards.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from .api import select_calibration
+from .causal import CRITICAL, DETRIMENTAL, LABELS, NEUTRAL, TESTS, one_sided_pvalues
+from .data import as_tensors, check_xy
+from .engine import make_engine
+from .units import Masker, find_unit_layers
+
+
+@dataclass
+class UnitEffects:
+    """Scores of the calibration set with each unit of one layer removed alone.
+
+    ``q_ref``: (N,) true-class scores of the dense model; ``q_removed``: (units, N);
+    ``y``: (N,) labels; ``layer``: the layer's name; ``units``: the unit indices.
+    """
+
+    layer: str
+    units: list[int]
+    y: Tensor
+    q_ref: Tensor
+    q_removed: Tensor
+
+
+def unit_effects(model: nn.Module, calib, layer: str | None = None, units: list[int] | None = None,
+                 samples_per_class: int | None = 20, score: str = "prob", scope: str = "internal",
+                 seed: int = 0) -> UnitEffects:
+    """Remove each unit of ``layer`` (default: the last unit layer) alone and record the scores."""
+    x, y = as_tensors(calib)
+    check_xy(x, y)
+    work = copy.deepcopy(model).eval()
+    x, y = select_calibration(work, x, y.long(), samples_per_class, seed=seed)
+    layers = find_unit_layers(work, x[:1], scope=scope)
+    by_name = {layer_.name: layer_ for layer_ in layers}
+    if layer is None:
+        layer = max(layers, key=lambda layer_: layer_.position).name
+    if layer not in by_name:
+        raise ValueError(f"unknown unit layer {layer!r}; unit layers: {', '.join(by_name)}")
+    target = by_name[layer]
+    units = list(range(target.size)) if units is None else [int(u) for u in units]
+    masker = Masker(work, layers)
+    engine = make_engine("fast", work, masker, x[:1])
+    try:
+        q_ref = engine.scores(x, y, score)
+        rows = []
+        for u in units:
+            masker.set(layer, [u], True)
+            rows.append(engine.scores(x, y, score, target))
+            masker.set(layer, [u], False)
+    finally:
+        masker.remove()
+    return UnitEffects(layer, units, y.cpu(), q_ref.cpu(), torch.stack(rows).cpu())
+
+
+def pvalue_table(effects: UnitEffects, tests: tuple[str, ...] = TESTS, inference: str = "per-class") -> pd.DataFrame:
+    """One row per (unit, test, class): mean scores with and without the unit and both p-values."""
+    y = effects.y.numpy()
+    classes = [-1] if inference == "general" else sorted(np.unique(y).tolist())
+    q = effects.q_ref.double().numpy()
+    rows = []
+    for i, u in enumerate(effects.units):
+        qn = effects.q_removed[i].double().numpy()
+        for test in tests:
+            for c in classes:
+                idx = np.arange(len(y)) if c == -1 else np.flatnonzero(y == c)
+                lo, hi = one_sided_pvalues(qn[idx], q[idx], test)
+                rows.append({"unit": u, "test": test, "class": c, "mean_q": q[idx].mean(),
+                             "mean_q_removed": qn[idx].mean(), "p_lower": float(lo[0]), "p_raise": float(hi[0])})
+    return pd.DataFrame(rows)
+
+
+def label_from_pvalues(table: pd.DataFrame, alpha: float) -> pd.DataFrame:
+    """C/N/D label of every (unit, test) at level ``alpha`` from a :func:`pvalue_table`."""
+    g = table.groupby(["unit", "test"]).agg(p_lower=("p_lower", "min"), p_raise=("p_raise", "min")).reset_index()
+    g["label"] = np.where(g.p_lower < alpha, CRITICAL, np.where(g.p_raise < alpha, DETRIMENTAL, NEUTRAL))
+    return g
+
+
+def labels_vs_alpha(table: pd.DataFrame, alphas) -> pd.DataFrame:
+    """Counts of each label per (test, α): how the level of the test sets what is kept."""
+    rows = []
+    for a in alphas:
+        lab = label_from_pvalues(table, a)
+        for test, sub in lab.groupby("test"):
+            counts = sub.label.value_counts()
+            rows.append({"alpha": a, "test": test, **{k: int(counts.get(k, 0)) for k in LABELS}})
+    return pd.DataFrame(rows)
