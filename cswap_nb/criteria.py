@@ -215,7 +215,7 @@ def _captum(kind: str, model, layers, x, y, cost: Cost | None = None, n_steps: i
                         o = _layer_output(mod, xb[:1], model)
                         mask = torch.arange(o.shape[1]).reshape(1, o.shape[1], *([1] * (o.ndim - 2)))
                         a = LayerFeatureAblation(probs, mod).attribute(xb, target=yb, layer_mask=mask,
-                                                                       layer_baselines=0.0, perturbations_per_eval=8)
+                                                                       layer_baselines=0.0)
                     a = a.flatten(2).mean(2) if a.ndim > 2 else a  # the same value at every position
                     add(n, a.sum(0))
     return {layer.name: _gather(layer, {n: v / len(y) for n, v in totals.items()}) for layer in layers}

@@ -1,0 +1,121 @@
+"""Baseline criteria: shapes, determinism, and planted cases each must rank right."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import cswap_nb as cs
+from cswap_nb.criteria import CRITERIA, Cost, score_units
+from cswap_nb.units import find_unit_layers
+
+
+def planted_cnn() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A conv net on 3 synthetic classes where hidden channel 0 of conv1 has zero weights
+    (dead) and channel 1 alone detects class 2's pattern, which nothing else carries."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    n = 60
+    y = torch.arange(3).repeat_interleave(n)
+    x = 0.05 * torch.randn(3 * n, 1, 8, 8, generator=g)
+    x[y == 0, 0, :4, :] += 1.0      # class 0: bright top half
+    x[y == 1, 0, 4:, :] += 1.0      # class 1: bright bottom half
+    x[y == 2, 0, :, :] -= 1.0       # class 2: dark everywhere
+    model = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3)).eval()
+    with torch.no_grad():
+        conv, bn, fc = model[0], model[1], model[5]
+        conv.weight.zero_()
+        conv.bias.zero_()
+        conv.weight[1] = -1.0 / 9        # channel 1: responds to darkness (class 2 only)
+        conv.weight[2, 0, :, :] = 1.0 / 9  # channel 2: overall brightness
+        conv.weight[3, 0, 0, :] = 1.0 / 3  # channel 3: top edge filter
+        conv.weight[4, 0, 2, :] = 1.0 / 3  # channel 4: bottom edge filter
+        conv.weight[5, 0, 1, 1] = 0.2      # channel 5: a weak copy of brightness
+        bn.running_mean.zero_(); bn.running_var.fill_(1.0); bn.weight.fill_(1.0); bn.bias.zero_()
+        fc.weight.zero_(); fc.bias.zero_()
+        fc.weight[2, 1] = 8.0             # class 2 <- darkness channel only
+        fc.weight[0, 3] = 6.0; fc.weight[1, 4] = 6.0
+        fc.weight[0, 2] = 1.0; fc.weight[1, 2] = 1.0; fc.weight[0, 5] = 0.5
+        fc.bias[2] = 0.5
+    assert (model(x).argmax(1) == y).float().mean() > 0.95
+    return model, x, y
+
+
+@pytest.fixture(scope="module")
+def planted():
+    model, x, y = planted_cnn()
+    layers = find_unit_layers(model, x[:1])
+    assert [layer.name for layer in layers] == ["0"]
+    return model, layers, x, y
+
+
+@pytest.mark.parametrize("name", list(CRITERIA))
+def test_criterion_shape_and_determinism(name, planted):
+    model, layers, x, y = planted
+    if name == "lrp":
+        with pytest.raises(ValueError, match="lrp is available for torchvision and timm ResNets only"):
+            score_units(name, model, layers, x, y)
+        return
+    a = score_units(name, model, layers, x, y, seed=3)
+    b = score_units(name, model, layers, x, y, seed=3)
+    assert set(a) == {"0"} and a["0"].shape == (6,)
+    assert torch.isfinite(a["0"]).all()
+    assert torch.equal(a["0"], b["0"])
+
+
+def test_zero_weight_filter_scores_lowest_under_l1_and_l2(planted):
+    model, layers, x, y = planted
+    for name in ("l1", "l2"):
+        s = score_units(name, model, layers, x, y)["0"]
+        assert int(s.argmin()) == 0 and float(s[0]) == 0.0
+
+
+def test_ablation_ranks_the_only_carrier_of_a_class_highest(planted):
+    model, layers, x, y = planted
+    s = score_units("ablation", model, layers, x, y)["0"]
+    assert int(s.argmax()) == 1
+    assert abs(float(s[0])) < 1e-6  # a dead channel changes nothing when ablated
+
+
+def test_activation_and_gradient_criteria_see_the_dead_channel(planted):
+    model, layers, x, y = planted
+    for name in ("activation", "taylor", "gradxact"):
+        s = score_units(name, model, layers, x, y)["0"]
+        assert float(s[0]) <= float(s.min()) + 1e-9, name
+
+
+def test_random_depends_on_seed(planted):
+    model, layers, x, y = planted
+    assert not torch.equal(score_units("random", model, layers, x, y, seed=0)["0"],
+                           score_units("random", model, layers, x, y, seed=1)["0"])
+
+
+def test_cost_counters_are_exact(planted):
+    model, layers, x, y = planted
+    expected = {"l1": (0, 0), "activation": (1, 0), "taylor": (1, 1), "gradxact": (1, 1)}
+    for name, (fwd, bwd) in expected.items():
+        cost = Cost()
+        score_units(name, model, layers, x, y, cost=cost)
+        assert (cost.forward_passes, cost.backward_passes) == (fwd, bwd), name
+        assert cost.seconds >= 0
+
+
+def test_lrp_on_torchvision_and_timm_resnets_conserves_sign_and_shape():
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    for model in (resnet18(num_classes=4).eval(), cs.models.resnet_digits(channels=(4, 8, 8, 8), num_classes=4).eval()):
+        x = torch.randn(6, 3, 32, 32)
+        with torch.no_grad():
+            y = model(x).argmax(1)
+        layers = find_unit_layers(model, x[:1])
+        s = score_units("lrp", model, layers, x, y)
+        assert {k: v.shape[0] for k, v in s.items()} == {layer.name: layer.size for layer in layers}
+        assert all(torch.isfinite(v).all() and (v >= 0).all() for v in s.values())
+
+
+def test_unknown_criterion_lists_known_ones(planted):
+    model, layers, x, y = planted
+    with pytest.raises(ValueError, match="unknown criterion 'nope'; known: l1"):
+        score_units("nope", model, layers, x, y)

@@ -1,0 +1,111 @@
+"""Search strategies: greedy vs rank-and-prune, exact cost counters, parameter targets, compare."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import cswap_nb as cs
+from cswap_nb.cli import main
+from cswap_nb.compare import SAME_COUNTS, SAME_PARAMS, compare
+from cswap_nb.data import Dataset, Split
+from cswap_nb.training import Recipe, fit
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """4 Gaussian classes in 10-D, an MLP 10-24-16-4 trained in a second; train/test splits."""
+    g = torch.Generator().manual_seed(0)
+    centres = 2.0 * torch.randn(4, 10, generator=g)
+    y = torch.arange(4).repeat(150)
+    x = centres[y] + 1.2 * torch.randn(len(y), 10, generator=g)
+    torch.manual_seed(0)
+    model = cs.models.mlp(10, (24, 16), 4)
+    data = Dataset("blobs", Split(x[:400], y[:400]), Split(x[400:], y[400:]), ["a", "b", "c", "d"])
+    fit(model, data.train, Recipe(epochs=30, lr=0.05, shift=0, batch_size=32), progress=False)
+    assert cs.evaluate(model, data.test) > 85
+    return model, data
+
+
+def test_greedy_is_never_worse_than_rank_and_prune(toy):
+    model, data = toy
+    for ratio in (0.25, 0.5, 0.75):
+        kw = dict(ratio=ratio, samples_per_class=20, eval_data=data.train, progress=False)
+        greedy = cs.prune(model, data.calib, "greedy", **kw)
+        for crit in ("l1", "random", "taylor"):
+            ranked = cs.prune(model, data.calib, crit, **kw)
+            assert sum(map(len, ranked.pruned_units.values())) == sum(map(len, greedy.pruned_units.values()))
+            assert greedy.metric_after >= ranked.metric_after - 1e-9, (ratio, crit)
+
+
+def test_greedy_cost_counter_is_exact(toy):
+    model, data = toy
+    res = cs.prune(model, data.calib, "greedy", ratio=0.25, samples_per_class=5, engine="naive", progress=False)
+    sizes = {layer["name"]: layer["size"] for layer in res.layers}
+    removed = {name: 0 for name in sizes}
+    expected = 1  # the dense reference
+    for _, row in res.labels.iterrows():
+        expected += sum(n - removed[name] for name, n in sizes.items() if n - removed[name] > 1)
+        removed[row.layer] += 1
+    assert res.engine["forward_passes"] == expected
+    assert len(res.labels) == round(0.25 * sum(sizes.values()))
+
+
+def test_cswap_cost_is_one_pass_per_unit_plus_reference(toy):
+    model, data = toy
+    res = cs.prune(model, data.calib, samples_per_class=5, engine="naive", progress=False)
+    assert res.engine["forward_equivalents"] == len(res.labels) + 1
+
+
+def test_params_target_is_met_within_one_unit(toy):
+    model, data = toy
+    dense = sum(p.numel() for p in model.parameters())
+    per_unit_max = 10 + 1 + 24 + 16 + 1 + 4  # the largest parameter count one hidden unit owns
+    for target in (int(dense * 0.8), int(dense * 0.5)):
+        res = cs.prune(model, data.calib, "l1", params=target, samples_per_class=5, progress=False)
+        assert abs(res.params_after - target) <= per_unit_max
+
+
+def test_targets_are_validated(toy):
+    model, data = toy
+    with pytest.raises(ValueError, match="needs exactly one target"):
+        cs.prune(model, data.calib, "l1", progress=False)
+    with pytest.raises(ValueError, match="needs exactly one target"):
+        cs.prune(model, data.calib, "l1", ratio=0.2, params=100, progress=False)
+    with pytest.raises(ValueError, match="an outcome of alpha"):
+        cs.prune(model, data.calib, "cswap", ratio=0.2, progress=False)
+    with pytest.raises(ValueError, match="method must be one of"):
+        cs.prune(model, data.calib, "magic", ratio=0.2, progress=False)
+
+
+def test_compare_prunes_every_method_to_cswaps_parameter_count(toy):
+    model, data = toy
+    methods = ["cswap", "l1", "random", "taylor", "activation"]
+    records = compare(model, data, methods, samples_per_class=10, per_layer=True, ratios=[0.3], progress=False)
+    ref = records[0]
+    assert ref["method"] == "cswap" and ref["params_removed_pct"] > 0
+    same = [r for r in records if r["budget"] == SAME_PARAMS]
+    assert {r["method"] for r in same} == set(methods)
+    for r in same:
+        assert abs(r["params_after"] - ref["params_after"]) <= 60, r["method"]
+    counts = [r for r in records if r["budget"] == SAME_COUNTS]
+    assert {r["method"] for r in counts} == set(methods) - {"cswap"}
+    for r in counts:
+        assert [p["removed"] for p in r["per_layer"]] == [p["removed"] for p in ref["per_layer"]]
+        assert r["params_after"] == ref["params_after"]
+    assert {r["budget"] for r in records} == {SAME_PARAMS, SAME_COUNTS, "ratio=0.3"}
+
+
+def test_compare_cli_writes_json_and_plot(tmp_path, capsys):
+    js, png = tmp_path / "c.json", tmp_path / "c.png"
+    assert main(["compare", "--model", "resnet18-digits", "--methods", "cswap,l1,random", "--samples-per-class",
+                 "5", "--json", str(js), "--plot", str(png), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "dense model" in out
+    records = json.loads(js.read_text())
+    assert [r["method"] for r in records] == ["cswap", "l1", "random"]
+    assert all(abs(r["params_after"] - records[0]["params_after"]) <= 2 * 128 * 9 * 2 for r in records)
+    assert png.stat().st_size > 10_000
+    assert main(["compare", "--model", "resnet18-digits", "--methods", "cswap,nope"]) == 2
