@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from . import models
 from .causal import LABELS, min_samples
 from .data import as_tensors, check_xy
-from .descent import CSwapConfig, progressive
+from .descent import CSwapConfig, progressive, visiting_plan
 from .engine import make_engine
 from .metrics import evaluate
 from .surgery import count_macs, count_params, remove_units
@@ -199,7 +199,7 @@ def prune(
     order: str = "magnitude",
     layer_order: str = "output-to-input",
     scope: str = "internal",
-    group_size: int = 1,
+    group_size: int | None = None,
     group_threshold: int = 0,
     seed: int = 0,
     engine: str = "fast",
@@ -212,6 +212,8 @@ def prune(
     progress: bool = True,
     callback: Callable[[dict], None] | None = None,
     model_name: str = "custom",
+    engine_hook: Callable | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> PruneResult:
     """Prune a copy of ``model``; the caller's model is never modified.
 
@@ -231,6 +233,8 @@ def prune(
     Options are those of METHOD.md (see :class:`cswap_nb.descent.CSwapConfig`).
     ``engine``: ``"fast"`` caches the network before the analysed layer where the model
     allows it (same decisions as ``"naive"``, one full forward per unit); see :mod:`cswap_nb.engine`.
+    ``engine_hook(engine) -> engine`` may wrap the score engine (the α explorer's cache does);
+    ``on_start(total)`` is told the number of steps before the first one.
     """
     from .criteria import CRITERIA, Cost, score_units
     from .descent import greedy, rank_and_prune
@@ -297,19 +301,22 @@ def prune(
 
     masker = Masker(work, layers)
     scorer = make_engine(engine, work, masker, example)
+    if engine_hook is not None:
+        scorer = engine_hook(scorer)
     records: list[dict] = []
     cost = Cost()
     t_analysis = time.perf_counter()
     try:
         if method in ("cswap", "greedy"):
             if method == "cswap":
-                total = sum(math.ceil(layer.size / (group_size if layer.size > group_threshold else 1))
-                            for layer in layers)
+                total = len(visiting_plan(layers, cfg))
                 steps = progressive(scorer, masker, layers, x, y, cfg)
             else:
                 n_units = sum(layer.size for layer in layers)
                 total = round(ratio * n_units) if ratio is not None else None
                 steps = greedy(scorer, masker, layers, x, y, total if total is not None else n_units, score)
+            if on_start is not None and total is not None:
+                on_start(total)
             desc = f"C-SWAP α={alpha}" if method == "cswap" else "greedy descent"
             bar = tqdm(total=total, desc=desc, unit="unit", disable=not progress, leave=True, mininterval=0.5)
             for record in steps:

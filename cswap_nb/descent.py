@@ -30,7 +30,16 @@ REFERENCES = ("dense", "current")
 
 @dataclass
 class CSwapConfig:
-    """The options of METHOD.md with their defaults."""
+    """The options of METHOD.md with their defaults.
+
+    Neuron groups (METHOD.md section 3): in layers with more than ``group_threshold``
+    units, ``group_size`` consecutive units of the visiting order are tested and pruned
+    together. ``group_size=None`` (auto, the default) uses each layer's
+    :attr:`~cswap_nb.units.UnitLayer.auto_group`: groups of
+    :data:`~cswap_nb.units.AUTO_GROUP_SIZE` in transformer MLP layers wider than
+    :data:`~cswap_nb.units.AUTO_GROUP_THRESHOLD` units, single units everywhere else;
+    ``group_size=1`` tests every unit alone.
+    """
 
     alpha: float = 0.05
     test: str = "welch"
@@ -39,7 +48,7 @@ class CSwapConfig:
     reference: str = "dense"
     order: str = "magnitude"
     layer_order: str = "output-to-input"
-    group_size: int = 1
+    group_size: int | None = None
     group_threshold: int = 0
     seed: int = 0
 
@@ -53,8 +62,15 @@ class CSwapConfig:
         ]:
             if value not in allowed:
                 raise ValueError(f"{what} must be one of {list(allowed)}, got {value!r}")
-        if int(self.group_size) < 1:
-            raise ValueError(f"group_size must be a positive integer, got {self.group_size!r}")
+        if self.group_size is not None and int(self.group_size) < 1:
+            raise ValueError(f"group_size must be a positive integer or None (auto), got {self.group_size!r}")
+
+
+def group_size_of(layer: UnitLayer, cfg: CSwapConfig) -> int:
+    """How many units of ``layer`` are tested together under ``cfg`` (see :class:`CSwapConfig`)."""
+    if layer.size <= cfg.group_threshold:
+        return 1
+    return layer.auto_group if cfg.group_size is None else int(cfg.group_size)
 
 
 def visiting_plan(layers: list[UnitLayer], cfg: CSwapConfig) -> list[tuple[UnitLayer, list[int]]]:
@@ -67,7 +83,7 @@ def visiting_plan(layers: list[UnitLayer], cfg: CSwapConfig) -> list[tuple[UnitL
             units = torch.argsort(layer.magnitude, stable=True).tolist()
         else:
             units = torch.randperm(layer.size, generator=gen).tolist()
-        g = cfg.group_size if layer.size > cfg.group_threshold else 1
+        g = group_size_of(layer, cfg)
         plan.extend((layer, units[i : i + g]) for i in range(0, len(units), g))
     return plan
 

@@ -28,7 +28,9 @@ Part = tuple[str, Callable[[Tensor], Tensor], list[str]]  # (name, function, mod
 
 def sequential_parts(model: nn.Module) -> list[Part] | None:
     """Split a model into parts run one after the other: the children of an ``nn.Sequential``,
-    or a timm/torchvision ResNet's stem layers, residual blocks and head. None if unknown."""
+    a timm/torchvision ResNet's stem layers, residual blocks and head, a torchvision
+    MobileNetV2's feature blocks and head, or a timm VisionTransformer's embedding stem,
+    transformer blocks and head. None if unknown."""
     names = {m: n for n, m in model.named_modules()}
 
     def part(name: str, module: nn.Module) -> Part:
@@ -36,8 +38,24 @@ def sequential_parts(model: nn.Module) -> list[Part] | None:
         inside = [n for n in names.values() if n == prefix or n.startswith(prefix + ".")]
         return name, module, inside
 
+    def under(*prefixes: str) -> list[str]:
+        return [n for n in names.values() if n and any(n == p or n.startswith(p + ".") for p in prefixes)]
+
     if isinstance(model, nn.Sequential):
         return [part(names[child], child) for child in model]
+
+    from torchvision.models.mobilenetv2 import MobileNetV2
+
+    if isinstance(model, MobileNetV2):
+        def mobilenet_head(x: Tensor) -> Tensor:
+            x = nn.functional.adaptive_avg_pool2d(x, (1, 1))
+            return model.classifier(torch.flatten(x, 1))
+
+        return [part(names[b], b) for b in model.features] + [("head", mobilenet_head, under("classifier"))]
+
+    vit = _timm_vit_parts(model, under)
+    if vit is not None:
+        return vit + [part(names[b], b) for b in model.blocks] + [vit_head(model, under)]
 
     stages = [getattr(model, f"layer{i}", None) for i in range(1, 5)]
     if any(s is None or not isinstance(s, nn.Sequential) for s in stages):
@@ -58,6 +76,29 @@ def sequential_parts(model: nn.Module) -> list[Part] | None:
     else:
         return None
     return parts
+
+
+def _timm_vit_parts(model: nn.Module, under) -> list[Part] | None:
+    """The embedding stem of a timm VisionTransformer (patch embedding, class/register tokens,
+    position embedding, pre-norm) as one part; None for other models or unusual ViTs."""
+    try:
+        from timm.models.vision_transformer import VisionTransformer
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return None
+    if not isinstance(model, VisionTransformer) or not isinstance(model.blocks, nn.Sequential):
+        return None
+    if getattr(model, "attn_pool", None) is not None or getattr(model, "rope", None) is not None:
+        return None
+
+    def stem(x: Tensor) -> Tensor:
+        return model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
+
+    return [("stem", stem, under("patch_embed", "pos_drop", "patch_drop", "norm_pre"))]
+
+
+def vit_head(model: nn.Module, under) -> Part:
+    """Final norm, pooling and classifier of a timm VisionTransformer."""
+    return ("head", lambda x: model.forward_head(model.norm(x)), under("norm", "fc_norm", "head_drop", "head"))
 
 
 class FullEngine:

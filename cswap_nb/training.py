@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -11,9 +12,16 @@ from torch import nn
 from .data import Split
 
 
+OPTIMIZERS = ("sgd", "adamw")
+
+
 @dataclass(frozen=True)
 class Recipe:
-    """SGD + Nesterov momentum, one-cycle schedule, random shifts of image inputs."""
+    """One-cycle schedule peaking at ``lr``, random shifts of image inputs, and an optimizer:
+
+    ``"sgd"`` (default): SGD with Nesterov momentum ``momentum``, L2 ``weight_decay``;
+    ``"adamw"``: AdamW (decoupled ``weight_decay``; ``momentum`` unused), for transformers.
+    """
 
     epochs: int = 30
     batch_size: int = 64
@@ -22,6 +30,27 @@ class Recipe:
     weight_decay: float = 5e-4
     shift: int = 3  # random translation in pixels (zero padding); 0 for non-image inputs
     seed: int = 0
+    optimizer: str = "sgd"
+
+    # Fields added after the first checkpoints were shipped: recorded in a checkpoint only
+    # when they differ from their default, so retraining an older entry gives the same file.
+    _LATER_FIELDS = {"optimizer": "sgd"}
+
+    def as_dict(self) -> dict[str, Any]:
+        """The recipe as written into a checkpoint (later fields only when not at their default)."""
+        d = asdict(self)
+        for name, default in self._LATER_FIELDS.items():
+            if d.get(name) == default:
+                d.pop(name)
+        return d
+
+    def make_optimizer(self, params) -> torch.optim.Optimizer:
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, nesterov=True,
+                                   weight_decay=self.weight_decay)
+        if self.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        raise ValueError(f"Recipe.optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
 
 
 def shift_batch(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
@@ -42,7 +71,7 @@ def fit(model: nn.Module, train: Split, recipe: Recipe = Recipe(), desc: str = "
 
     r = recipe
     gen = torch.Generator().manual_seed(r.seed)
-    opt = torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum, nesterov=True, weight_decay=r.weight_decay)
+    opt = r.make_optimizer(model.parameters())
     x, y = train
     steps_per_epoch = math.ceil(len(y) / r.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r.lr, total_steps=r.epochs * steps_per_epoch)

@@ -11,6 +11,27 @@ residual stream of a ResNet stage, tested as one coupled unit per channel).
 The intervention ``do(unit = 0)`` is a forward hook that zeroes the unit's channel at
 every producer's output *after* its BatchNorm (zeroing conv weights would leave BN's
 shift alive), which is exactly what physical removal does.
+
+Per family (METHOD.md section 4):
+
+* ResNets: the channels inside a block (BasicBlock conv1; Bottleneck conv1, conv2).
+* MobileNetV2: the expanded channels of an inverted residual. Torch-Pruning couples the
+  expand 1x1 conv, its BN, the depthwise conv and its BN (and the project conv's inputs)
+  in one group. A depthwise conv maps channel ``i`` to channel ``i`` only, so it is a
+  *pass-through*, not a second producer: the group is one ``"internal"`` unit layer
+  anchored at the expand conv. Both BNs are mask points; masking the first is undone by
+  nothing (ReLU6(0) = 0, the depthwise filter of a zero channel gives 0) and masking the
+  last removes the depthwise BN's shift, so masked == physically pruned.
+* ViT (timm): MLP hidden units (``fc1`` outputs; GELU(0) = 0, so zeroing ``fc1``'s output
+  equals zeroing after the GELU) and whole attention heads (``kind="heads"``, below).
+  Channels normalised by a LayerNorm or GroupNorm (the embedding stream) are never units:
+  removing one changes the norm's statistics, which no mask can reproduce.
+
+Attention heads are not a Torch-Pruning group: unit ``h`` of a ``"heads"`` layer is the
+``q``, ``k`` and ``v`` rows of head ``h`` in ``attn.qkv`` plus the matching input columns of
+``attn.proj``. The mask zeroes that head's slice of the attention output just before
+``proj`` (a forward pre-hook); :func:`cswap_nb.surgery.remove_units` slices the weights and
+updates ``num_heads`` and ``attn_dim`` (``head_dim`` and the softmax scale are unchanged).
 """
 from __future__ import annotations
 
@@ -27,12 +48,18 @@ PRODUCERS = (nn.modules.conv._ConvNd, nn.Linear)
 class UnitLayer:
     """One prunable group of channels.
 
-    ``name``: the root module (anchor) whose output channels index the units;
-    ``kind``: ``"internal"`` (one producer) or ``"coupled"`` (several, e.g. a residual stream);
-    ``points``: module name -> channel index per unit, where the mask is applied;
+    ``name``: the root module (anchor) whose output channels index the units; for
+    ``kind="heads"`` the attention module whose heads are the units;
+    ``kind``: ``"internal"`` (one producer), ``"coupled"`` (several, e.g. a residual stream)
+    or ``"heads"`` (attention heads);
+    ``points``: module name -> channel index per unit, where the mask is applied (for
+    ``"heads"``: ``{attn.proj: head index per unit}``, applied to ``proj``'s *input*);
     ``magnitude``: L1 norm of each unit's filters summed over producers (visiting order);
     ``magnitude_l2``: L2 norm of each unit's filters over all producers;
-    ``position``: execution index of the anchor in a forward pass (layer order).
+    ``position``: execution index of the anchor in a forward pass (layer order);
+    ``head_dim``: channels per head (``"heads"`` layers only, else 0);
+    ``auto_group``: how many units are tested together when ``group_size=None`` (auto,
+    METHOD.md section 3): 4 for wide transformer MLP layers, else 1.
     """
 
     name: str
@@ -43,6 +70,45 @@ class UnitLayer:
     position: int
     producers: list[str] = field(default_factory=list)
     magnitude_l2: Tensor | None = None
+    head_dim: int = 0
+    auto_group: int = 1
+
+
+# Neuron groups on by default (group_size=None): transformer MLP layers wider than this
+# test AUTO_GROUP_SIZE consecutive units of the magnitude order at a time.
+AUTO_GROUP_SIZE = 4
+AUTO_GROUP_THRESHOLD = 256
+
+STAT_NORMS = (nn.LayerNorm, nn.GroupNorm)  # a removed channel changes their statistics
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    """A conv mapping each channel to itself only (MobileNet's depthwise conv)."""
+    return (isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
+            and module.groups == module.in_channels == module.out_channels)
+
+
+def head_attention_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Attention modules whose heads can be pruned exactly: timm's standard ``Attention``.
+
+    Needs ``qkv``/``proj`` linears and an ``attn_dim`` attribute (the forward reshapes by
+    ``attn_dim``, recent timm), no norm before ``proj`` (``scale_norm``; a LayerNorm over the
+    heads would couple them) and no output gate.
+    """
+    try:
+        from timm.layers.attention import Attention
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return {}
+    found = {}
+    for name, m in model.named_modules():
+        if type(m) is not Attention or not hasattr(m, "attn_dim"):
+            continue
+        if not isinstance(getattr(m, "norm", nn.Identity()), nn.Identity) or getattr(m, "gate", None) is not None:
+            continue
+        if m.qkv.out_features != 3 * m.num_heads * m.head_dim or m.proj.in_features != m.num_heads * m.head_dim:
+            continue
+        found[name] = m
+    return found
 
 
 def _channel_dim(module: nn.Module) -> int:
@@ -99,12 +165,23 @@ def find_unit_layers(
         names = {m: n for n, m in model.named_modules()}
         graph = build_graph(model, example)
         ignored = [head] + list(ignored_layers or [])
+        attentions = head_attention_modules(model)
+        skip = {m.qkv for m in attentions.values()}  # q/k/v rows are pruned as whole heads
         layers: list[UnitLayer] = []
         for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=PRODUCERS):
+            if any(item.dep.target.module in skip for item in group):
+                continue
             layer = _layer_from_group(group, graph, names, order)
             if layer is None or (scope == "internal" and layer.kind != "internal"):
                 continue
+            if attentions and isinstance(model.get_submodule(layer.name), nn.Linear) \
+                    and layer.size > AUTO_GROUP_THRESHOLD:
+                layer.auto_group = AUTO_GROUP_SIZE  # a wide transformer MLP layer
             layers.append(layer)
+        for name, attn in attentions.items():
+            if any(m in ignored for m in (attn, attn.qkv, attn.proj)) or attn.num_heads < 2:
+                continue
+            layers.append(_heads_layer(name, attn, order))
     finally:
         model.train(was_training)
     layers.sort(key=lambda layer: layer.position)
@@ -115,10 +192,25 @@ def _is_out_pruning(dep) -> bool:
     return "out_channels" in getattr(dep.handler, "__name__", "")
 
 
+def _heads_layer(name: str, attn: nn.Module, order: dict[nn.Module, int]) -> UnitLayer:
+    """The heads of one attention module as a unit layer (see the module docstring)."""
+    h, d = attn.num_heads, attn.head_dim
+    w_qkv = attn.qkv.weight.detach().reshape(3, h, d, -1).permute(1, 0, 2, 3).reshape(h, -1)
+    w_proj = attn.proj.weight.detach().reshape(-1, h, d).permute(1, 0, 2).reshape(h, -1)
+    w = torch.cat([w_qkv, w_proj], dim=1)
+    return UnitLayer(
+        name=name, kind="heads", size=h, points={f"{name}.proj": list(range(h))},
+        magnitude=w.abs().sum(1), position=order.get(attn.qkv, len(order)),
+        producers=[f"{name}.qkv"], magnitude_l2=w.pow(2).sum(1).sqrt(), head_dim=d,
+    )
+
+
 def _layer_from_group(group, graph, names, order) -> UnitLayer | None:
     root = group[0].dep.target.module
     if root not in names or not isinstance(root, PRODUCERS):
         return None
+    if any(isinstance(item.dep.target.module, STAT_NORMS) for item in group):
+        return None  # LayerNorm/GroupNorm channels: masking cannot equal removal
     size = len(group[0].idxs)
     producers, norms = [], []
     for item in group:
@@ -127,7 +219,7 @@ def _layer_from_group(group, graph, names, order) -> UnitLayer | None:
             continue
         if isinstance(mod, PRODUCERS) and mod not in producers:
             producers.append(mod)
-        elif isinstance(mod, (nn.modules.batchnorm._NormBase, nn.LayerNorm)) and mod not in norms:
+        elif isinstance(mod, nn.modules.batchnorm._NormBase) and mod not in norms:
             norms.append(mod)
     # Mask a producer's output unless a norm layer of the group directly follows it;
     # then mask the norm's output instead (so BN's shift is removed as well).
@@ -158,10 +250,19 @@ def _layer_from_group(group, graph, names, order) -> UnitLayer | None:
             for idx, root_idx in zip(item.idxs, item.root_idxs):
                 magnitude[int(root_idx)] += l1[int(idx)]
                 squares[int(root_idx)] += sq[int(idx)]
-    kind = "internal" if len(producers) == 1 else "coupled"
+    # depthwise convs pass channel i to channel i: they do not make a group "coupled"
+    real = [p for p in producers if not is_depthwise(p)] or producers
+    kind = "internal" if len(real) == 1 else "coupled"
+    anchor = root
+    if kind == "internal" and real[0] is not root:
+        # name the unit layer after its one real producer (MobileNet's expand conv, not the
+        # depthwise conv Torch-Pruning chose as root) when its channels are the root's
+        item = next(i for i in group if i.dep.target.module is real[0] and _is_out_pruning(i.dep))
+        if [int(v) for v in item.idxs] == [int(v) for v in item.root_idxs]:
+            anchor = real[0]
     return UnitLayer(
-        name=names[root], kind=kind, size=size, points=points, magnitude=magnitude,
-        position=order.get(root, len(order)), producers=[names[p] for p in producers],
+        name=names[anchor], kind=kind, size=size, points=points, magnitude=magnitude,
+        position=order.get(anchor, len(order)), producers=[names[p] for p in producers],
         magnitude_l2=squares.sqrt(),
     )
 
@@ -169,7 +270,9 @@ def _layer_from_group(group, graph, names, order) -> UnitLayer | None:
 class Masker:
     """Forward hooks that zero chosen units; ``remove()`` restores the model exactly.
 
-    ``masks[layer.name]`` is a bool tensor of length ``layer.size`` (True = unit removed).
+    ``removed[layer.name]`` is a bool tensor of length ``layer.size`` (True = unit removed).
+    Channel units are zeroed in the output of their mask points; heads in the input of
+    ``attn.proj`` (a forward pre-hook).
     """
 
     def __init__(self, model: nn.Module, layers: list[UnitLayer]):
@@ -178,8 +281,16 @@ class Masker:
         self.removed = {layer.name: torch.zeros(layer.size, dtype=torch.bool) for layer in layers}
         modules = dict(model.named_modules())
         self._keep: dict[str, Tensor] = {}
+        self._keep_heads: dict[str, Tensor] = {}
         self._handles = []
         for layer in layers:
+            if layer.kind == "heads":
+                for mod_name in layer.points:
+                    if mod_name not in self._keep_heads:
+                        self._keep_heads[mod_name] = torch.ones(layer.size)
+                        self._handles.append(modules[mod_name].register_forward_pre_hook(
+                            self._head_hook(mod_name, layer.head_dim)))
+                continue
             for mod_name in layer.points:
                 if mod_name in self._keep:
                     continue
@@ -209,14 +320,26 @@ class Masker:
 
         return hook
 
+    def _head_hook(self, mod_name: str, head_dim: int):
+        def hook(module, inputs):
+            keep = self._keep_heads[mod_name]
+            if bool(keep.all()):
+                return None
+            x = inputs[0]
+            scale = keep.to(x.dtype).repeat_interleave(head_dim)  # (heads * head_dim,)
+            return (x * scale, *inputs[1:])
+
+        return hook
+
     def set(self, layer_name: str, units, removed: bool) -> None:
         """Remove (``removed=True``) or restore units of one layer."""
         layer = self.layers[layer_name]
         units = [int(u) for u in (units if hasattr(units, "__iter__") else [units])]
         self.removed[layer_name][units] = removed
+        keep = self._keep_heads if layer.kind == "heads" else self._keep
         for mod_name, per_unit in layer.points.items():
             idx = [per_unit[u] for u in units]
-            self._keep[mod_name][idx] = 0.0 if removed else 1.0
+            keep[mod_name][idx] = 0.0 if removed else 1.0
 
     def pruned(self) -> dict[str, list[int]]:
         return {name: mask.nonzero().flatten().tolist() for name, mask in self.removed.items()}

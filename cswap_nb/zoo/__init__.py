@@ -136,7 +136,7 @@ def train(name: str, out_dir: Path | None = None, progress: bool = True) -> dict
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / e.file
     torch.save({"format": CHECKPOINT_FORMAT, "name": name, "spec": e.spec,
-                "state_dict": model.state_dict(), "recipe": asdict(r)}, path)
+                "state_dict": model.state_dict(), "recipe": r.as_dict()}, path)
     record = {"file": e.file, "sha256": sha256_of(path), "test_accuracy_pct": round(acc, 3),
               "dataset": e.dataset, "train_samples": len(data.train.y), "test_samples": len(data.test.y),
               "recipe": asdict(r), "train_seconds": round(seconds, 1),
