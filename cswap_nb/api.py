@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -255,7 +256,11 @@ def prune(
     if method == "greedy" and counts is not None:
         raise ValueError("greedy takes ratio= or params=, not counts=")
     need = min_samples(test, alpha) if method == "cswap" else 1
-    if samples_per_class is not None and (not isinstance(samples_per_class, int) or samples_per_class < need):
+    if isinstance(samples_per_class, numbers.Integral) and not isinstance(samples_per_class, bool):
+        samples_per_class = int(samples_per_class)
+    elif samples_per_class is not None:
+        raise TypeError(f"samples_per_class must be an integer or None, got {samples_per_class!r}")
+    if samples_per_class is not None and samples_per_class < need:
         raise ValueError(
             f"samples_per_class={samples_per_class!r} is too small for the {test!r} test at alpha={alpha}: "
             f"it needs at least {need} samples per class"
@@ -277,6 +282,10 @@ def prune(
     except Exception as exc:
         raise ValueError(f"the model could not run on calibration inputs of shape {tuple(x.shape[1:])} "
                          f"(per sample): {type(exc).__name__}: {exc}") from exc
+    if not isinstance(probe, Tensor) or probe.ndim != 2:
+        got = tuple(probe.shape) if isinstance(probe, Tensor) else type(probe).__name__
+        raise ValueError(f"expected (N, classes) logits from the model, got {got}; wrap the model so that its "
+                         "forward returns one logits tensor")
     if probe.ndim != 2:
         raise ValueError(f"expected (N, classes) logits from the model, got shape {tuple(probe.shape)}")
     if int(y.min()) < 0 or int(y.max()) >= probe.shape[1]:

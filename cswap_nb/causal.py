@@ -77,8 +77,10 @@ def one_sided_pvalues(q_removed: np.ndarray, q_ref: np.ndarray, test: str) -> tu
             lo, hi = stats.norm.cdf(z), stats.norm.sf(z)
             degenerate = se == 0
         elif test == "wilcoxon":
-            lo = stats.wilcoxon(diff, axis=1, alternative="less", zero_method="zsplit").pvalue
-            hi = stats.wilcoxon(diff, axis=1, alternative="greater", zero_method="zsplit").pvalue
+            # row by row: batched, scipy picks one method (exact or normal) for all rows at once,
+            # which would make a class's p-value depend on the other classes
+            lo = np.array([stats.wilcoxon(d, alternative="less", zero_method="zsplit").pvalue for d in diff])
+            hi = np.array([stats.wilcoxon(d, alternative="greater", zero_method="zsplit").pvalue for d in diff])
             degenerate = np.zeros(len(a), dtype=bool)
         elif test == "paired-t":
             n = diff.shape[1]

@@ -1,0 +1,466 @@
+"""The public API: ``cs.prune``, ``PruneResult`` (summary, save), ``cs.load_pruned``, errors."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import cswap_nb as cs
+from cswap_nb.surgery import count_params
+from cswap_nb.units import find_unit_layers
+
+pytestmark = pytest.mark.filterwarnings("ignore:Precision loss occurred:RuntimeWarning")
+
+SUMMARY_KEYS = {"model", "method", "alpha", "params_before", "params_after", "params_removed_pct",
+                "macs_before", "macs_after", "metric_name", "metric_before", "metric_after", "seconds",
+                "counts", "per_layer"}
+
+
+@pytest.fixture(scope="module")
+def zoo_result(zoo_model, digits):
+    """One quick C-SWAP run on the shipped checkpoint, shared by the read-only tests below."""
+    return cs.prune(zoo_model, digits.calib, samples_per_class=5, progress=False,
+                    eval_data=(digits.test.x[:120], digits.test.y[:120]), model_name="resnet18-digits")
+
+
+# ------------------------------------------------------------------ determinism
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("order", ["magnitude", "random"])
+def test_same_seed_same_result(zoo_model, digits, order):
+    runs = [cs.prune(zoo_model, digits.calib, samples_per_class=5, order=order, seed=0, progress=False)
+            for _ in range(2)]
+    a, b = runs
+    assert a.labels["label"].tolist() == b.labels["label"].tolist()
+    assert a.labels["pruned"].tolist() == b.labels["pruned"].tolist()
+    assert a.labels[["layer", "unit"]].astype(str).values.tolist() == b.labels[["layer", "unit"]].astype(str).values.tolist()
+    assert a.labels["p_value"].tolist() == b.labels["p_value"].tolist()
+    assert a.pruned_units == b.pruned_units
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    assert 0 < a.params_after < a.params_before
+
+
+def test_random_order_depends_on_seed(tiny_resnet, own_label_data):
+    model = tiny_resnet()
+    x, y = own_label_data(model)
+    units = []
+    for seed in (0, 0, 1):
+        res = cs.prune(model, (x, y), samples_per_class=3, order="random", seed=seed, progress=False)
+        units.append(res.labels[["layer", "unit"]].astype(str).values.tolist())
+    assert units[0] == units[1]
+    assert units[0] != units[2]
+    assert sorted(units[0]) == sorted(units[2])  # same units, visited in another order
+
+
+def test_magnitude_order_visits_weakest_first_from_output_to_input(zoo_result):
+    labels = zoo_result.labels
+    layer_names = [layer["name"] for layer in zoo_result.layers]
+    visited = list(dict.fromkeys(labels.layer))
+    assert visited == layer_names[::-1]
+    for name, sub in labels.groupby("layer", sort=False):
+        assert sub.magnitude.is_monotonic_increasing, name
+    assert labels.step.tolist() == list(range(len(labels)))
+
+
+# ------------------------------------------------------------------ the caller's model is left alone
+
+
+def test_caller_model_unchanged(zoo_model, digits, model_fingerprint, assert_same_fingerprint):
+    before = model_fingerprint(zoo_model)
+    res = cs.prune(zoo_model, digits.calib, samples_per_class=3, progress=False)
+    assert res.model is not zoo_model
+    assert_same_fingerprint(before, model_fingerprint(zoo_model))
+    assert res.params_after < count_params(zoo_model)
+
+
+def test_caller_model_in_training_mode_with_hooks_unchanged(tiny_resnet, own_label_data, model_fingerprint,
+                                                             assert_same_fingerprint):
+    model = tiny_resnet()
+    x, y = own_label_data(model)
+    model.train()  # BN would update its running stats if prune ran the caller's model in train mode
+    calls = []
+    model.layer1.register_forward_hook(lambda m, i, o: calls.append(1))
+    model.fc.register_forward_pre_hook(lambda m, i: None)
+    before = model_fingerprint(model)
+    res = cs.prune(model, (x, y), samples_per_class=3, progress=False)
+    assert_same_fingerprint(before, model_fingerprint(model))
+    assert model.training
+    assert not res.model.training
+
+
+def test_interrupted_run_leaves_model_unchanged(zoo_model, digits, model_fingerprint, assert_same_fingerprint):
+    before = model_fingerprint(zoo_model)
+    seen = []
+
+    def stop_at_third(record):
+        seen.append(record)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cs.prune(zoo_model, digits.calib, samples_per_class=3, progress=False, callback=stop_at_third)
+    assert len(seen) == 3
+    assert_same_fingerprint(before, model_fingerprint(zoo_model))
+
+
+def test_callback_sees_every_record(tiny_resnet, own_label_data):
+    model = tiny_resnet()
+    x, y = own_label_data(model)
+    seen = []
+    res = cs.prune(model, (x, y), samples_per_class=3, progress=False, callback=seen.append)
+    assert len(seen) == len(res.labels)
+    assert [r["label"] for r in seen] == res.labels.label.tolist()
+    assert {"step", "layer", "unit", "label", "pruned", "p_value", "effect"} <= set(seen[0])
+
+
+# ------------------------------------------------------------------ clear errors for bad input
+
+
+@pytest.mark.parametrize("alpha", [0, 1, -0.1, 1.5, 0.0, 1.0, float("nan"), "0.05"])
+def test_bad_alpha(zoo_model, digits, alpha):
+    with pytest.raises(ValueError, match="alpha must be a number strictly between 0 and 1"):
+        cs.prune(zoo_model, digits.calib, alpha=alpha, progress=False)
+
+
+@pytest.mark.parametrize("test,k,need", [("welch", 1, 2), ("ztest", 1, 2), ("wilcoxon", 3, 5), ("wilcoxon", 4, 5)])
+def test_too_few_samples_per_class(zoo_model, digits, test, k, need):
+    with pytest.raises(ValueError, match=rf"samples_per_class={k} is too small .* at least {need} samples per class"):
+        cs.prune(zoo_model, digits.calib, samples_per_class=k, test=test, progress=False)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"method": "magnitude"}, "method must be one of"),
+    ({"test": "t-test"}, "test must be one of"),
+    ({"inference": "global"}, "inference must be one of"),
+    ({"score": "loss"}, "score must be one of"),
+    ({"order": "l2"}, "order must be one of"),
+    ({"reference": "pruned"}, "reference must be one of"),
+    ({"layer_order": "random"}, "layer_order must be one of"),
+    ({"group_size": 0}, "group_size must be a positive integer"),
+    ({"scope": "residual"}, "scope must be"),
+    ({"engine": "turbo"}, "engine must be"),
+])
+def test_bad_options(zoo_model, digits, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        cs.prune(zoo_model, (digits.test.x[:100], digits.test.y[:100]), samples_per_class=3, progress=False, **kwargs)
+
+
+def test_class_without_correct_sample(zoo_model, digits):
+    x, y = digits.train
+    x = x.clone()
+    x[y == 3] = x[y == 0][0]  # every "3" is now a picture of a 0: the model misclassifies all of them
+    with pytest.raises(ValueError, match="class 3 has no correctly classified calibration sample"):
+        cs.prune(zoo_model, (x, y), samples_per_class=5, progress=False)
+
+
+def test_class_with_too_few_correct_samples(zoo_model, digits):
+    x, y = digits.train
+    x = x.clone()
+    threes = torch.nonzero(y == 3).flatten()
+    x[threes[4:]] = x[y == 0][0]  # only four genuine 3s remain
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError, match="class 3 has only 4 correctly classified calibration sample"):
+            cs.prune(zoo_model, (x, y), samples_per_class=5, test="wilcoxon", progress=False)
+    assert any("class 3: only 4 correctly classified samples" in str(w.message) for w in caught)
+
+
+def test_wrong_input_shape(zoo_model, digits):
+    x, y = digits.test
+    with pytest.raises(ValueError, match="the model could not run on calibration inputs of shape"):
+        cs.prune(zoo_model, (x[:, 0], y), samples_per_class=3, progress=False)
+
+
+def test_nan_inputs(zoo_model, digits):
+    x, y = digits.test
+    x = x.clone()
+    x[7, 0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN or infinite values in 1 sample\(s\) \(first at index 7\)"):
+        cs.prune(zoo_model, (x, y), samples_per_class=3, progress=False)
+
+
+def test_length_mismatch(zoo_model, digits):
+    x, y = digits.test
+    with pytest.raises(ValueError, match="x has 360 samples but y has 359 labels"):
+        cs.prune(zoo_model, (x, y[:-1]), samples_per_class=3, progress=False)
+
+
+def test_labels_out_of_range(zoo_model, digits):
+    x, y = digits.test
+    y = y.clone()
+    y[0] = 10
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 9\]"):
+        cs.prune(zoo_model, (x, y), samples_per_class=3, progress=False)
+
+
+def test_calib_of_wrong_type(zoo_model):
+    with pytest.raises(TypeError, match="data must be an"):
+        cs.prune(zoo_model, [1, 2, 3], progress=False)
+
+
+def test_not_a_module():
+    x, y = torch.randn(4, 3), torch.tensor([0, 0, 1, 1])
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        cs.prune(lambda t: t, (x, y), samples_per_class=2, progress=False)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4)),
+    lambda: nn.Linear(3 * 8 * 8, 4),
+])
+def test_model_without_prunable_unit(make, own_label_data):
+    torch.manual_seed(0)
+    model = make().eval()
+    shape = (3, 8, 8) if isinstance(model, nn.Sequential) else (3 * 8 * 8,)
+    x, y = own_label_data(model, n=64, shape=shape)
+    with pytest.raises(ValueError, match="the model has no prunable unit"):
+        cs.prune(model, (x, y), samples_per_class=2, progress=False)
+
+
+def test_unknown_zoo_model():
+    with pytest.raises(ValueError, match=r"unknown model 'resnet99'.*resnet18-digits"):
+        cs.zoo.load("resnet99")
+
+
+def test_corrupt_checkpoint(tmp_path):
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(b"\x00\x01 this is not a torch file" * 50)
+    with pytest.raises(ValueError, match="is corrupt or not a torch file"):
+        cs.zoo.load_checkpoint(path)
+    with pytest.raises(ValueError, match="not a readable cswap_nb pruned-model file"):
+        cs.load_pruned(path)
+
+
+def test_checkpoint_sha256_mismatch():
+    path = cs.zoo.data_dir() / "resnet18-digits.pt"
+    with pytest.raises(ValueError, match="sha256 .* differs from the recorded 0000"):
+        cs.zoo.load_checkpoint(path, expected_sha256="0" * 64)
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        cs.zoo.load_checkpoint(tmp_path / "nope.pt")
+
+
+def _write_checkpoint(path, model, spec):
+    torch.save({"format": cs.zoo.CHECKPOINT_FORMAT, "name": "test", "spec": spec,
+                "state_dict": model.state_dict()}, path)
+
+
+def test_mismatched_checkpoint(tmp_path, tiny_resnet):
+    small = tiny_resnet(channels=(4, 8, 8, 8), num_classes=4)
+    spec = cs.models.describe(small)
+    path = tmp_path / "small.pt"
+    _write_checkpoint(path, small, spec)
+    loaded = cs.zoo.load_checkpoint(path)  # with its own spec it loads, identical
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), small(x))
+    with pytest.raises(ValueError, match="does not match the architecture"):
+        cs.zoo.load_checkpoint(path, spec=cs.zoo.entry("resnet18-digits").spec)
+
+
+def test_checkpoint_of_wrong_format(tmp_path, tiny_resnet):
+    path = tmp_path / "plain.pt"
+    torch.save(tiny_resnet().state_dict(), path)
+    with pytest.raises(ValueError, match="is not a cswap_nb checkpoint"):
+        cs.zoo.load_checkpoint(path)
+    with pytest.raises(ValueError, match="is not a cswap_nb pruned-model file"):
+        cs.load_pruned(path)
+
+
+# ------------------------------------------------------------------ results, summary, save / load
+
+
+def test_summary_contract(zoo_result, zoo_model, digits):
+    s = zoo_result.summary()
+    assert SUMMARY_KEYS <= set(s)
+    json.dumps(s)  # JSON-able
+    assert s["model"] == "resnet18-digits" and s["method"] == "cswap" and s["alpha"] == 0.05
+    assert s["metric_name"] == "top1_accuracy_pct"
+    head = (digits.test.x[:120], digits.test.y[:120])
+    assert s["metric_before"] == pytest.approx(cs.evaluate(zoo_model, head))
+    assert s["metric_after"] == pytest.approx(cs.evaluate(zoo_result.model, head))
+    assert s["params_before"] == cs.zoo.read_manifest()["resnet18-digits"]["params"]
+    assert s["params_after"] == count_params(zoo_result.model) < s["params_before"]
+    assert s["params_removed_pct"] == pytest.approx(100 * (1 - s["params_after"] / s["params_before"]), abs=1e-3)
+    assert s["macs_after"] < s["macs_before"]
+    assert s["seconds"] > 0
+    assert set(s["counts"]) == {"critical", "neutral", "detrimental"}
+    assert sum(s["counts"].values()) == len(zoo_result.labels)
+    assert s["calib_samples"] == 50
+    assert s["equivalence_max_abs_diff"] <= 1e-4
+    per_layer = s["per_layer"]
+    assert [row["layer"] for row in per_layer] == [layer["name"] for layer in zoo_result.layers]
+    for row in per_layer:
+        assert row["critical"] + row["neutral"] + row["detrimental"] == row["units"]
+        assert row["removed"] + row["kept"] == row["units"]
+        assert row["kept"] >= 1
+
+
+def test_labels_agree_with_pruned_model(zoo_result):
+    labels = zoo_result.labels
+    assert {"layer", "unit", "label", "pruned", "p_value", "effect"} <= set(labels.columns)
+    assert set(labels.label) <= {"critical", "neutral", "detrimental"}
+    assert not labels[labels.label == "critical"].pruned.any()
+    modules = dict(zoo_result.model.named_modules())
+    for layer in zoo_result.layers:
+        sub = labels[labels.layer == layer["name"]]
+        assert sorted(sub.unit) == list(range(layer["size"]))
+        removed = sorted(sub[sub.pruned].unit)
+        assert zoo_result.pruned_units[layer["name"]] == removed
+        assert modules[layer["name"]].out_channels == layer["size"] - len(removed)
+
+
+def test_save_and_load_pruned(zoo_result, tmp_path, digits):
+    path = zoo_result.save(tmp_path / "sub" / "p.pt")
+    assert path.exists()
+    blob = torch.load(path, weights_only=True)
+    assert blob["format"] == "cswap_nb.pruned/1"
+    assert blob["spec"] == cs.zoo.entry("resnet18-digits").spec
+    assert blob["summary"]["params_after"] == zoo_result.params_after
+    model = cs.load_pruned(path)
+    assert not model.training
+    assert count_params(model) == zoo_result.params_after
+    x = digits.test.x[:16]
+    with torch.no_grad():
+        assert torch.allclose(model(x), zoo_result.model(x), atol=1e-6)
+
+
+def test_save_and_load_pruned_coupled_scope(tiny_resnet, own_label_data, randomize_bn, tmp_path):
+    model = randomize_bn(tiny_resnet(channels=(8, 8, 16, 16)), seed=2)
+    x, y = own_label_data(model)
+    res = cs.prune(model, (x, y), samples_per_class=3, scope="all", alpha=0.01, progress=False)
+    assert any(layer["kind"] == "coupled" and res.pruned_units[layer["name"]] for layer in res.layers)
+    assert res.equivalence_max_abs_diff <= 1e-4
+    loaded = cs.load_pruned(res.save(tmp_path / "p.pt"))
+    assert cs.models.shapes_of(loaded) == cs.models.shapes_of(res.model)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), res.model(x), atol=1e-6)
+
+
+def test_save_refuses_models_without_spec(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2)).eval()
+    x = torch.randn(40, 4)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    res = cs.prune(model, (x, y), samples_per_class=None, progress=False)
+    assert res.spec is None
+    with pytest.raises(ValueError, match="cannot be described as a plain spec"):
+        res.save(tmp_path / "p.pt")
+
+
+# ------------------------------------------------------------------ user models
+
+
+def test_user_model(tiny_resnet, own_label_data):
+    model = tiny_resnet(channels=(4, 8, 8, 8), num_classes=4)
+    x, y = own_label_data(model)
+    res = cs.prune(model, (x, y), samples_per_class=3, progress=False, eval_data=(x, y))
+    with torch.no_grad():
+        out = res.model(x)
+    assert out.shape == (len(x), 4) and torch.isfinite(out).all()
+    assert res.params_after <= res.params_before
+    assert res.params_before == count_params(model)
+    s = res.summary()
+    assert SUMMARY_KEYS <= set(s)
+    assert set(s["counts"]) == {"critical", "neutral", "detrimental"}
+    assert s["model"] == "custom"
+    assert s["metric_before"] == 100.0
+    assert s["calib_samples"] == 3 * len(y.unique())
+    assert s["equivalence_max_abs_diff"] <= 1e-4
+    assert len(s["per_layer"]) == len(res.layers) == len(find_unit_layers(model, x[:1]))
+
+
+def test_user_model_dataset_and_dataloader_inputs(tiny_resnet, own_label_data):
+    model = tiny_resnet()
+    x, y = own_label_data(model)
+    ds = torch.utils.data.TensorDataset(x, y)
+    a = cs.prune(model, ds, samples_per_class=3, progress=False)
+    b = cs.prune(model, torch.utils.data.DataLoader(ds, batch_size=7), samples_per_class=3, progress=False)
+    c = cs.prune(model, (x, y), samples_per_class=3, progress=False)
+    assert a.labels.label.tolist() == b.labels.label.tolist() == c.labels.label.tolist()
+    assert a.pruned_units == b.pruned_units == c.pruned_units
+
+
+def test_ignored_layers_are_not_tested(tiny_resnet, own_label_data):
+    model = tiny_resnet()
+    x, y = own_label_data(model)
+    res = cs.prune(model, (x, y), samples_per_class=3, ignored_layers=[model.layer1[0].conv1], progress=False)
+    assert "layer1.0.conv1" not in set(res.labels.layer)
+    assert res.model.layer1[0].conv1.out_channels == model.layer1[0].conv1.out_channels
+    with pytest.raises(ValueError, match="not part of the model"):
+        cs.prune(model, (x, y), samples_per_class=3, ignored_layers=[nn.Conv2d(1, 1, 1)], progress=False)
+
+
+def test_group_size_tests_units_together(tiny_resnet, own_label_data):
+    model = tiny_resnet(channels=(8, 8, 8, 8))
+    x, y = own_label_data(model)
+    res = cs.prune(model, (x, y), samples_per_class=3, group_size=4, group_threshold=0, progress=False)
+    assert all(isinstance(u, list) and len(u) == 4 for u in res.labels.unit)
+    expected_steps = sum(-(-layer["size"] // 4) for layer in res.layers)
+    assert len(res.labels) == expected_steps
+
+
+def test_every_layer_keeps_a_unit():
+    """Even if every unit is neutral, the last unit of a layer is kept."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    with torch.no_grad():
+        model[2].weight.zero_()  # the hidden layer has no effect at all
+        model[2].bias.copy_(torch.tensor([1.0, 0.0]))
+    x, y = torch.randn(10, 3), torch.zeros(10, dtype=torch.long)
+    res = cs.prune(model, (x, y), samples_per_class=None, progress=False)
+    assert (res.labels.label == "neutral").all()
+    assert res.labels.pruned.tolist() == [True, True, True, False]
+    assert "never removed" in res.labels.note.iloc[-1]
+    assert res.model[0].out_features == 1
+
+
+def test_torchvision_resnet_unit_counts():
+    """Full-width torchvision ResNets: the unit layers a prune would test (no pruning here)."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 32, 32)
+    r18 = torchvision.models.resnet18(num_classes=4).eval()
+    assert sum(layer.size for layer in find_unit_layers(r18, x)) == 2 * (64 + 128 + 256 + 512)
+    assert sum(layer.size for layer in find_unit_layers(r18, x, scope="all")) == 3 * (64 + 128 + 256 + 512)
+    r50 = torchvision.models.resnet50(num_classes=4).eval()
+    internal = find_unit_layers(r50, x)
+    # the stem (followed by a downsample in layer1) plus conv1 and conv2 of all 16 bottlenecks
+    assert len(internal) == 1 + 2 * 16
+    widths = {1: 64, 2: 128, 3: 256, 4: 512}
+    assert sum(layer.size for layer in internal) == 64 + sum(2 * widths[s] * n for s, n in zip(widths, (3, 4, 6, 3)))
+
+
+def test_pruned_model_has_no_leftover_hooks(zoo_result):
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in zoo_result.model.modules())
+
+
+def test_layer_order_input_to_output(tiny_resnet, own_label_data):
+    model = tiny_resnet()
+    x, y = own_label_data(model)
+    res = cs.prune(model, (x, y), samples_per_class=3, layer_order="input-to-output", progress=False)
+    assert list(dict.fromkeys(res.labels.layer)) == [layer["name"] for layer in res.layers]
+
+
+def test_model_returning_a_tuple_gets_a_clear_error():
+    class TupleOut(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.hidden, self.head = nn.Linear(4, 5), nn.Linear(5, 3)
+
+        def forward(self, x):
+            return (self.head(torch.relu(self.hidden(x))),)
+
+    x, y = torch.randn(20, 4), torch.zeros(20, dtype=torch.long)
+    with pytest.raises(ValueError, match="expected \\(N, classes\\) logits"):
+        cs.prune(TupleOut(), (x, y), samples_per_class=2, progress=False)
