@@ -53,9 +53,9 @@ def sequential_parts(model: nn.Module) -> list[Part] | None:
 
         return [part(names[b], b) for b in model.features] + [("head", mobilenet_head, under("classifier"))]
 
-    vit = _timm_vit_parts(model, under)
+    vit = _timm_vit_parts(model, part, under)
     if vit is not None:
-        return vit + [part(names[b], b) for b in model.blocks] + [vit_head(model, under)]
+        return vit
 
     stages = [getattr(model, f"layer{i}", None) for i in range(1, 5)]
     if any(s is None or not isinstance(s, nn.Sequential) for s in stages):
@@ -78,27 +78,26 @@ def sequential_parts(model: nn.Module) -> list[Part] | None:
     return parts
 
 
-def _timm_vit_parts(model: nn.Module, under) -> list[Part] | None:
-    """The embedding stem of a timm VisionTransformer (patch embedding, class/register tokens,
-    position embedding, pre-norm) as one part; None for other models or unusual ViTs."""
+def _timm_vit_parts(model: nn.Module, part, under) -> list[Part] | None:
+    """A timm VisionTransformer as its embedding stem (patch embedding, class/register tokens,
+    position embedding, pre-norm), its blocks, and its head (final norm, pooling, classifier).
+    None for other models."""
     try:
         from timm.models.vision_transformer import VisionTransformer
     except ImportError:  # pragma: no cover - timm is a dependency
         return None
     if not isinstance(model, VisionTransformer) or not isinstance(model.blocks, nn.Sequential):
         return None
-    if getattr(model, "attn_pool", None) is not None or getattr(model, "rope", None) is not None:
-        return None
 
     def stem(x: Tensor) -> Tensor:
         return model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
 
-    return [("stem", stem, under("patch_embed", "pos_drop", "patch_drop", "norm_pre"))]
+    def head(x: Tensor) -> Tensor:
+        return model.forward_head(model.norm(x))
 
-
-def vit_head(model: nn.Module, under) -> Part:
-    """Final norm, pooling and classifier of a timm VisionTransformer."""
-    return ("head", lambda x: model.forward_head(model.norm(x)), under("norm", "fc_norm", "head_drop", "head"))
+    return ([("stem", stem, under("patch_embed", "pos_drop", "patch_drop", "norm_pre"))]
+            + [part(f"blocks.{i}", b) for i, b in enumerate(model.blocks)]
+            + [("head", head, under("norm", "attn_pool", "fc_norm", "head_drop", "head"))])
 
 
 class FullEngine:

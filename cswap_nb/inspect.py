@@ -99,3 +99,34 @@ def labels_vs_alpha(table: pd.DataFrame, alphas) -> pd.DataFrame:
             counts = sub.label.value_counts()
             rows.append({"alpha": a, "test": test, **{k: int(counts.get(k, 0)) for k in LABELS}})
     return pd.DataFrame(rows)
+
+
+def attention_maps(model: nn.Module, x: Tensor, block: int = -1) -> Tensor:
+    """Attention of the class token to every patch, per head, in one block of a timm ViT.
+
+    ``x``: a batch of images. Returns ``(N, heads, grid_h, grid_w)`` softmax weights,
+    computed from the block's own ``qkv`` (so a head-pruned model shows its remaining
+    heads). Without a class token, the mean attention over all query tokens is used.
+    """
+    from timm.models.vision_transformer import VisionTransformer
+
+    if not isinstance(model, VisionTransformer):
+        raise ValueError(f"attention_maps needs a timm VisionTransformer, got {type(model).__name__}")
+    attn = model.blocks[block].attn
+    seen: dict[str, Tensor] = {}
+    handle = attn.register_forward_pre_hook(lambda module, inputs: seen.setdefault("x", inputs[0]))
+    try:
+        with torch.inference_mode():
+            model.eval()(x)
+    finally:
+        handle.remove()
+    with torch.inference_mode():
+        t = seen["x"]
+        b, n, _ = t.shape
+        qkv = attn.qkv(t).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+        weights = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(-1)  # (N, heads, tokens, tokens)
+        query = weights[:, :, 0] if model.cls_token is not None else weights.mean(2)
+        patches = query[:, :, model.num_prefix_tokens:]
+        gh, gw = model.patch_embed.grid_size
+        return patches.reshape(b, attn.num_heads, gh, gw).clone()

@@ -62,6 +62,7 @@ def plot_accuracy_vs_removed(records: list[dict], ax: Axes | None = None) -> Axe
                 linestyle="-" if len(pts) > 1 else "none", **style)
     dense = records[0]["metric_before"]
     ax.axhline(dense, linestyle="--", color="black", linewidth=1, label="original model")
+    ax.set_xlim(0, 100)  # panels of different models stay comparable; a lone point is not zoomed into
     ax.set_xlabel("parameters removed (%)")
     ax.set_ylabel(f"test {records[0]['metric_name'].replace('_pct', '').replace('_', ' ')} (%)")
     ax.set_title(f"{records[0]['model']}: one-shot pruning, no fine-tuning", fontsize=10)
@@ -170,4 +171,68 @@ def plot_strategy_costs(rows, ax: Axes | None = None) -> Axes:
     ax.set_xscale("log")
     ax.set_xlabel("forward passes over the calibration set")
     ax.invert_yaxis()
+    return ax
+
+
+def plot_attention_maps(maps, heads: list[int] | None = None, ax: Axes | None = None, title: str = "") -> Axes:
+    """One image's attention maps, one tile per head, side by side on one axis.
+
+    ``maps``: ``(heads, grid_h, grid_w)`` (e.g. ``cswap_nb.inspect.attention_maps(model, x)[0]``);
+    ``heads``: the original index of each head (after head pruning, the kept ones).
+    Each tile has its own colour scale (brighter = more attention).
+    """
+    import numpy as np
+
+    maps = np.asarray(maps.detach().cpu() if hasattr(maps, "detach") else maps, dtype=float)
+    n, gh, gw = maps.shape
+    heads = list(range(n)) if heads is None else list(heads)
+    if len(heads) != n:
+        raise ValueError(f"{n} maps but {len(heads)} head labels")
+    ax = ax or _new_ax((1.6 * n + 0.5, 2.2))
+    gap = 1
+    mosaic = np.full((gh, n * (gw + gap) - gap), np.nan)
+    for i, m in enumerate(maps):
+        lo, hi = m.min(), m.max()
+        mosaic[:, i * (gw + gap) : i * (gw + gap) + gw] = (m - lo) / (hi - lo) if hi > lo else 0.0
+    ax.imshow(mosaic, cmap="magma", vmin=0, vmax=1)
+    ax.set_xticks([i * (gw + gap) + (gw - 1) / 2 for i in range(n)], [f"head {h}" for h in heads], fontsize=8)
+    ax.set_yticks([])
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.set_title(title, fontsize=9)
+    return ax
+
+
+def plot_group_sizes(rows, ax: Axes | None = None) -> Axes:
+    """Neuron groups: what testing ``g`` units at a time costs and gives.
+
+    ``rows``: one dict per run with ``group_size``, ``tests`` (causal tests run),
+    ``params_removed_pct`` and ``metric_after`` (and optionally ``metric_before``, drawn
+    dashed). Accuracy and % parameters removed share the left axis; the number of tests
+    (the cost, one forward pass of the rest of the network each) is on a log right axis.
+    """
+    ax = ax or _new_ax((7, 4))
+    rows = sorted(rows, key=lambda r: r["group_size"])
+    g = [r["group_size"] for r in rows]
+    ax.plot(g, [r["metric_after"] for r in rows], marker="o", color="#c53030", label="test accuracy after (%)")
+    ax.plot(g, [r["params_removed_pct"] for r in rows], marker="s", color="#2b6cb0", label="parameters removed (%)")
+    if rows and rows[0].get("metric_before") is not None:
+        ax.axhline(rows[0]["metric_before"], linestyle="--", color="black", linewidth=1, label="original accuracy")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(g, [str(v) for v in g])
+    ax.set_xlabel("group size g (units tested together in wide MLP layers)")
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 105)
+    cost = ax.twinx()
+    cost.bar(g, [r["tests"] for r in rows], width=[0.35 * v for v in g], color="#a0aec0", alpha=0.5,
+             label="causal tests run")
+    cost.set_yscale("log")
+    cost.set_ylabel("causal tests run (log)")
+    ax.set_zorder(cost.get_zorder() + 1)
+    ax.patch.set_visible(False)
+    lines, labels = ax.get_legend_handles_labels()
+    bars, bar_labels = cost.get_legend_handles_labels()
+    ax.legend(lines + bars, labels + bar_labels, fontsize=8, frameon=False, loc="lower left")
+    ax.set_title("neuron groups: fewer tests, coarser decisions", fontsize=10)
     return ax

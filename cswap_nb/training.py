@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .data import Split
-
 
 OPTIMIZERS = ("sgd", "adamw")
 
@@ -34,7 +33,7 @@ class Recipe:
 
     # Fields added after the first checkpoints were shipped: recorded in a checkpoint only
     # when they differ from their default, so retraining an older entry gives the same file.
-    _LATER_FIELDS = {"optimizer": "sgd"}
+    _LATER_FIELDS: ClassVar[dict[str, Any]] = {"optimizer": "sgd"}
 
     def as_dict(self) -> dict[str, Any]:
         """The recipe as written into a checkpoint (later fields only when not at their default)."""
@@ -45,6 +44,7 @@ class Recipe:
         return d
 
     def make_optimizer(self, params) -> torch.optim.Optimizer:
+        """The optimizer this recipe names, over ``params``."""
         if self.optimizer == "sgd":
             return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, nesterov=True,
                                    weight_decay=self.weight_decay)

@@ -36,6 +36,7 @@ updates ``num_heads`` and ``attn_dim`` (``head_dim`` and the softmax scale are u
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch_pruning as tp
@@ -211,6 +212,12 @@ def _layer_from_group(group, graph, names, order) -> UnitLayer | None:
         return None
     if any(isinstance(item.dep.target.module, STAT_NORMS) for item in group):
         return None  # LayerNorm/GroupNorm channels: masking cannot equal removal
+    for item in group:
+        mod = item.dep.target.module
+        if isinstance(mod, nn.modules.conv._ConvNd) and mod.groups > 1:
+            depthwise = mod.groups == mod.in_channels == mod.out_channels
+            if not (depthwise and any(i.dep.target.module is mod and _is_out_pruning(i.dep) for i in group)):
+                return None  # feeds a grouped conv (ResNeXt): one channel alone cannot be removed
     size = len(group[0].idxs)
     producers, norms = [], []
     for item in group:
@@ -246,7 +253,7 @@ def _layer_from_group(group, graph, names, order) -> UnitLayer | None:
         mod = item.dep.target.module
         if mod in producers and _is_out_pruning(item.dep):
             w = mod.weight.detach().reshape(mod.weight.shape[0], -1)
-            l1, sq = w.abs().sum(1), w.pow(2).sum(1)
+            l1, sq = w.abs().sum(1).cpu(), w.pow(2).sum(1).cpu()
             for idx, root_idx in zip(item.idxs, item.root_idxs):
                 magnitude[int(root_idx)] += l1[int(idx)]
                 squares[int(root_idx)] += sq[int(idx)]
@@ -296,7 +303,9 @@ class Masker:
                     continue
                 mod = modules[mod_name]
                 n = self._width(mod)
-                self._keep[mod_name] = torch.ones(n)
+                tensors = list(mod.parameters()) + list(mod.buffers())
+                device = tensors[0].device if tensors else torch.device("cpu")
+                self._keep[mod_name] = torch.ones(n, device=device)
                 self._handles.append(mod.register_forward_hook(self._hook(mod_name, _channel_dim(mod))))
 
     @staticmethod
@@ -326,7 +335,7 @@ class Masker:
             if bool(keep.all()):
                 return None
             x = inputs[0]
-            scale = keep.to(x.dtype).repeat_interleave(head_dim)  # (heads * head_dim,)
+            scale = keep.to(x.device, x.dtype).repeat_interleave(head_dim)  # (heads * head_dim,)
             return (x * scale, *inputs[1:])
 
         return hook
@@ -348,3 +357,31 @@ class Masker:
         for h in self._handles:
             h.remove()
         self._handles = []
+
+
+def register_site_hook(module: nn.Module, layer: UnitLayer, fn: Callable[[Tensor], None]):
+    """Call ``fn(t)`` with the tensor a mask point of ``layer`` acts on, at every forward pass.
+
+    ``t`` is ``module``'s output for channel units and ``attn.proj``'s input for heads, in
+    its own layout (use :func:`channels_first` to index units); it is the live tensor of the
+    graph, so ``t.retain_grad()`` gives its gradient. Returns the removable hook handle.
+    For criteria that score units where C-SWAP intervenes.
+    """
+    if layer.kind == "heads":
+        return module.register_forward_pre_hook(lambda m, inputs: fn(inputs[0]))
+    return module.register_forward_hook(lambda m, inputs, output: fn(output))
+
+
+def channels_first(t: Tensor, module: nn.Module, layer: UnitLayer) -> Tensor:
+    """A mask-site tensor as ``(N, channels, positions...)``, channel ``layer.points[...][u]`` of unit ``u``.
+
+    Conv/BN outputs are already channels-first; a Linear's channels are its last dim
+    (tokens of a transformer are positions); for heads, ``(N, tokens, heads * head_dim)``
+    becomes ``(N, heads, tokens * head_dim)``.
+    """
+    if layer.kind == "heads":
+        n = t.shape[0]
+        return t.reshape(n, -1, layer.size, layer.head_dim).permute(0, 2, 1, 3).reshape(n, layer.size, -1)
+    if _channel_dim(module) == -1 and t.ndim > 2:
+        return t.movedim(-1, 1)
+    return t

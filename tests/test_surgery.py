@@ -353,9 +353,6 @@ def test_count_params_and_macs():
     assert model.training
 
 
-@pytest.mark.xfail(strict=True, raises=(AssertionError, RuntimeError),
-                   reason="BUG: channels feeding a grouped conv (ResNeXt) are offered as single units, "
-                          "but removing one leaves the grouped conv with an invalid shape")
 def test_grouped_conv_units_mask_equals_removal(randomize_bn):
     from torchvision.models.resnet import Bottleneck, ResNet
 

@@ -1,7 +1,8 @@
 """Shipped checkpoints: load them (offline, verified) and retrain them from their recipe.
 
-``python -m cswap_nb.zoo train resnet18-digits`` reproduces ``data/resnet18-digits.pt``
-and records its sha256 and test accuracy in ``data/zoo.json``.
+``python -m cswap_nb.zoo train NAME`` (``resnet18-digits``, ``mobilenetv2-digits``,
+``resnet50-digits``, ``vit-digits``) reproduces ``data/NAME.pt`` and records its sha256
+and test accuracy in ``data/zoo.json``.
 """
 from __future__ import annotations
 
@@ -45,6 +46,29 @@ ZOO: dict[str, Entry] = {
         dataset="digits32",
         recipe=Recipe(),
         description="timm ResNet18 (BasicBlock [2,2,2,2]) at stage widths 16/32/64/128, digits 32x32",
+    ),
+    "mobilenetv2-digits": Entry(
+        name="mobilenetv2-digits",
+        spec={"family": "torchvision.mobilenet_v2", "width_mult": 0.5, "num_classes": 10, "dropout": 0.2},
+        dataset="digits32",
+        recipe=Recipe(epochs=30, lr=0.05, weight_decay=4e-5),
+        description="torchvision MobileNetV2 at width_mult 0.5, digits 32x32",
+    ),
+    "resnet50-digits": Entry(
+        name="resnet50-digits",
+        spec={"family": "timm.resnet", "block": "bottleneck", "layers": [3, 4, 6, 3],
+              "channels": [16, 32, 64, 128], "num_classes": 10, "in_chans": 3},
+        dataset="digits32",
+        recipe=Recipe(epochs=30, lr=0.05),
+        description="timm ResNet50 (Bottleneck [3,4,6,3]) at stage widths 16/32/64/128 (x4 out), digits 32x32",
+    ),
+    "vit-digits": Entry(
+        name="vit-digits",
+        spec={"family": "timm.vit", "img_size": 32, "patch_size": 4, "embed_dim": 96, "depth": 4,
+              "num_heads": 4, "mlp_ratio": 4.0, "num_classes": 10},
+        dataset="digits32",
+        recipe=Recipe(epochs=60, lr=1e-3, weight_decay=0.05, optimizer="adamw"),
+        description="timm VisionTransformer, 32x32 input, patch 4, embed 96, depth 4, 4 heads, MLP 384, digits 32x32",
     ),
 }
 
@@ -141,7 +165,7 @@ def train(name: str, out_dir: Path | None = None, progress: bool = True) -> dict
               "dataset": e.dataset, "train_samples": len(data.train.y), "test_samples": len(data.test.y),
               "recipe": asdict(r), "train_seconds": round(seconds, 1),
               "params": sum(p.numel() for p in model.parameters()),
-              "torch": torch.__version__, "description": e.description}
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "description": e.description}
     manifest_file = out_dir / "zoo.json"
     manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
     manifest[name] = record
