@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .units import UnitLayer
+from .units import UnitLayer, channels_first, register_site_hook
 
 Scores = dict[str, Tensor]
 
@@ -131,14 +131,16 @@ def _activations(model: nn.Module, layers: list[UnitLayer], x: Tensor, y: Tensor
     mean_abs = {n: 0.0 for n in names}
     taylor = {n: 0.0 for n in names}
 
+    layer_of = {n: layer for layer in layers for n in layer.points}
+
     def hook(name):
-        def fn(module, inputs, output):
-            acts[name] = output
+        def fn(t):
+            acts[name] = t
             if grad:
-                output.retain_grad()
+                t.retain_grad()
         return fn
 
-    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
+    handles = [register_site_hook(modules[n], layer_of[n], hook(n)) for n in names]
     try:
         with count_passes(model, len(y), cost):
             for i in range(0, len(y), batch_size):
@@ -149,10 +151,10 @@ def _activations(model: nn.Module, layers: list[UnitLayer], x: Tensor, y: Tensor
                         model.zero_grad(set_to_none=True)
                         F.cross_entropy(logits, yb, reduction="sum").backward()
                 for n in names:
-                    a = acts[n].detach()
+                    a = channels_first(acts[n].detach(), modules[n], layer_of[n])
                     mean_abs[n] = mean_abs[n] + (a.flatten(2).abs().mean(2) if a.ndim > 2 else a.abs()).sum(0)
                     if grad:
-                        ag = a * acts[n].grad
+                        ag = channels_first(acts[n].detach() * acts[n].grad, modules[n], layer_of[n])
                         taylor[n] = taylor[n] + (ag.flatten(2).sum(2) if ag.ndim > 2 else ag).abs().sum(0)
     finally:
         for h in handles:
@@ -179,6 +181,10 @@ def _captum(kind: str, model, layers, x, y, cost: Cost | None = None, n_steps: i
     """
     from captum.attr import LayerConductance, LayerFeatureAblation, LayerGradientXActivation, LayerIntegratedGradients
 
+    if _is_transformer(model) or any(layer.kind == "heads" for layer in layers):
+        raise ValueError(f"{kind}: the Captum criteria score conv channels and MLP hidden units of (N, C, ...) "
+                         "outputs; token-shaped outputs and attention heads (ViT) are not supported — use "
+                         "l1, l2, random, activation or taylor there")
     cost = cost or Cost()
     model = _no_inplace(model)
     modules = _modules(model)
@@ -219,6 +225,13 @@ def _captum(kind: str, model, layers, x, y, cost: Cost | None = None, n_steps: i
                     a = a.flatten(2).mean(2) if a.ndim > 2 else a  # the same value at every position
                     add(n, a.sum(0))
     return {layer.name: _gather(layer, {n: v / len(y) for n, v in totals.items()}) for layer in layers}
+
+
+def _is_transformer(model: nn.Module) -> bool:
+    """A timm ViT: its unit outputs are (N, tokens, C), not channels-first."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    return isinstance(model, VisionTransformer)
 
 
 def _layer_output(mod: nn.Module, example: Tensor, model: nn.Module) -> Tensor:

@@ -119,3 +119,13 @@ def test_unknown_criterion_lists_known_ones(planted):
     model, layers, x, y = planted
     with pytest.raises(ValueError, match="unknown criterion 'nope'; known: l1"):
         score_units("nope", model, layers, x, y)
+
+
+def test_vit_criteria_taylor_works_and_captum_refuses_clearly():
+    model, data = cs.zoo.load("vit-digits")
+    x, y = cs.select_calibration(model, *data.train, 3)
+    layers = find_unit_layers(model, x[:1])
+    s = score_units("taylor", model, layers, x, y)
+    assert {k: v.shape[0] for k, v in s.items()} == {layer.name: layer.size for layer in layers}
+    with pytest.raises(ValueError, match="token-shaped outputs and attention heads"):
+        score_units("gradxact", model, layers, x, y)
