@@ -35,6 +35,8 @@ def latency(model: nn.Module, x: torch.Tensor, repeats: int) -> float:
         for i in range(repeats + 2):
             t0 = time.perf_counter()
             model(x)
+            if x.is_cuda:  # kernels run asynchronously: wait for them before reading the clock
+                torch.cuda.synchronize()
             if i >= 2:
                 times.append(time.perf_counter() - t0)
     return statistics.median(times)
