@@ -65,16 +65,13 @@ def bench_engines(model: nn.Module, calib, rounds: int = 2, **prune_kwargs) -> d
     for _ in range(rounds):
         for engine in ("naive", "fast"):
             runs[engine].append(prune(model, calib, engine=engine, progress=False, **prune_kwargs))
-    example_macs = None
     out = {"matmul_gflops": matmul_gflops()}
     ref = runs["naive"][0]
     for engine, results in runs.items():
         r = results[0]
-        if example_macs is None:
-            example_macs = r.macs_before
         seconds = statistics.median(res.analysis_seconds for res in results)
         fe = r.engine["forward_equivalents"]
-        flops = 2.0 * example_macs * r.calib_samples * fe
+        flops = 2.0 * r.macs_before * r.calib_samples * fe
         out[engine] = {"analysis_seconds": seconds, "forward_equivalents": fe,
                        "gflops_achieved": flops / seconds / 1e9, "fallback": r.engine["fallback"]}
     out["speedup"] = out["naive"]["analysis_seconds"] / out["fast"]["analysis_seconds"]

@@ -155,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.json.write_text(json.dumps(report, indent=2) + "\n")
             return 0
         if args.cmd == "demo":
-            defaults = argparse.Namespace(model="resnet18-digits", alpha=0.05, samples_per_class=20,
-                                          inference="per-class", order="magnitude", test="welch", scope="internal",
-                                          seed=0, json=args.json, no_progress=args.no_progress)
+            # the prune command's own defaults, so that demo and prune cannot drift apart
+            defaults = p.parse_args(["--model", "resnet18-digits"])
+            defaults.json, defaults.no_progress = args.json, args.no_progress
             print("C-SWAP demo: shipped ResNet18 (timm, reduced width) on scikit-learn's digits, alpha=0.05")
             run_prune(defaults, args.out)
             return 0
