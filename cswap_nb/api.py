@@ -58,13 +58,18 @@ class PruneResult:
 
     @property
     def per_layer(self) -> pd.DataFrame:
-        """Units per layer: how many were critical/neutral/detrimental, removed and kept."""
+        """Units per layer: how many were critical/neutral/detrimental, removed and kept.
+
+        Counts are in units; ``tests`` is the number of causal tests run in the layer,
+        fewer than its units where units were tested in groups.
+        """
         rows = []
         for layer in self.layers:
             sub = self.labels[self.labels.layer == layer["name"]]
-            counts = sub.label.value_counts() if "label" in sub else {}
+            counts = _unit_counts(sub)
             removed = len(self.pruned_units.get(layer["name"], []))
-            rows.append({"layer": layer["name"], "kind": layer["kind"], "units": layer["size"],
+            tests = int(sub.label.notna().sum()) if "label" in sub else 0
+            rows.append({"layer": layer["name"], "kind": layer["kind"], "units": layer["size"], "tests": tests,
                          **{lab: int(counts.get(lab, 0)) for lab in LABELS},
                          "removed": removed, "kept": layer["size"] - removed})
         return pd.DataFrame(rows)
@@ -75,7 +80,7 @@ class PruneResult:
 
     def summary(self) -> dict[str, Any]:
         """The run as a JSON-able dict (the CLI's ``--json`` schema)."""
-        counts = self.labels.label.value_counts() if "label" in self.labels else {}
+        counts = _unit_counts(self.labels)
         return {
             "model": self.model_name,
             "method": self.method,
@@ -119,6 +124,14 @@ class PruneResult:
             "summary": _jsonable(self.summary()),
         }, path)
         return path
+
+
+def _unit_counts(labels: pd.DataFrame) -> dict[str, int]:
+    """Units per label; a row testing a group of units (``unit`` is a list) counts each of them."""
+    if "label" not in labels or labels.empty:
+        return {}
+    sizes = labels.unit.map(lambda u: len(u) if isinstance(u, (list, tuple)) else 1)
+    return {str(k): int(v) for k, v in sizes.groupby(labels.label).sum().items()}
 
 
 def _jsonable(obj):
@@ -183,6 +196,56 @@ def select_calibration(model: nn.Module, x: Tensor, y: Tensor, samples_per_class
         keep.append(idx.sort().values)
     keep = torch.cat(keep)
     return x[keep], y[keep]
+
+
+MIN_CLASS_PIXELS = 16  # a class takes part in an image's per-class test with at least this many pixels
+
+
+def select_segmentation_calibration(x: Tensor, masks: Tensor, samples_per_class: int | None, num_classes: int,
+                                    seed: int = 0, min_per_class: int = 2,
+                                    min_pixels: int = MIN_CLASS_PIXELS) -> tuple[Tensor, Tensor, Tensor]:
+    """Pick calibration images for a segmentation model; return (x, masks, pairs).
+
+    A class *appears* in an image when it covers at least ``min_pixels`` labelled pixels.
+    Images are visited in a seeded random order and kept while they show a class that
+    still has fewer than ``samples_per_class`` images (all images with ``None``).
+    ``pairs`` (P, 2) lists every (kept image, class appearing in it): the samples of the
+    per-class tests. Classes appearing in fewer than ``min_per_class`` kept images
+    cannot be tested; they are left out with a warning. (Dense predictions have no single
+    "correct" outcome, so unlike :func:`select_calibration` images are not filtered on it.)
+    """
+    n = masks.shape[0]
+    flat = torch.where(masks == 255, num_classes, masks).flatten(1).cpu()
+    counts = torch.zeros(n, num_classes + 1, dtype=torch.long).scatter_add_(1, flat, torch.ones_like(flat))[:, :num_classes]
+    present = counts >= min_pixels
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    if samples_per_class is None:
+        keep = sorted(order)
+    else:
+        have = torch.zeros(num_classes, dtype=torch.long)
+        keep = []
+        for i in order:
+            if bool((present[i] & (have < samples_per_class)).any()):
+                keep.append(i)
+                have += present[i].long()
+            if bool(((have >= samples_per_class) | (present.sum(0) == have)).all()):
+                break
+        keep.sort()
+    keep_t = torch.tensor(keep, dtype=torch.long)
+    sub = present[keep_t]
+    per_class = sub.sum(0)
+    rare = [c for c in range(num_classes) if 0 < int(per_class[c]) < min_per_class]
+    if rare:
+        warnings.warn(f"class(es) {rare} appear (>= {min_pixels} pixels) in fewer than {min_per_class} calibration "
+                      "image(s) and are not tested", stacklevel=3)
+        sub[:, rare] = False
+    pairs = sub.nonzero()  # (row in kept images, class), image-major
+    if len(pairs) == 0:
+        raise ValueError(f"no class covers {min_pixels} labelled pixels in {min_per_class} or more images: "
+                         "nothing to test; give more (or larger) calibration images")
+    device = x.device
+    keep_d = keep_t.to(device)
+    return x[keep_d], masks[keep_d], pairs.to(device)
 
 
 def prune(
@@ -281,16 +344,28 @@ def prune(
     except Exception as exc:
         raise ValueError(f"the model could not run on calibration inputs of shape {tuple(x.shape[1:])} "
                          f"(per sample): {type(exc).__name__}: {exc}") from exc
-    if not isinstance(probe, Tensor) or probe.ndim != 2:
-        got = tuple(probe.shape) if isinstance(probe, Tensor) else type(probe).__name__
-        raise ValueError(f"expected (N, classes) logits from the model, got {got}; wrap the model so that its "
-                         "forward returns one logits tensor")
-    if probe.ndim != 2:
-        raise ValueError(f"expected (N, classes) logits from the model, got shape {tuple(probe.shape)}")
-    if int(y.min()) < 0 or int(y.max()) >= probe.shape[1]:
-        raise ValueError(f"labels must lie in [0, {probe.shape[1] - 1}] for a model with {probe.shape[1]} "
-                         f"outputs; got labels from {int(y.min())} to {int(y.max())}")
-    x, y = select_calibration(work, x, y, samples_per_class, seed=seed, min_per_class=need)
+    segmentation = y.ndim == 3
+    if segmentation:
+        if not isinstance(probe, Tensor) or probe.ndim != 4:
+            got = tuple(probe.shape) if isinstance(probe, Tensor) else type(probe).__name__
+            raise ValueError(f"label masks (N, H, W) need a model returning (N, classes, h, w) logits, got {got}")
+        valid = y[y != 255]
+        if len(valid) and (int(valid.min()) < 0 or int(valid.max()) >= probe.shape[1]):
+            raise ValueError(f"mask labels must lie in [0, {probe.shape[1] - 1}] or be 255 (ignored) for a model with "
+                             f"{probe.shape[1]} outputs; got labels from {int(valid.min())} to {int(valid.max())}")
+        x, y, pairs = select_segmentation_calibration(x, y, samples_per_class, probe.shape[1], seed=seed,
+                                                      min_per_class=need)
+        test_y = pairs[:, 1] if inference == "per-class" else torch.zeros(len(x), dtype=torch.long, device=device)
+    else:
+        if not isinstance(probe, Tensor) or probe.ndim != 2:
+            got = tuple(probe.shape) if isinstance(probe, Tensor) else type(probe).__name__
+            raise ValueError(f"expected (N, classes) logits from the model, got {got}; wrap the model so that its "
+                             "forward returns one logits tensor")
+        if int(y.min()) < 0 or int(y.max()) >= probe.shape[1]:
+            raise ValueError(f"labels must lie in [0, {probe.shape[1] - 1}] for a model with {probe.shape[1]} "
+                             f"outputs; got labels from {int(y.min())} to {int(y.max())}")
+        x, y = select_calibration(work, x, y, samples_per_class, seed=seed, min_per_class=need)
+        test_y = y
 
     example = x[:1]
     try:
@@ -309,6 +384,8 @@ def prune(
 
     masker = Masker(work, layers)
     scorer = make_engine(engine, work, masker, example)
+    if segmentation:
+        scorer.segmentation(y, pairs if inference == "per-class" else None)
     if engine_hook is not None:
         scorer = engine_hook(scorer)
     records: list[dict] = []
@@ -318,11 +395,11 @@ def prune(
         if method in ("cswap", "greedy"):
             if method == "cswap":
                 total = len(visiting_plan(layers, cfg))
-                steps = progressive(scorer, masker, layers, x, y, cfg)
+                steps = progressive(scorer, masker, layers, x, test_y, cfg)
             else:
                 n_units = sum(layer.size for layer in layers)
                 total = round(ratio * n_units) if ratio is not None else None
-                steps = greedy(scorer, masker, layers, x, y, total if total is not None else n_units, score)
+                steps = greedy(scorer, masker, layers, x, test_y, total if total is not None else n_units, score)
             if on_start is not None and total is not None:
                 on_start(total)
             desc = f"C-SWAP α={alpha}" if method == "cswap" else "greedy descent"
@@ -381,6 +458,7 @@ def prune(
         layers=[{"name": layer.name, "kind": layer.kind, "size": layer.size} for layer in layers],
         equivalence_max_abs_diff=diff,
         calib_samples=len(y),
+        metric_name="miou_pct" if segmentation else "top1_accuracy_pct",
         model_name=model_name,
         method=method,
         spec=spec,

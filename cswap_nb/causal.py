@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from scipy import stats
 from torch import Tensor
 
@@ -26,21 +28,50 @@ SCORES = ("prob", "logit", "ratio")
 INFERENCES = ("per-class", "general")
 
 
+IGNORE_INDEX = 255
+
+
+def _pixel_probs(logits: Tensor, masks: Tensor, score: str) -> Tensor:
+    """Per-pixel class scores at the label resolution (bilinear upsampling, align_corners=False)."""
+    logits = logits.float()
+    if logits.shape[-2:] != masks.shape[-2:]:
+        logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
+    return logits if score == "logit" else logits.softmax(1)
+
+
 def true_class_scores(logits: Tensor, y: Tensor, score: str = "prob") -> Tensor:
     """``q(x)``: the score of each sample's own class, shape (N,).
 
     ``prob`` and ``ratio`` use the softmax probability (``ratio`` divides by the
-    reference later); ``logit`` the raw logit. Segmentation logits (N, C, H, W) are
-    scored as the mean over labelled pixels (label != 255) of the true-class probability.
+    reference later); ``logit`` the raw logit. Segmentation logits (N, C, h, w) with
+    label masks y (N, H, W) are upsampled to the label size (bilinear) and scored as the
+    mean over labelled pixels (label != 255) of the true-class probability.
     """
     if logits.ndim == 4:
-        probs = logits.float().softmax(1) if score != "logit" else logits.float()
-        valid = y != 255
-        picked = probs.gather(1, y.clamp(0, probs.shape[1] - 1)[:, None]).squeeze(1)
+        probs = _pixel_probs(logits, y, score)
+        valid = y != IGNORE_INDEX
+        picked = probs.gather(1, torch.where(valid, y, 0)[:, None]).squeeze(1)
         return (picked * valid).flatten(1).sum(1) / valid.flatten(1).sum(1).clamp(min=1)
     if score == "logit":
         return logits.float().gather(1, y[:, None]).squeeze(1)
     return logits.float().log_softmax(1).gather(1, y[:, None]).squeeze(1).exp()
+
+
+def class_pixel_scores(logits: Tensor, masks: Tensor, score: str = "prob") -> Tensor:
+    """Segmentation scores per (image, class), shape (N, C): for class c, the mean over the
+    pixels labelled c of the probability of c (NaN where the image has no pixel of c).
+
+    This is what per-class inference tests for segmentation: a class's test uses the
+    images where it appears, each scored on that class's own pixels.
+    """
+    probs = _pixel_probs(logits, masks, score)
+    n, c = probs.shape[:2]
+    labels = torch.where(masks == IGNORE_INDEX, c, masks).flatten(1)  # ignored pixels -> bin c
+    own = probs.gather(1, labels.clamp(max=c - 1).view(n, 1, *masks.shape[1:])).flatten(1)
+    total = torch.zeros(n, c + 1, dtype=probs.dtype, device=probs.device).scatter_add_(1, labels, own)[:, :c]
+    pixels = torch.zeros(n, c + 1, dtype=probs.dtype, device=probs.device).scatter_add_(
+        1, labels, torch.ones_like(own))[:, :c]
+    return torch.where(pixels > 0, total / pixels.clamp(min=1), torch.full_like(total, float("nan")))
 
 
 def min_samples(test: str, alpha: float) -> int:

@@ -13,6 +13,16 @@ from .criteria import CRITERIA
 from .descent import UNIT_ORDERS
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+METRIC_LABELS = {"top1_accuracy_pct": "test accuracy %", "miou_pct": "test mIoU %"}
+
+
 def _add_prune_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, default=0.05, help="test level; larger flags more units critical (default 0.05)")
     p.add_argument("--samples-per-class", type=int, default=20, help="calibration samples per class, k (default 20)")
@@ -21,6 +31,8 @@ def _add_prune_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test", choices=TESTS, default="welch")
     p.add_argument("--scope", choices=("internal", "all"), default="internal",
                    help="internal: channels inside blocks; all: also residual streams as coupled units")
+    p.add_argument("--group-size", type=_positive_int, default=None,
+                   help="units tested together (default: auto, groups of 4 in wide transformer MLP layers)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write the run summary as JSON here")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -33,7 +45,7 @@ def _table(summary: dict) -> str:
         ("MACs / image", f"{s['macs_before']:,}", f"{s['macs_after']:,}", f"-{s['macs_removed_pct']:.1f}%"),
     ]
     if s["metric_before"] is not None:
-        rows.append(("test accuracy %", f"{s['metric_before']:.2f}", f"{s['metric_after']:.2f}",
+        rows.append((METRIC_LABELS.get(s["metric_name"], s["metric_name"]), f"{s['metric_before']:.2f}", f"{s['metric_after']:.2f}",
                      f"{s['metric_after'] - s['metric_before']:+.2f} pts"))
     lines = [f"{'':18s}{'before':>14s}{'after':>14s}{'change':>14s}"]
     lines += [f"{a:18s}{b:>14s}{c:>14s}{d:>14s}" for a, b, c, d in rows]
@@ -41,10 +53,12 @@ def _table(summary: dict) -> str:
     lines.append(f"units tested: {sum(counts.values())}  critical {counts['critical']}  neutral {counts['neutral']}  "
                  f"detrimental {counts['detrimental']}  |  {s['seconds']:.1f} s, {s['calib_samples']} calibration samples")
     lines.append("")
-    header = f"{'layer':22s}{'kind':>10s}{'units':>7s}{'crit':>6s}{'neut':>6s}{'detr':>6s}{'removed':>9s}{'kept':>6s}"
+    header = (f"{'layer':22s}{'kind':>10s}{'units':>7s}{'tests':>7s}{'crit':>6s}{'neut':>6s}{'detr':>6s}"
+              f"{'removed':>9s}{'kept':>6s}")
     lines.append(header)
     for r in s["per_layer"]:
-        lines.append(f"{r['layer']:22s}{r['kind']:>10s}{r['units']:>7d}{r['critical']:>6d}{r['neutral']:>6d}"
+        lines.append(f"{r['layer']:22s}{r['kind']:>10s}{r['units']:>7d}{r.get('tests', 0):>7d}{r['critical']:>6d}"
+                     f"{r['neutral']:>6d}"
                      f"{r['detrimental']:>6d}{r['removed']:>9d}{r['kept']:>6d}")
     ok = "ok" if s["equivalence_max_abs_diff"] <= 1e-4 else "MISMATCH"
     lines.append(f"\nmasked model == physically pruned model: max |Δ logits| = {s['equivalence_max_abs_diff']:.2e} ({ok})")
@@ -55,7 +69,7 @@ def run_prune(args: argparse.Namespace, out: Path | None) -> dict:
     model, data = zoo.load(args.model)
     res = prune(model, data.calib, alpha=args.alpha, samples_per_class=args.samples_per_class,
                 inference=args.inference, order=args.order, test=args.test, scope=args.scope, seed=args.seed,
-                eval_data=data.test, progress=not args.no_progress, model_name=args.model)
+                group_size=args.group_size, eval_data=data.test, progress=not args.no_progress, model_name=args.model)
     summary = res.summary()
     print(_table(summary))
     if out is not None:

@@ -149,7 +149,7 @@ def _activations(model: nn.Module, layers: list[UnitLayer], x: Tensor, y: Tensor
                     logits = model(xb)
                     if grad:
                         model.zero_grad(set_to_none=True)
-                        F.cross_entropy(logits, yb, reduction="sum").backward()
+                        _loss(logits, yb).backward()
                 for n in names:
                     a = channels_first(acts[n].detach(), modules[n], layer_of[n])
                     mean_abs[n] = mean_abs[n] + (a.flatten(2).abs().mean(2) if a.ndim > 2 else a.abs()).sum(0)
@@ -160,6 +160,18 @@ def _activations(model: nn.Module, layers: list[UnitLayer], x: Tensor, y: Tensor
         for h in handles:
             h.remove()
     return ({n: v / len(y) for n, v in mean_abs.items()}, {n: v / len(y) for n, v in taylor.items()})
+
+
+def _loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Summed cross-entropy; for segmentation the per-image mean over labelled pixels, summed
+    over images (logits upsampled bilinearly to the label size, label 255 ignored)."""
+    if logits.ndim == 4 and y.ndim == 3:
+        if logits.shape[-2:] != y.shape[-2:]:
+            logits = F.interpolate(logits, size=y.shape[-2:], mode="bilinear", align_corners=False)
+        per_pixel = F.cross_entropy(logits, y, ignore_index=255, reduction="none")
+        valid = (y != 255).flatten(1)
+        return ((per_pixel.flatten(1) * valid).sum(1) / valid.sum(1).clamp(min=1)).sum()
+    return F.cross_entropy(logits, y, reduction="sum")
 
 
 def score_activation(model, layers, x, y, cost: Cost | None = None, **_) -> Scores:
@@ -181,6 +193,9 @@ def _captum(kind: str, model, layers, x, y, cost: Cost | None = None, n_steps: i
     """
     from captum.attr import LayerConductance, LayerFeatureAblation, LayerGradientXActivation, LayerIntegratedGradients
 
+    if y.ndim > 1:
+        raise ValueError(f"{kind}: the Captum criteria attribute one class logit per sample; segmentation masks "
+                         "are not supported — use l1, l2, random, bn-scale, activation or taylor there")
     if _is_transformer(model) or any(layer.kind == "heads" for layer in layers):
         raise ValueError(f"{kind}: the Captum criteria score conv channels and MLP hidden units of (N, C, ...) "
                          "outputs; token-shaped outputs and attention heads (ViT) are not supported — use "

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .causal import true_class_scores
+from .causal import class_pixel_scores, true_class_scores
 from .units import Masker, UnitLayer
 
 Part = tuple[str, Callable[[Tensor], Tensor], list[str]]  # (name, function, module names inside)
@@ -109,14 +109,38 @@ class FullEngine:
     def __init__(self, model: nn.Module, masker: Masker, batch_size: int = 512):
         self.model, self.masker, self.batch_size = model, masker, batch_size
         self.forward_equivalents = 0.0
+        self.masks: Tensor | None = None
+        self.pairs: Tensor | None = None
+
+    def segmentation(self, masks: Tensor, pairs: Tensor | None) -> None:
+        """Score dense predictions against label ``masks`` (N, H, W) instead of ``y``.
+
+        ``pairs`` None: one score per image (mean over its labelled pixels). ``pairs``
+        (P, 2) of (image, class): one score per pair, the class's probability averaged
+        over that class's pixels in that image (:func:`~cswap_nb.causal.class_pixel_scores`);
+        the ``y`` handed to :meth:`scores` is then ignored.
+        """
+        self.masks, self.pairs = masks, pairs
+        self.batch_size = min(self.batch_size, 32)  # dense outputs are large
+
+    def _score(self, logits: Tensor, y: Tensor, i: int, score: str) -> Tensor:
+        if self.masks is None:
+            return true_class_scores(logits, y[i : i + self.batch_size], score)
+        masks = self.masks[i : i + self.batch_size]
+        if self.pairs is None:
+            return true_class_scores(logits, masks, score)
+        return class_pixel_scores(logits, masks, score)
+
+    def _finish(self, q: Tensor) -> Tensor:
+        return q if self.pairs is None else q[self.pairs[:, 0], self.pairs[:, 1]]
 
     def scores(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer | None = None) -> Tensor:
         out = []
         with torch.inference_mode():
             for i in range(0, x.shape[0], self.batch_size):
-                out.append(true_class_scores(self.model(x[i : i + self.batch_size]), y[i : i + self.batch_size], score))
+                out.append(self._score(self.model(x[i : i + self.batch_size]), y, i, score))
         self.forward_equivalents += 1.0
-        return torch.cat(out)
+        return self._finish(torch.cat(out))
 
 
 class PrefixEngine(FullEngine):
@@ -186,9 +210,9 @@ class PrefixEngine(FullEngine):
             for j, i in enumerate(range(0, x.shape[0], self.batch_size)):
                 # a copy: a part may work in place on its input, the cache must survive it
                 logits = self._run(hidden[j].clone(), start)
-                out.append(true_class_scores(logits, y[i : i + self.batch_size], score))
+                out.append(self._score(logits, y, i, score))
         self.forward_equivalents += sum(self._cost[start:])
-        return torch.cat(out)
+        return self._finish(torch.cat(out))
 
 def make_engine(kind: str, model: nn.Module, masker: Masker, example: Tensor) -> FullEngine:
     if kind == "naive":

@@ -154,7 +154,10 @@ def find_unit_layers(
     """All prunable unit layers of ``model``, in execution order of their anchors.
 
     ``example`` is one input batch (e.g. ``x[:1]``). The classifier (last conv/linear
-    executed) and ``ignored_layers`` are never pruned.
+    executed) and ``ignored_layers`` are never pruned. For a torchvision MobileNetV2,
+    ``scope="internal"`` is the expanded channels of the inverted residuals (expand 1x1 +
+    depthwise + BN, METHOD.md section 4); ``scope="all"`` adds the stem, the block
+    outputs and the last 1x1 conv.
     """
     if scope not in ("internal", "all"):
         raise ValueError(f"scope must be 'internal' or 'all', got {scope!r}")
@@ -168,12 +171,15 @@ def find_unit_layers(
         ignored = [head] + list(ignored_layers or [])
         attentions = head_attention_modules(model)
         skip = {m.qkv for m in attentions.values()}  # q/k/v rows are pruned as whole heads
+        expanded = _mobilenet_expand_convs(model) if scope == "internal" else None
         layers: list[UnitLayer] = []
         for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=PRODUCERS):
             if any(item.dep.target.module in skip for item in group):
                 continue
             layer = _layer_from_group(group, graph, names, order)
             if layer is None or (scope == "internal" and layer.kind != "internal"):
+                continue
+            if expanded is not None and layer.name not in expanded:
                 continue
             if attentions and isinstance(model.get_submodule(layer.name), nn.Linear) \
                     and layer.size > AUTO_GROUP_THRESHOLD:
@@ -187,6 +193,19 @@ def find_unit_layers(
         model.train(was_training)
     layers.sort(key=lambda layer: layer.position)
     return layers
+
+
+def _mobilenet_expand_convs(model: nn.Module) -> set[str] | None:
+    """Names of the expand 1x1 convs of a torchvision MobileNetV2's inverted residuals (None otherwise)."""
+    from torchvision.models.mobilenetv2 import InvertedResidual, MobileNetV2
+
+    if not isinstance(model, MobileNetV2):
+        return None
+    names = set()
+    for name, block in model.named_modules():
+        if isinstance(block, InvertedResidual) and len(block.conv) == 4:  # expand, depthwise, project, BN
+            names.add(f"{name}.conv.0.0")
+    return names
 
 
 def _is_out_pruning(dep) -> bool:

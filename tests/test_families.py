@@ -126,6 +126,10 @@ def test_mobilenet_units_are_the_expanded_channels():
         # masked after the expand BN and after the depthwise BN: the depthwise BN's shift dies too
         assert set(layer.points) == {f"features.{i}.conv.0.1", f"features.{i}.conv.1.1"}
     assert torch.tensor(0.0).clamp(0, 6) == 0  # ReLU6(0) = 0: a masked channel stays zero through the dw conv
+    # nothing else: not the stem, not block outputs, not the last 1x1 conv (those come with scope="all")
+    assert set(layers) == {f"features.{i}.conv.0.0" for i in range(2, len(model.features) - 1)}
+    wider = {layer.name for layer in find_unit_layers(model, x, scope="all")}
+    assert {"features.0.0", "features.18.0"} <= wider
 
 
 def test_mobilenet_removal_shrinks_the_depthwise_conv(randomize_bn):
