@@ -30,10 +30,12 @@ class Recipe:
     shift: int = 3  # random translation in pixels (zero padding); 0 for non-image inputs
     seed: int = 0
     optimizer: str = "sgd"
+    hflip: bool = False  # random horizontal flips (of images and label masks alike)
+    aux_weight: float = 0.4  # weight of an auxiliary head's loss (models returning [main, aux] in training)
 
     # Fields added after the first checkpoints were shipped: recorded in a checkpoint only
     # when they differ from their default, so retraining an older entry gives the same file.
-    _LATER_FIELDS: ClassVar[dict[str, Any]] = {"optimizer": "sgd"}
+    _LATER_FIELDS: ClassVar[dict[str, Any]] = {"optimizer": "sgd", "hflip": False, "aux_weight": 0.4}
 
     def as_dict(self) -> dict[str, Any]:
         """The recipe as written into a checkpoint (later fields only when not at their default)."""
@@ -65,6 +67,23 @@ def shift_batch(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tens
     return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
 
 
+def task_loss(output, y: torch.Tensor, aux_weight: float = 0.4) -> torch.Tensor:
+    """Mean cross-entropy for class labels (N,) or label masks (N, H, W).
+
+    Dense logits are upsampled bilinearly (``align_corners=False``) to the mask size and
+    label 255 is ignored. A list ``[main, aux, ...]`` (a segmentation model's auxiliary
+    heads in training mode) adds ``aux_weight`` times each extra head's loss.
+    """
+    if isinstance(output, (list, tuple)):
+        main, *extra = output
+        return task_loss(main, y) + sum(aux_weight * task_loss(o, y) for o in extra)
+    if output.ndim == 4 and y.ndim == 3:
+        if output.shape[-2:] != y.shape[-2:]:
+            output = F.interpolate(output, size=y.shape[-2:], mode="bilinear", align_corners=False)
+        return F.cross_entropy(output, y, ignore_index=255)
+    return F.cross_entropy(output, y)
+
+
 def fit(model: nn.Module, train: Split, recipe: Recipe = Recipe(), desc: str = "train", progress: bool = True) -> nn.Module:
     """Train ``model`` in place on ``train`` with ``recipe``; returns it in eval mode."""
     from tqdm.auto import tqdm
@@ -82,7 +101,17 @@ def fit(model: nn.Module, train: Split, recipe: Recipe = Recipe(), desc: str = "
         total = 0.0
         for i in range(0, len(y), r.batch_size):
             idx = perm[i : i + r.batch_size]
-            loss = F.cross_entropy(model(shift_batch(x[idx], r.shift, gen)), y[idx])
+            xb, yb = x[idx], y[idx]
+            if r.hflip:
+                flip = torch.rand(len(idx), generator=gen) < 0.5
+                xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
+                if yb.ndim == 3:
+                    yb = torch.where(flip[:, None, None], yb.flip(-1), yb)
+            if yb.ndim == 1:
+                xb = shift_batch(xb, r.shift, gen)
+            elif r.shift:
+                raise ValueError("Recipe.shift translates images only; use shift=0 (and hflip) with label masks")
+            loss = task_loss(model(xb), yb, r.aux_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
