@@ -1,9 +1,10 @@
 """Architecture builders and plain (pickle-free) architecture descriptions.
 
 Models are the real library classes (timm's ``ResNet`` and ``VisionTransformer``,
-torchvision's ``ResNet`` and ``MobileNetV2``); an architecture is described by a small
-JSON-able dict (a *spec*) so that checkpoints and pruned models can be saved as state
-dicts and rebuilt without unpickling modules.
+torchvision's ``ResNet`` and ``MobileNetV2``) and this package's DDRNet
+(:mod:`cswap_nb.ddrnet`, re-exported here: :func:`ddrnet23_slim`, :func:`ddrnet23`); an
+architecture is described by a small JSON-able dict (a *spec*) so that checkpoints and
+pruned models can be saved as state dicts and rebuilt without unpickling modules.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .ddrnet import DualResNet, build_ddrnet, ddrnet23, ddrnet23_slim, describe_ddrnet  # noqa: F401 (re-exported)
 
 Spec = dict[str, Any]
 
@@ -56,10 +59,12 @@ def build(spec: Spec) -> nn.Module:
         if unknown:
             raise ValueError(f"timm.vit spec has unknown key(s) {unknown}; known: {sorted(VIT_KEYS)}")
         return VisionTransformer(**{k: spec[k] for k in VIT_KEYS if k in spec})
+    if family == "ddrnet":
+        return build_ddrnet(spec)
     raise ValueError(f"unknown architecture family {family!r} in spec {spec}; known: {', '.join(FAMILIES)}")
 
 
-FAMILIES = ("timm.resnet", "torchvision.resnet", "torchvision.mobilenet_v2", "timm.vit")
+FAMILIES = ("timm.resnet", "torchvision.resnet", "torchvision.mobilenet_v2", "timm.vit", "ddrnet")
 
 # VisionTransformer arguments a ``timm.vit`` spec may hold (everything else at timm's default)
 VIT_KEYS = ("img_size", "patch_size", "in_chans", "num_classes", "global_pool", "embed_dim", "depth",
@@ -178,10 +183,15 @@ def describe(model: nn.Module) -> Spec:
     """A plain description from which :func:`build` re-creates the same module tree.
 
     Supported: timm ``ResNet`` with the default 7x7 stem, torchvision ``ResNet``,
-    torchvision ``MobileNetV2`` (default block setting, any ``width_mult``) and timm
-    ``VisionTransformer`` (uniform blocks; see :data:`VIT_KEYS`).
+    torchvision ``MobileNetV2`` (default block setting, any ``width_mult``), timm
+    ``VisionTransformer`` (uniform blocks; see :data:`VIT_KEYS`) and DDRNet
+    (:class:`cswap_nb.ddrnet.DualResNet`, dense or pruned: its spec holds the widths it
+    was built with).
     """
     from torchvision.models.mobilenetv2 import MobileNetV2
+
+    if isinstance(model, DualResNet):
+        return describe_ddrnet(model)
 
     if isinstance(model, MobileNetV2):
         return _describe_mobilenet_v2(model)
@@ -233,7 +243,7 @@ def describe(model: nn.Module) -> Spec:
                 "groups": model.groups, "width_per_group": model.base_width}
     raise ValueError(
         f"cannot describe a {type(model).__name__} as a plain spec; supported: timm and torchvision "
-        "ResNets, torchvision MobileNetV2, timm VisionTransformer. Save res.model.state_dict() yourself "
+        "ResNets, torchvision MobileNetV2, timm VisionTransformer, DDRNet. Save res.model.state_dict() yourself "
         "and rebuild the model in your code."
     )
 

@@ -142,7 +142,17 @@ def output_layer(model: nn.Module, order: dict[nn.Module, int]) -> nn.Module:
 
 
 def build_graph(model: nn.Module, example: Tensor) -> tp.DependencyGraph:
-    return tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+    """Torch-Pruning's dependency graph. A model with a ``forward_all`` method (DDRNet with its
+    auxiliary head) is traced through it, so heads that only run in training are resized too."""
+    forward_all = getattr(model, "forward_all", None)
+    forward_fn = (lambda m, x: m.forward_all(x)) if callable(forward_all) else None
+    return tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False, forward_fn=forward_fn)
+
+
+def _auxiliary_producers(model: nn.Module) -> list[nn.Module]:
+    """Convs/linears of heads outside the eval-mode output: resized with their inputs, never units."""
+    heads = getattr(model, "auxiliary_heads", None)
+    return [m for h in (heads() if callable(heads) else []) for m in h.modules() if isinstance(m, PRODUCERS)]
 
 
 def find_unit_layers(
@@ -168,7 +178,7 @@ def find_unit_layers(
         head = output_layer(model, order)
         names = {m: n for n, m in model.named_modules()}
         graph = build_graph(model, example)
-        ignored = [head] + list(ignored_layers or [])
+        ignored = [head] + list(ignored_layers or []) + _auxiliary_producers(model)
         attentions = head_attention_modules(model)
         skip = {m.qkv for m in attentions.values()}  # q/k/v rows are pruned as whole heads
         expanded = _mobilenet_expand_convs(model) if scope == "internal" else None
