@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from os import PathLike
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -263,7 +263,63 @@ class DualResNet(nn.Module):
         """Heads outside the eval-mode output (``[seghead_extra]`` with ``aux=True``): never pruning units."""
         return [self.seghead_extra] if self.aux else []
 
-    def _forward(self, x: Tensor, with_aux: bool) -> list[Tensor]:
+    def sequential_parts(self) -> list[tuple[str, Callable, list[str]]]:
+        """The eval-mode forward as a chain of parts ``(name, fn, module prefixes inside)``.
+
+        Each part maps the previous part's state to the next: the stem returns
+        ``(features, size)``, stages 3 and 4 carry ``(low, high, size)`` (both trunks after
+        their fusion), the head returns the main logits. Used by the prefix-caching engine
+        of :mod:`cswap_nb.engine`, which checks that the chain reproduces ``model(x)``.
+        """
+
+        def stem(x: Tensor):
+            self._check_input(x)
+            return self.conv1(x), (x.shape[-2] // OUTPUT_STRIDE, x.shape[-1] // OUTPUT_STRIDE)
+
+        def block(module: nn.Module, relu_first: bool):
+            def fn(state):
+                t, size = state
+                return module(F.relu(t) if relu_first else t), size
+            return fn
+
+        def stage3(state):
+            x2, size = state
+            x3 = self.layer3(F.relu(x2))
+            high = self.layer3_(F.relu(x2))
+            low = x3 + self.down3(F.relu(high))
+            return low, high + _up(self.compression3(F.relu(x3)), size), size
+
+        def stage4(state):
+            low, high, size = state
+            x4 = self.layer4(F.relu(low))
+            high = self.layer4_(F.relu(high))
+            low = x4 + self.down4(F.relu(high))
+            return low, high + _up(self.compression4(F.relu(x4)), size), size
+
+        def high5(state):
+            low, high, size = state
+            return low, self.layer5_(F.relu(high)), size
+
+        def low5(state):
+            low, high, size = state
+            return _up(self.spp(self.layer5(F.relu(low))), size), high, size
+
+        def head(state):
+            low, high, _ = state
+            return self.final_layer(low + high)
+
+        return [("conv1", stem, ["conv1"]),
+                ("layer1.0", block(self.layer1[0], False), ["layer1.0"]),
+                *[(f"layer1.{i}", block(b, False), [f"layer1.{i}"]) for i, b in enumerate(self.layer1) if i > 0],
+                ("layer2.0", block(self.layer2[0], True), ["layer2.0"]),
+                *[(f"layer2.{i}", block(b, False), [f"layer2.{i}"]) for i, b in enumerate(self.layer2) if i > 0],
+                ("stage3", stage3, ["layer3", "layer3_", "down3", "compression3"]),
+                ("stage4", stage4, ["layer4", "layer4_", "down4", "compression4"]),
+                ("layer5_", high5, ["layer5_"]),
+                ("layer5+spp", low5, ["layer5", "spp"]),
+                ("head", head, ["final_layer"])]
+
+    def _check_input(self, x: Tensor) -> None:
         if x.ndim != 4:
             raise ValueError(f"DDRNet expects (N, C, H, W) inputs, got shape {tuple(x.shape)}")
         h, w = x.shape[-2], x.shape[-1]
@@ -271,7 +327,10 @@ class DualResNet(nn.Module):
             raise ValueError(f"DDRNet expects H and W to be multiples of {OUTPUT_STRIDE}, got "
                              f"shape {tuple(x.shape)}; pad or resize the input (e.g. to "
                              f"{-(-h // OUTPUT_STRIDE) * OUTPUT_STRIDE}x{-(-w // OUTPUT_STRIDE) * OUTPUT_STRIDE})")
-        size = (h // OUTPUT_STRIDE, w // OUTPUT_STRIDE)
+
+    def _forward(self, x: Tensor, with_aux: bool) -> list[Tensor]:
+        self._check_input(x)
+        size = (x.shape[-2] // OUTPUT_STRIDE, x.shape[-1] // OUTPUT_STRIDE)
         x = self.layer1(self.conv1(x))
         x2 = self.layer2(F.relu(x))
         x3 = self.layer3(F.relu(x2))                # low resolution, /16

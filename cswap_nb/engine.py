@@ -29,8 +29,9 @@ Part = tuple[str, Callable[[Tensor], Tensor], list[str]]  # (name, function, mod
 def sequential_parts(model: nn.Module) -> list[Part] | None:
     """Split a model into parts run one after the other: the children of an ``nn.Sequential``,
     a timm/torchvision ResNet's stem layers, residual blocks and head, a torchvision
-    MobileNetV2's feature blocks and head, or a timm VisionTransformer's embedding stem,
-    transformer blocks and head. None if unknown."""
+    MobileNetV2's feature blocks and head, a timm VisionTransformer's embedding stem,
+    transformer blocks and head, or the parts a model lists itself with a
+    ``sequential_parts()`` method (DDRNet; parts may pass tuples). None if unknown."""
     names = {m: n for n, m in model.named_modules()}
 
     def part(name: str, module: nn.Module) -> Part:
@@ -43,6 +44,10 @@ def sequential_parts(model: nn.Module) -> list[Part] | None:
 
     if isinstance(model, nn.Sequential):
         return [part(names[child], child) for child in model]
+
+    own = getattr(model, "sequential_parts", None)  # e.g. DDRNet: its own split of the forward
+    if callable(own):
+        return [(name, fn, under(*prefixes)) for name, fn, prefixes in own()]
 
     from torchvision.models.mobilenetv2 import MobileNetV2
 
@@ -98,6 +103,15 @@ def _timm_vit_parts(model: nn.Module, part, under) -> list[Part] | None:
     return ([("stem", stem, under("patch_embed", "pos_drop", "patch_drop", "norm_pre"))]
             + [part(f"blocks.{i}", b) for i, b in enumerate(model.blocks)]
             + [("head", head, under("norm", "attn_pool", "fc_norm", "head_drop", "head"))])
+
+
+def _clone(state):
+    """A copy of a part's output (a tensor or a tuple holding tensors)."""
+    if isinstance(state, Tensor):
+        return state.clone()
+    if isinstance(state, tuple):
+        return tuple(_clone(s) for s in state)
+    return state
 
 
 class FullEngine:
@@ -209,7 +223,7 @@ class PrefixEngine(FullEngine):
             out = []
             for j, i in enumerate(range(0, x.shape[0], self.batch_size)):
                 # a copy: a part may work in place on its input, the cache must survive it
-                logits = self._run(hidden[j].clone(), start)
+                logits = self._run(_clone(hidden[j]), start)
                 out.append(self._score(logits, y, i, score))
         self.forward_equivalents += sum(self._cost[start:])
         return self._finish(torch.cat(out))
