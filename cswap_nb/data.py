@@ -3,19 +3,28 @@
 Everything here works offline. The default classification data is scikit-learn's
 bundled handwritten digits (1,797 images of 8x8 pixels, 10 classes), upsampled to
 32x32 RGB so that real ImageNet-style architectures (ResNet, MobileNet, ViT) run on it.
+For segmentation, :func:`load_road_scenes` draws street scenes labelled with the 19
+Cityscapes classes (:mod:`cswap_nb.scenes`), and :func:`load_cityscapes` reads the real
+Cityscapes from local files.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .scenes import CITYSCAPES_CLASSES, DEFAULT_SIZE, IGNORE_INDEX, SCENE_MEAN, SCENE_STD, _check_size, road_scenes
+
 
 class Split(NamedTuple):
-    """A labelled split held in memory: ``x`` (N, C, H, W) float, ``y`` (N,) int64."""
+    """A labelled split held in memory: ``x`` (N, C, H, W) float and ``y`` int64, either
+    (N,) class indices or (N, H, W) segmentation masks (class per pixel, 255 = ignored)."""
 
     x: Tensor
     y: Tensor
@@ -72,10 +81,137 @@ def load_digits(size: int = 32, test_fraction: float = 0.2, seed: int = 0) -> Da
     )
 
 
-DATASETS = {"digits32": lambda: load_digits(32)}
+ROAD_TEST_START = 1_000_000
+"""Scene index of the first road-scene test image: train images are scenes 0, 1, ...; test
+images start here, so the two never overlap and the test split does not change with ``train``."""
+
+
+def load_road_scenes(train: int = 1200, test: int = 200, size: tuple[int, int] = DEFAULT_SIZE,
+                     seed: int = 0) -> Dataset:
+    """Procedural street scenes with Cityscapes trainId masks (see :mod:`cswap_nb.scenes`).
+
+    ``train`` images are scenes ``0 .. train-1`` of ``seed``, ``test`` images scenes
+    ``ROAD_TEST_START ..``: disjoint, and each image the same whatever the split sizes.
+    ``x`` (N, 3, H, W) is normalised with ``scenes.SCENE_MEAN``/``SCENE_STD``; ``y`` (N, H, W)
+    int64 holds trainIds 0-18 and 255 (ignored). As for the digits, ``calib`` is the train split.
+    Drawing takes about 9 ms per 64x128 image on one CPU core (the default 1,400 images: ~13 s);
+    a process draws each split once and hands out copies afterwards.
+    """
+    h, w = _check_size(size)
+    for value, name in ((train, "train"), (test, "test")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive number of images, got {value!r}")
+    if train > ROAD_TEST_START:
+        raise ValueError(f"train must be at most {ROAD_TEST_START} images (test scenes start there), got {train}")
+    name = "roads" if (h, w) == DEFAULT_SIZE else f"roads{h}x{w}"
+    if seed != 0:
+        name += f"-seed{seed}"
+    return Dataset(
+        name=name,
+        train=Split(*_cached_scenes(train, (h, w), seed, 0)),
+        test=Split(*_cached_scenes(test, (h, w), seed, ROAD_TEST_START)),
+        classes=list(CITYSCAPES_CLASSES),
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _scenes_once(n: int, size: tuple[int, int], seed: int, start: int) -> tuple[Tensor, Tensor]:
+    return road_scenes(n, size, seed=seed, start=start)
+
+
+def _cached_scenes(n: int, size: tuple[int, int], seed: int, start: int) -> tuple[Tensor, Tensor]:
+    """Scenes drawn once per process (drawing costs ~9 ms an image); each caller gets its own copy."""
+    x, y = _scenes_once(n, size, seed, start)
+    return x.clone(), y.clone()
+
+
+# Cityscapes labelIds (0-33; -1 is the licence plate) -> the 19 trainIds, everything else 255.
+# The same table as torchvision.datasets.Cityscapes.classes (its ``train_id`` column).
+CITYSCAPES_LABEL_TO_TRAIN_ID = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
+                                24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+_CITYSCAPES_LUT = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+for _label, _train in CITYSCAPES_LABEL_TO_TRAIN_ID.items():
+    _CITYSCAPES_LUT[_label] = _train
+
+
+def cityscapes_train_ids(label_ids) -> np.ndarray:
+    """Map a Cityscapes ``*_gtFine_labelIds.png`` array (uint8 labelIds) to trainIds (uint8, 255 = ignored)."""
+    arr = np.asarray(label_ids)
+    if arr.dtype.kind not in "iu" or (arr.size and (arr.min() < 0 or arr.max() > 255)):
+        raise ValueError(f"labelIds must be integers in [0, 255], got dtype {arr.dtype}")
+    return _CITYSCAPES_LUT[arr.astype(np.intp)]
+
+
+def load_cityscapes(root, split: str = "val", size: tuple[int, int] | None = (256, 512),
+                    max_images: int | None = None) -> Split:
+    """The real Cityscapes (fine annotations) from local files, as a :class:`Split` of tensors.
+
+    Reads ``torchvision.datasets.Cityscapes(root, split, mode="fine", target_type="semantic")``
+    (nothing is downloaded), maps the 34 labelIds to the 19 trainIds (all others -> 255),
+    resizes images bilinearly and labels by nearest neighbour to ``size`` = (H, W) (None keeps
+    1024x2048) and normalises like the road scenes. Images are sorted by file name (city
+    first) and the first ``max_images`` are kept. Memory: about 2 MB per image at 256x512.
+    """
+    from PIL import Image
+    from torchvision.datasets import Cityscapes
+
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be 'train', 'val' or 'test' (fine annotations), got {split!r}")
+    if size is not None:
+        try:
+            h, w = (int(s) for s in size)
+        except (TypeError, ValueError):
+            raise ValueError(f"size must be (height, width) or None, got {size!r}") from None
+        if h <= 0 or w <= 0:
+            raise ValueError(f"size must be (height, width) with positive sides, got {size!r}")
+    if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
+        raise ValueError(f"max_images must be a positive integer or None, got {max_images!r}")
+    root = Path(root).expanduser()
+    missing = [d for d in (root / "leftImg8bit" / split, root / "gtFine" / split) if not d.is_dir()]
+    if missing:
+        raise FileNotFoundError(
+            f"Cityscapes not found under {str(root)!r}: missing {', '.join(repr(str(d)) for d in missing)}. "
+            f"torchvision expects <root>/leftImg8bit/{split}/<city>/<city>_<seq>_<frame>_leftImg8bit.png and "
+            f"<root>/gtFine/{split}/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png (from leftImg8bit_trainvaltest.zip "
+            "and gtFine_trainvaltest.zip, www.cityscapes-dataset.com; they need a login, so download them yourself)")
+    ds = Cityscapes(str(root), split=split, mode="fine", target_type="semantic")
+    order = sorted(range(len(ds.images)), key=lambda i: ds.images[i])
+    if max_images is not None:
+        order = order[:max_images]
+    if not order:
+        raise FileNotFoundError(f"no *_leftImg8bit.png images in {str(root / 'leftImg8bit' / split)!r}/<city>/")
+    xs, ys = [], []
+    for i in order:
+        image_path, target_path = ds.images[i], ds.targets[i][0]
+        if not Path(target_path).is_file():
+            raise FileNotFoundError(f"the label image {target_path!r} of {image_path!r} is missing")
+        with Image.open(image_path) as im:
+            image = im.convert("RGB")
+        with Image.open(target_path) as lm:
+            labels = lm.copy()
+        if size is not None and image.size != (w, h):
+            image = image.resize((w, h), Image.BILINEAR)
+        if size is not None and labels.size != (w, h):
+            labels = labels.resize((w, h), Image.NEAREST)
+        if image.size != labels.size:
+            raise ValueError(f"{image_path!r} is {image.size[0]}x{image.size[1]} but its labels are "
+                             f"{labels.size[0]}x{labels.size[1]}")
+        xs.append(torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()))
+        ys.append(torch.from_numpy(cityscapes_train_ids(np.asarray(labels))))
+    shapes = {tuple(t.shape) for t in xs}
+    if len(shapes) > 1:
+        raise ValueError(f"the images have different sizes {sorted(shapes)}; pass size=(H, W) to resize them")
+    x = torch.stack(xs).permute(0, 3, 1, 2).float().div_(255)
+    mean = torch.tensor(SCENE_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(SCENE_STD).view(1, 3, 1, 1)
+    return Split(((x - mean) / std).contiguous(), torch.stack(ys).long())
+
+
+DATASETS = {"digits32": lambda: load_digits(32), "roads": load_road_scenes}
 
 
 def load_dataset(name: str) -> Dataset:
+    """A registered dataset by name: ``digits32`` (classification) or ``roads`` (segmentation)."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
     return DATASETS[name]()
@@ -95,8 +231,8 @@ def as_tensors(data, max_samples: int | None = None) -> tuple[Tensor, Tensor]:
         x, y = torch.cat(xs), torch.cat(ys)
     elif isinstance(data, torch.utils.data.Dataset):
         pairs = [data[i] for i in range(len(data) if max_samples is None else min(len(data), max_samples))]
-        x = torch.stack([torch.as_tensor(p[0]) for p in pairs])
-        y = torch.as_tensor([int(p[1]) for p in pairs])
+        x = torch.stack([torch.as_tensor(np.asarray(p[0]) if not isinstance(p[0], Tensor) else p[0]) for p in pairs])
+        y = _stack_targets([p[1] for p in pairs])
     else:
         raise TypeError(
             "data must be an (x, y) tensor pair, a torch Dataset or a DataLoader; "
@@ -107,22 +243,51 @@ def as_tensors(data, max_samples: int | None = None) -> tuple[Tensor, Tensor]:
     return x, y
 
 
+def _stack_targets(targets: list) -> Tensor:
+    """Targets of a torch Dataset: class indices -> (N,), masks (tensors, arrays, PIL images) -> (N, H, W)."""
+    if not targets:
+        return torch.zeros(0, dtype=torch.int64)
+    first = targets[0]
+    if isinstance(first, (int, np.integer)) or (isinstance(first, (Tensor, np.ndarray)) and first.ndim == 0):
+        return torch.as_tensor([int(t) for t in targets])
+    masks = [t if isinstance(t, Tensor) else torch.from_numpy(np.array(t)) for t in targets]
+    shapes = {tuple(m.shape) for m in masks}
+    if len(shapes) > 1:
+        raise ValueError(f"the dataset's label masks have different shapes {sorted(shapes)[:4]}; "
+                         "resize them to one size")
+    return torch.stack(masks).long()
+
+
 def check_xy(x: Tensor, y: Tensor, what: str = "calibration data") -> None:
-    """Clear errors for malformed labelled tensors."""
+    """Clear errors for malformed labelled tensors.
+
+    ``y`` is either (N,) class indices or (N, H, W) segmentation masks (class per pixel; 255
+    marks ignored pixels; the class range is checked against the model elsewhere); masks need
+    images ``x`` (N, C, H', W'). The masks may be smaller or larger than the images: metrics
+    and scores resize the logits to the label size.
+    """
     if not isinstance(x, Tensor) or not isinstance(y, Tensor):
         raise TypeError(f"{what}: x and y must be tensors, got {type(x).__name__} and {type(y).__name__}")
     if x.ndim < 2:
         raise ValueError(f"{what}: x must have a batch dimension and at least one feature dimension, got shape {tuple(x.shape)}")
-    if y.ndim != 1:
-        raise ValueError(f"{what}: y must be a 1-D tensor of class indices, got shape {tuple(y.shape)}")
+    if y.ndim not in (1, 3):
+        hint = "; squeeze the channel dimension of the masks: y[:, 0]" if y.ndim == 4 and y.shape[1] == 1 else ""
+        raise ValueError(f"{what}: y must be a 1-D tensor of class indices or (N, H, W) segmentation masks, "
+                         f"got shape {tuple(y.shape)}{hint}")
+    if y.ndim == 3 and x.ndim != 4:
+        raise ValueError(f"{what}: segmentation masks y {tuple(y.shape)} need images x of shape (N, C, H, W), "
+                         f"got x of shape {tuple(x.shape)}")
+    if y.ndim == 3 and 0 in y.shape[1:]:
+        raise ValueError(f"{what}: the masks y have an empty side, shape {tuple(y.shape)}")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"{what}: x has {x.shape[0]} samples but y has {y.shape[0]} labels")
     if x.shape[0] == 0:
         raise ValueError(f"{what}: it is empty")
     if not x.is_floating_point():
         raise TypeError(f"{what}: x must be a floating-point tensor, got dtype {x.dtype}")
-    if y.is_floating_point() or y.dtype == torch.bool:
-        raise TypeError(f"{what}: y must hold integer class indices, got dtype {y.dtype}")
+    if y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
+        kind = "per-pixel class indices (masks)" if y.ndim == 3 else "class indices"
+        raise TypeError(f"{what}: y must hold integer {kind}, got dtype {y.dtype}")
     bad = (~torch.isfinite(x)).flatten(1).any(1)
     if bad.any():
         raise ValueError(
