@@ -154,8 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "models":
             manifest = zoo.read_manifest()
             for name in zoo.names():
-                acc = manifest.get(name, {}).get("test_accuracy_pct", "?")
-                print(f"{name:20s} test accuracy {acc}%  {zoo.ZOO[name].description}")
+                print(f"{name:20s} {zoo.metric_text(manifest.get(name, {}))}  {zoo.ZOO[name].description}")
             return 0
         if args.cmd == "compare":
             return run_compare(args)

@@ -207,7 +207,9 @@ def load_cityscapes(root, split: str = "val", size: tuple[int, int] | None = (25
     return Split(((x - mean) / std).contiguous(), torch.stack(ys).long())
 
 
-DATASETS = {"digits32": lambda: load_digits(32), "roads": load_road_scenes}
+DATASETS = {"digits32": lambda: load_digits(32), "roads": load_road_scenes,
+            # the training set of ddrnet23slim-roads: the same scenes as "roads" and 1,800 more
+            "roads-train3000": lambda: load_road_scenes(train=3000)}
 
 
 def load_dataset(name: str) -> Dataset:

@@ -521,3 +521,26 @@ def build_ddrnet(spec: Mapping[str, Any]) -> DualResNet:
     variant = spec.get("variant", "23")
     widths = {**VARIANTS.get(variant, {}), **{k: spec[k] for k in ("planes", "spp_planes", "head_planes") if k in spec}}
     return DualResNet(num_classes=spec.get("num_classes", 19), aux=spec.get("aux", False), variant=variant, **widths)
+
+
+BRANCHES = ("stem (shared)", "low-resolution branch", "high-resolution branch", "DAPPM", "head")
+
+
+def branch_of(name: str) -> str:
+    """Which part of DDRNet a module (or unit layer) named ``name`` belongs to (one of :data:`BRANCHES`).
+
+    A coupled unit layer is named after its first producer, so a residual stream that
+    runs through several stages is reported where it starts.
+    """
+    top = name.split(".", 1)[0]
+    if top in ("conv1", "layer1", "layer2"):
+        return BRANCHES[0]
+    if top in ("layer3", "layer4", "layer5", "down3", "down4"):
+        return BRANCHES[1]
+    if top in ("layer3_", "layer4_", "layer5_", "compression3", "compression4"):
+        return BRANCHES[2]
+    if top == "spp":
+        return BRANCHES[3]
+    if top in ("final_layer", "seghead_extra"):
+        return BRANCHES[4]
+    raise ValueError(f"{name!r} is not a DDRNet module name")

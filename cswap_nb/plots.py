@@ -236,3 +236,65 @@ def plot_group_sizes(rows, ax: Axes | None = None) -> Axes:
     ax.legend(lines + bars, labels + bar_labels, fontsize=8, frameon=False, loc="lower left")
     ax.set_title("neuron groups: fewer tests, coarser decisions", fontsize=10)
     return ax
+
+
+def predict_masks(model, x, size=None, batch_size: int = 16):
+    """Per-pixel argmax of a segmentation model, logits upsampled bilinearly to ``size`` (default: the input's)."""
+    import torch
+    import torch.nn.functional as F
+
+    size = tuple(size or x.shape[-2:])
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        with torch.inference_mode():
+            for i in range(0, len(x), batch_size):
+                logits = model(x[i : i + batch_size])
+                out.append(F.interpolate(logits, size=size, mode="bilinear", align_corners=False).argmax(1).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
+def plot_scenes(x, rows: dict, n: int = 4, figsize_per: tuple[float, float] = (2.6, 1.45)) -> Figure:
+    """A grid of road scenes: the images on top, then one row per entry of ``rows``
+    (title -> label masks (N, H, W), e.g. ground truth and predictions), in Cityscapes colours."""
+    from .scenes import colorize, denormalize
+
+    n = min(n, len(x))
+    fig = Figure(figsize=(figsize_per[0] * n, figsize_per[1] * (len(rows) + 1)), layout="constrained")
+    axes = fig.subplots(len(rows) + 1, n, squeeze=False)
+    images = denormalize(x[:n]).permute(0, 2, 3, 1).numpy()
+    for j in range(n):
+        axes[0, j].imshow(images[j])
+        for i, masks in enumerate(rows.values(), start=1):
+            axes[i, j].imshow(colorize(masks[j]))
+    for i, title in enumerate(["image", *rows]):
+        axes[i, 0].set_ylabel(title, fontsize=9)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig
+
+
+def plot_removed_by_group(result, group_of, ax: Axes | None = None) -> Axes:
+    """Units kept and removed per group of layers (e.g. DDRNet's branches, ``cswap_nb.ddrnet.branch_of``)."""
+    ax = ax or _new_ax((7, 3.2))
+    groups: dict[str, list[int]] = {}
+    for row in result.per_layer.itertuples():
+        g = groups.setdefault(group_of(row.layer), [0, 0])
+        g[0] += row.removed
+        g[1] += row.kept
+    names = list(groups)
+    removed = [groups[g][0] for g in names]
+    kept = [groups[g][1] for g in names]
+    ax.barh(names, kept, color=LABEL_COLOURS["critical"], label="kept")
+    ax.barh(names, removed, left=kept, color=LABEL_COLOURS["neutral"], label="removed")
+    for i, (r, k) in enumerate(zip(removed, kept)):
+        ax.text(r + k, i, f" {100 * r / max(r + k, 1):.0f}% removed", va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("units")
+    ax.legend(fontsize=8, frameon=False, loc="lower right")
+    ax.set_title(f"{result.model_name}: where C-SWAP removed units", fontsize=10)
+    return ax

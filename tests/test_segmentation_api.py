@@ -164,3 +164,28 @@ def test_retention_auc_and_tradeoff_scores():
     assert scores["b"]["retention_auc"] == pytest.approx(0.75, abs=1e-4)
     assert scores["a"]["retention_auc"] > scores["b"]["retention_auc"]
     assert np.isfinite(scores["a"]["retention_auc"])
+
+
+def test_ddrnet_fast_engine_reproduces_the_naive_decisions():
+    from cswap_nb.ddrnet import branch_of
+
+    torch.manual_seed(0)
+    model = cs.models.ddrnet23_slim(num_classes=4, width=4).eval()
+    x, y = cs.scenes.road_scenes(10, size=(32, 64), seed=1)
+    y = torch.where(y == 255, y, y % 4)  # 4 coarse classes
+    parts = cs.engine.sequential_parts(model)
+    with torch.no_grad():
+        chained = x[:2]
+        for _, fn, _ in parts:
+            chained = fn(chained)
+        assert torch.allclose(chained, model(x[:2]), atol=1e-6)
+    runs = {e: cs.prune(model, (x, y), alpha=0.2, samples_per_class=None, engine=e, scope="all", progress=False)
+            for e in ("fast", "naive")}
+    assert runs["fast"].engine["fallback"] is None
+    assert runs["fast"].labels.label.tolist() == runs["naive"].labels.label.tolist()
+    assert runs["fast"].engine["forward_equivalents"] < 0.8 * runs["naive"].engine["forward_equivalents"]
+    assert runs["fast"].equivalence_max_abs_diff <= 1e-4
+    parts_seen = {branch_of(layer["name"]) for layer in runs["fast"].layers}
+    assert parts_seen == set(cs.ddrnet.BRANCHES)
+    with pytest.raises(ValueError, match="not a DDRNet module"):
+        branch_of("fc")
