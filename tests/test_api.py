@@ -464,3 +464,16 @@ def test_model_returning_a_tuple_gets_a_clear_error():
     x, y = torch.randn(20, 4), torch.zeros(20, dtype=torch.long)
     with pytest.raises(ValueError, match="expected \\(N, classes\\) logits"):
         cs.prune(TupleOut(), (x, y), samples_per_class=2, progress=False)
+
+
+def test_prune_runs_in_full_float32_and_restores_the_tf32_flags(zoo_model, digits):
+    seen = []
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        cs.prune(zoo_model, digits.calib, samples_per_class=4, progress=False,
+                 callback=lambda record: seen.append((torch.backends.cudnn.allow_tf32,
+                                                      torch.backends.cuda.matmul.allow_tf32)))
+        assert seen and not any(a or b for a, b in seen)  # TF32 flipped GPU decisions (measured on an H200)
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, False
