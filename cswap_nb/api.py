@@ -292,7 +292,10 @@ def prune(
 
     ``calib``: an ``(x, y)`` tensor pair, Dataset or DataLoader; its correctly classified
     samples, ``samples_per_class`` per class (all of them with ``None``), form the
-    calibration set. ``eval_data``: optional held-out data; then the summary also holds
+    calibration set. Segmentation: ``y`` holds label masks (N, H, W) (255 ignored) and the
+    model returns (N, C, h, w) logits; images are chosen by
+    :func:`select_segmentation_calibration`, a class's per-class test uses the images where
+    it appears, each scored on that class's pixels, and the metric is mIoU. ``eval_data``: optional held-out data; then the summary also holds
     top-1 accuracy before and after. ``callback(record)`` is called after every step.
     Options are those of METHOD.md (see :class:`cswap_nb.descent.CSwapConfig`).
     ``engine``: ``"fast"`` caches the network before the analysed layer where the model

@@ -102,7 +102,7 @@ def run_compare(args: argparse.Namespace) -> int:
     model, data = zoo.load(args.model)
     records = compare(model, data, methods, alpha=args.alpha, samples_per_class=args.samples_per_class,
                       per_layer=args.per_layer, ratios=_floats(args.grid), alphas=_floats(args.alphas),
-                      model_name=args.model, progress=not args.no_progress)
+                      model_name=args.model, progress=not args.no_progress, scope=args.scope)
     print(table(records))
     if args.per_layer:
         print("\nat C-SWAP's per-layer unit counts:")
@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated: cswap and any of " + ", ".join(CRITERIA))
     c.add_argument("--alpha", type=float, default=0.05)
     c.add_argument("--samples-per-class", type=int, default=20)
+    c.add_argument("--scope", choices=("internal", "all"), default="internal")
     c.add_argument("--per-layer", action="store_true", help="also prune each baseline to C-SWAP's per-layer counts")
     c.add_argument("--grid", default=None, help="comma-separated unit ratios for curves, e.g. 0.2,0.4,0.6")
     c.add_argument("--alphas", default=None, help="comma-separated extra alphas for C-SWAP points, e.g. 0.5,0.01")

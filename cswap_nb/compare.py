@@ -30,6 +30,7 @@ def compare(
     model_name: str = "custom",
     progress: bool = True,
     seed: int = 0,
+    scope: str = "internal",
 ) -> list[dict]:
     """One record (the ``--json`` summary plus ``budget``) per (method, budget).
 
@@ -37,10 +38,11 @@ def compare(
     C-SWAP reached (``budget="same-params"``, global ranking), and with ``per_layer`` also
     to C-SWAP's per-layer unit counts. ``ratios`` adds a curve per criterion (fraction of
     units removed); ``alphas`` adds C-SWAP points at other α. All on the same calibration
-    set, evaluated on ``data.test``, no fine-tuning.
+    set and unit ``scope``, evaluated on ``data.test``, no fine-tuning.
     """
     methods = [m for m in methods if m != "cswap"]
-    common = dict(samples_per_class=samples_per_class, eval_data=data.test, model_name=model_name, seed=seed)
+    common = dict(samples_per_class=samples_per_class, eval_data=data.test, model_name=model_name, seed=seed,
+                  scope=scope)
     ref = prune(model, data.calib, "cswap", alpha=alpha, progress=progress, **common)
     records = [_record(ref, SAME_PARAMS)]
     counts = {name: len(units) for name, units in ref.pruned_units.items()}
