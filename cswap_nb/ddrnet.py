@@ -264,12 +264,13 @@ class DualResNet(nn.Module):
         return [self.seghead_extra] if self.aux else []
 
     def sequential_parts(self) -> list[tuple[str, Callable, list[str]]]:
-        """The eval-mode forward as a chain of parts ``(name, fn, module prefixes inside)``.
+        """The forward pass (main head) as a chain of parts ``(name, fn, module prefixes inside)``.
 
         Each part maps the previous part's state to the next: the stem returns
         ``(features, size)``, stages 3 and 4 carry ``(low, high, size)`` (both trunks after
-        their fusion), the head returns the main logits. Used by the prefix-caching engine
-        of :mod:`cswap_nb.engine`, which checks that the chain reproduces ``model(x)``.
+        their fusion), the head returns the main logits. :meth:`forward` runs this chain
+        itself, and the prefix-caching engine of :mod:`cswap_nb.engine` caches the state
+        before the part it analyses.
         """
 
         def stem(x: Tensor):
@@ -284,17 +285,11 @@ class DualResNet(nn.Module):
 
         def stage3(state):
             x2, size = state
-            x3 = self.layer3(F.relu(x2))
-            high = self.layer3_(F.relu(x2))
-            low = x3 + self.down3(F.relu(high))
-            return low, high + _up(self.compression3(F.relu(x3)), size), size
+            return (*self._fuse(x2, x2, self.layer3, self.layer3_, self.down3, self.compression3, size), size)
 
         def stage4(state):
             low, high, size = state
-            x4 = self.layer4(F.relu(low))
-            high = self.layer4_(F.relu(high))
-            low = x4 + self.down4(F.relu(high))
-            return low, high + _up(self.compression4(F.relu(x4)), size), size
+            return (*self._fuse(low, high, self.layer4, self.layer4_, self.down4, self.compression4, size), size)
 
         def high5(state):
             low, high, size = state
@@ -328,23 +323,21 @@ class DualResNet(nn.Module):
                              f"shape {tuple(x.shape)}; pad or resize the input (e.g. to "
                              f"{-(-h // OUTPUT_STRIDE) * OUTPUT_STRIDE}x{-(-w // OUTPUT_STRIDE) * OUTPUT_STRIDE})")
 
+    @staticmethod
+    def _fuse(low: Tensor, high: Tensor, layer: nn.Module, layer_: nn.Module, down: nn.Module,
+              compression: nn.Module, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """One stage of both trunks and the bilateral fusion: low += down(high), high += up(compression(low))."""
+        x = layer(F.relu(low))
+        high = layer_(F.relu(high))
+        return x + down(F.relu(high)), high + _up(compression(F.relu(x)), size)
+
     def _forward(self, x: Tensor, with_aux: bool) -> list[Tensor]:
-        self._check_input(x)
-        size = (x.shape[-2] // OUTPUT_STRIDE, x.shape[-1] // OUTPUT_STRIDE)
-        x = self.layer1(self.conv1(x))
-        x2 = self.layer2(F.relu(x))
-        x3 = self.layer3(F.relu(x2))                # low resolution, /16
-        high = self.layer3_(F.relu(x2))             # high resolution, /8
-        low = x3 + self.down3(F.relu(high))
-        high = high + _up(self.compression3(F.relu(x3)), size)
-        aux_in = high
-        x4 = self.layer4(F.relu(low))               # /32
-        high = self.layer4_(F.relu(high))
-        low = x4 + self.down4(F.relu(high))
-        high = high + _up(self.compression4(F.relu(x4)), size)
-        high = self.layer5_(F.relu(high))
-        low = _up(self.spp(self.layer5(F.relu(low))), size)  # /64 -> /8
-        out = self.final_layer(low + high)
+        state, aux_in = x, None
+        for name, fn, _ in self.sequential_parts():  # the one definition of the forward pass
+            state = fn(state)
+            if name == "stage3":
+                aux_in = state[1]  # the high-resolution trunk after the first fusion
+        out = state
         if not with_aux:
             return [out]
         head = self.seghead_extra

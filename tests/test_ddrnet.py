@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import cswap_nb as cs
+from _helpers import mask_and_remove
 from cswap_nb import models
 from cswap_nb.ddrnet import DualResNet, load_weights, strip_aux
 from cswap_nb.surgery import count_params, remove_units
@@ -227,26 +228,6 @@ def test_unit_layers_of_the_published_slim_width():
     assert cat[("spp.process4.2",)] == list(range(512, 640))
 
 
-def _mask_then_remove(model, x, scope, fraction=0.4, seed=7):
-    """Mask a seeded random ``fraction`` of every unit layer, then remove those units physically."""
-    model.eval()
-    layers = find_unit_layers(model, x[:1], scope=scope)
-    with torch.no_grad():
-        dense = model(x)
-    masker = Masker(model, layers)
-    g = torch.Generator().manual_seed(seed)
-    for layer in layers:
-        k = min(layer.size - 1, max(1, round(fraction * layer.size)))
-        masker.set(layer.name, torch.randperm(layer.size, generator=g)[:k].tolist(), True)
-    with torch.no_grad():
-        masked = model(x)
-    masker.remove()
-    with torch.no_grad():
-        assert torch.equal(model(x), dense), "Masker.remove() did not restore the model"
-    remove_units(model, x[:1], masker.pruned())
-    with torch.no_grad():
-        pruned = model(x)
-    return layers, dense, masked, pruned
 
 
 @pytest.mark.parametrize("scope", ["internal", "all"])
@@ -254,7 +235,7 @@ def _mask_then_remove(model, x, scope, fraction=0.4, seed=7):
 def test_masked_equals_pruned(variant, scope, randomize_bn):
     model = randomize_bn(_small(variant, aux=True), seed=11)
     params_before = count_params(model)
-    layers, dense, masked, pruned = _mask_then_remove(model, _x(), scope)
+    layers, dense, masked, pruned, _ = mask_and_remove(model, _x(), scope)
     assert len(layers) == (20 if scope == "internal" else 30)
     assert (masked - dense).abs().max() > 1e-2, "masking 40% of the units changed nothing"
     assert float((pruned - masked).abs().max()) <= TOL
@@ -263,7 +244,7 @@ def test_masked_equals_pruned(variant, scope, randomize_bn):
 
 def test_aux_head_is_resized_with_the_trunk_and_never_a_unit(randomize_bn):
     model = _small(aux=True)
-    _mask_then_remove(model, _x(), "internal")
+    mask_and_remove(model, _x(), "internal")
     assert len(model.train()(_x())) == 2  # internal units never touch the aux head's input
     model = randomize_bn(_small(aux=True), seed=4).eval()
     reference = [o.detach() for o in model.forward_all(_x())]
@@ -294,7 +275,7 @@ def test_pruned_model_reloads_from_spec_and_shapes(scope, randomize_bn, tmp_path
     model = randomize_bn(_small("23-slim", aux=(scope == "internal")), seed=5)
     spec = models.describe(model)
     x = _x()
-    _mask_then_remove(model, x, scope)
+    mask_and_remove(model, x, scope)
     assert models.describe(model) == spec  # a pruned DualResNet keeps its spec
     rebuilt = models.reshape_to(models.build(spec), models.shapes_of(model))
     rebuilt.load_state_dict(model.state_dict(), strict=True)

@@ -17,6 +17,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 import cswap_nb as cs
+from _helpers import mask_and_remove
 from cswap_nb import models
 from cswap_nb.descent import CSwapConfig, visiting_plan
 from cswap_nb.engine import sequential_parts
@@ -67,31 +68,6 @@ def test_shipped_checkpoints_are_accurate_and_describable(name, checkpoints, dig
     assert name in (cs.zoo.data_dir() / "README.md").read_text()
 
 
-def _mask_and_remove(model: nn.Module, x: torch.Tensor, scope: str = "internal", fraction: float = 0.4,
-                     seed: int = 7):
-    """Mask a seeded random ``fraction`` of every unit layer, then remove those units.
-
-    Returns (unit layers, dense logits, masked logits, pruned logits, units removed).
-    """
-    model.eval()
-    layers = find_unit_layers(model, x[:1], scope=scope)
-    with torch.no_grad():
-        dense = model(x)
-    masker = Masker(model, layers)
-    g = torch.Generator().manual_seed(seed)
-    for layer in layers:
-        k = min(layer.size - 1, max(1, round(fraction * layer.size)))
-        masker.set(layer.name, torch.randperm(layer.size, generator=g)[:k].tolist(), True)
-    with torch.no_grad():
-        masked = model(x)
-    masker.remove()
-    with torch.no_grad():
-        assert torch.equal(model(x), dense), "Masker.remove() did not restore the model"
-    removed = masker.pruned()
-    remove_units(model, x[:1], removed)
-    with torch.no_grad():
-        pruned = model(x)
-    return layers, dense, masked, pruned, removed
 
 
 @pytest.mark.parametrize("name", list(RANDOM_MODELS))
@@ -99,7 +75,7 @@ def test_masked_equals_pruned_on_full_size_random_models(name, randomize_bn):
     model = randomize_bn(RANDOM_MODELS[name](), seed=11)
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     params_before = count_params(model)
-    layers, dense, masked, pruned, _ = _mask_and_remove(model, x)
+    layers, dense, masked, pruned, _ = mask_and_remove(model, x)
     assert (masked - dense).abs().max() > 1e-3, "masking 40% of the units changed nothing"
     assert float((pruned - masked).abs().max()) <= TOL
     assert count_params(model) < params_before
@@ -110,7 +86,7 @@ def test_masked_equals_pruned_on_full_size_random_models(name, randomize_bn):
 def test_masked_equals_pruned_on_shipped_checkpoints(name, checkpoints, digits):
     model = copy.deepcopy(checkpoints[name])
     x = digits.test.x[:8]
-    _, dense, masked, pruned, _ = _mask_and_remove(model, x, fraction=0.3)
+    _, dense, masked, pruned, _ = mask_and_remove(model, x, fraction=0.3)
     assert (masked - dense).abs().max() > 1e-3
     assert float((pruned - masked).abs().max()) <= TOL
 

@@ -1,0 +1,35 @@
+"""Helpers shared by test modules (plain functions; fixtures live in conftest.py)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cswap_nb.surgery import remove_units
+from cswap_nb.units import Masker, find_unit_layers
+
+
+def mask_and_remove(model: nn.Module, x: torch.Tensor, scope: str = "internal", fraction: float = 0.4,
+                     seed: int = 7):
+    """Mask a seeded random ``fraction`` of every unit layer, then remove those units.
+
+    Returns (unit layers, dense logits, masked logits, pruned logits, units removed).
+    """
+    model.eval()
+    layers = find_unit_layers(model, x[:1], scope=scope)
+    with torch.no_grad():
+        dense = model(x)
+    masker = Masker(model, layers)
+    g = torch.Generator().manual_seed(seed)
+    for layer in layers:
+        k = min(layer.size - 1, max(1, round(fraction * layer.size)))
+        masker.set(layer.name, torch.randperm(layer.size, generator=g)[:k].tolist(), True)
+    with torch.no_grad():
+        masked = model(x)
+    masker.remove()
+    with torch.no_grad():
+        assert torch.equal(model(x), dense), "Masker.remove() did not restore the model"
+    removed = masker.pruned()
+    remove_units(model, x[:1], removed)
+    with torch.no_grad():
+        pruned = model(x)
+    return layers, dense, masked, pruned, removed
