@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import cswap_nb as cs
@@ -51,4 +52,12 @@ def test_prune_bad_alpha_is_a_clear_error(capsys):
 
 def test_models_lists_the_zoo(capsys):
     assert main(["models"]) == 0
-    assert "resnet18-digits" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "resnet18-digits" in out and "test accuracy 99.722%" in out
+    assert "ddrnet23slim-roads   test mIoU 42.056%" in out  # segmentation entries report mIoU
+
+
+def test_group_size_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["prune", "--model", "vit-digits", "--group-size", "0"])
+    assert "must be a positive integer" in capsys.readouterr().err

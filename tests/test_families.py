@@ -218,6 +218,11 @@ def test_save_and_load_pruned_round_trip(name, checkpoints, digits, tmp_path):
     model = checkpoints[name]
     res = cs.prune(model, digits.calib, samples_per_class=3, group_size=32, progress=False)
     assert res.spec is not None and res.params_after < res.params_before
+    # tables count units, not tests: every unit of a layer is labelled once, in groups of 32
+    table = res.per_layer
+    assert (table[["critical", "neutral", "detrimental"]].sum(axis=1) == table.units).all()
+    assert (table.tests == -(-table.units // 32)).all()
+    assert sum(res.summary()["counts"].values()) == table.units.sum()
     path = res.save(tmp_path / "pruned.pt")
     reloaded = cs.load_pruned(path)
     x = digits.test.x[:16]
