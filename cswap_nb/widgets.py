@@ -153,9 +153,10 @@ class AlphaExplorer:
         seconds = time.perf_counter() - t0
         self.last_result = res
         s = res.summary()
+        metric = "mIoU" if s["metric_name"] == "miou_pct" else "accuracy"
         self.history.append({**s, "budget": f"alpha={v['alpha']:.3g}", "settings": dict(v)})
         self.status.value = (f"<b>α = {v['alpha']:.3g}</b>: {s['params_removed_pct']:.1f}% of parameters and "
-                             f"{s['macs_removed_pct']:.1f}% of MACs removed; accuracy {s['metric_before']:.2f}% → "
+                             f"{s['macs_removed_pct']:.1f}% of MACs removed; {metric} {s['metric_before']:.2f}% → "
                              f"{s['metric_after']:.2f}% ({seconds:.1f} s; {cache.hits - hits0} cached tests reused, "
                              f"{cache.misses - misses0} computed)")
         self.counts.value = render_counts(s)
