@@ -1,8 +1,8 @@
 """The public entry points: :func:`prune`, :class:`PruneResult`, :func:`load_pruned`."""
 from __future__ import annotations
 
-import contextlib
 import copy
+import functools
 import numbers
 import time
 import warnings
@@ -249,6 +249,27 @@ def select_segmentation_calibration(x: Tensor, masks: Tensor, samples_per_class:
     return x[keep_d], masks[keep_d], pairs.to(device)
 
 
+def _full_float32(fn: Callable) -> Callable:
+    """Run ``fn`` with TF32 turned off for convolutions and matmuls (restored afterwards).
+
+    PyTorch runs CUDA convolutions in TF32 by default (10-bit mantissa). The causal tests
+    compare small score differences and the masked/pruned check expects float32 agreement;
+    with TF32 on, an H200 run of ddrnet23slim-roads disagreed with the CPU on 242 of 1,920
+    labels and masked vs pruned differed by 9e-3. No effect on CPUs.
+    """
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+
+    return run
+
+
+@_full_float32
 def prune(
     model: nn.Module,
     calib,
@@ -295,38 +316,15 @@ def prune(
     calibration set. Segmentation: ``y`` holds label masks (N, H, W) (255 ignored) and the
     model returns (N, C, h, w) logits; images are chosen by
     :func:`select_segmentation_calibration`, a class's per-class test uses the images where
-    it appears, each scored on that class's pixels, and the metric is mIoU. ``eval_data``: optional held-out data; then the summary also holds
-    top-1 accuracy before and after. ``callback(record)`` is called after every step.
+    it appears, each scored on that class's pixels, and the metric is mIoU.
+    ``eval_data``: optional held-out data; then the summary also holds the metric (top-1
+    accuracy, or mIoU) before and after. ``callback(record)`` is called after every step.
     Options are those of METHOD.md (see :class:`cswap_nb.descent.CSwapConfig`).
     ``engine``: ``"fast"`` caches the network before the analysed layer where the model
     allows it (same decisions as ``"naive"``, one full forward per unit); see :mod:`cswap_nb.engine`.
     ``engine_hook(engine) -> engine`` may wrap the score engine (the α explorer's cache does);
     ``on_start(total)`` is told the number of steps before the first one.
     """
-    with _full_float32():
-        return _prune(**locals())
-
-
-@contextlib.contextmanager
-def _full_float32():
-    """Turn off TF32 for convolutions and matmuls while pruning (restored afterwards).
-
-    PyTorch runs CUDA convolutions in TF32 by default (10-bit mantissa). The causal tests
-    compare small score differences and the masked/pruned check expects float32 agreement;
-    with TF32 on, an H200 run of ddrnet23slim-roads disagreed with the CPU on 242 of 1,920
-    labels and masked vs pruned differed by 9e-3. No effect on CPUs.
-    """
-    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
-
-
-def _prune(model, calib, method, *, alpha, samples_per_class, inference, test, score, reference, order,
-           layer_order, scope, group_size, group_threshold, seed, engine, ratio, params, counts, scores,
-           eval_data, ignored_layers, progress, callback, model_name, engine_hook, on_start) -> PruneResult:
     from .criteria import CRITERIA, Cost, score_units
     from .descent import greedy, rank_and_prune
 
