@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import models
-from .causal import LABELS, min_samples
+from .causal import IGNORE_INDEX, LABELS, min_samples
 from .data import as_tensors, check_xy
 from .descent import CSwapConfig, progressive, visiting_plan
 from .engine import make_engine
@@ -216,7 +216,7 @@ def select_segmentation_calibration(x: Tensor, masks: Tensor, samples_per_class:
     "correct" outcome, so unlike :func:`select_calibration` images are not filtered on it.)
     """
     n = masks.shape[0]
-    flat = torch.where(masks == 255, num_classes, masks).flatten(1).cpu()
+    flat = torch.where(masks == IGNORE_INDEX, num_classes, masks).flatten(1).cpu()
     counts = torch.zeros(n, num_classes + 1, dtype=torch.long).scatter_add_(1, flat, torch.ones_like(flat))[:, :num_classes]
     present = counts >= min_pixels
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
@@ -375,7 +375,7 @@ def prune(
         if not isinstance(probe, Tensor) or probe.ndim != 4:
             got = tuple(probe.shape) if isinstance(probe, Tensor) else type(probe).__name__
             raise ValueError(f"label masks (N, H, W) need a model returning (N, classes, h, w) logits, got {got}")
-        valid = y[y != 255]
+        valid = y[y != IGNORE_INDEX]
         if len(valid) and (int(valid.min()) < 0 or int(valid.max()) >= probe.shape[1]):
             raise ValueError(f"mask labels must lie in [0, {probe.shape[1] - 1}] or be 255 (ignored) for a model with "
                              f"{probe.shape[1]} outputs; got labels from {int(valid.min())} to {int(valid.max())}")

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from scipy import stats
 from torch import Tensor
 
+from .scenes import IGNORE_INDEX
+
 CRITICAL, NEUTRAL, DETRIMENTAL = "critical", "neutral", "detrimental"
 LABELS = (CRITICAL, NEUTRAL, DETRIMENTAL)
 TESTS = ("welch", "ztest", "wilcoxon", "paired-t")
@@ -28,14 +30,18 @@ SCORES = ("prob", "logit", "ratio")
 INFERENCES = ("per-class", "general")
 
 
-IGNORE_INDEX = 255
+def upsample_logits(logits: Tensor, size) -> Tensor:
+    """Dense logits (N, C, h, w) at the label size (H, W): bilinear, ``align_corners=False``
+    (DDRNet predicts at 1/8 resolution). Unchanged when the sizes already agree."""
+    size = tuple(size)
+    if tuple(logits.shape[-2:]) == size:
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
 def _pixel_probs(logits: Tensor, masks: Tensor, score: str) -> Tensor:
-    """Per-pixel class scores at the label resolution (bilinear upsampling, align_corners=False)."""
-    logits = logits.float()
-    if logits.shape[-2:] != masks.shape[-2:]:
-        logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
+    """Per-pixel class scores at the label resolution."""
+    logits = upsample_logits(logits.float(), masks.shape[-2:])
     return logits if score == "logit" else logits.softmax(1)
 
 

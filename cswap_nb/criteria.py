@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .causal import upsample_logits
+from .scenes import IGNORE_INDEX
 from .units import UnitLayer, channels_first, register_site_hook
 
 Scores = dict[str, Tensor]
@@ -166,10 +168,9 @@ def _loss(logits: Tensor, y: Tensor) -> Tensor:
     """Summed cross-entropy; for segmentation the per-image mean over labelled pixels, summed
     over images (logits upsampled bilinearly to the label size, label 255 ignored)."""
     if logits.ndim == 4 and y.ndim == 3:
-        if logits.shape[-2:] != y.shape[-2:]:
-            logits = F.interpolate(logits, size=y.shape[-2:], mode="bilinear", align_corners=False)
-        per_pixel = F.cross_entropy(logits, y, ignore_index=255, reduction="none")
-        valid = (y != 255).flatten(1)
+        per_pixel = F.cross_entropy(upsample_logits(logits, y.shape[-2:]), y, ignore_index=IGNORE_INDEX,
+                                    reduction="none")
+        valid = (y != IGNORE_INDEX).flatten(1)
         return ((per_pixel.flatten(1) * valid).sum(1) / valid.sum(1).clamp(min=1)).sum()
     return F.cross_entropy(logits, y, reduction="sum")
 

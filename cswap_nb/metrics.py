@@ -8,9 +8,9 @@ from __future__ import annotations
 from itertools import chain
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .causal import upsample_logits
 from .data import as_tensors
 from .scenes import CITYSCAPES_CLASSES, IGNORE_INDEX
 
@@ -212,9 +212,7 @@ def _confusion(model: nn.Module, batches, num_classes: int | None, ignore_index:
                 # upsample a few images at a time: full-resolution logits of a whole batch can be huge
                 step = max(1, _UPSAMPLE_ELEMENTS // (c * yb.shape[-2] * yb.shape[-1]))
                 for i in range(0, len(yb), step):
-                    chunk = logits[i : i + step]
-                    if chunk.shape[-2:] != yb.shape[-2:]:
-                        chunk = F.interpolate(chunk.float(), size=yb.shape[-2:], mode="bilinear", align_corners=False)
+                    chunk = upsample_logits(logits[i : i + step].float(), yb.shape[-2:])
                     part = confusion_matrix(chunk.argmax(1).cpu(), yb[i : i + step].cpu(), num_classes, ignore_index)
                     conf = part if conf is None else conf + part
     finally:

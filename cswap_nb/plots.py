@@ -241,7 +241,8 @@ def plot_group_sizes(rows, ax: Axes | None = None) -> Axes:
 def predict_masks(model, x, size=None, batch_size: int = 16):
     """Per-pixel argmax of a segmentation model, logits upsampled bilinearly to ``size`` (default: the input's)."""
     import torch
-    import torch.nn.functional as F
+
+    from .causal import upsample_logits
 
     size = tuple(size or x.shape[-2:])
     was_training = model.training
@@ -251,7 +252,7 @@ def predict_masks(model, x, size=None, batch_size: int = 16):
         with torch.inference_mode():
             for i in range(0, len(x), batch_size):
                 logits = model(x[i : i + batch_size])
-                out.append(F.interpolate(logits, size=size, mode="bilinear", align_corners=False).argmax(1).cpu())
+                out.append(upsample_logits(logits, size).argmax(1).cpu())
     finally:
         model.train(was_training)
     return torch.cat(out)

@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .causal import upsample_logits
 from .data import Split
+from .scenes import IGNORE_INDEX
 
 OPTIMIZERS = ("sgd", "adamw")
 
@@ -78,9 +80,7 @@ def task_loss(output, y: torch.Tensor, aux_weight: float = 0.4) -> torch.Tensor:
         main, *extra = output
         return task_loss(main, y) + sum(aux_weight * task_loss(o, y) for o in extra)
     if output.ndim == 4 and y.ndim == 3:
-        if output.shape[-2:] != y.shape[-2:]:
-            output = F.interpolate(output, size=y.shape[-2:], mode="bilinear", align_corners=False)
-        return F.cross_entropy(output, y, ignore_index=255)
+        return F.cross_entropy(upsample_logits(output, y.shape[-2:]), y, ignore_index=IGNORE_INDEX)
     return F.cross_entropy(output, y)
 
 
