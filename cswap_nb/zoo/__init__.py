@@ -179,14 +179,19 @@ def train(name: str, out_dir: Path | None = None, progress: bool = True) -> dict
         from ..ddrnet import strip_aux
 
         model = strip_aux(model)
-    acc = evaluate(model, data.test)
+    if data.test.y.ndim == 3:  # segmentation: mIoU and pixel accuracy from one pass over the test set
+        from ..metrics import evaluate_segmentation
+
+        seg = evaluate_segmentation(model, data.test)
+        scores = {"test_miou_pct": round(seg["miou"], 3), "test_pixel_acc_pct": round(seg["pixel_acc"], 3)}
+    else:
+        scores = {"test_accuracy_pct": round(evaluate(model, data.test), 3)}
     out_dir = Path(out_dir) if out_dir else data_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / e.file
     torch.save({"format": CHECKPOINT_FORMAT, "name": name, "spec": e.spec,
                 "state_dict": model.state_dict(), "recipe": r.as_dict()}, path)
-    metric = "test_miou_pct" if data.test.y.ndim == 3 else "test_accuracy_pct"
-    record = {"file": e.file, "sha256": sha256_of(path), metric: round(acc, 3),
+    record = {"file": e.file, "sha256": sha256_of(path), **scores,
               "dataset": e.dataset, "train_samples": len(train_split.y), "test_samples": len(data.test.y),
               "recipe": asdict(r), "train_seconds": round(seconds, 1),
               "params": sum(p.numel() for p in model.parameters()),
@@ -195,10 +200,6 @@ def train(name: str, out_dir: Path | None = None, progress: bool = True) -> dict
         record["aux_training"] = True
     if e.train_dataset:
         record["train_dataset"] = e.train_dataset
-    if data.test.y.ndim == 3:
-        from ..metrics import evaluate_segmentation
-
-        record["test_pixel_acc_pct"] = round(evaluate_segmentation(model, data.test)["pixel_acc"], 3)
     manifest_file = out_dir / "zoo.json"
     manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
     manifest[name] = record
