@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .scenes import CITYSCAPES_CLASSES, DEFAULT_SIZE, IGNORE_INDEX, SCENE_MEAN, SCENE_STD, _check_size, road_scenes
+from .scenes import CITYSCAPES_CLASSES, DEFAULT_SIZE, IGNORE_INDEX, _check_size, normalize, road_scenes
 
 
 class Split(NamedTuple):
@@ -202,9 +202,7 @@ def load_cityscapes(root, split: str = "val", size: tuple[int, int] | None = (25
     if len(shapes) > 1:
         raise ValueError(f"the images have different sizes {sorted(shapes)}; pass size=(H, W) to resize them")
     x = torch.stack(xs).permute(0, 3, 1, 2).float().div_(255)
-    mean = torch.tensor(SCENE_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(SCENE_STD).view(1, 3, 1, 1)
-    return Split(((x - mean) / std).contiguous(), torch.stack(ys).long())
+    return Split(normalize(x), torch.stack(ys).long())
 
 
 DATASETS = {"digits32": lambda: load_digits(32), "roads": load_road_scenes,
