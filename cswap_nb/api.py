@@ -106,20 +106,31 @@ class PruneResult:
         }
 
     def save(self, path: str | Path) -> Path:
-        """Save the pruned model as a state dict plus a plain description of its shapes.
+        """Save the pruned model: its state dict, every tensor's shape, and :meth:`summary`.
 
-        Reload with :func:`load_pruned` (``torch.load(..., weights_only=True)`` underneath).
+        No module is pickled; :func:`load_pruned` reads the file with
+        ``torch.load(..., weights_only=True)``. Known families (timm/torchvision ResNets,
+        MobileNetV2, timm ViT, DDRNet) also store a plain architecture spec and rebuild
+        themselves; any other model is reloaded into a fresh instance of its own class,
+        ``cs.load_pruned(path, model=MyNet())``.
+
+        Parameters
+        ----------
+        path : str or Path
+            The file to write (folders are created).
+
+        Returns
+        -------
+        Path
+            ``path``.
         """
-        if self.spec is None:
-            raise ValueError(
-                "this model's architecture cannot be described as a plain spec (supported: timm and "
-                "torchvision ResNets); save res.model.state_dict() and rebuild the model yourself"
-            )
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        cls = type(self.model)
         torch.save({
             "format": PRUNED_FORMAT,
             "spec": self.spec,
+            "architecture": f"{cls.__module__}.{cls.__qualname__}",
             "shapes": models.shapes_of(self.model),
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "summary": _jsonable(self.summary()),
@@ -145,8 +156,31 @@ def _jsonable(obj):
     return obj
 
 
-def load_pruned(path: str | Path) -> nn.Module:
-    """Rebuild a model saved by :meth:`PruneResult.save` (no pickled modules are loaded)."""
+def load_pruned(path: str | Path, model: nn.Module | None = None) -> nn.Module:
+    """Rebuild a model saved by :meth:`PruneResult.save` (no pickled modules are loaded).
+
+    Parameters
+    ----------
+    path : str or Path
+        A file written by :meth:`PruneResult.save`.
+    model : nn.Module, optional
+        A fresh, unpruned instance of the saved model's architecture (e.g. ``MyNet()``): its
+        layers are resized to the saved shapes (:func:`cswap_nb.models.reshape_to`) and the
+        weights loaded strictly. It is modified in place and returned. Needed for
+        architectures outside the known families; for those, ``None`` rebuilds the model
+        from the saved spec.
+
+    Returns
+    -------
+    nn.Module
+        The pruned model in eval mode, with the same outputs as the one that was saved.
+
+    Raises
+    ------
+    ValueError
+        For a file of another format, or a ``model`` whose modules do not match the saved
+        ones (the message names the first offending module).
+    """
     path = Path(path)
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -156,11 +190,22 @@ def load_pruned(path: str | Path) -> nn.Module:
         raise ValueError(f"{path} is not a readable cswap_nb pruned-model file (corrupt or wrong format): {exc}") from exc
     if not isinstance(blob, dict) or blob.get("format") != PRUNED_FORMAT:
         raise ValueError(f"{path} is not a cswap_nb pruned-model file (expected format {PRUNED_FORMAT!r})")
-    model = models.reshape_to(models.build(blob["spec"]), blob["shapes"])
+    shapes = blob["shapes"]
+    if model is None:
+        if blob.get("spec") is None:
+            raise ValueError(f"{path} holds a pruned {blob.get('architecture', 'custom model')}, an architecture "
+                             "cswap_nb cannot rebuild by itself; pass a fresh instance of it: "
+                             "cs.load_pruned(path, model=MyNet(...))")
+        model = models.build(blob["spec"])
+    elif not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a fresh nn.Module instance of the saved architecture, got {type(model).__name__}")
+    models.check_resizable(model, shapes, what=str(path))
+    models.reshape_to(model, shapes)
+    models.check_resizable(model, shapes, what=str(path), exact=True)
     try:
         model.load_state_dict(blob["state_dict"], strict=True)
     except RuntimeError as exc:
-        raise ValueError(f"{path}: the weights do not match the described architecture: {exc}") from exc
+        raise ValueError(f"{path}: the weights do not match the architecture: {exc}") from exc
     return model.eval()
 
 
@@ -296,7 +341,7 @@ def prune(
     ignored_layers: list[nn.Module] | None = None,
     progress: bool = True,
     callback: Callable[[dict], None] | None = None,
-    model_name: str = "custom",
+    model_name: str | None = None,
     engine_hook: Callable | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> PruneResult:
@@ -319,7 +364,7 @@ def prune(
     it appears, each scored on that class's pixels, and the metric is mIoU.
     ``eval_data``: optional held-out data; then the summary also holds the metric (top-1
     accuracy, or mIoU) before and after. ``callback(record)`` is called after every step.
-    Options are those of METHOD.md (see :class:`cswap_nb.descent.CSwapConfig`).
+    Options are those of cswap_nb/METHOD.md §7 (see :class:`cswap_nb.descent.CSwapConfig`).
     ``engine``: ``"fast"`` caches the network before the analysed layer where the model
     allows it (same decisions as ``"naive"``, one full forward per unit); see :mod:`cswap_nb.engine`.
     ``engine_hook(engine) -> engine`` may wrap the score engine (the α explorer's cache does);
@@ -430,15 +475,17 @@ def prune(
                 on_start(total)
             desc = f"C-SWAP α={alpha}" if method == "cswap" else "greedy descent"
             bar = tqdm(total=total, desc=desc, unit="unit", disable=not progress, leave=True, mininterval=0.5)
-            for record in steps:
-                records.append(record)
-                bar.update(1)
-                bar.set_postfix(removed=sum(r["pruned"] for r in records), refresh=False)
-                if callback is not None:
-                    callback(record)
-                if method == "greedy" and params is not None and params_after(masker.pruned()) <= params:
-                    break
-            bar.close()
+            try:  # an error or an interrupt leaves no dead bar behind
+                for record in steps:
+                    records.append(record)
+                    bar.update(1)
+                    bar.set_postfix(removed=sum(r["pruned"] for r in records), refresh=False)
+                    if callback is not None:
+                        callback(record)
+                    if method == "greedy" and params is not None and params_after(masker.pruned()) <= params:
+                        break
+            finally:
+                bar.close()
             cost.forward_passes = scorer.forward_equivalents
         else:
             if scores is None:
@@ -485,7 +532,7 @@ def prune(
         equivalence_max_abs_diff=diff,
         calib_samples=len(y),
         metric_name="miou_pct" if segmentation else "top1_accuracy_pct",
-        model_name=model_name,
+        model_name=model_name or model_label(model),
         method=method,
         spec=spec,
         analysis_seconds=analysis_seconds,
@@ -497,6 +544,11 @@ def prune(
         result.metric_after = evaluate(work, eval_data)
     result.seconds = time.perf_counter() - t_start
     return result
+
+
+def model_label(model: nn.Module) -> str:
+    """A name for figures and summaries: a shipped checkpoint's zoo name, else the model's class name."""
+    return getattr(model, "zoo_name", None) or type(model).__name__
 
 
 def _same_modules(original: nn.Module, copy_: nn.Module, modules: list[nn.Module] | None) -> list[nn.Module]:

@@ -27,7 +27,7 @@ def compare(
     per_layer: bool = False,
     ratios: Iterable[float] | None = None,
     alphas: Iterable[float] | None = None,
-    model_name: str = "custom",
+    model_name: str | None = None,
     progress: bool = True,
     seed: int = 0,
     scope: str = "internal",

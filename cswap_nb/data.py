@@ -1,15 +1,21 @@
 """Embedded datasets and calibration-set selection.
 
-Everything here works offline. The default classification data is scikit-learn's
-bundled handwritten digits (1,797 images of 8x8 pixels, 10 classes), upsampled to
-32x32 RGB so that real ImageNet-style architectures (ResNet, MobileNet, ViT) run on it.
-For segmentation, :func:`load_road_scenes` draws street scenes labelled with the 19
+Everything here works offline. The teaching default is **Fashion-MNIST** (real 28x28 grey
+photographs of clothing, 10 classes, MIT licence): :func:`load_fashion_mnist` reads the full
+set through torchvision (from a user's folder, Debian's ``dataset-fashion-mnist`` files, or a
+download), and :func:`load_fashion` builds the zoo's splits from it or, where it is absent, from
+the stratified real subset shipped in ``data/``. The tiny option is scikit-learn's bundled
+handwritten digits (1,797 images of 8x8 pixels), upsampled to 32x32 RGB. For segmentation, :func:`load_road_scenes` draws street scenes labelled with the 19
 Cityscapes classes (:mod:`cswap_nb.scenes`), and :func:`load_cityscapes` reads the real
 Cityscapes from local files.
 """
 from __future__ import annotations
 
 import functools
+import gzip
+import hashlib
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple
@@ -42,10 +48,13 @@ class Dataset:
     train: Split
     test: Split
     classes: list[str]
+    val: Split | None = None  # for choosing settings: neither the calibration pool nor the test split
+    calib_pool: Split | None = None  # the calibration pool when it is not the whole training split
+    source: str = "embedded"  # where the images came from (e.g. "full: ..." or "subset: ...")
 
     @property
     def calib(self) -> Split:
-        return self.train
+        return self.train if self.calib_pool is None else self.calib_pool
 
     @property
     def num_classes(self) -> int:
@@ -205,13 +214,223 @@ def load_cityscapes(root, split: str = "val", size: tuple[int, int] | None = (25
     return Split(normalize(x), torch.stack(ys).long())
 
 
-DATASETS = {"digits32": lambda: load_digits(32), "roads": load_road_scenes,
+# --- Fashion-MNIST -------------------------------------------------------------------------
+
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot")
+FASHION_MEAN, FASHION_STD = 0.2860, 0.3530  # of the 60,000 training images' pixels in [0, 1]
+DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+FASHION_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                 "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+FASHION_SUBSET_FILE = "fashion-mnist-subset.npz"
+# How the zoo's splits are drawn (stratified, seeded; the shipped subset holds exactly these images):
+FASHION_CALIB_PER_CLASS = 300  # calibration pool: 3,000 of the 60,000 training images
+FASHION_VAL_PER_CLASS = 100  # validation: 1,000 of the 10,000 test images, for choosing settings
+FASHION_SUBSET_TEST_PER_CLASS = 200  # the subset's test split: 2,000 of the other 9,000 test images
+FASHION_SPLIT_SEED = 0
+
+
+def cache_dir() -> Path:
+    """Where this package stages data it prepares (``$CSWAP_NB_CACHE``, else ``~/.cache/cswap_nb``)."""
+    env = os.environ.get("CSWAP_NB_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "cswap_nb"
+
+
+def _stage_idx_files(src: Path, dest_root: Path) -> bool:
+    """Copy Fashion-MNIST's four idx files (plain or ``.gz``) from ``src`` into the layout torchvision
+    reads, ``dest_root/FashionMNIST/raw/`` (unpacked), unless already there; ``src`` is never modified.
+    False when ``src`` does not hold all four files."""
+    names = [n for pair in FASHION_FILES.values() for n in pair]
+    found = {}
+    for n in names:
+        for candidate in (src / n, src / f"{n}.gz"):
+            if candidate.is_file():
+                found[n] = candidate
+                break
+    if len(found) < len(names):
+        return False
+    raw = dest_root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for n, path in found.items():
+        target = raw / n
+        if target.is_file() and target.stat().st_size > 0:
+            continue
+        tmp = target.with_suffix(".part")
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout)
+        tmp.replace(target)
+    return True
+
+
+def fashion_mnist_arrays(split: str = "train", root=None, download: bool = True) -> tuple[Tensor, Tensor, str]:
+    """Fashion-MNIST's raw images (N, 28, 28) uint8, labels (N,) int64, and where they came from.
+
+    Looks, in order, in ``root`` (torchvision's layout ``root/FashionMNIST/raw/``, or a folder
+    holding the four idx files, plain or gzipped), in Debian's ``/usr/share/datasets/fashion-mnist``
+    (the files are unpacked into :func:`cache_dir`; torchvision refuses them as they are), then
+    downloads with torchvision (into ``root`` or the cache) when ``download``.
+    """
+    from torchvision.datasets import FashionMNIST
+
+    if split not in FASHION_FILES:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    train = split == "train"
+    tried = []
+    places = []
+    if root is not None:
+        root = Path(root).expanduser()
+        places.append((root, f"root {str(root)!r}"))
+    places.append((DEBIAN_FASHION_DIR, f"Debian's {str(DEBIAN_FASHION_DIR)!r}"))
+    for place, label in places:
+        try:
+            if (place / "FashionMNIST" / "raw").is_dir():
+                ds = FashionMNIST(str(place), train=train, download=False)
+                return ds.data.clone(), ds.targets.clone(), f"{label} (torchvision layout)"
+            # staged copies live in the cache, one folder per source: the source is only read
+            tag = hashlib.sha1(str(place.resolve()).encode()).hexdigest()[:12]
+            staged = cache_dir() / "fashion-mnist" / ("debian" if place == DEBIAN_FASHION_DIR else tag)
+            if place.is_dir() and _stage_idx_files(place, staged):
+                ds = FashionMNIST(str(staged), train=train, download=False)
+                return ds.data.clone(), ds.targets.clone(), label
+            tried.append(f"{label}: no Fashion-MNIST files")
+        except (RuntimeError, OSError, ValueError) as exc:
+            tried.append(f"{label}: {type(exc).__name__}: {exc}")
+    if download:
+        target = root if root is not None else cache_dir() / "fashion-mnist"
+        try:
+            ds = FashionMNIST(str(target), train=train, download=True)
+            return ds.data.clone(), ds.targets.clone(), f"downloaded into {str(target)!r}"
+        except Exception as exc:  # torchvision raises several kinds when offline
+            tried.append(f"download into {str(target)!r}: {type(exc).__name__}: {exc}")
+    raise FileNotFoundError(
+        "Fashion-MNIST not found. Tried " + "; ".join(tried) + ". Get it in one of three ways: "
+        "(1) pass root= a folder holding train-images-idx3-ubyte(.gz) and the three other idx files "
+        "(or torchvision's FashionMNIST/raw/ layout); (2) on Debian/Ubuntu, `apt-get install "
+        "dataset-fashion-mnist`; (3) with a network, download=True (torchvision fetches it). "
+        "Without any of them, cs.data.load_fashion() uses the real subset shipped with this package.")
+
+
+def normalize_fashion(images: Tensor) -> Tensor:
+    """uint8 (N, 28, 28) -> float (N, 1, 28, 28), scaled to [0, 1] and normalised with the training mean/std."""
+    x = images.float().div(255.0)[:, None]
+    return ((x - FASHION_MEAN) / FASHION_STD).contiguous()
+
+
+def load_fashion_mnist(split: str = "train", root=None, download: bool = True) -> Split:
+    """One Fashion-MNIST split (``"train"``: 60,000 images, ``"test"``: 10,000) as a :class:`Split`:
+    ``x`` (N, 1, 28, 28) float, normalised (:data:`FASHION_MEAN`, :data:`FASHION_STD`), ``y`` (N,) int64.
+    Where the files are looked for: :func:`fashion_mnist_arrays`."""
+    images, labels, _ = fashion_mnist_arrays(split, root, download)
+    return Split(normalize_fashion(images), labels.long())
+
+
+def stratified_indices(labels: Tensor, per_class: int, seed: int, exclude: Tensor | None = None) -> Tensor:
+    """``per_class`` indices of each class, drawn without replacement (seeded), sorted; ``exclude``d
+    indices are never drawn."""
+    gen = torch.Generator().manual_seed(seed)
+    allowed = torch.ones(len(labels), dtype=torch.bool)
+    if exclude is not None:
+        allowed[exclude] = False
+    picks = []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero((labels == c) & allowed).flatten()
+        if len(idx) < per_class:
+            raise ValueError(f"class {c} has only {len(idx)} images to draw {per_class} from")
+        picks.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
+    return torch.cat(picks).sort().values
+
+
+def fashion_split_indices(train_labels: Tensor, test_labels: Tensor) -> dict[str, Tensor]:
+    """The zoo's split indices into the original files: ``calib`` (training images), ``val`` and
+    ``subset_test`` (test images, disjoint). Depends only on the labels and :data:`FASHION_SPLIT_SEED`."""
+    calib = stratified_indices(train_labels, FASHION_CALIB_PER_CLASS, FASHION_SPLIT_SEED)
+    val = stratified_indices(test_labels, FASHION_VAL_PER_CLASS, FASHION_SPLIT_SEED)
+    test = stratified_indices(test_labels, FASHION_SUBSET_TEST_PER_CLASS, FASHION_SPLIT_SEED + 1, exclude=val)
+    return {"calib": calib, "val": val, "subset_test": test}
+
+
+def shipped_subset_path() -> Path:
+    from .resources import data_dir
+
+    return data_dir() / FASHION_SUBSET_FILE
+
+
+def read_fashion_subset(path: Path | None = None) -> dict[str, np.ndarray]:
+    """The shipped real subset: uint8 images and int64 labels of ``calib``, ``val`` and ``test``, plus
+    their indices into the original files (``*_index``). Read with ``allow_pickle=False``."""
+    path = Path(path) if path is not None else shipped_subset_path()
+    if not path.is_file():
+        raise FileNotFoundError(f"the shipped Fashion-MNIST subset {str(path)!r} is missing; rebuild it with "
+                                "`python -m cswap_nb.data write-fashion-subset` (needs the full set)")
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def write_fashion_subset(path: Path | None = None, root=None) -> Path:
+    """Draw the subset from the full set (:func:`fashion_split_indices`) and write it as an ``.npz``."""
+    path = Path(path) if path is not None else shipped_subset_path()
+    tr_x, tr_y, _ = fashion_mnist_arrays("train", root, download=False)
+    te_x, te_y, _ = fashion_mnist_arrays("test", root, download=False)
+    idx = fashion_split_indices(tr_y, te_y)
+    arrays = {}
+    for name, (images, labels, i) in {"calib": (tr_x, tr_y, idx["calib"]), "val": (te_x, te_y, idx["val"]),
+                                      "test": (te_x, te_y, idx["subset_test"])}.items():
+        arrays[name + "_x"] = images[i].numpy().astype(np.uint8)
+        arrays[name + "_y"] = labels[i].numpy().astype(np.int64)
+        arrays[name + "_index"] = i.numpy().astype(np.int64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+FASHION_MODES = ("auto", "full", "subset")
+
+
+def load_fashion(mode: str | None = None, root=None) -> Dataset:
+    """The zoo's Fashion-MNIST splits, from the full set when it can be found, else the shipped subset.
+
+    Both give the **same calibration pool** (3,000 training images, 300 per class) and the same
+    validation split (1,000 test images), so pruning decisions do not depend on which is present;
+    the test split is the other 9,000 test images (full set) or 2,000 of them (subset), and
+    ``train`` is the 60,000 training images (full) or the calibration pool (subset).
+    ``mode`` (default ``$CSWAP_NB_FASHION`` or ``"auto"``): ``"full"`` fails without the full set,
+    ``"subset"`` always uses the shipped subset. ``Dataset.source`` says which was used.
+    """
+    mode = mode or os.environ.get("CSWAP_NB_FASHION", "auto")
+    if mode not in FASHION_MODES:
+        raise ValueError(f"mode must be one of {list(FASHION_MODES)}, got {mode!r}")
+    classes = list(FASHION_CLASSES)
+    if mode != "subset":
+        try:
+            tr_x, tr_y, where = fashion_mnist_arrays("train", root, download=False)
+            te_x, te_y, _ = fashion_mnist_arrays("test", root, download=False)
+        except FileNotFoundError:
+            if mode == "full":
+                raise
+        else:
+            idx = fashion_split_indices(tr_y, te_y)
+            keep = torch.ones(len(te_y), dtype=torch.bool)
+            keep[idx["val"]] = False
+            train = Split(normalize_fashion(tr_x), tr_y)
+            return Dataset(name="fashion", train=train, test=Split(normalize_fashion(te_x[keep]), te_y[keep]),
+                           classes=classes, val=Split(normalize_fashion(te_x[idx["val"]]), te_y[idx["val"]]),
+                           calib_pool=Split(train.x[idx["calib"]], tr_y[idx["calib"]]),
+                           source=f"full: {where}")
+    z = read_fashion_subset()
+    split = lambda k: Split(normalize_fashion(torch.from_numpy(z[k + "_x"])), torch.from_numpy(z[k + "_y"]))  # noqa: E731
+    calib = split("calib")
+    return Dataset(name="fashion", train=calib, test=split("test"), classes=classes, val=split("val"),
+                   source=f"subset: {shipped_subset_path()}")
+
+
+DATASETS = {"fashion": load_fashion, "digits32": lambda: load_digits(32), "roads": load_road_scenes,
             # the training set of ddrnet23slim-roads: the same scenes as "roads" and 1,800 more
             "roads-train3000": lambda: load_road_scenes(train=3000)}
 
 
 def load_dataset(name: str) -> Dataset:
-    """A registered dataset by name: ``digits32`` (classification) or ``roads`` (segmentation)."""
+    """A registered dataset by name: ``fashion``, ``digits32`` (classification) or ``roads`` (segmentation)."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
     return DATASETS[name]()

@@ -19,7 +19,7 @@ Each stage's last block has no ReLU (``no_relu``); the ReLU is applied by the ne
 as in the official forward. Every ReLU here is out of place: several tensors are read
 twice (the stage-2 output feeds both trunks), and the pruning toolkit hooks BN outputs.
 
-Units for C-SWAP (METHOD.md section 4), as :func:`cswap_nb.units.find_unit_layers` finds
+Units for C-SWAP (cswap_nb/METHOD.md §4), as :func:`cswap_nb.units.find_unit_layers` finds
 them: ``internal`` ones are the first conv of each BasicBlock, conv1/conv2 of the two
 Bottlenecks, the stem's first conv, ``down4.0``, the last DAPPM branch (``spp.process4.2``)
 and the head's ``conv1``; ``coupled`` ones are the residual streams (stem + layer1, the

@@ -1,4 +1,4 @@
-"""Search strategies (METHOD.md section 1): progressive descent (C-SWAP), rank-and-prune, greedy.
+"""Search strategies (cswap_nb/METHOD.md §1): progressive descent (C-SWAP), rank-and-prune, greedy.
 
 * :func:`progressive` (C-SWAP): each unit is visited once, in a fixed order (layers from
   the output towards the input, weakest L1 filter norm first inside a layer), and tested
@@ -30,9 +30,9 @@ REFERENCES = ("dense", "current")
 
 @dataclass
 class CSwapConfig:
-    """The options of METHOD.md with their defaults.
+    """The options of cswap_nb/METHOD.md §7 with their defaults.
 
-    Neuron groups (METHOD.md section 3): in layers with more than ``group_threshold``
+    Neuron groups (cswap_nb/METHOD.md §3): in layers with more than ``group_threshold``
     units, ``group_size`` consecutive units of the visiting order are tested and pruned
     together. ``group_size=None`` (auto, the default) uses each layer's
     :attr:`~cswap_nb.units.UnitLayer.auto_group`: groups of

@@ -26,7 +26,7 @@ def build(spec: Spec) -> nn.Module:
         from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
         block = {"basic": BasicBlock, "bottleneck": Bottleneck}[spec["block"]]
-        return ResNet(
+        model = ResNet(
             block=block,
             layers=tuple(spec["layers"]),
             channels=tuple(spec["channels"]),
@@ -36,6 +36,8 @@ def build(spec: Spec) -> nn.Module:
             cardinality=spec.get("cardinality", 1),
             base_width=spec.get("base_width", 64),
         )
+        model.conv1 = _stem_conv(model.conv1, spec.get("stem_kernel", 7), spec.get("stem_stride", 2))
+        return model
     if family == "torchvision.resnet":
         from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
@@ -50,8 +52,11 @@ def build(spec: Spec) -> nn.Module:
     if family == "torchvision.mobilenet_v2":
         from torchvision.models import MobileNetV2
 
-        return MobileNetV2(num_classes=spec["num_classes"], width_mult=spec.get("width_mult", 1.0),
-                           dropout=spec.get("dropout", 0.2))
+        model = MobileNetV2(num_classes=spec["num_classes"], width_mult=spec.get("width_mult", 1.0),
+                            dropout=spec.get("dropout", 0.2))
+        model.features[0][0] = _stem_conv(model.features[0][0], 3, spec.get("stem_stride", 2),
+                                          spec.get("in_chans", 3))
+        return model
     if family == "timm.vit":
         from timm.models.vision_transformer import VisionTransformer
 
@@ -62,6 +67,20 @@ def build(spec: Spec) -> nn.Module:
     if family == "ddrnet":
         return build_ddrnet(spec)
     raise ValueError(f"unknown architecture family {family!r} in spec {spec}; known: {', '.join(FAMILIES)}")
+
+
+def _stem_conv(conv: nn.Conv2d, kernel: int, stride: int, in_chans: int | None = None) -> nn.Conv2d:
+    """``conv`` itself when it already has this kernel, stride and input width, else a fresh
+    bias-free replacement (He-initialised, as timm and torchvision initialise their stems).
+
+    Small inputs (Fashion-MNIST's 28x28) need a stem that downsamples less than ImageNet's:
+    with the standard 7x7/2 stem and max-pool a ResNet's last stage works at 1x1."""
+    in_chans = conv.in_channels if in_chans is None else in_chans
+    if (conv.kernel_size[0], conv.stride[0], conv.in_channels) == (kernel, stride, in_chans):
+        return conv
+    new = nn.Conv2d(in_chans, conv.out_channels, kernel, stride=stride, padding=kernel // 2, bias=False)
+    nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
+    return new
 
 
 FAMILIES = ("timm.resnet", "torchvision.resnet", "torchvision.mobilenet_v2", "timm.vit", "ddrnet")
@@ -139,6 +158,11 @@ def _describe_mobilenet_v2(model: nn.Module) -> Spec:
         matched = True
         spec = {"family": "torchvision.mobilenet_v2", "width_mult": w, "num_classes": linear.out_features,
                 "dropout": float(model.classifier[0].p)}
+        stem = blocks[0][0]
+        if stem.stride[0] != 2:
+            spec["stem_stride"] = stem.stride[0]
+        if stem.in_channels != 3:
+            spec["in_chans"] = stem.in_channels
         if _same_shapes(spec, model):
             return spec
     if matched:
@@ -182,7 +206,7 @@ def _describe_vit(model: nn.Module) -> Spec:
 def describe(model: nn.Module) -> Spec:
     """A plain description from which :func:`build` re-creates the same module tree.
 
-    Supported: timm ``ResNet`` with the default 7x7 stem, torchvision ``ResNet``,
+    Supported: timm ``ResNet`` with a single-conv stem (any kernel and stride), torchvision ``ResNet``,
     torchvision ``MobileNetV2`` (default block setting, any ``width_mult``), timm
     ``VisionTransformer`` (uniform blocks; see :data:`VIT_KEYS`) and DDRNet
     (:class:`cswap_nb.ddrnet.DualResNet`, dense or pruned: its spec holds the widths it
@@ -216,7 +240,7 @@ def describe(model: nn.Module) -> Spec:
                              "res.model.state_dict() and rebuild the model yourself")
     if isinstance(model, TimmResNet):
         if not isinstance(model.conv1, nn.Conv2d):
-            raise ValueError("describe: only timm ResNets with the default 7x7 stem are supported")
+            raise ValueError("describe: only timm ResNets with a single-conv stem are supported")
         stages = [model.layer1, model.layer2, model.layer3, model.layer4]
         bottleneck = isinstance(stages[0][0], TimmBottleneck)
         channels = [
@@ -225,6 +249,8 @@ def describe(model: nn.Module) -> Spec:
         spec = {"family": "timm.resnet", "block": "bottleneck" if bottleneck else "basic",
                 "layers": [len(s) for s in stages], "channels": channels,
                 "num_classes": model.fc.out_features, "in_chans": model.conv1.in_channels}
+        if (model.conv1.kernel_size[0], model.conv1.stride[0]) != (7, 2):
+            spec.update(stem_kernel=model.conv1.kernel_size[0], stem_stride=model.conv1.stride[0])
         pool = getattr(model.global_pool, "pool_type", "avg")
         if pool != "avg":
             spec["global_pool"] = pool
@@ -253,6 +279,36 @@ def shapes_of(model: nn.Module) -> dict[str, list[int]]:
     return {k: list(v.shape) for k, v in model.state_dict().items()}
 
 
+def _module_of(key: str) -> str:
+    return key.rpartition(".")[0] or "<root>"
+
+
+def check_resizable(model: nn.Module, shapes: dict[str, list[int]], what: str = "the saved model",
+                    exact: bool = False) -> None:
+    """Raise ``ValueError`` naming the first module of ``model`` that does not fit ``shapes``:
+    a tensor the file lacks or has in excess, one of another rank, one larger than the model's
+    in its first two (channel) dimensions (pruning only shrinks), one that differs elsewhere
+    (a kernel size, say), or (``exact``) any difference at all, as left after :func:`reshape_to`."""
+    own = shapes_of(model)
+    missing = [k for k in shapes if k not in own]
+    extra = [k for k in own if k not in shapes]
+    if missing or extra:
+        key = (missing or extra)[0]
+        side = "is not in the model you passed" if missing else "is not in the saved file"
+        raise ValueError(f"{what}: the architecture differs at module {_module_of(key)!r}: tensor {key!r} {side} "
+                         f"({len(missing)} saved tensor(s) missing from the model, {len(extra)} model tensor(s) "
+                         "missing from the file); pass a fresh instance of the architecture that was pruned")
+    for key, shape in shapes.items():
+        mine, theirs = own[key], list(shape)
+        if (len(mine) != len(theirs) or mine[2:] != theirs[2:] or any(t > m for m, t in zip(mine[:2], theirs[:2]))
+                or (exact and mine != theirs)):
+            module = _module_of(key)
+            kind = type(model.get_submodule(module)).__name__ if module != "<root>" else type(model).__name__
+            hint = "cs.load_pruned cannot resize this kind of module" if exact else "another architecture?"
+            raise ValueError(f"{what}: module {module!r} ({kind}) has {key!r} of shape {mine}, the file "
+                             f"{theirs} ({hint})")
+
+
 def reshape_to(model: nn.Module, shapes: dict[str, list[int]]) -> nn.Module:
     """Resize conv/linear/norm layers in place so their tensors take the given shapes.
 
@@ -260,7 +316,8 @@ def reshape_to(model: nn.Module, shapes: dict[str, list[int]]) -> nn.Module:
     :func:`build`, the channel counts from ``shapes``. Depthwise convs keep one group per
     channel; timm attention modules get ``num_heads`` and ``attn_dim`` from their resized
     ``qkv`` (``head_dim`` is unchanged). Weights are left uninitialised; load a state dict
-    afterwards.
+    afterwards. The direct parameters and buffers of any other module (a user's own layer
+    holding a per-channel scale, say) take their saved shapes too.
     """
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
@@ -280,8 +337,8 @@ def reshape_to(model: nn.Module, shapes: dict[str, list[int]]) -> nn.Module:
             module.num_features = n[0]
         elif isinstance(module, nn.LayerNorm) and w is not None:
             module.normalized_shape = tuple(w)
-        else:
-            continue
+        elif isinstance(module, nn.GroupNorm) and w is not None:
+            module.num_channels = w[0]
         for pname, p in list(module.named_parameters(recurse=False)):
             if prefix + pname in shapes:
                 setattr(module, pname, nn.Parameter(torch.empty(shapes[prefix + pname], dtype=p.dtype),

@@ -114,6 +114,36 @@ def plot_pvalues(table, unit: int, alpha: float, test: str = "welch", ax: Axes |
     return ax
 
 
+def plot_pvalue_heatmap(table, alpha: float, test: str = "welch", units: list[int] | None = None,
+                        class_names: list[str] | None = None, ax: Axes | None = None) -> Axes:
+    """Per-class p-values of "removal lowers q" for many units at once (seaborn heatmap).
+
+    Rows: units, most harmful first (smallest p-value in any class); columns: classes;
+    colour: log10 p. Cells below α are outlined: one such cell makes the unit critical.
+    ``units`` limits the rows (e.g. the 12 most and 12 least harmful).
+    """
+    import numpy as np
+    import seaborn as sns
+    from matplotlib.patches import Rectangle
+
+    sub = table[table.test == test]
+    grid = sub.pivot(index="unit", columns="class", values="p_lower").clip(lower=1e-12)
+    grid = grid.loc[grid.min(axis=1).sort_values().index]
+    if units is not None:
+        grid = grid.loc[[u for u in grid.index if u in set(units)]]
+    if class_names is not None:
+        grid.columns = [class_names[c] if 0 <= c < len(class_names) else str(c) for c in grid.columns]
+    ax = ax or _new_ax((8, max(3.0, 0.22 * len(grid) + 1.2)))
+    sns.heatmap(np.log10(grid), ax=ax, cmap="mako", vmin=-12, vmax=0, cbar_kws={"label": "log10 p (removal lowers q)"})
+    rows, cols = np.nonzero(grid.to_numpy() < alpha)
+    for r, c in zip(rows, cols):
+        ax.add_patch(Rectangle((c, r), 1, 1, fill=False, edgecolor="#f6ad55", linewidth=1.5))
+    ax.set_xlabel("class")
+    ax.set_ylabel("unit")
+    ax.set_title(f"{test} test, per class: outlined cells have p < α = {alpha}", fontsize=10)
+    return ax
+
+
 def plot_labels_vs_alpha(counts, test: str = "welch", ax: Axes | None = None) -> Axes:
     """How many units of a layer each label gets as α varies (stacked, log-scale α)."""
     ax = ax or _new_ax((6.5, 3.8))

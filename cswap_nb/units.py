@@ -12,7 +12,7 @@ The intervention ``do(unit = 0)`` is a forward hook that zeroes the unit's chann
 every producer's output *after* its BatchNorm (zeroing conv weights would leave BN's
 shift alive), which is exactly what physical removal does.
 
-Per family (METHOD.md section 4):
+Per family (cswap_nb/METHOD.md §4):
 
 * ResNets: the channels inside a block (BasicBlock conv1; Bottleneck conv1, conv2).
 * MobileNetV2: the expanded channels of an inverted residual. Torch-Pruning couples the
@@ -60,7 +60,7 @@ class UnitLayer:
     ``position``: execution index of the anchor in a forward pass (layer order);
     ``head_dim``: channels per head (``"heads"`` layers only, else 0);
     ``auto_group``: how many units are tested together when ``group_size=None`` (auto,
-    METHOD.md section 3): 4 for wide transformer MLP layers, else 1.
+    cswap_nb/METHOD.md §3): 4 for wide transformer MLP layers, else 1.
     """
 
     name: str
@@ -166,7 +166,7 @@ def find_unit_layers(
     ``example`` is one input batch (e.g. ``x[:1]``). The classifier (last conv/linear
     executed) and ``ignored_layers`` are never pruned. For a torchvision MobileNetV2,
     ``scope="internal"`` is the expanded channels of the inverted residuals (expand 1x1 +
-    depthwise + BN, METHOD.md section 4); ``scope="all"`` adds the stem, the block
+    depthwise + BN, cswap_nb/METHOD.md §4); ``scope="all"`` adds the stem, the block
     outputs and the last 1x1 conv.
     """
     if scope not in ("internal", "all"):

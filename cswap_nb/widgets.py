@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from . import zoo
 from .api import PruneResult, prune
 from .causal import INFERENCES, TESTS
+from .descent import UNIT_ORDERS
 from .engine import FullEngine
 
 
@@ -73,7 +74,7 @@ class AlphaExplorer:
             "alpha": W.FloatLogSlider(value=0.05, base=10, min=-6, max=-0.1, step=0.1, description="α",
                                       continuous_update=False, readout_format=".3g"),
             "inference": W.ToggleButtons(options=list(INFERENCES), value="per-class", description="inference"),
-            "order": W.ToggleButtons(options=["magnitude", "random"], value="magnitude", description="order"),
+            "order": W.ToggleButtons(options=list(UNIT_ORDERS), value="magnitude", description="order"),
             "test": W.Dropdown(options=list(TESTS), value="welch", description="test"),
             "samples_per_class": W.IntSlider(value=20, min=2, max=60, step=1, description="k / class",
                                              continuous_update=False),
@@ -84,6 +85,10 @@ class AlphaExplorer:
         self.status = W.HTML("")
         self.counts = W.HTML("")
         self.figure_out = W.Output()
+        # options without a control: set them here (e.g. ``explorer.settings["scope"] = "all"``)
+        self.settings: dict = {"score": "prob", "reference": "dense", "seed": 0, "scope": "internal",
+                               "group_size": None}
+        self.last_figure = None  # the matplotlib Figure shown last
         self.history: list[dict] = []
         self.last_result: PruneResult | None = None
         self._caches: dict[tuple, ScoreCache] = {}
@@ -117,13 +122,18 @@ class AlphaExplorer:
         return self._loaded[name]
 
     def values(self) -> dict:
-        return {name: control.value for name, control in self.controls.items()}
+        """The controls' values and :attr:`settings`: every option a run uses."""
+        return {**self.settings, **{name: control.value for name, control in self.controls.items()}}
+
+    # every option that changes the calibration set or the interventional scores; a cache is shared
+    # only by runs that agree on all of them (alpha and the test only change decisions, not scores)
+    SCORE_OPTIONS = ("model", "samples_per_class", "order", "inference", "score", "reference", "seed", "scope",
+                     "group_size")
 
     def cache(self) -> ScoreCache:
-        """The score cache of the current model, calibration size, order and score."""
+        """The score cache of the current :data:`SCORE_OPTIONS` values."""
         v = self.values()
-        key = (v["model"], v["samples_per_class"], v["order"])
-        return self._caches.setdefault(key, ScoreCache())
+        return self._caches.setdefault(tuple(v[k] for k in self.SCORE_OPTIONS), ScoreCache())
 
     # -- running --------------------------------------------------------------------------
     def run(self) -> PruneResult:
@@ -144,8 +154,9 @@ class AlphaExplorer:
         self.status.value = f"running at α = {v['alpha']:.3g} …"
         try:
             res = prune(model, data.calib, alpha=float(v["alpha"]), samples_per_class=int(v["samples_per_class"]),
-                        inference=v["inference"], order=v["order"], test=v["test"], eval_data=data.test,
-                        progress=False, callback=on_step, model_name=str(v["model"]),
+                        inference=v["inference"], order=v["order"], test=v["test"], score=v["score"],
+                        reference=v["reference"], seed=int(v["seed"]), scope=v["scope"], group_size=v["group_size"],
+                        eval_data=data.test, progress=False, callback=on_step, model_name=str(v["model"]),
                         engine_hook=cache.wrap, on_start=lambda total: setattr(self.progress, "max", max(1, total)))
         except Interrupted:
             self.status.value = "stopped: the model is unchanged; nothing was pruned"
@@ -183,20 +194,29 @@ class AlphaExplorer:
         self._thread.start()
 
     def _draw(self, res: PruneResult) -> None:
-        import matplotlib.pyplot as plt
+        """Draw on a Figure of its own (no pyplot state: runs happen in a worker thread) and hand the
+        rendered PNG to the output widget explicitly (no ``with output:`` capture across threads)."""
+        import base64
+        import io
+
+        from matplotlib.figure import Figure
 
         from .plots import plot_accuracy_vs_removed, plot_layer_labels
 
-        self.figure_out.clear_output(wait=True)
-        with self.figure_out:
-            fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), layout="constrained")
-            plot_layer_labels(res, ax=axes[0])
-            records = [{**h, "method": "cswap"} for h in self.history]
-            plot_accuracy_vs_removed(records, ax=axes[1])
-            for h in self.history:
-                axes[1].annotate(h["budget"].replace("alpha=", "α="), (h["params_removed_pct"], h["metric_after"]),
-                                 textcoords="offset points", xytext=(4, -12), fontsize=7)
-            plt.show()
+        fig = Figure(figsize=(13, 4.2), layout="constrained")
+        axes = fig.subplots(1, 2)
+        plot_layer_labels(res, ax=axes[0])
+        records = [{**h, "method": "cswap"} for h in self.history]
+        plot_accuracy_vs_removed(records, ax=axes[1])
+        for h in self.history:
+            axes[1].annotate(h["budget"].replace("alpha=", "α="), (h["params_removed_pct"], h["metric_after"]),
+                             textcoords="offset points", xytext=(4, -12), fontsize=7)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=90)
+        self.last_figure = fig
+        self.figure_out.outputs = ({"output_type": "display_data", "metadata": {},
+                                    "data": {"image/png": base64.b64encode(buf.getvalue()).decode("ascii"),
+                                             "text/plain": f"<Figure: {res.model_name}, α runs: {len(self.history)}>"}},)
 
 
 def render_counts(summary: dict) -> str:

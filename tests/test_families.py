@@ -1,4 +1,4 @@
-"""MobileNetV2, ResNet50 and ViT as first-class families (METHOD.md section 4).
+"""MobileNetV2, ResNet50 and ViT as first-class families (cswap_nb/METHOD.md §4).
 
 For each family: masking units (the causal intervention) equals removing them physically,
 on full-size random-weight models from torchvision/timm and on the shipped checkpoints;

@@ -1,15 +1,15 @@
 """Shipped checkpoints: load them (offline, verified) and retrain them from their recipe.
 
-``python -m cswap_nb.zoo train NAME`` (``resnet18-digits``, ``mobilenetv2-digits``,
-``resnet50-digits``, ``vit-digits``) reproduces ``data/NAME.pt`` and records its sha256
-and test accuracy in ``data/zoo.json``.
+``python -m cswap_nb.zoo train NAME`` (e.g. ``resnet18-fashion``, ``resnet18-digits``)
+reproduces ``data/NAME.pt`` and records its sha256 and test accuracy in ``data/zoo.json``.
+The ``*-fashion`` entries train on the full Fashion-MNIST training set (60,000 images), so
+retraining them needs the full set (:func:`cswap_nb.data.fashion_mnist_arrays`).
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import models
-from ..data import Dataset, load_dataset
+from .. import models, resources
+from ..data import Dataset, load_dataset, load_fashion
 from ..metrics import evaluate
 from ..training import Recipe, fit
 
@@ -40,7 +40,47 @@ class Entry:
         return f"{self.name}.pt"
 
 
+# Fashion-MNIST (28x28 grey, one input channel): stems that downsample less than ImageNet's, so that
+# the last stage does not work at 1x1 (ResNets: 3x3/1 conv + the usual max-pool, stages at 14/7/4/2;
+# MobileNetV2: stem stride 1, stages down to 2x2; ViT: 4x4 patches, 49 tokens + the class token).
+_FASHION_RESNET = {"family": "timm.resnet", "channels": [16, 32, 64, 128], "num_classes": 10, "in_chans": 1,
+                   "stem_kernel": 3, "stem_stride": 1}
+
 ZOO: dict[str, Entry] = {
+    "resnet18-fashion": Entry(
+        name="resnet18-fashion",
+        spec={**_FASHION_RESNET, "block": "basic", "layers": [2, 2, 2, 2]},
+        dataset="fashion",
+        recipe=Recipe(epochs=10, batch_size=128, lr=0.1, weight_decay=5e-4, shift=2, hflip=True),
+        description="timm ResNet18 (BasicBlock [2,2,2,2]) at stage widths 16/32/64/128, 3x3/1 stem, "
+                    "Fashion-MNIST 28x28",
+    ),
+    "mobilenetv2-fashion": Entry(
+        name="mobilenetv2-fashion",
+        spec={"family": "torchvision.mobilenet_v2", "width_mult": 0.5, "num_classes": 10, "dropout": 0.2,
+              "in_chans": 1, "stem_stride": 1},
+        dataset="fashion",
+        recipe=Recipe(epochs=6, batch_size=128, lr=0.1, weight_decay=4e-5, shift=2, hflip=True),
+        description="torchvision MobileNetV2 at width_mult 0.5, stem stride 1, Fashion-MNIST 28x28",
+    ),
+    "resnet50-fashion": Entry(
+        name="resnet50-fashion",
+        spec={**_FASHION_RESNET, "block": "bottleneck", "layers": [3, 4, 6, 3]},
+        dataset="fashion",
+        recipe=Recipe(epochs=5, batch_size=128, lr=0.1, weight_decay=5e-4, shift=2, hflip=True),
+        description="timm ResNet50 (Bottleneck [3,4,6,3]) at stage widths 16/32/64/128 (x4 out), 3x3/1 stem, "
+                    "Fashion-MNIST 28x28",
+    ),
+    "vit-fashion": Entry(
+        name="vit-fashion",
+        spec={"family": "timm.vit", "img_size": 28, "patch_size": 4, "in_chans": 1, "embed_dim": 96, "depth": 4,
+              "num_heads": 4, "mlp_ratio": 4.0, "num_classes": 10},
+        dataset="fashion",
+        recipe=Recipe(epochs=12, batch_size=128, lr=1e-3, weight_decay=0.05, optimizer="adamw", shift=2,
+                      hflip=True),
+        description="timm VisionTransformer, 28x28 input, patch 4, embed 96, depth 4, 4 heads, MLP 384, "
+                    "Fashion-MNIST 28x28",
+    ),
     "resnet18-digits": Entry(
         name="resnet18-digits",
         spec={"family": "timm.resnet", "block": "basic", "layers": [2, 2, 2, 2],
@@ -86,9 +126,8 @@ ZOO: dict[str, Entry] = {
 
 
 def data_dir() -> Path:
-    """Where checkpoints live: ``$CSWAP_NB_DATA`` or the repository's ``data/`` folder."""
-    env = os.environ.get("CSWAP_NB_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "data"
+    """Where checkpoints live: ``$CSWAP_NB_DATA`` or the package data (:mod:`cswap_nb.resources`)."""
+    return resources.data_dir()
 
 
 def manifest_path() -> Path:
@@ -161,6 +200,7 @@ def load(name: str) -> tuple[nn.Module, Dataset]:
         raise FileNotFoundError(f"{path} is missing; rebuild it with `python -m cswap_nb.zoo train {name}`")
     recorded = read_manifest().get(name, {}).get("sha256")
     model = load_checkpoint(path, expected_sha256=recorded, spec=e.spec)
+    model.zoo_name = name  # figures and summaries name the model (cs.api.model_label)
     return model, load_dataset(e.dataset)
 
 
@@ -169,7 +209,7 @@ def train(name: str, out_dir: Path | None = None, progress: bool = True) -> dict
     e = entry(name)
     r = e.recipe
     torch.manual_seed(r.seed)
-    data = load_dataset(e.dataset)
+    data = load_fashion("full") if e.dataset == "fashion" else load_dataset(e.dataset)  # trains on all 60,000
     train_split = load_dataset(e.train_dataset).train if e.train_dataset else data.train
     model = models.build({**e.spec, "aux": True} if e.aux_training else e.spec)
     t0 = time.perf_counter()
@@ -186,6 +226,11 @@ def train(name: str, out_dir: Path | None = None, progress: bool = True) -> dict
         scores = {"test_miou_pct": round(seg["miou"], 3), "test_pixel_acc_pct": round(seg["pixel_acc"], 3)}
     else:
         scores = {"test_accuracy_pct": round(evaluate(model, data.test), 3)}
+    if data.val is not None:  # the zoo's val and test splits together are the whole original test set
+        n_val, n_test = len(data.val.y), len(data.test.y)
+        whole = (evaluate(model, data.val) * n_val + scores["test_accuracy_pct"] * n_test) / (n_val + n_test)
+        scores.update(val_accuracy_pct=round(evaluate(model, data.val), 3),
+                      all_test_accuracy_pct=round(whole, 3), all_test_samples=n_val + n_test)
     out_dir = Path(out_dir) if out_dir else data_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / e.file
