@@ -20,6 +20,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
+DEMO_MODEL = "resnet18-fashion"
 METRIC_LABELS = {"top1_accuracy_pct": "test accuracy %", "miou_pct": "test mIoU %"}
 
 
@@ -67,6 +68,7 @@ def _table(summary: dict) -> str:
 
 def run_prune(args: argparse.Namespace, out: Path | None) -> dict:
     model, data = zoo.load(args.model)
+    print(f"data: {data.name}, {data.source}; calibration pool {len(data.calib.y):,}, test {len(data.test.y):,} images")
     res = prune(model, data.calib, alpha=args.alpha, samples_per_class=args.samples_per_class,
                 inference=args.inference, order=args.order, test=args.test, scope=args.scope, seed=args.seed,
                 group_size=args.group_size, eval_data=data.test, progress=not args.no_progress, model_name=args.model)
@@ -92,28 +94,38 @@ def _floats(text: str | None) -> list[float]:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from .compare import compare, table
-    from .plots import plot_accuracy_vs_removed
+    from .compare import SAME_COUNTS, SAME_PARAMS, compare, spread_table, table, verdict_lines
+    from .plots import plot_accuracy_vs_removed, plot_spread
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m != "cswap" and m not in CRITERIA]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; known: cswap, {', '.join(CRITERIA)}")
     model, data = zoo.load(args.model)
+    seeds = list(range(args.seeds))
+    print(f"{args.model} on {data.name} ({data.source}); calibration draws (seeds): {seeds}")
     records = compare(model, data, methods, alpha=args.alpha, samples_per_class=args.samples_per_class,
                       per_layer=args.per_layer, ratios=_floats(args.grid), alphas=_floats(args.alphas),
-                      model_name=args.model, progress=not args.no_progress, scope=args.scope)
-    print(table(records))
-    if args.per_layer:
-        print("\nat C-SWAP's per-layer unit counts:")
-        print(table(records, "same-per-layer-counts"))
+                      model_name=args.model, progress=not args.no_progress, scope=args.scope, seeds=seeds)
+    budgets = [SAME_PARAMS] + ([SAME_COUNTS] if args.per_layer else [])
+    if len(seeds) == 1:
+        print(table(records))
+        if args.per_layer:
+            print("\nat C-SWAP's per-layer unit counts:")
+            print(table(records, SAME_COUNTS))
+    else:
+        for budget in budgets:
+            print(f"\n{budget} (mean ± sd over {len(seeds)} calibration draws):")
+            print(spread_table(records, budget))
+            print(verdict_lines(records, budget))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(records, indent=2) + "\n")
         print(f"wrote {args.json}")
     if args.plot is not None:
         args.plot.parent.mkdir(parents=True, exist_ok=True)
-        ax = plot_accuracy_vs_removed([r for r in records if r["budget"] != "same-per-layer-counts"])
+        ax = (plot_accuracy_vs_removed([r for r in records if r["budget"] != SAME_COUNTS]) if len(seeds) == 1
+              else plot_spread(records))
         ax.figure.savefig(args.plot, dpi=120)
         print(f"wrote {args.plot}")
     return 0
@@ -123,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cswap_nb",
                                      description="C-SWAP: causal one-shot structured pruning, no fine-tuning")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    demo = sub.add_parser("demo", help="prune the shipped ResNet18 on digits with C-SWAP (alpha=0.05)")
+    demo = sub.add_parser("demo", help=f"prune the shipped {DEMO_MODEL} with C-SWAP (alpha=0.05)")
     demo.add_argument("--out", type=Path, default=Path("cswap_demo_out"), help="folder for pruned.pt and the figure")
     demo.add_argument("--json", type=Path, default=None)
     demo.add_argument("--no-progress", action="store_true")
@@ -140,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--samples-per-class", type=int, default=20)
     c.add_argument("--scope", choices=("internal", "all"), default="internal")
     c.add_argument("--per-layer", action="store_true", help="also prune each baseline to C-SWAP's per-layer counts")
+    c.add_argument("--seeds", type=_positive_int, default=1,
+                   help="calibration draws (seeds 0..N-1): mean ± sd, and a paired verdict over seeds (default 1)")
     c.add_argument("--grid", default=None, help="comma-separated unit ratios for curves, e.g. 0.2,0.4,0.6")
     c.add_argument("--alphas", default=None, help="comma-separated extra alphas for C-SWAP points, e.g. 0.5,0.01")
     c.add_argument("--json", type=Path, default=None)
@@ -170,9 +184,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "demo":
             # the prune command's own defaults, so that demo and prune cannot drift apart
-            defaults = p.parse_args(["--model", "resnet18-digits"])
+            defaults = p.parse_args(["--model", DEMO_MODEL])
             defaults.json, defaults.no_progress = args.json, args.no_progress
-            print("C-SWAP demo: shipped ResNet18 (timm, reduced width) on scikit-learn's digits, alpha=0.05")
+            print(f"C-SWAP demo: shipped {DEMO_MODEL} (timm ResNet18, reduced width) on real Fashion-MNIST images, "
+                  f"alpha={defaults.alpha}")
             run_prune(defaults, args.out)
             return 0
         run_prune(args, args.out)

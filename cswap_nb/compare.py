@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Iterable
 
 import numpy as np
+import pandas as pd
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -13,8 +14,8 @@ SAME_PARAMS = "same-params"
 SAME_COUNTS = "same-per-layer-counts"
 
 
-def _record(res: PruneResult, budget: str) -> dict:
-    return {**res.summary(), "budget": budget}
+def _record(res: PruneResult, budget: str, seed: int = 0) -> dict:
+    return {**res.summary(), "budget": budget, "seed": seed}
 
 
 def compare(
@@ -30,36 +31,129 @@ def compare(
     model_name: str | None = None,
     progress: bool = True,
     seed: int = 0,
+    seeds: Iterable[int] | None = None,
     scope: str = "internal",
+    eval_data=None,
+    **options,
 ) -> list[dict]:
-    """One record (the ``--json`` summary plus ``budget``) per (method, budget).
+    """C-SWAP against rank-and-prune criteria at equal size, over one or several calibration draws.
 
-    C-SWAP runs first at ``alpha``; every other method is pruned to the parameter count
-    C-SWAP reached (``budget="same-params"``, global ranking), and with ``per_layer`` also
-    to C-SWAP's per-layer unit counts. ``ratios`` adds a curve per criterion (fraction of
-    units removed); ``alphas`` adds C-SWAP points at other α. All on the same calibration
-    set and unit ``scope``, evaluated on ``data.test``, no fine-tuning.
+    Parameters
+    ----------
+    model : nn.Module
+        The trained model (not modified).
+    data
+        An object with ``.calib`` (the calibration pool) and ``.test`` splits, e.g. a
+        :class:`cswap_nb.data.Dataset`.
+    methods : iterable of str
+        Criteria of :data:`cswap_nb.criteria.CRITERIA` (``"cswap"`` is always run first).
+    alpha : float
+        C-SWAP's level.
+    samples_per_class : int
+        Calibration samples per class, drawn from the pool with each seed.
+    per_layer : bool
+        Also prune every criterion to C-SWAP's per-layer unit counts (``budget="same-per-layer-counts"``).
+    ratios, alphas : iterable of float, optional
+        Extra points: each criterion at these fractions of units removed, C-SWAP at these α.
+    seed : int
+        The calibration draw when ``seeds`` is not given.
+    seeds : iterable of int, optional
+        Repeat everything once per calibration draw (seed); each baseline is cut to *that
+        seed's* C-SWAP parameter count. Summarise with :func:`spread` and :func:`verdicts`.
+    scope : str
+        Unit scope (``"internal"`` or ``"all"``).
+    eval_data : optional
+        Where the metric is measured (default ``data.test``), e.g. a smaller test set for a quick run.
+    **options
+        Passed to every :func:`cswap_nb.prune` call (e.g. ``group_size``, ``test``, ``inference``).
+
+    Returns
+    -------
+    list of dict
+        One record (the ``--json`` summary plus ``budget`` and ``seed``) per (seed, method, budget).
     """
+    records: list[dict] = []
+    for s in (list(seeds) if seeds is not None else [seed]):
+        records += _compare_one_seed(model, data, methods, alpha, samples_per_class, per_layer, ratios, alphas,
+                                     model_name, progress, s, scope, data.test if eval_data is None else eval_data,
+                                     options)
+    return records
+
+
+def _compare_one_seed(model, data, methods, alpha, samples_per_class, per_layer, ratios, alphas, model_name,
+                      progress, seed, scope, eval_data, options) -> list[dict]:
     methods = [m for m in methods if m != "cswap"]
-    common = dict(samples_per_class=samples_per_class, eval_data=data.test, model_name=model_name, seed=seed,
-                  scope=scope)
+    common = dict(samples_per_class=samples_per_class, eval_data=eval_data, model_name=model_name, seed=seed,
+                  scope=scope, **options)
     ref = prune(model, data.calib, "cswap", alpha=alpha, progress=progress, **common)
-    records = [_record(ref, SAME_PARAMS)]
+    records = [_record(ref, SAME_PARAMS, seed)]
     counts = {name: len(units) for name, units in ref.pruned_units.items()}
     jobs = [(m, SAME_PARAMS) for m in methods] + [(m, SAME_COUNTS) for m in methods if per_layer]
     jobs += [(m, f"ratio={r:g}") for r in (ratios or []) for m in methods]
     scores: dict[str, dict] = {}
-    for m, budget in tqdm(jobs, desc="baselines", disable=not progress):
+    for m, budget in tqdm(jobs, desc=f"baselines (seed {seed})", disable=not progress):
         target = ({"params": ref.params_after} if budget == SAME_PARAMS else
                   {"counts": counts} if budget == SAME_COUNTS else {"ratio": float(budget.split("=")[1])})
         res = prune(model, data.calib, m, progress=False, scores=scores.get(m), **target, **common)
         scores[m] = res.scores
-        records.append(_record(res, budget))
+        records.append(_record(res, budget, seed))
     for a in alphas or []:
         if a != alpha:
             records.append(_record(prune(model, data.calib, "cswap", alpha=a, progress=progress, **common),
-                                   f"alpha={a:g}"))
+                                   f"alpha={a:g}", seed))
     return records
+
+
+def spread(records: list[dict]) -> pd.DataFrame:
+    """Mean and standard deviation over seeds, per (method, budget): the metric after pruning,
+    % parameters and % MACs removed, and the number of draws ``n`` (sd is NaN for one draw)."""
+    df = pd.DataFrame([{"method": r["method"], "budget": r["budget"], "seed": r.get("seed", 0),
+                        "metric": r["metric_after"], "removed": r["params_removed_pct"],
+                        "macs_removed": r["macs_removed_pct"]} for r in records])
+    g = df.groupby(["method", "budget"], sort=False)
+    out = g.agg(n=("seed", "nunique"), metric_mean=("metric", "mean"), metric_sd=("metric", "std"),
+                removed_mean=("removed", "mean"), removed_sd=("removed", "std"),
+                macs_removed_mean=("macs_removed", "mean"), macs_removed_sd=("macs_removed", "std"))
+    return out.reset_index()
+
+
+BEATS, LOSES, WITHIN = "beats", "loses to", "within the spread of"
+
+
+def verdicts(records: list[dict], budget: str = SAME_PARAMS, reference: str = "cswap") -> pd.DataFrame:
+    """Does ``reference`` beat each other method at ``budget``? A paired comparison over seeds.
+
+    For every seed both methods ran on the same calibration draw (and, at ``same-params``,
+    the baseline was cut to that draw's C-SWAP size), so the per-seed differences
+    ``d = metric(reference) - metric(method)`` pair out the luck of the draw. The verdict is
+    **beats** when ``d > 0`` on every seed *and* the mean of ``d`` exceeds twice its standard
+    error (``sd(d) / sqrt(n)``), **loses to** in the mirror case, and otherwise **within the
+    spread of**. Fewer than two seeds give no verdict (``None``): one draw is an anecdote.
+    """
+    df = pd.DataFrame([{"method": r["method"], "seed": r.get("seed", 0), "metric": r["metric_after"]}
+                       for r in records if r["budget"] == budget])
+    if df.empty or reference not in set(df.method):
+        raise ValueError(f"no {reference!r} records at budget {budget!r}")
+    wide = df.pivot_table(index="seed", columns="method", values="metric")
+    rows = []
+    for m in [c for c in wide.columns if c != reference]:
+        d = (wide[reference] - wide[m]).dropna().to_numpy(dtype=float)
+        n = len(d)
+        se = float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+        mean = float(d.mean()) if n else float("nan")
+        verdict = None
+        if n >= 2:
+            if (d > 0).all() and mean > 2 * se:
+                verdict = BEATS
+            elif (d < 0).all() and -mean > 2 * se:
+                verdict = LOSES
+            else:
+                verdict = WITHIN
+        rows.append({"method": m, "n": n, "mean_diff": mean, "se_diff": se, "min_diff": float(d.min()) if n else None,
+                     "max_diff": float(d.max()) if n else None, "verdict": verdict,
+                     "sentence": None if verdict is None else f"{reference} {verdict} {m} "
+                                                              f"({mean:+.2f} ± {se:.2f} points over {n} draws)"})
+    return pd.DataFrame(rows)
 
 
 def table(records: list[dict], budget: str = SAME_PARAMS) -> str:
@@ -78,6 +172,25 @@ def table(records: list[dict], budget: str = SAME_PARAMS) -> str:
         lines.append(f"dense model: {rows[0]['params_before']:,} parameters, {metric.split()[0]} "
                      f"{rows[0]['metric_before']:.2f}%")
     return "\n".join(lines)
+
+
+def spread_table(records: list[dict], budget: str = SAME_PARAMS) -> str:
+    """:func:`spread` at one budget as plain text, best mean metric first."""
+    df = spread(records)
+    df = df[df.budget == budget].sort_values("metric_mean", ascending=False)
+    metric = "mIoU %" if records and records[0].get("metric_name") == "miou_pct" else "accuracy %"
+    lines = [f"{'method':12s}{'n':>3s}{metric:>18s}{'params removed %':>20s}{'MACs removed %':>18s}"]
+    fmt = lambda m, s: f"{m:.2f} ± {s:.2f}" if s == s else f"{m:.2f}"  # noqa: E731 (NaN sd: one draw)
+    for r in df.itertuples():
+        lines.append(f"{r.method:12s}{r.n:>3d}{fmt(r.metric_mean, r.metric_sd):>18s}"
+                     f"{fmt(r.removed_mean, r.removed_sd):>20s}{fmt(r.macs_removed_mean, r.macs_removed_sd):>18s}")
+    return "\n".join(lines)
+
+
+def verdict_lines(records: list[dict], budget: str = SAME_PARAMS) -> str:
+    """One sentence per baseline from :func:`verdicts` (paired over seeds)."""
+    v = verdicts(records, budget)
+    return "\n".join(s for s in v.sentence if s) or "(one calibration draw: no verdict)"
 
 
 def curves(records: list[dict]) -> dict[str, list[tuple[float, float]]]:

@@ -35,6 +35,10 @@ class Split(NamedTuple):
     x: Tensor
     y: Tensor
 
+    def head(self, n: int) -> "Split":
+        """The first ``n`` samples (e.g. a quicker evaluation in a notebook's FAST mode)."""
+        return Split(self.x[:n], self.y[:n])
+
 
 @dataclass
 class Dataset:
@@ -228,6 +232,7 @@ FASHION_CALIB_PER_CLASS = 300  # calibration pool: 3,000 of the 60,000 training 
 FASHION_VAL_PER_CLASS = 100  # validation: 1,000 of the 10,000 test images, for choosing settings
 FASHION_SUBSET_TEST_PER_CLASS = 200  # the subset's test split: 2,000 of the other 9,000 test images
 FASHION_SPLIT_SEED = 0
+FASHION_SUBSET_SHA256 = "db29f65868acf856fd94022225874fa051d6e164f860ddbe93ac79c6d40dae84"  # of data/fashion-mnist-subset.npz
 
 
 def cache_dir() -> Path:
@@ -363,6 +368,13 @@ def read_fashion_subset(path: Path | None = None) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"the shipped Fashion-MNIST subset {str(path)!r} is missing; rebuild it with "
                                 "`python -m cswap_nb.data write-fashion-subset` (needs the full set)")
+    if path == shipped_subset_path():
+        from .resources import sha256_of
+
+        actual = sha256_of(path)
+        if actual != FASHION_SUBSET_SHA256:
+            raise ValueError(f"the shipped Fashion-MNIST subset {str(path)!r} is corrupt or was modified: sha256 "
+                             f"{actual} differs from the recorded {FASHION_SUBSET_SHA256}")
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 

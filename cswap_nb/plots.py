@@ -15,6 +15,27 @@ def _new_ax(figsize=(7.5, 4.5)) -> Axes:
     return Figure(figsize=figsize, layout="constrained").add_subplot()
 
 
+def plot_images(split, classes: list[str], n: int = 10, predictions=None) -> Figure:
+    """The first image of each of the first ``n`` classes in ``split`` (grey or RGB, de-normalised
+    to the split's own range), titled with its class (and a model's ``predictions``, if given)."""
+    import torch
+
+    x, y = split
+    picks = [int(torch.nonzero(y == c)[0]) for c in range(min(n, len(classes))) if (y == c).any()]
+    fig = Figure(figsize=(1.25 * len(picks), 1.7), layout="constrained")
+    axes = fig.subplots(1, len(picks), squeeze=False)[0]
+    for ax, i in zip(axes, picks):
+        img = x[i].detach().float().cpu()
+        img = (img - img.min()) / (img.max() - img.min() + 1e-12)
+        ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0), cmap="gray" if img.shape[0] == 1 else None)
+        title = classes[int(y[i])]
+        if predictions is not None:
+            title += f"\n→ {classes[int(predictions[i])]}"
+        ax.set_title(title, fontsize=7)
+        ax.set_axis_off()
+    return fig
+
+
 def plot_layer_labels(result, ax: Axes | None = None) -> Axes:
     """Units kept/removed per layer, coloured by causal label (one bar per unit layer).
 
@@ -67,6 +88,39 @@ def plot_accuracy_vs_removed(records: list[dict], ax: Axes | None = None) -> Axe
     ax.set_ylabel(f"test {records[0]['metric_name'].replace('_pct', '').replace('_', ' ')} (%)")
     ax.set_title(f"{records[0]['model']}: one-shot pruning, no fine-tuning", fontsize=10)
     ax.legend(fontsize=8, frameon=False, loc="lower left", ncol=2)
+    return ax
+
+
+def plot_spread(records: list[dict], budget: str = "same-params", ax: Axes | None = None) -> Axes:
+    """The metric after pruning per method over calibration draws (seaborn): one dot per seed,
+    the mean with ± 1 sd bars, the dense model dashed; tick labels give % parameters removed
+    (mean ± sd). A difference smaller than the bars is calibration luck, not a method."""
+    import pandas as pd
+    import seaborn as sns
+
+    df = pd.DataFrame([{"method": "C-SWAP" if r["method"] == "cswap" else r["method"], "seed": r.get("seed", 0),
+                        "metric": r["metric_after"], "removed": r["params_removed_pct"]}
+                       for r in records if r["budget"] == budget])
+    if df.empty:
+        raise ValueError(f"no records at budget {budget!r}")
+    order = df.groupby("method").metric.mean().sort_values(ascending=False).index.tolist()
+    ax = ax or _new_ax((max(5.0, 0.9 * len(order) + 2), 4.2))
+    palette = {m: ("#c53030" if m == "C-SWAP" else "#4a5568") for m in order}
+    sns.stripplot(df, x="method", y="metric", order=order, hue="method", palette=palette, ax=ax, size=5, alpha=0.6,
+                  jitter=0.12, legend=False)
+    sns.pointplot(df, x="method", y="metric", order=order, errorbar="sd", color="black", linestyle="none",
+                  markers="_", markersize=18, capsize=0.25, err_kws={"linewidth": 1.2}, ax=ax)
+    ax.axhline(records[0]["metric_before"], linestyle="--", color="black", linewidth=1, label="original model")
+    removed = df.groupby("method").removed.agg(["mean", "std"])
+    ax.set_xticks(range(len(order)), [f"{m}\n{removed.loc[m, 'mean']:.1f}"
+                                      + (f" ± {removed.loc[m, 'std']:.1f}" if removed.loc[m, "std"] == removed.loc[m, "std"] else "")
+                                      + "%" for m in order], fontsize=8)
+    ax.set_xlabel("method (parameters removed, mean ± sd)")
+    ax.set_ylabel(f"test {records[0]['metric_name'].replace('_pct', '').replace('_', ' ')} (%)")
+    n = df.seed.nunique()
+    ax.set_title(f"{records[0]['model']}, {budget}: {n} calibration draw{'s' if n > 1 else ''} "
+                 "(dots), mean ± sd", fontsize=10)
+    ax.legend(fontsize=8, frameon=False, loc="lower left")
     return ax
 
 

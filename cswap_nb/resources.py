@@ -6,6 +6,7 @@ They are package data of ``cswap_nb._data`` (the repository's ``data/`` folder, 
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
 import os
 from pathlib import Path
@@ -21,3 +22,12 @@ def data_dir() -> Path:
         return Path(str(importlib.resources.files("cswap_nb._data")))
     except ModuleNotFoundError:
         return Path(__file__).resolve().parents[1] / "data"
+
+
+def sha256_of(path: Path) -> str:
+    """The sha256 of a file, hex (what ``data/README.md`` and ``zoo.json`` record)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -3,8 +3,9 @@
 :func:`alpha_explorer` builds an :class:`AlphaExplorer`: an α slider (log scale), the
 options of the causal test, a model dropdown over the shipped checkpoints, a run button
 with a live, interruptible progress bar, and outputs updated in place (units per layer by
-label, parameters/MACs removed, accuracy before/after, and accuracy vs % removed with
-every earlier run kept for comparison).
+label, parameters/MACs removed, accuracy before/after — on the validation split where the
+data has one, since α is a setting being chosen — and accuracy vs % removed with every
+earlier run kept for comparison).
 
 Re-running at another α is cheap: the interventional scores are cached by (network state,
 tested unit), so the progressive descent replays every step up to the first decision that
@@ -23,6 +24,16 @@ from .api import PruneResult, prune
 from .causal import INFERENCES, TESTS
 from .descent import UNIT_ORDERS
 from .engine import FullEngine
+
+
+DEFAULT_MODEL = "resnet18-fashion"
+
+
+def evaluation_split(data):
+    """Where the explorer measures accuracy: the validation split when the data has one (α is a
+    setting to choose, and settings are chosen on validation data), else the test split."""
+    val = getattr(data, "val", None)
+    return ("validation", val) if val is not None else ("test", data.test)
 
 
 class ScoreCache:
@@ -69,7 +80,7 @@ class AlphaExplorer:
         self._given = (model, data) if model is not None else None
         names = zoo.names() if self._given is None else [model_name or "custom"]
         self.controls = {
-            "model": W.Dropdown(options=names, value=names[0] if "resnet18-digits" not in names else "resnet18-digits",
+            "model": W.Dropdown(options=names, value=DEFAULT_MODEL if DEFAULT_MODEL in names else names[0],
                                 description="model", disabled=self._given is not None),
             "alpha": W.FloatLogSlider(value=0.05, base=10, min=-6, max=-0.1, step=0.1, description="α",
                                       continuous_update=False, readout_format=".3g"),
@@ -156,7 +167,8 @@ class AlphaExplorer:
             res = prune(model, data.calib, alpha=float(v["alpha"]), samples_per_class=int(v["samples_per_class"]),
                         inference=v["inference"], order=v["order"], test=v["test"], score=v["score"],
                         reference=v["reference"], seed=int(v["seed"]), scope=v["scope"], group_size=v["group_size"],
-                        eval_data=data.test, progress=False, callback=on_step, model_name=str(v["model"]),
+                        eval_data=evaluation_split(data)[1], progress=False, callback=on_step,
+                        model_name=str(v["model"]),
                         engine_hook=cache.wrap, on_start=lambda total: setattr(self.progress, "max", max(1, total)))
         except Interrupted:
             self.status.value = "stopped: the model is unchanged; nothing was pruned"
@@ -164,7 +176,7 @@ class AlphaExplorer:
         seconds = time.perf_counter() - t0
         self.last_result = res
         s = res.summary()
-        metric = "mIoU" if s["metric_name"] == "miou_pct" else "accuracy"
+        metric = f"{evaluation_split(data)[0]} " + ("mIoU" if s["metric_name"] == "miou_pct" else "accuracy")
         self.history.append({**s, "budget": f"alpha={v['alpha']:.3g}", "settings": dict(v)})
         self.status.value = (f"<b>α = {v['alpha']:.3g}</b>: {s['params_removed_pct']:.1f}% of parameters and "
                              f"{s['macs_removed_pct']:.1f}% of MACs removed; {metric} {s['metric_before']:.2f}% → "

@@ -347,16 +347,96 @@ def test_save_and_load_pruned_coupled_scope(tiny_resnet, own_label_data, randomi
         assert torch.allclose(loaded(x), res.model(x), atol=1e-6)
 
 
-def test_save_refuses_models_without_spec(tmp_path):
+class UserResidualCNN(nn.Module):
+    """A user's own residual CNN: no known family, a residual add, BatchNorm, a linear head."""
+
+    def __init__(self, width: int = 8, num_classes: int = 4):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.body = nn.Sequential(nn.Conv2d(width, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12), nn.ReLU(),
+                                  nn.Conv2d(12, width, 3, padding=1, bias=False), nn.BatchNorm2d(width))
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        h = self.stem(x)
+        h = torch.relu(h + self.body(h))
+        return self.head(h.mean((2, 3)))
+
+
+def _vgg_like(num_classes: int = 4) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, num_classes))
+
+
+def _small_vit() -> nn.Module:
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=4, num_classes=4,
+                             mlp_ratio=2.0)
+
+
+def _pruned_round_trip(make, own_label_data, randomize_bn, tmp_path, shape=(3, 16, 16)):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2)).eval()
-    x = torch.randn(40, 4)
+    model = randomize_bn(make()).eval()
+    x, y = own_label_data(model, n=160, shape=shape, min_per_class=4)
+    # a large alpha keeps few units, a small one removes many: use the one that removes something
+    res = cs.prune(model, (x, y), samples_per_class=4, alpha=1e-4, progress=False)
+    assert res.params_after < res.params_before, "the test needs a model that C-SWAP actually shrinks"
+    path = res.save(tmp_path / "user.pt")
+    blob = torch.load(path, weights_only=True)  # plain tensors and dicts, no pickled modules
+    assert set(blob) >= {"format", "shapes", "state_dict", "summary", "architecture"}
+    return res, path, x
+
+
+@pytest.mark.parametrize("make", [UserResidualCNN, _vgg_like, _small_vit], ids=["residual-cnn", "sequential-bn", "vit"])
+def test_any_pruned_model_round_trips_with_a_fresh_instance(make, own_label_data, randomize_bn, tmp_path):
+    res, path, x = _pruned_round_trip(make, own_label_data, randomize_bn, tmp_path)
+    fresh = make()
+    loaded = cs.load_pruned(path, model=fresh)
+    assert loaded is fresh and not loaded.training
+    assert cs.models.shapes_of(loaded) == cs.models.shapes_of(res.model)
     with torch.no_grad():
-        y = model(x).argmax(1)
-    res = cs.prune(model, (x, y), samples_per_class=None, progress=False)
+        assert torch.equal(loaded(x), res.model(x))
+
+
+def test_custom_model_without_instance_says_how(own_label_data, randomize_bn, tmp_path):
+    res, path, _ = _pruned_round_trip(UserResidualCNN, own_label_data, randomize_bn, tmp_path)
     assert res.spec is None
-    with pytest.raises(ValueError, match="cannot be described as a plain spec"):
-        res.save(tmp_path / "p.pt")
+    with pytest.raises(ValueError, match=r"UserResidualCNN.*cs.load_pruned\(path, model=MyNet"):
+        cs.load_pruned(path)
+
+
+def test_load_into_another_architecture_names_the_first_offending_module(own_label_data, randomize_bn, tmp_path):
+    _, path, _ = _pruned_round_trip(UserResidualCNN, own_label_data, randomize_bn, tmp_path)
+    with pytest.raises(ValueError, match=r"differs at module '(stem\.0|body\.0|0)'"):
+        cs.load_pruned(path, model=_vgg_like())
+
+    class MissingLayer(UserResidualCNN):  # the body lost its last BatchNorm
+        def __init__(self):
+            super().__init__()
+            self.body[4] = nn.Identity()
+
+    with pytest.raises(ValueError, match=r"module 'body\.4'.*not in the model you passed"):
+        cs.load_pruned(path, model=MissingLayer())
+
+    class OtherKernel(UserResidualCNN):  # same names, a 5x5 kernel where 3x3 was saved
+        def __init__(self):
+            super().__init__()
+            self.body[0] = nn.Conv2d(8, 12, 5, padding=2, bias=False)
+
+    with pytest.raises(ValueError, match=r"module 'body\.0' \(Conv2d\).*another architecture"):
+        cs.load_pruned(path, model=OtherKernel())
+    with pytest.raises(TypeError, match="fresh nn.Module"):
+        cs.load_pruned(path, model="UserResidualCNN")
+
+
+def test_known_family_saved_without_instance_still_rebuilds(zoo_result, tmp_path, digits):
+    path = zoo_result.save(tmp_path / "known.pt")
+    fresh = cs.models.build(zoo_result.spec)  # the unpruned architecture, as a user would pass it
+    a, b = cs.load_pruned(path), cs.load_pruned(path, model=fresh)
+    with torch.no_grad():
+        assert torch.equal(a(digits.test.x[:8]), b(digits.test.x[:8]))
 
 
 # ------------------------------------------------------------------ user models
@@ -374,7 +454,7 @@ def test_user_model(tiny_resnet, own_label_data):
     s = res.summary()
     assert SUMMARY_KEYS <= set(s)
     assert set(s["counts"]) == {"critical", "neutral", "detrimental"}
-    assert s["model"] == "custom"
+    assert s["model"] == type(model).__name__  # no model_name given: the class names it in titles
     assert s["metric_before"] == 100.0
     assert s["calib_samples"] == 3 * len(y.unique())
     assert s["equivalence_max_abs_diff"] <= 1e-4
@@ -477,3 +557,26 @@ def test_prune_runs_in_full_float32_and_restores_the_tf32_flags(zoo_model, digit
         assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, False
+
+
+def test_shipped_model_is_named_without_model_name(zoo_model, digits):
+    res = cs.prune(zoo_model, digits.calib, samples_per_class=3, progress=False, layer_order="output-to-input",
+                   group_size=64)
+    assert res.summary()["model"] == "resnet18-digits"
+    ax = cs.plots.plot_layer_labels(res)
+    assert "resnet18-digits" in ax.get_title()
+
+
+def test_an_error_in_the_loop_leaves_no_progress_bar(tiny_resnet, own_label_data):
+    from tqdm.auto import tqdm
+
+    model = tiny_resnet()
+    x, y = own_label_data(model)
+
+    def boom(record):
+        raise KeyboardInterrupt  # what a user's Ctrl-C does mid-run
+
+    before = len(getattr(tqdm, "_instances", ()))
+    with pytest.raises(KeyboardInterrupt):
+        cs.prune(model, (x, y), samples_per_class=3, progress=True, callback=boom)
+    assert len(getattr(tqdm, "_instances", ())) == before

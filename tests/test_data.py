@@ -132,3 +132,112 @@ def test_evaluate(digits):
     assert model.training  # mode restored
     with pytest.raises(ValueError, match="empty"):
         cs.evaluate(model, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:0], y[:0])))
+
+
+# ------------------------------------------------------------------ Fashion-MNIST
+
+import gzip  # noqa: E402
+import struct  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from cswap_nb import data as D  # noqa: E402
+
+
+def _write_idx(folder, n_train=30, n_test=20, gz=True, seed=0):
+    """Fashion-MNIST-format idx files (the real byte layout) with random images, 3 per class and more."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        img_name, lab_name = D.FASHION_FILES[split]
+        for name, header, payload in ((img_name, struct.pack(">IIII", 0x803, n, 28, 28), images),
+                                      (lab_name, struct.pack(">II", 0x801, n), labels)):
+            raw = header + payload.tobytes()
+            if gz:
+                (folder / f"{name}.gz").write_bytes(gzip.compress(raw))
+            else:
+                (folder / name).write_bytes(raw)
+        arrays[split] = (images, labels)
+    return arrays
+
+
+@pytest.fixture
+def no_system_fashion(monkeypatch, tmp_path):
+    """No Debian files, an empty cache: only what a test provides can be found."""
+    monkeypatch.setattr(D, "DEBIAN_FASHION_DIR", tmp_path / "no-debian")
+    monkeypatch.setenv("CSWAP_NB_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["gzipped", "plain"])
+def test_fashion_from_a_root_folder_is_read_and_left_untouched(tmp_path, no_system_fashion, gz):
+    root = tmp_path / "mine"
+    arrays = _write_idx(root, gz=gz)
+    listing = sorted((p.name, p.stat().st_size) for p in root.iterdir())
+    images, labels, source = D.fashion_mnist_arrays("test", root=root, download=False)
+    assert np.array_equal(images.numpy(), arrays["test"][0]) and np.array_equal(labels.numpy(), arrays["test"][1])
+    assert str(root) in source
+    assert sorted((p.name, p.stat().st_size) for p in root.iterdir()) == listing  # the user's folder is not modified
+    split = D.load_fashion_mnist("train", root=root, download=False)
+    assert split.x.shape == (30, 1, 28, 28) and split.y.dtype == torch.int64
+    expected = (torch.from_numpy(arrays["train"][0]).float() / 255 - D.FASHION_MEAN) / D.FASHION_STD
+    assert torch.allclose(split.x[:, 0], expected)
+
+
+def test_fashion_from_torchvision_layout(tmp_path, no_system_fashion):
+    root = tmp_path / "tv"
+    arrays = _write_idx(root / "FashionMNIST" / "raw", gz=False)
+    images, _, source = D.fashion_mnist_arrays("train", root=root, download=False)
+    assert np.array_equal(images.numpy(), arrays["train"][0]) and "torchvision layout" in source
+
+
+def test_fashion_missing_everywhere_names_the_three_ways(no_system_fashion):
+    with pytest.raises(FileNotFoundError) as info:
+        D.fashion_mnist_arrays("train", download=False)
+    msg = str(info.value)
+    assert "root=" in msg and "apt-get install dataset-fashion-mnist" in msg and "download=True" in msg
+    with pytest.raises(FileNotFoundError):
+        D.load_fashion("full")
+    with pytest.raises(ValueError, match="split must be 'train' or 'test'"):
+        D.fashion_mnist_arrays("val")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        D.load_fashion("everything")
+
+
+def test_fashion_subset_is_real_stratified_and_verified(no_system_fashion):
+    ds = D.load_fashion()  # no full set anywhere: the shipped subset
+    assert ds.source.startswith("subset")
+    assert ds.classes == list(D.FASHION_CLASSES)
+    for split, per_class in ((ds.calib, 300), (ds.val, 100), (ds.test, 200)):
+        assert split.x.shape[1:] == (1, 28, 28)
+        assert torch.equal(torch.bincount(split.y, minlength=10), torch.full((10,), per_class))
+    assert ds.train is ds.calib
+    z = D.read_fashion_subset()
+    assert not set(z["val_index"]) & set(z["test_index"])  # validation and test images are different images
+    assert z["calib_x"].dtype == np.uint8 and len(np.unique(z["calib_index"])) == 3000
+
+
+def test_fashion_subset_corruption_is_refused(tmp_path, monkeypatch):
+    bad = tmp_path / "data"
+    bad.mkdir()
+    (bad / D.FASHION_SUBSET_FILE).write_bytes(D.shipped_subset_path().read_bytes()[:-10] + b"0123456789")
+    monkeypatch.setenv("CSWAP_NB_DATA", str(bad))
+    with pytest.raises(ValueError, match="corrupt or was modified"):
+        D.read_fashion_subset()
+
+
+@pytest.mark.skipif(not D.DEBIAN_FASHION_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_full_set_matches_the_shipped_subset(tmp_path, monkeypatch):
+    monkeypatch.setenv("CSWAP_NB_CACHE", str(tmp_path / "cache"))  # staged afresh from the system files
+    full = D.load_fashion("full")
+    assert full.source.startswith("full") and "Debian" in full.source
+    assert len(full.train.y) == 60000 and len(full.val.y) == 1000 and len(full.test.y) == 9000
+    sub = D.load_fashion("subset")
+    # the same calibration pool and validation split: pruning decisions do not depend on which is present
+    assert torch.equal(full.calib.x, sub.calib.x) and torch.equal(full.calib.y, sub.calib.y)
+    assert torch.equal(full.val.x, sub.val.x)
+    z = D.read_fashion_subset()
+    test_images, _, _ = D.fashion_mnist_arrays("test", download=False)
+    assert np.array_equal(test_images[torch.from_numpy(z["test_index"])].numpy(), z["test_x"])

@@ -369,3 +369,26 @@ def test_grouped_conv_units_mask_equals_removal(randomize_bn):
     remove_units(model, x[:1], masker.pruned())
     with torch.no_grad():
         assert (model(x) - masked).abs().max() <= TOL
+
+
+def test_attention_macs_are_counted_on_cpu_and_fall_with_each_removed_head():
+    """QK^T and AV are counted (the CPU kernel has no formula in torch), and removing one head
+    lowers the count by exactly that head's share: qkv rows, proj columns and its attention."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from cswap_nb.surgery import remove_heads
+
+    torch.manual_seed(0)
+    e, heads, depth, img, patch = 32, 4, 2, 16, 4
+    model = VisionTransformer(img_size=img, patch_size=patch, embed_dim=e, depth=depth, num_heads=heads,
+                              num_classes=3, mlp_ratio=2.0).eval()
+    x = torch.randn(1, 3, img, img)
+    n, d = (img // patch) ** 2 + 1, e // heads  # tokens (with the class token), head dim
+    linear = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear)) * n
+    linear -= model.head.in_features * model.head.out_features * (n - 1)  # the head sees the class token only
+    patch_embed = e * 3 * patch * patch * (n - 1)
+    attention = depth * 2 * heads * n * n * d  # QK^T and AV, per block
+    assert count_macs(model, x) == linear + patch_embed + attention
+    before = count_macs(model, x)
+    remove_heads(model.blocks[0].attn, [1])
+    assert count_macs(model, x) == before - (3 * d * e + d * e) * n - 2 * n * n * d

@@ -12,6 +12,8 @@ COLS = ["layer", "unit", "label", "pruned"]
 @pytest.fixture(scope="module")
 def explorer():
     ex = alpha_explorer()
+    assert ex.controls["model"].value == "resnet18-fashion"  # the real-image checkpoint by default
+    ex.controls["model"].value = "resnet18-digits"  # the tiny one keeps these tests quick
     ex.controls["samples_per_class"].value = 6
     return ex
 
@@ -74,3 +76,39 @@ def test_stop_interrupts_and_leaves_no_result(explorer):
 def test_own_model_needs_both_model_and_data():
     with pytest.raises(ValueError, match="give both model and data"):
         alpha_explorer(model=cs.models.resnet_digits())
+
+
+def test_every_score_option_has_its_own_cache(explorer):
+    base = explorer.cache()
+    changes = {"samples_per_class": 9, "order": "random", "inference": "general"}
+    for name, value in changes.items():
+        old = explorer.controls[name].value
+        explorer.controls[name].value = value
+        assert explorer.cache() is not base, f"changing {name} must not reuse the scores"
+        explorer.controls[name].value = old
+    for name, value in {"score": "logit", "reference": "current", "seed": 1, "scope": "all", "group_size": 2}.items():
+        old = explorer.settings[name]
+        explorer.settings[name] = value
+        assert explorer.cache() is not base, f"changing {name} must not reuse the scores"
+        explorer.settings[name] = old
+    assert explorer.cache() is base
+    assert set(explorer.SCORE_OPTIONS) <= set(explorer.values())
+    # the level and the test only change decisions: the same scores serve them
+    explorer.controls["alpha"].value = 0.2
+    explorer.controls["test"].value = "ztest"
+    assert explorer.cache() is base
+    explorer.controls["test"].value = "welch"
+
+
+def test_figures_are_drawn_without_pyplot_and_handed_to_the_output(explorer):
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    explorer.controls["alpha"].value = 0.05
+    explorer.run()
+    assert plt.get_fignums() == []  # no global pyplot figure was made
+    fig = explorer.last_figure
+    assert fig is not None and len(fig.axes) >= 2
+    (out,) = explorer.figure_out.outputs
+    assert out["output_type"] == "display_data" and out["data"]["image/png"]
+    assert "resnet18-digits" in fig.axes[0].get_title()

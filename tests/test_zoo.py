@@ -46,6 +46,49 @@ def test_other_shipped_checkpoints_load_and_are_accurate(name, digits):
     assert acc == pytest.approx(zoo.read_manifest()[name]["test_accuracy_pct"], abs=0.6)
 
 
+FASHION_MODELS = [n for n in zoo.names() if zoo.entry(n).dataset == "fashion"]
+FASHION_TARGETS = {"resnet18-fashion": 92.0}  # on the 10,000 test images; the others: 90%
+
+
+def _last_feature_map(model: nn.Module) -> nn.Module | None:
+    if hasattr(model, "layer4"):
+        return model.layer4
+    if hasattr(model, "features"):
+        return model.features[-1]
+    return None  # a ViT: 49 patch tokens whatever the depth
+
+
+@pytest.mark.parametrize("name", FASHION_MODELS)
+def test_fashion_specs_round_trip_and_keep_the_last_stage_above_1x1(name):
+    spec = zoo.entry(name).spec
+    torch.manual_seed(0)
+    model = models.build(spec).eval()
+    described = models.describe(model)
+    assert {k: described.get(k) for k in spec} == spec
+    assert models.describe(models.build(described)) == described
+    seen = {}
+    last = _last_feature_map(model)
+    if last is not None:
+        last.register_forward_hook(lambda m, i, o: seen.setdefault("shape", tuple(o.shape)))
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    if last is not None:
+        assert seen["shape"][-2:] == (2, 2), seen  # not 1x1: spatial units still see a map
+
+
+@pytest.mark.parametrize("name", FASHION_MODELS)
+def test_fashion_checkpoints_reach_their_targets(name):
+    model, data = zoo.load(name)
+    record = zoo.read_manifest()[name]
+    target = FASHION_TARGETS.get(name, 90.0)
+    assert record["all_test_samples"] == 10000 and record["train_samples"] == 60000
+    assert record["all_test_accuracy_pct"] >= target
+    acc = cs.evaluate(model, data.test)  # 9,000 test images with the full set, 2,000 with the subset
+    tolerance = 0.3 if data.source.startswith("full") else 2.0
+    assert acc == pytest.approx(record["test_accuracy_pct"] if data.source.startswith("full")
+                                else record["all_test_accuracy_pct"], abs=tolerance)
+
+
 def test_load_returns_eval_mode_timm_resnet(zoo_model, digits):
     assert isinstance(zoo_model, TimmResNet)
     assert not any(m.training for m in zoo_model.modules())

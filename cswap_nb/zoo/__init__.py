@@ -8,7 +8,6 @@ retraining them needs the full set (:func:`cswap_nb.data.fashion_mnist_arrays`).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from .. import models, resources
+from ..resources import sha256_of
 from ..data import Dataset, load_dataset, load_fashion
 from ..metrics import evaluate
 from ..training import Recipe, fit
@@ -137,14 +137,6 @@ def manifest_path() -> Path:
 def read_manifest() -> dict:
     path = manifest_path()
     return json.loads(path.read_text()) if path.exists() else {}
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def metric_text(record: dict) -> str:
