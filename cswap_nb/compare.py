@@ -91,12 +91,13 @@ def _compare_one_seed(model, data, methods, alpha, samples_per_class, per_layer,
     jobs = [(m, SAME_PARAMS) for m in methods] + [(m, SAME_COUNTS) for m in methods if per_layer]
     jobs += [(m, f"ratio={r:g}") for r in (ratios or []) for m in methods]
     scores: dict[str, dict] = {}
-    for m, budget in tqdm(jobs, desc=f"baselines (seed {seed})", disable=not progress):
-        target = ({"params": ref.params_after} if budget == SAME_PARAMS else
-                  {"counts": counts} if budget == SAME_COUNTS else {"ratio": float(budget.split("=")[1])})
-        res = prune(model, data.calib, m, progress=False, scores=scores.get(m), **target, **common)
-        scores[m] = res.scores
-        records.append(_record(res, budget, seed))
+    with tqdm(jobs, desc=f"baselines (seed {seed})", disable=not progress) as bar:  # closed on errors too
+        for m, budget in bar:
+            target = ({"params": ref.params_after} if budget == SAME_PARAMS else
+                      {"counts": counts} if budget == SAME_COUNTS else {"ratio": float(budget.split("=")[1])})
+            res = prune(model, data.calib, m, progress=False, scores=scores.get(m), **target, **common)
+            scores[m] = res.scores
+            records.append(_record(res, budget, seed))
     for a in alphas or []:
         if a != alpha:
             records.append(_record(prune(model, data.calib, "cswap", alpha=a, progress=progress, **common),

@@ -232,7 +232,7 @@ FASHION_CALIB_PER_CLASS = 300  # calibration pool: 3,000 of the 60,000 training 
 FASHION_VAL_PER_CLASS = 100  # validation: 1,000 of the 10,000 test images, for choosing settings
 FASHION_SUBSET_TEST_PER_CLASS = 200  # the subset's test split: 2,000 of the other 9,000 test images
 FASHION_SPLIT_SEED = 0
-FASHION_SUBSET_SHA256 = "db29f65868acf856fd94022225874fa051d6e164f860ddbe93ac79c6d40dae84"  # of data/fashion-mnist-subset.npz
+FASHION_SUBSET_SHA256 = "c4a9982bd6a169856cff32954a1037ebf9705bcfb47f514dc0d7afa09e961554"  # of data/fashion-mnist-subset.npz
 
 
 def cache_dir() -> Path:
@@ -367,7 +367,7 @@ def read_fashion_subset(path: Path | None = None) -> dict[str, np.ndarray]:
     path = Path(path) if path is not None else shipped_subset_path()
     if not path.is_file():
         raise FileNotFoundError(f"the shipped Fashion-MNIST subset {str(path)!r} is missing; rebuild it with "
-                                "`python -m cswap_nb.data write-fashion-subset` (needs the full set)")
+                                "`python -m cswap_nb.zoo write-fashion-subset` (needs the full set)")
     if path == shipped_subset_path():
         from .resources import sha256_of
 
@@ -392,8 +392,21 @@ def write_fashion_subset(path: Path | None = None, root=None) -> Path:
         arrays[name + "_y"] = labels[i].numpy().astype(np.int64)
         arrays[name + "_index"] = i.numpy().astype(np.int64)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, **arrays)
+    _write_npz(path, arrays)
     return path
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez_compressed`` with fixed member timestamps, so the same arrays give the same bytes
+    (and sha256) whenever they are written; readable with ``np.load(allow_pickle=False)``."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name in sorted(arrays):
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(arrays[name]), allow_pickle=False)
 
 
 FASHION_MODES = ("auto", "full", "subset")

@@ -95,29 +95,32 @@ def fit(model: nn.Module, train: Split, recipe: Recipe = Recipe(), desc: str = "
     steps_per_epoch = math.ceil(len(y) / r.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r.lr, total_steps=r.epochs * steps_per_epoch)
     bar = tqdm(range(r.epochs), desc=desc, disable=not progress)
-    for _ in bar:
-        model.train()
-        perm = torch.randperm(len(y), generator=gen)
-        total = 0.0
-        for i in range(0, len(y), r.batch_size):
-            idx = perm[i : i + r.batch_size]
-            xb, yb = x[idx], y[idx]
-            if r.hflip:
-                flip = torch.rand(len(idx), generator=gen) < 0.5
-                xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
-                if yb.ndim == 3:
-                    yb = torch.where(flip[:, None, None], yb.flip(-1), yb)
-            if yb.ndim == 1:
-                xb = shift_batch(xb, r.shift, gen)
-            elif r.shift:
-                raise ValueError("Recipe.shift translates images only; use shift=0 (and hflip) with label masks")
-            loss = task_loss(model(xb), yb, r.aux_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        bar.set_postfix(loss=f"{total / len(y):.4f}")
+    try:  # an error or an interrupt leaves no dead bar behind
+        for _ in bar:
+            model.train()
+            perm = torch.randperm(len(y), generator=gen)
+            total = 0.0
+            for i in range(0, len(y), r.batch_size):
+                idx = perm[i : i + r.batch_size]
+                xb, yb = x[idx], y[idx]
+                if r.hflip:
+                    flip = torch.rand(len(idx), generator=gen) < 0.5
+                    xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
+                    if yb.ndim == 3:
+                        yb = torch.where(flip[:, None, None], yb.flip(-1), yb)
+                if yb.ndim == 1:
+                    xb = shift_batch(xb, r.shift, gen)
+                elif r.shift:
+                    raise ValueError("Recipe.shift translates images only; use shift=0 (and hflip) with label masks")
+                loss = task_loss(model(xb), yb, r.aux_weight)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += loss.item() * len(idx)
+            bar.set_postfix(loss=f"{total / len(y):.4f}")
+    finally:
+        bar.close()
     return model.eval()
 
 

@@ -251,9 +251,16 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("name", choices=names())
     t.add_argument("--out", type=Path, default=None, help="output folder (default: data/)")
     sub.add_parser("list", help="list the shipped checkpoints")
+    w = sub.add_parser("write-fashion-subset", help="draw the shipped Fashion-MNIST subset from the full set")
+    w.add_argument("--out", type=Path, default=None, help="output file (default: data/fashion-mnist-subset.npz)")
     args = parser.parse_args(argv)
     if args.cmd == "train":
         print(json.dumps(train(args.name, args.out), indent=2))
+    elif args.cmd == "write-fashion-subset":
+        from ..data import write_fashion_subset
+
+        path = write_fashion_subset(args.out)
+        print(f"wrote {path} (sha256 {sha256_of(path)})")
     else:
         manifest = read_manifest()
         for n in names():
