@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from scipy import stats
 from torch import Tensor
 
-from .scenes import IGNORE_INDEX
+from .cityscapes import IGNORE_INDEX
 
 CRITICAL, NEUTRAL, DETRIMENTAL = "critical", "neutral", "detrimental"
 LABELS = (CRITICAL, NEUTRAL, DETRIMENTAL)

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .causal import upsample_logits
-from .scenes import IGNORE_INDEX
+from .cityscapes import IGNORE_INDEX
 from .units import UnitLayer, channels_first, register_site_hook
 
 Scores = dict[str, Tensor]

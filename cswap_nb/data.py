@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .scenes import CITYSCAPES_CLASSES, DEFAULT_SIZE, IGNORE_INDEX, _check_size, normalize, road_scenes
+from .cityscapes import CITYSCAPES_CLASSES, IGNORE_INDEX, normalize
+from .scenes import DEFAULT_SIZE, _check_size, road_scenes
 
 
 class Split(NamedTuple):
@@ -105,7 +106,7 @@ def load_road_scenes(train: int = 1200, test: int = 200, size: tuple[int, int] =
 
     ``train`` images are scenes ``0 .. train-1`` of ``seed``, ``test`` images scenes
     ``ROAD_TEST_START ..``: disjoint, and each image the same whatever the split sizes.
-    ``x`` (N, 3, H, W) is normalised with ``scenes.SCENE_MEAN``/``SCENE_STD``; ``y`` (N, H, W)
+    ``x`` (N, 3, H, W) is normalised with ``cityscapes.SCENE_MEAN``/``SCENE_STD``; ``y`` (N, H, W)
     int64 holds trainIds 0-18 and 255 (ignored). As for the digits, ``calib`` is the train split.
     Drawing takes about 9 ms per 64x128 image on one CPU core (the default 1,400 images: ~13 s);
     a process draws each split once and hands out copies afterwards.

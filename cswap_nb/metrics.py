@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from .causal import upsample_logits
 from .data import as_tensors
-from .scenes import CITYSCAPES_CLASSES, IGNORE_INDEX
+from .cityscapes import CITYSCAPES_CLASSES, IGNORE_INDEX
 
 SEGMENTATION_BATCH_SIZE = 16
 _UPSAMPLE_ELEMENTS = 1 << 26  # at most this many upsampled logits (256 MB of float32) at once
@@ -166,7 +166,7 @@ def evaluate_segmentation(model: nn.Module, data, num_classes: int | None = None
     The model's logits (N, C, h, w) are upsampled bilinearly (``align_corners=False``) to the
     mask size when they differ (DDRNet predicts at 1/8 resolution), then argmax-ed; pixels
     labelled ``ignore_index`` are skipped. ``num_classes`` defaults to the model's C (and must
-    equal it when given). Class names default to :data:`cswap_nb.scenes.CITYSCAPES_CLASSES`
+    equal it when given). Class names default to :data:`cswap_nb.cityscapes.CITYSCAPES_CLASSES`
     for 19 classes, else "0", "1", ... ``per_class_iou`` lists the classes with a non-empty
     union, the ones ``miou`` averages. The model runs in eval mode without autograd; its
     train/eval mode is restored.

@@ -261,7 +261,7 @@ def plot_strategy_costs(rows, ax: Axes | None = None) -> Axes:
 def plot_attention_maps(maps, heads: list[int] | None = None, ax: Axes | None = None, title: str = "") -> Axes:
     """One image's attention maps, one tile per head, side by side on one axis.
 
-    ``maps``: ``(heads, grid_h, grid_w)`` (e.g. ``cswap_nb.inspect.attention_maps(model, x)[0]``);
+    ``maps``: ``(heads, grid_h, grid_w)`` (e.g. ``cswap_nb.effects.attention_maps(model, x)[0]``);
     ``heads``: the original index of each head (after head pruning, the kept ones).
     Each tile has its own colour scale (brighter = more attention).
     """
@@ -345,7 +345,7 @@ def predict_masks(model, x, size=None, batch_size: int = 16):
 def plot_scenes(x, rows: dict, n: int = 4, figsize_per: tuple[float, float] = (2.6, 1.45)) -> Figure:
     """A grid of road scenes: the images on top, then one row per entry of ``rows``
     (title -> label masks (N, H, W), e.g. ground truth and predictions), in Cityscapes colours."""
-    from .scenes import colorize, denormalize
+    from .cityscapes import colorize, denormalize
 
     n = min(n, len(x))
     fig = Figure(figsize=(figsize_per[0] * n, figsize_per[1] * (len(rows) + 1)), layout="constrained")

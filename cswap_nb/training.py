@@ -11,7 +11,7 @@ from torch import nn
 
 from .causal import upsample_logits
 from .data import Split
-from .scenes import IGNORE_INDEX
+from .cityscapes import IGNORE_INDEX
 
 OPTIMIZERS = ("sgd", "adamw")
 

@@ -21,7 +21,7 @@ from _helpers import mask_and_remove
 from cswap_nb import models
 from cswap_nb.descent import CSwapConfig, visiting_plan
 from cswap_nb.engine import sequential_parts
-from cswap_nb.inspect import attention_maps
+from cswap_nb.effects import attention_maps
 from cswap_nb.surgery import count_params, remove_heads, remove_units
 from cswap_nb.units import AUTO_GROUP_SIZE, Masker, find_unit_layers
 
