@@ -23,6 +23,10 @@ CITYSCAPES_PALETTE = [
 ]
 """The standard Cityscapes colour (RGB) of each trainId."""
 
+(ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, TRAFFIC_LIGHT, TRAFFIC_SIGN, VEGETATION, TERRAIN, SKY, PERSON,
+ RIDER, CAR, TRUCK, BUS, TRAIN, MOTORCYCLE, BICYCLE) = range(19)
+"""Each class's trainId by name, e.g. ``ROAD == 0``, ``BICYCLE == 18``."""
+
 IGNORE_INDEX = 255
 """Label of pixels that belong to no class; metrics and losses skip them."""
 

@@ -26,8 +26,9 @@ import torch
 from torch import Tensor
 
 from ..cityscapes import (  # noqa: F401 (re-exported: scenes.CITYSCAPES_CLASSES etc. keep working)
-    CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, IGNORE_INDEX, SCENE_MEAN, SCENE_STD, class_frequencies, colorize,
-    denormalize, normalize)
+    BICYCLE, BUILDING, BUS, CAR, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, FENCE, IGNORE_INDEX, MOTORCYCLE, PERSON, POLE,
+    RIDER, ROAD, SCENE_MEAN, SCENE_STD, SIDEWALK, SKY, TERRAIN, TRAFFIC_LIGHT, TRAFFIC_SIGN, TRAIN, TRUCK, VEGETATION,
+    WALL, class_frequencies, colorize, denormalize, normalize)
 from .canvas import Canvas
 from .furniture import furniture
 from .road_users import ego_vehicle, people, traffic

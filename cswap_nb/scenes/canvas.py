@@ -1,9 +1,9 @@
 """The canvas of one road scene: a pinhole camera, colour/label/depth buffers, and the primitives
 every object is drawn with (depth-tested painting, textures, colour jitter, boxes with shaded faces,
 camera-facing sprites). The drawing functions of each kind of object take the canvas as their
-first argument: :mod:`.street` (layout, sky, ground, buildings, walls, fences, hedges),
-:mod:`.furniture` (poles, signs, traffic lights, bins), with trees in :mod:`.street`, and :mod:`.road_users` (vehicles,
-bicycles, people, the ego vehicle).
+first argument: :mod:`.street` (layout, sky, ground, buildings, walls, fences, hedges, trees),
+:mod:`.furniture` (poles, signs, traffic lights, bins) and :mod:`.road_users` (vehicles, bicycles,
+people, the ego vehicle).
 """
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import math
 
 import numpy as np
 
-(ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, TRAFFIC_LIGHT, TRAFFIC_SIGN, VEGETATION, TERRAIN, SKY, PERSON,
- RIDER, CAR, TRUCK, BUS, TRAIN, MOTORCYCLE, BICYCLE) = range(19)
+from ..cityscapes import SKY
 
 _NEAR = 0.5  # near clipping plane (m)
 _FAR = 1e9  # depth of the sky

@@ -6,7 +6,8 @@ import math
 
 import numpy as np
 
-from .canvas import BUILDING, CONCRETE, FACADE, FENCE, GREENS, PAVEMENTS, ROAD, SIDEWALK, TERRAIN, TERRAINS, VEGETATION, WALL, _NEAR, _frac, _rgb, Canvas
+from ..cityscapes import BUILDING, FENCE, ROAD, SIDEWALK, TERRAIN, VEGETATION, WALL
+from .canvas import CONCRETE, FACADE, GREENS, PAVEMENTS, TERRAINS, _NEAR, _frac, _rgb, Canvas
 
 
 def layout(cv: Canvas) -> None:
