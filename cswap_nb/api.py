@@ -1,28 +1,20 @@
-"""The public entry points: :func:`prune`, :class:`PruneResult`, :func:`load_pruned`."""
+"""The public entry points: :func:`prune` (the one-call form of :class:`cswap_nb.session.PruneSession`),
+:class:`PruneResult`, :func:`load_pruned`, and the calibration-set selection."""
 from __future__ import annotations
 
-import copy
-import functools
-import numbers
-import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from . import models
-from .causal import IGNORE_INDEX, LABELS, min_samples
-from .data import as_tensors, check_xy
-from .descent import CSwapConfig, progressive, visiting_plan
-from .engine import make_engine
-from .metrics import evaluate
-from .surgery import count_macs, count_params, remove_units
-from .units import Masker, UnitLayer, find_unit_layers
+from .causal import IGNORE_INDEX, LABELS
+from .config import CSwapConfig
+from .units import UnitLayer
 
 PRUNED_FORMAT = "cswap_nb.pruned/1"
 
@@ -294,256 +286,73 @@ def select_segmentation_calibration(x: Tensor, masks: Tensor, samples_per_class:
     return x[keep_d], masks[keep_d], pairs.to(device)
 
 
-def _full_float32(fn: Callable) -> Callable:
-    """Run ``fn`` with TF32 turned off for convolutions and matmuls (restored afterwards).
+def prune(model: nn.Module, calib, method: str = "cswap", *, config: CSwapConfig | None = None,
+          ratio: float | None = None, params: int | None = None, counts: dict[str, int] | None = None,
+          scores: dict[str, Tensor] | None = None, eval_data=None, ignored_layers: list[nn.Module] | None = None,
+          progress: bool = True, model_name: str | None = None, **options) -> PruneResult:
+    """Prune a copy of ``model`` in one call (the caller's model is never modified).
 
-    PyTorch runs CUDA convolutions in TF32 by default (10-bit mantissa). The causal tests
-    compare small score differences and the masked/pruned check expects float32 agreement;
-    with TF32 on, an H200 run of ddrnet23slim-roads disagreed with the CPU on 242 of 1,920
-    labels and masked vs pruned differed by 9e-3. No effect on CPUs.
+    ``method="cswap"`` (default) runs C-SWAP's progressive causal descent (cswap_nb/METHOD.md
+    §1-§3): the amount pruned is an outcome of ``alpha``, ``samples_per_class`` and ``test``.
+    A criterion of :data:`cswap_nb.criteria.CRITERIA` (``"l1"``, ``"taylor"``, ...) ranks the
+    same units once and prunes to a target; ``"greedy"`` re-tests every remaining unit before
+    each removal (O(U²) passes, for small models). To watch or drive the loop step by step, use
+    :class:`cswap_nb.session.PruneSession` (this function is ``PruneSession(...).finish()``).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The trained model.
+    calib
+        Calibration data: an ``(x, y)`` tensor pair, a Dataset or a DataLoader. Its correctly
+        classified samples, ``samples_per_class`` per class, form the calibration set. For
+        segmentation ``y`` holds label masks (N, H, W) (255 ignored), the model returns
+        (N, C, h, w) logits, images are chosen by :func:`select_segmentation_calibration` and
+        the metric is mIoU.
+    method : str
+        ``"cswap"``, ``"greedy"`` or a criterion name.
+    config : CSwapConfig, optional
+        The options of the analysis (cswap_nb/METHOD.md §7); default
+        :class:`~cswap_nb.config.CSwapConfig` ().
+    ratio : float, optional
+        Baselines: the fraction of all units removed (global ranking).
+    params : int, optional
+        Baselines: the parameter count to reach (the closest global cut).
+    counts : dict of str to int, optional
+        Rank-and-prune: units removed per layer (e.g. C-SWAP's allocation).
+    scores : dict, optional
+        A criterion's scores from an earlier result (``res.scores``), reused.
+    eval_data : optional
+        Held-out data; the summary then holds the metric before and after.
+    ignored_layers : list of nn.Module, optional
+        Modules of ``model`` whose output channels are never pruned.
+    progress : bool
+        Show a progress bar.
+    model_name : str, optional
+        The name in summaries and figures (default: a shipped checkpoint's name, else the class).
+    **options
+        Any field of :class:`~cswap_nb.config.CSwapConfig`: ``alpha`` (0.05), ``samples_per_class``
+        (20), ``inference`` ("per-class"), ``test`` ("welch"), ``score`` ("prob"), ``reference``
+        ("dense"), ``order`` ("magnitude"), ``layer_order`` ("output-to-input"), ``scope``
+        ("internal"), ``group_size`` (None: auto), ``group_threshold`` (0), ``seed`` (0),
+        ``engine`` ("fast"); they replace the fields of ``config``.
+
+    Returns
+    -------
+    PruneResult
+        The physically smaller model, one label row per test, sizes, metric and timings.
+
+    Raises
+    ------
+    ValueError, TypeError
+        For an unknown method or option, an option value out of range, a missing or extra
+        target, too few calibration samples, or a model/data that do not fit each other.
     """
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+    from .session import PruneSession
 
-    return run
-
-
-@_full_float32
-def prune(
-    model: nn.Module,
-    calib,
-    method: str = "cswap",
-    *,
-    alpha: float = 0.05,
-    samples_per_class: int | None = 20,
-    inference: str = "per-class",
-    test: str = "welch",
-    score: str = "prob",
-    reference: str = "dense",
-    order: str = "magnitude",
-    layer_order: str = "output-to-input",
-    scope: str = "internal",
-    group_size: int | None = None,
-    group_threshold: int = 0,
-    seed: int = 0,
-    engine: str = "fast",
-    ratio: float | None = None,
-    params: int | None = None,
-    counts: dict[str, int] | None = None,
-    scores: dict[str, Tensor] | None = None,
-    eval_data=None,
-    ignored_layers: list[nn.Module] | None = None,
-    progress: bool = True,
-    callback: Callable[[dict], None] | None = None,
-    model_name: str | None = None,
-    engine_hook: Callable | None = None,
-    on_start: Callable[[int], None] | None = None,
-) -> PruneResult:
-    """Prune a copy of ``model``; the caller's model is never modified.
-
-    ``method="cswap"`` (default) runs C-SWAP's progressive causal descent; the amount
-    pruned is an outcome of ``alpha``, ``samples_per_class`` and ``test``.
-    ``method=`` a criterion of :data:`cswap_nb.criteria.CRITERIA` (``"l1"``, ``"taylor"``, ...)
-    ranks the same units once and prunes to a target: ``ratio=`` (fraction of units,
-    global ranking), ``params=`` (parameter count to reach) or ``counts=`` (units per layer).
-    ``method="greedy"`` re-tests every remaining unit before each removal (``ratio=`` or
-    ``params=``; O(U^2) passes, for small models). ``scores=`` reuses a criterion's
-    scores from an earlier result (``res.scores``) instead of computing them again.
-
-    ``calib``: an ``(x, y)`` tensor pair, Dataset or DataLoader; its correctly classified
-    samples, ``samples_per_class`` per class (all of them with ``None``), form the
-    calibration set. Segmentation: ``y`` holds label masks (N, H, W) (255 ignored) and the
-    model returns (N, C, h, w) logits; images are chosen by
-    :func:`select_segmentation_calibration`, a class's per-class test uses the images where
-    it appears, each scored on that class's pixels, and the metric is mIoU.
-    ``eval_data``: optional held-out data; then the summary also holds the metric (top-1
-    accuracy, or mIoU) before and after. ``callback(record)`` is called after every step.
-    Options are those of cswap_nb/METHOD.md §7 (see :class:`cswap_nb.descent.CSwapConfig`).
-    ``engine``: ``"fast"`` caches the network before the analysed layer where the model
-    allows it (same decisions as ``"naive"``, one full forward per unit); see :mod:`cswap_nb.engine`.
-    ``engine_hook(engine) -> engine`` may wrap the score engine (the α explorer's cache does);
-    ``on_start(total)`` is told the number of steps before the first one.
-    """
-    from .criteria import CRITERIA, Cost, score_units
-    from .descent import greedy, rank_and_prune
-
-    t_start = time.perf_counter()
-    methods = ("cswap", "greedy", *CRITERIA)
-    if method not in methods:
-        raise ValueError(f"method must be one of {list(methods)}, got {method!r}")
-    cfg = CSwapConfig(alpha=alpha, test=test, inference=inference, score=score, reference=reference,
-                      order=order, layer_order=layer_order, group_size=group_size,
-                      group_threshold=group_threshold, seed=seed)
-    cfg.validate()
-    targets = {k: v for k, v in (("ratio", ratio), ("params", params), ("counts", counts)) if v is not None}
-    if method == "cswap" and targets:
-        raise ValueError(f"C-SWAP's compression is an outcome of alpha, not a target; drop {sorted(targets)}")
-    if method != "cswap" and len(targets) != 1:
-        raise ValueError(f"method {method!r} needs exactly one target: ratio=, params= or counts=; got {sorted(targets) or 'none'}")
-    if method == "greedy" and counts is not None:
-        raise ValueError("greedy takes ratio= or params=, not counts=")
-    need = min_samples(test, alpha) if method == "cswap" else 1
-    if isinstance(samples_per_class, numbers.Integral) and not isinstance(samples_per_class, bool):
-        samples_per_class = int(samples_per_class)
-    elif samples_per_class is not None:
-        raise TypeError(f"samples_per_class must be an integer or None, got {samples_per_class!r}")
-    if samples_per_class is not None and samples_per_class < need:
-        raise ValueError(
-            f"samples_per_class={samples_per_class!r} is too small for the {test!r} test at alpha={alpha}: "
-            f"it needs at least {need} samples per class"
-        )
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    x, y = as_tensors(calib)
-    check_xy(x, y)
-
-    work = copy.deepcopy(model).eval()
-    params_list = list(work.parameters())
-    if not params_list:
-        raise ValueError("the model has no parameters: nothing to prune")
-    device = params_list[0].device
-    x, y = x.to(device), y.to(device).long()
-    try:
-        with torch.inference_mode():
-            probe = work(x[:2])
-    except Exception as exc:
-        raise ValueError(f"the model could not run on calibration inputs of shape {tuple(x.shape[1:])} "
-                         f"(per sample): {type(exc).__name__}: {exc}") from exc
-    segmentation = y.ndim == 3
-    if segmentation:
-        if not isinstance(probe, Tensor) or probe.ndim != 4:
-            got = tuple(probe.shape) if isinstance(probe, Tensor) else type(probe).__name__
-            raise ValueError(f"label masks (N, H, W) need a model returning (N, classes, h, w) logits, got {got}")
-        valid = y[y != IGNORE_INDEX]
-        if len(valid) and (int(valid.min()) < 0 or int(valid.max()) >= probe.shape[1]):
-            raise ValueError(f"mask labels must lie in [0, {probe.shape[1] - 1}] or be 255 (ignored) for a model with "
-                             f"{probe.shape[1]} outputs; got labels from {int(valid.min())} to {int(valid.max())}")
-        x, y, pairs = select_segmentation_calibration(x, y, samples_per_class, probe.shape[1], seed=seed,
-                                                      min_per_class=need)
-        test_y = pairs[:, 1] if inference == "per-class" else torch.zeros(len(x), dtype=torch.long, device=device)
-    else:
-        if not isinstance(probe, Tensor) or probe.ndim != 2:
-            got = tuple(probe.shape) if isinstance(probe, Tensor) else type(probe).__name__
-            raise ValueError(f"expected (N, classes) logits from the model, got {got}; wrap the model so that its "
-                             "forward returns one logits tensor")
-        if int(y.min()) < 0 or int(y.max()) >= probe.shape[1]:
-            raise ValueError(f"labels must lie in [0, {probe.shape[1] - 1}] for a model with {probe.shape[1]} "
-                             f"outputs; got labels from {int(y.min())} to {int(y.max())}")
-        x, y = select_calibration(work, x, y, samples_per_class, seed=seed, min_per_class=need)
-        test_y = y
-
-    example = x[:1]
-    try:
-        spec = models.describe(model)
-    except ValueError:
-        spec = None
-    params_before, macs_before = count_params(work), count_macs(work, example)
-    layers = find_unit_layers(work, example, scope=scope, ignored_layers=_same_modules(model, work, ignored_layers))
-    if not layers:
-        raise ValueError(f"the model has no prunable unit (scope={scope!r}): no conv/linear layer other than the "
-                         "classifier whose output channels can be removed")
-    template = copy.deepcopy(work)  # never masked: criteria score it, candidate cuts are counted on copies
-
-    def params_after(cut: dict[str, list[int]]) -> int:
-        return count_params(remove_units(copy.deepcopy(template), example, cut))
-
-    masker = Masker(work, layers)
-    scorer = make_engine(engine, work, masker, example)
-    if segmentation:
-        scorer.segmentation(y, pairs if inference == "per-class" else None)
-    if engine_hook is not None:
-        scorer = engine_hook(scorer)
-    records: list[dict] = []
-    cost = Cost()
-    t_analysis = time.perf_counter()
-    try:
-        if method in ("cswap", "greedy"):
-            if method == "cswap":
-                total = len(visiting_plan(layers, cfg))
-                steps = progressive(scorer, masker, layers, x, test_y, cfg)
-            else:
-                n_units = sum(layer.size for layer in layers)
-                total = round(ratio * n_units) if ratio is not None else None
-                steps = greedy(scorer, masker, layers, x, test_y, total if total is not None else n_units, score)
-            if on_start is not None and total is not None:
-                on_start(total)
-            desc = f"C-SWAP α={alpha}" if method == "cswap" else "greedy descent"
-            bar = tqdm(total=total, desc=desc, unit="unit", disable=not progress, leave=True, mininterval=0.5)
-            try:  # an error or an interrupt leaves no dead bar behind
-                for record in steps:
-                    records.append(record)
-                    bar.update(1)
-                    bar.set_postfix(removed=sum(r["pruned"] for r in records), refresh=False)
-                    if callback is not None:
-                        callback(record)
-                    if method == "greedy" and params is not None and params_after(masker.pruned()) <= params:
-                        break
-            finally:
-                bar.close()
-            cost.forward_passes = scorer.forward_equivalents
-        else:
-            if scores is None:
-                scores = score_units(method, template, layers, x, y, seed=seed, cost=cost)
-            cut = rank_and_prune(scores, layers, ratio=ratio, params=params, counts=counts, params_after=params_after)
-            for layer in layers:
-                chosen = set(cut.get(layer.name, []))
-                if chosen:
-                    masker.set(layer.name, sorted(chosen), True)
-                for unit in range(layer.size):
-                    records.append({"layer": layer.name, "kind": layer.kind, "unit": unit, "label": None,
-                                    "score": float(scores[layer.name][unit]), "pruned": unit in chosen})
-        analysis_seconds = time.perf_counter() - t_analysis
-        check_x = x[: min(len(x), 64)]
-        with torch.inference_mode():
-            masked_logits = work(check_x)
-    finally:
-        masker.remove()
-    pruned_units = masker.pruned()
-    remove_units(work, example, pruned_units)
-    with torch.inference_mode():
-        diff = float((work(check_x) - masked_logits).abs().max())
-    if diff > 1e-3:
-        warnings.warn(f"the physically pruned model differs from the masked one by up to {diff:.3g}; "
-                      "the intervention does not match removal for this architecture", stacklevel=2)
-
-    config = {**asdict(cfg), "samples_per_class": samples_per_class, "scope": scope, "engine": engine}
-    if method != "cswap":
-        config = {"samples_per_class": samples_per_class, "scope": scope, "seed": seed, "ratio": ratio,
-                  "params": params, "counts": counts}
-    result = PruneResult(
-        model=work,
-        labels=pd.DataFrame(records),
-        config=config,
-        engine={"name": scorer.name, "fallback": scorer.fallback,
-                "forward_equivalents": round(scorer.forward_equivalents, 3),
-                "forward_passes": round(cost.forward_passes, 3), "backward_passes": round(cost.backward_passes, 3)},
-        params_before=params_before,
-        params_after=count_params(work),
-        macs_before=macs_before,
-        macs_after=count_macs(work, example),
-        seconds=0.0,
-        layers=[{"name": layer.name, "kind": layer.kind, "size": layer.size} for layer in layers],
-        equivalence_max_abs_diff=diff,
-        calib_samples=len(y),
-        metric_name="miou_pct" if segmentation else "top1_accuracy_pct",
-        model_name=model_name or model_label(model),
-        method=method,
-        spec=spec,
-        analysis_seconds=analysis_seconds,
-        pruned_units={k: v for k, v in pruned_units.items()},
-        scores=scores if method not in ("cswap", "greedy") else None,
-    )
-    if eval_data is not None:
-        result.metric_before = evaluate(model, eval_data)
-        result.metric_after = evaluate(work, eval_data)
-    result.seconds = time.perf_counter() - t_start
-    return result
+    return PruneSession(model, calib, method, config=config, ratio=ratio, params=params, counts=counts,
+                        scores=scores, eval_data=eval_data, ignored_layers=ignored_layers, progress=progress,
+                        model_name=model_name, **options).finish()
 
 
 def model_label(model: nn.Module) -> str:
@@ -563,4 +372,4 @@ def _same_modules(original: nn.Module, copy_: nn.Module, modules: list[nn.Module
     return [copied[names[m]] for m in modules]
 
 
-__all__ = ["prune", "PruneResult", "load_pruned", "select_calibration", "UnitLayer"]
+__all__ = ["prune", "PruneResult", "load_pruned", "select_calibration", "CSwapConfig", "UnitLayer"]

@@ -8,33 +8,15 @@ from pathlib import Path
 
 from . import zoo
 from .api import prune
-from .causal import INFERENCES, TESTS
+from .config import CSwapConfig, add_arguments, from_arguments, positive_int
 from .criteria import CRITERIA
-from .descent import UNIT_ORDERS
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 DEMO_MODEL = "resnet18-fashion"
 METRIC_LABELS = {"top1_accuracy_pct": "test accuracy %", "miou_pct": "test mIoU %"}
 
 
-def _add_prune_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--alpha", type=float, default=0.05, help="test level; larger flags more units critical (default 0.05)")
-    p.add_argument("--samples-per-class", type=int, default=20, help="calibration samples per class, k (default 20)")
-    p.add_argument("--inference", choices=INFERENCES, default="per-class")
-    p.add_argument("--order", choices=UNIT_ORDERS, default="magnitude", help="unit visiting order in a layer")
-    p.add_argument("--test", choices=TESTS, default="welch")
-    p.add_argument("--scope", choices=("internal", "all"), default="internal",
-                   help="internal: channels inside blocks; all: also residual streams as coupled units")
-    p.add_argument("--group-size", type=_positive_int, default=None,
-                   help="units tested together (default: auto, groups of 4 in wide transformer MLP layers)")
-    p.add_argument("--seed", type=int, default=0)
+def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, default=None, help="write the run summary as JSON here")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -69,9 +51,8 @@ def _table(summary: dict) -> str:
 def run_prune(args: argparse.Namespace, out: Path | None) -> dict:
     model, data = zoo.load(args.model)
     print(f"data: {data.name}, {data.source}; calibration pool {len(data.calib.y):,}, test {len(data.test.y):,} images")
-    res = prune(model, data.calib, alpha=args.alpha, samples_per_class=args.samples_per_class,
-                inference=args.inference, order=args.order, test=args.test, scope=args.scope, seed=args.seed,
-                group_size=args.group_size, eval_data=data.test, progress=not args.no_progress, model_name=args.model)
+    res = prune(model, data.calib, config=from_arguments(args), eval_data=data.test, progress=not args.no_progress,
+                model_name=args.model)
     summary = res.summary()
     print(_table(summary))
     if out is not None:
@@ -104,9 +85,9 @@ def run_compare(args: argparse.Namespace) -> int:
     model, data = zoo.load(args.model)
     seeds = list(range(args.seeds))
     print(f"{args.model} on {data.name} ({data.source}); calibration draws (seeds): {seeds}")
-    records = compare(model, data, methods, alpha=args.alpha, samples_per_class=args.samples_per_class,
-                      per_layer=args.per_layer, ratios=_floats(args.grid), alphas=_floats(args.alphas),
-                      model_name=args.model, progress=not args.no_progress, scope=args.scope, seeds=seeds)
+    records = compare(model, data, methods, config=from_arguments(args), per_layer=args.per_layer,
+                      ratios=_floats(args.grid), alphas=_floats(args.alphas), model_name=args.model,
+                      progress=not args.no_progress, seeds=seeds)
     budgets = [SAME_PARAMS] + ([SAME_COUNTS] if args.per_layer else [])
     if len(seeds) == 1:
         print(table(records))
@@ -135,30 +116,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cswap_nb",
                                      description="C-SWAP: causal one-shot structured pruning, no fine-tuning")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    demo = sub.add_parser("demo", help=f"prune the shipped {DEMO_MODEL} with C-SWAP (alpha=0.05)")
+    demo = sub.add_parser("demo", help=f"prune the shipped {DEMO_MODEL} with C-SWAP (alpha={CSwapConfig().alpha})")
     demo.add_argument("--out", type=Path, default=Path("cswap_demo_out"), help="folder for pruned.pt and the figure")
     demo.add_argument("--json", type=Path, default=None)
     demo.add_argument("--no-progress", action="store_true")
     p = sub.add_parser("prune", help="prune a shipped checkpoint with C-SWAP")
     p.add_argument("--model", required=True, help=f"one of: {', '.join(zoo.names())}")
     p.add_argument("--out", type=Path, default=None, help="folder for pruned.pt and the figure")
-    _add_prune_options(p)
+    add_arguments(p)
+    _add_common(p)
     sub.add_parser("models", help="list the shipped checkpoints")
     c = sub.add_parser("compare", help="C-SWAP vs rank-and-prune criteria at the same parameter count")
     c.add_argument("--model", required=True, help=f"one of: {', '.join(zoo.names())}")
     c.add_argument("--methods", default="cswap,l1,l2,random,bn-scale,activation,taylor,gradxact,ablation,lrp",
                    help="comma-separated: cswap and any of " + ", ".join(CRITERIA))
-    c.add_argument("--alpha", type=float, default=0.05)
-    c.add_argument("--samples-per-class", type=int, default=20)
-    c.add_argument("--scope", choices=("internal", "all"), default="internal")
+    add_arguments(c)
     c.add_argument("--per-layer", action="store_true", help="also prune each baseline to C-SWAP's per-layer counts")
-    c.add_argument("--seeds", type=_positive_int, default=1,
+    c.add_argument("--seeds", type=positive_int, default=1,
                    help="calibration draws (seeds 0..N-1): mean ± sd, and a paired verdict over seeds (default 1)")
     c.add_argument("--grid", default=None, help="comma-separated unit ratios for curves, e.g. 0.2,0.4,0.6")
     c.add_argument("--alphas", default=None, help="comma-separated extra alphas for C-SWAP points, e.g. 0.5,0.01")
-    c.add_argument("--json", type=Path, default=None)
     c.add_argument("--plot", type=Path, default=None)
-    c.add_argument("--no-progress", action="store_true")
+    _add_common(c)
     b = sub.add_parser("bench", help="naive vs fast analysis engine, dense vs pruned latency")
     b.add_argument("--model", default="resnet18-digits", help=f"one of: {', '.join(zoo.names())}")
     b.add_argument("--rounds", type=int, default=2, help="alternating rounds per engine (median is reported)")

@@ -1,6 +1,7 @@
 """C-SWAP against rank-and-prune criteria at equal compression (the poster's central comparison)."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterable
 
 import numpy as np
@@ -9,6 +10,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .api import PruneResult, prune
+from .config import CSwapConfig, make_config
 
 SAME_PARAMS = "same-params"
 SAME_COUNTS = "same-per-layer-counts"
@@ -23,17 +25,14 @@ def compare(
     data,
     methods: Iterable[str],
     *,
-    alpha: float = 0.05,
-    samples_per_class: int = 20,
+    config: CSwapConfig | None = None,
     per_layer: bool = False,
     ratios: Iterable[float] | None = None,
     alphas: Iterable[float] | None = None,
+    seeds: Iterable[int] | None = None,
+    eval_data=None,
     model_name: str | None = None,
     progress: bool = True,
-    seed: int = 0,
-    seeds: Iterable[int] | None = None,
-    scope: str = "internal",
-    eval_data=None,
     **options,
 ) -> list[dict]:
     """C-SWAP against rank-and-prune criteria at equal size, over one or several calibration draws.
@@ -47,61 +46,62 @@ def compare(
         :class:`cswap_nb.data.Dataset`.
     methods : iterable of str
         Criteria of :data:`cswap_nb.criteria.CRITERIA` (``"cswap"`` is always run first).
-    alpha : float
-        C-SWAP's level.
-    samples_per_class : int
-        Calibration samples per class, drawn from the pool with each seed.
+    config : CSwapConfig, optional
+        The options of every run (C-SWAP's ``alpha``, the calibration ``samples_per_class`` and
+        ``seed``, the unit ``scope``, ...); default :class:`~cswap_nb.config.CSwapConfig` ().
     per_layer : bool
         Also prune every criterion to C-SWAP's per-layer unit counts (``budget="same-per-layer-counts"``).
     ratios, alphas : iterable of float, optional
         Extra points: each criterion at these fractions of units removed, C-SWAP at these α.
-    seed : int
-        The calibration draw when ``seeds`` is not given.
     seeds : iterable of int, optional
-        Repeat everything once per calibration draw (seed); each baseline is cut to *that
-        seed's* C-SWAP parameter count. Summarise with :func:`spread` and :func:`verdicts`.
-    scope : str
-        Unit scope (``"internal"`` or ``"all"``).
+        Repeat everything once per calibration draw (the config's ``seed`` replaced by each); each
+        baseline is cut to *that draw's* C-SWAP parameter count. Summarise with :func:`spread` and
+        :func:`verdicts`. Default: the config's seed alone.
     eval_data : optional
         Where the metric is measured (default ``data.test``), e.g. a smaller test set for a quick run.
+    model_name : str, optional
+        The name in the records (default: the checkpoint's zoo name or the class name).
+    progress : bool
+        Show progress bars.
     **options
-        Passed to every :func:`cswap_nb.prune` call (e.g. ``group_size``, ``test``, ``inference``).
+        Fields of :class:`~cswap_nb.config.CSwapConfig` (``alpha=``, ``samples_per_class=``,
+        ``scope=``, ``group_size=``, ...), replacing those of ``config``.
 
     Returns
     -------
     list of dict
         One record (the ``--json`` summary plus ``budget`` and ``seed``) per (seed, method, budget).
     """
+    cfg = make_config(config, **options)
     records: list[dict] = []
-    for s in (list(seeds) if seeds is not None else [seed]):
-        records += _compare_one_seed(model, data, methods, alpha, samples_per_class, per_layer, ratios, alphas,
-                                     model_name, progress, s, scope, data.test if eval_data is None else eval_data,
-                                     options)
+    for s in (list(seeds) if seeds is not None else [cfg.seed]):
+        records += _compare_one_seed(model, data, methods, dataclasses.replace(cfg, seed=s), per_layer, ratios,
+                                     alphas, model_name, progress, data.test if eval_data is None else eval_data)
     return records
 
 
-def _compare_one_seed(model, data, methods, alpha, samples_per_class, per_layer, ratios, alphas, model_name,
-                      progress, seed, scope, eval_data, options) -> list[dict]:
+def _compare_one_seed(model, data, methods, cfg: CSwapConfig, per_layer, ratios, alphas, model_name, progress,
+                      eval_data) -> list[dict]:
     methods = [m for m in methods if m != "cswap"]
-    common = dict(samples_per_class=samples_per_class, eval_data=eval_data, model_name=model_name, seed=seed,
-                  scope=scope, **options)
-    ref = prune(model, data.calib, "cswap", alpha=alpha, progress=progress, **common)
-    records = [_record(ref, SAME_PARAMS, seed)]
+    common = dict(config=cfg, eval_data=eval_data, model_name=model_name)
+    ref = prune(model, data.calib, "cswap", progress=progress, **common)
+    records = [_record(ref, SAME_PARAMS, cfg.seed)]
     counts = {name: len(units) for name, units in ref.pruned_units.items()}
     jobs = [(m, SAME_PARAMS) for m in methods] + [(m, SAME_COUNTS) for m in methods if per_layer]
     jobs += [(m, f"ratio={r:g}") for r in (ratios or []) for m in methods]
     scores: dict[str, dict] = {}
-    with tqdm(jobs, desc=f"baselines (seed {seed})", disable=not progress) as bar:  # closed on errors too
+    with tqdm(jobs, desc=f"baselines (seed {cfg.seed})", disable=not progress) as bar:  # closed on errors too
         for m, budget in bar:
             target = ({"params": ref.params_after} if budget == SAME_PARAMS else
                       {"counts": counts} if budget == SAME_COUNTS else {"ratio": float(budget.split("=")[1])})
             res = prune(model, data.calib, m, progress=False, scores=scores.get(m), **target, **common)
             scores[m] = res.scores
-            records.append(_record(res, budget, seed))
+            records.append(_record(res, budget, cfg.seed))
     for a in alphas or []:
-        if a != alpha:
-            records.append(_record(prune(model, data.calib, "cswap", alpha=a, progress=progress, **common),
-                                   f"alpha={a:g}", seed))
+        if a != cfg.alpha:
+            records.append(_record(prune(model, data.calib, "cswap", progress=progress,
+                                         **{**common, "config": dataclasses.replace(cfg, alpha=a)}),
+                                   f"alpha={a:g}", cfg.seed))
     return records
 
 

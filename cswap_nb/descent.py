@@ -13,57 +13,15 @@ plot live, a widget can update and a test can inspect every decision.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
 
-from .causal import CRITICAL, INFERENCES, SCORES, TESTS, test_unit
+from .causal import CRITICAL, test_unit
+from .config import LAYER_ORDERS, REFERENCES, UNIT_ORDERS, CSwapConfig  # noqa: F401 (re-exported)
 from .engine import FullEngine
 from .units import Masker, UnitLayer
-
-LAYER_ORDERS = ("output-to-input", "input-to-output")
-UNIT_ORDERS = ("magnitude", "random")
-REFERENCES = ("dense", "current")
-
-
-@dataclass
-class CSwapConfig:
-    """The options of cswap_nb/METHOD.md §7 with their defaults.
-
-    Neuron groups (cswap_nb/METHOD.md §3): in layers with more than ``group_threshold``
-    units, ``group_size`` consecutive units of the visiting order are tested and pruned
-    together. ``group_size=None`` (auto, the default) uses each layer's
-    :attr:`~cswap_nb.units.UnitLayer.auto_group`: groups of
-    :data:`~cswap_nb.units.AUTO_GROUP_SIZE` in transformer MLP layers wider than
-    :data:`~cswap_nb.units.AUTO_GROUP_THRESHOLD` units, single units everywhere else;
-    ``group_size=1`` tests every unit alone.
-    """
-
-    alpha: float = 0.05
-    test: str = "welch"
-    inference: str = "per-class"
-    score: str = "prob"
-    reference: str = "dense"
-    order: str = "magnitude"
-    layer_order: str = "output-to-input"
-    group_size: int | None = None
-    group_threshold: int = 0
-    seed: int = 0
-
-    def validate(self) -> None:
-        if not isinstance(self.alpha, (int, float)) or not 0.0 < float(self.alpha) < 1.0:
-            raise ValueError(f"alpha must be a number strictly between 0 and 1, got {self.alpha!r}")
-        for value, allowed, what in [
-            (self.test, TESTS, "test"), (self.inference, INFERENCES, "inference"),
-            (self.score, SCORES, "score"), (self.reference, REFERENCES, "reference"),
-            (self.order, UNIT_ORDERS, "order"), (self.layer_order, LAYER_ORDERS, "layer_order"),
-        ]:
-            if value not in allowed:
-                raise ValueError(f"{what} must be one of {list(allowed)}, got {value!r}")
-        if self.group_size is not None and int(self.group_size) < 1:
-            raise ValueError(f"group_size must be a positive integer or None (auto), got {self.group_size!r}")
 
 
 def group_size_of(layer: UnitLayer, cfg: CSwapConfig) -> int:

@@ -14,19 +14,43 @@ differs without a single forward pass (see :class:`ScoreCache`). The explorer is
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 
 from torch import Tensor, nn
 
 from . import zoo
-from .api import PruneResult, prune
-from .causal import INFERENCES, TESTS
-from .descent import UNIT_ORDERS
+from .api import PruneResult
+from .config import OPTION_NAMES, SCORE_OPTIONS, CSwapConfig, option
+from .session import PruneSession
 from .engine import FullEngine
 
 
 DEFAULT_MODEL = "resnet18-fashion"
+CONTROLS = ("alpha", "samples_per_class", "inference", "order", "test")  # options with a control
+
+
+def option_control(name: str):
+    """An ipywidgets control for a :class:`~cswap_nb.config.CSwapConfig` option, generated from its
+    field: default, allowed values (toggle buttons or a dropdown), range and help as the tooltip."""
+    import ipywidgets as W
+
+    f = option(name)
+    meta, kind = f.metadata, f.metadata.get("widget")
+    label = {"alpha": "α", "samples_per_class": "k / class"}.get(name, name.replace("_", " "))
+    common = dict(value=f.default, description=label, tooltip=meta["help"])
+    if kind == "log-slider":
+        lo, hi = math.log10(meta["minimum"]), math.log10(meta["maximum"])
+        return W.FloatLogSlider(base=10, min=lo, max=hi, step=0.1, continuous_update=False, readout_format=".3g",
+                                **common)
+    if kind == "int-slider":
+        return W.IntSlider(min=meta["minimum"], max=meta["maximum"], step=1, continuous_update=False, **common)
+    if kind == "toggle":
+        return W.ToggleButtons(options=list(meta["choices"]), **common)
+    if meta["choices"] is not None:
+        return W.Dropdown(options=list(meta["choices"]), **common)
+    raise ValueError(f"option {name!r} has no widget kind")
 
 
 def evaluation_split(data):
@@ -82,13 +106,7 @@ class AlphaExplorer:
         self.controls = {
             "model": W.Dropdown(options=names, value=DEFAULT_MODEL if DEFAULT_MODEL in names else names[0],
                                 description="model", disabled=self._given is not None),
-            "alpha": W.FloatLogSlider(value=0.05, base=10, min=-6, max=-0.1, step=0.1, description="α",
-                                      continuous_update=False, readout_format=".3g"),
-            "inference": W.ToggleButtons(options=list(INFERENCES), value="per-class", description="inference"),
-            "order": W.ToggleButtons(options=list(UNIT_ORDERS), value="magnitude", description="order"),
-            "test": W.Dropdown(options=list(TESTS), value="welch", description="test"),
-            "samples_per_class": W.IntSlider(value=20, min=2, max=60, step=1, description="k / class",
-                                             continuous_update=False),
+            **{name: option_control(name) for name in CONTROLS},
         }
         self.run_button = W.Button(description="run C-SWAP", button_style="primary", icon="play")
         self.stop_button = W.Button(description="stop", icon="stop", disabled=True)
@@ -96,9 +114,8 @@ class AlphaExplorer:
         self.status = W.HTML("")
         self.counts = W.HTML("")
         self.figure_out = W.Output()
-        # options without a control: set them here (e.g. ``explorer.settings["scope"] = "all"``)
-        self.settings: dict = {"score": "prob", "reference": "dense", "seed": 0, "scope": "internal",
-                               "group_size": None}
+        # options without a control, at their defaults: set them here (``explorer.settings["scope"] = "all"``)
+        self.settings: dict = {k: v for k, v in CSwapConfig().as_dict().items() if k not in CONTROLS}
         self.last_figure = None  # the matplotlib Figure shown last
         self.history: list[dict] = []
         self.last_result: PruneResult | None = None
@@ -136,10 +153,9 @@ class AlphaExplorer:
         """The controls' values and :attr:`settings`: every option a run uses."""
         return {**self.settings, **{name: control.value for name, control in self.controls.items()}}
 
-    # every option that changes the calibration set or the interventional scores; a cache is shared
-    # only by runs that agree on all of them (alpha and the test only change decisions, not scores)
-    SCORE_OPTIONS = ("model", "samples_per_class", "order", "inference", "score", "reference", "seed", "scope",
-                     "group_size")
+    # the model and every option that changes the calibration set or the interventional scores; a cache
+    # is shared only by runs that agree on all of them (alpha and the test only change decisions)
+    SCORE_OPTIONS = ("model", *SCORE_OPTIONS)
 
     def cache(self) -> ScoreCache:
         """The score cache of the current :data:`SCORE_OPTIONS` values."""
@@ -148,31 +164,30 @@ class AlphaExplorer:
 
     # -- running --------------------------------------------------------------------------
     def run(self) -> PruneResult:
-        """Run C-SWAP synchronously with the current control values and update the outputs."""
+        """Run C-SWAP synchronously with the current control values and update the outputs.
+
+        Drives a :class:`~cswap_nb.session.PruneSession` step by step: its engine is wrapped by the
+        score cache, the progress bar follows the steps, and Stop ends the run between two steps.
+        """
         model, data = self._model_and_data()
         v = self.values()
         cache = self.cache()
         hits0, misses0 = cache.hits, cache.misses
         self._stop.clear()
         self.progress.value = 0
-
-        def on_step(record: dict) -> None:
-            self.progress.value += 1
-            if self._stop.is_set():
-                raise Interrupted("stopped by the user")
-
         t0 = time.perf_counter()
         self.status.value = f"running at α = {v['alpha']:.3g} …"
-        try:
-            res = prune(model, data.calib, alpha=float(v["alpha"]), samples_per_class=int(v["samples_per_class"]),
-                        inference=v["inference"], order=v["order"], test=v["test"], score=v["score"],
-                        reference=v["reference"], seed=int(v["seed"]), scope=v["scope"], group_size=v["group_size"],
-                        eval_data=evaluation_split(data)[1], progress=False, callback=on_step,
-                        model_name=str(v["model"]),
-                        engine_hook=cache.wrap, on_start=lambda total: setattr(self.progress, "max", max(1, total)))
-        except Interrupted:
-            self.status.value = "stopped: the model is unchanged; nothing was pruned"
-            raise
+        options = {k: v[k] for k in OPTION_NAMES}
+        session = PruneSession(model, data.calib, eval_data=evaluation_split(data)[1], progress=False,
+                               model_name=str(v["model"]), **options)
+        session.engine = cache.wrap(session.engine)
+        self.progress.max = max(1, session.total_steps)
+        for _ in session.steps():
+            self.progress.value += 1
+            if self._stop.is_set():
+                self.status.value = "stopped: the model is unchanged; nothing was pruned"
+                raise Interrupted("stopped by the user")
+        res = session.finish()
         seconds = time.perf_counter() - t0
         self.last_result = res
         s = res.summary()

@@ -10,6 +10,7 @@ import torchvision
 from torch import nn
 
 import cswap_nb as cs
+from cswap_nb.session import PruneSession
 from cswap_nb.surgery import count_params
 from cswap_nb.units import find_unit_layers
 
@@ -98,27 +99,60 @@ def test_caller_model_in_training_mode_with_hooks_unchanged(tiny_resnet, own_lab
 
 def test_interrupted_run_leaves_model_unchanged(zoo_model, digits, model_fingerprint, assert_same_fingerprint):
     before = model_fingerprint(zoo_model)
+    session = PruneSession(zoo_model, digits.calib, samples_per_class=3, progress=False)
     seen = []
-
-    def stop_at_third(record):
-        seen.append(record)
-        if len(seen) == 3:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        cs.prune(zoo_model, digits.calib, samples_per_class=3, progress=False, callback=stop_at_third)
+        for record in session.steps():
+            seen.append(record)
+            if len(seen) == 3:
+                raise KeyboardInterrupt
     assert len(seen) == 3
     assert_same_fingerprint(before, model_fingerprint(zoo_model))
 
 
-def test_callback_sees_every_record(tiny_resnet, own_label_data):
+def test_session_steps_yield_every_record_and_finish_equals_prune(tiny_resnet, own_label_data):
     model = tiny_resnet()
     x, y = own_label_data(model)
-    seen = []
-    res = cs.prune(model, (x, y), samples_per_class=3, progress=False, callback=seen.append)
-    assert len(seen) == len(res.labels)
+    session = PruneSession(model, (x, y), samples_per_class=3, progress=False)
+    seen = list(session.steps())
+    res = session.finish()
+    assert len(seen) == len(res.labels) == session.total_steps
     assert [r["label"] for r in seen] == res.labels.label.tolist()
     assert {"step", "layer", "unit", "label", "pruned", "p_value", "effect"} <= set(seen[0])
+    one_call = cs.prune(model, (x, y), samples_per_class=3, progress=False)
+    assert one_call.labels[["layer", "unit", "label", "pruned"]].equals(res.labels[["layer", "unit", "label", "pruned"]])
+    assert one_call.params_after == res.params_after
+    with pytest.raises(RuntimeError, match="already run"):
+        session.steps()
+
+
+def test_session_stopped_early_finishes_with_what_was_decided(tiny_resnet, own_label_data):
+    model = tiny_resnet()
+    x, y = own_label_data(model)
+    session = PruneSession(model, (x, y), samples_per_class=3, alpha=0.2, progress=False)
+    for i, record in enumerate(session.steps()):
+        if i == 5:
+            break
+    res = session.finish()
+    assert len(res.labels) == 6
+    decided = {(r["layer"], r["unit"]) for r in session.records if r["pruned"]}
+    assert sum(len(v) for v in res.pruned_units.values()) == len(decided)
+    assert res.equivalence_max_abs_diff < 1e-4
+
+
+def test_options_come_from_one_config(tiny_resnet, own_label_data):
+    from cswap_nb.config import OPTION_NAMES, CSwapConfig
+
+    model = tiny_resnet()
+    x, y = own_label_data(model)
+    cfg = CSwapConfig(alpha=0.2, samples_per_class=3)
+    a = cs.prune(model, (x, y), config=cfg, progress=False)
+    b = cs.prune(model, (x, y), alpha=0.2, samples_per_class=3, progress=False)
+    assert a.config == b.config == cfg.as_dict() and set(a.config) == set(OPTION_NAMES)
+    c = cs.prune(model, (x, y), config=cfg, alpha=0.01, progress=False)  # a keyword replaces the config's field
+    assert c.config["alpha"] == 0.01 and c.config["samples_per_class"] == 3
+    with pytest.raises(TypeError, match="unknown option.*'alpah'.*alpha, samples_per_class"):
+        cs.prune(model, (x, y), alpah=0.1, progress=False)
 
 
 # ------------------------------------------------------------------ clear errors for bad input
@@ -550,9 +584,17 @@ def test_prune_runs_in_full_float32_and_restores_the_tf32_flags(zoo_model, digit
     seen = []
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
     try:
-        cs.prune(zoo_model, digits.calib, samples_per_class=4, progress=False,
-                 callback=lambda record: seen.append((torch.backends.cudnn.allow_tf32,
-                                                      torch.backends.cuda.matmul.allow_tf32)))
+        session = PruneSession(zoo_model, digits.calib, samples_per_class=4, progress=False)
+        inner = session.engine.scores
+
+        def recording(*args, **kwargs):  # the flags while a score is computed
+            seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+            return inner(*args, **kwargs)
+
+        session.engine.scores = recording
+        for _ in session.steps():
+            assert torch.backends.cudnn.allow_tf32  # restored between steps: the caller's code is not affected
+        session.finish()
         assert seen and not any(a or b for a, b in seen)  # TF32 flipped GPU decisions (measured on an H200)
         assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
     finally:
@@ -572,11 +614,19 @@ def test_an_error_in_the_loop_leaves_no_progress_bar(tiny_resnet, own_label_data
 
     model = tiny_resnet()
     x, y = own_label_data(model)
+    session = PruneSession(model, (x, y), samples_per_class=3, progress=True)
+    calls = []
+    inner = session.engine.scores
 
-    def boom(record):
-        raise KeyboardInterrupt  # what a user's Ctrl-C does mid-run
+    def interrupted(*args, **kwargs):  # what a user's Ctrl-C does in the middle of a causal test
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return inner(*args, **kwargs)
 
+    session.engine.scores = interrupted
     before = len(getattr(tqdm, "_instances", ()))
     with pytest.raises(KeyboardInterrupt):
-        cs.prune(model, (x, y), samples_per_class=3, progress=True, callback=boom)
+        for _ in session.steps():
+            pass
     assert len(getattr(tqdm, "_instances", ())) == before

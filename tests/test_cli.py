@@ -61,3 +61,24 @@ def test_group_size_option(capsys):
     with pytest.raises(SystemExit):
         main(["prune", "--model", "vit-digits", "--group-size", "0"])
     assert "must be a positive integer" in capsys.readouterr().err
+
+
+def test_flags_are_generated_from_the_config():
+    """Every option of CSwapConfig is a flag of prune and compare, with the config's default."""
+    import argparse
+    import dataclasses
+
+    from cswap_nb.config import CSwapConfig, add_arguments, from_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    defaults = p.parse_args([])
+    assert from_arguments(defaults) == CSwapConfig()
+    args = p.parse_args(["--alpha", "0.01", "--samples-per-class", "7", "--score", "logit", "--layer-order",
+                         "input-to-output", "--engine", "naive", "--group-size", "3", "--reference", "current"])
+    cfg = from_arguments(args)
+    assert (cfg.alpha, cfg.samples_per_class, cfg.score, cfg.layer_order, cfg.engine, cfg.group_size, cfg.reference) == \
+        (0.01, 7, "logit", "input-to-output", "naive", 3, "current")
+    assert dataclasses.replace(cfg, alpha=0.05) != CSwapConfig()
+    with pytest.raises(SystemExit):
+        p.parse_args(["--inference", "everything"])

@@ -112,3 +112,18 @@ def test_figures_are_drawn_without_pyplot_and_handed_to_the_output(explorer):
     (out,) = explorer.figure_out.outputs
     assert out["output_type"] == "display_data" and out["data"]["image/png"]
     assert "resnet18-digits" in fig.axes[0].get_title()
+
+
+def test_controls_are_generated_from_the_config(explorer):
+    from cswap_nb.config import CSwapConfig, option
+    from cswap_nb.widgets import CONTROLS
+
+    defaults = CSwapConfig()
+    for name in CONTROLS:
+        control, f = explorer.controls[name], option(name)
+        assert f.default == getattr(defaults, name)
+        if f.metadata["choices"] is not None:
+            assert tuple(control.options) == tuple(f.metadata["choices"])
+    fresh = alpha_explorer()
+    assert {n: fresh.controls[n].value for n in CONTROLS} == {n: getattr(defaults, n) for n in CONTROLS}
+    assert set(fresh.values()) >= set(defaults.as_dict())

@@ -1,0 +1,161 @@
+"""The options of C-SWAP, defined once: name, default, allowed values and help (cswap_nb/METHOD.md §7).
+
+:class:`CSwapConfig` is the single source. :func:`cswap_nb.prune` and :func:`cswap_nb.compare.compare`
+take one (``config=``) or its fields as keyword arguments; the command line's flags
+(:func:`add_arguments`) and the α explorer's controls (:mod:`cswap_nb.widgets`) are generated from
+its fields, so a default written here is the default everywhere.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import numbers
+from dataclasses import dataclass, field
+from typing import Any
+
+from .causal import INFERENCES, SCORES, TESTS, min_samples
+
+LAYER_ORDERS = ("output-to-input", "input-to-output")
+UNIT_ORDERS = ("magnitude", "random")
+REFERENCES = ("dense", "current")
+SCOPES = ("internal", "all")
+ENGINES = ("fast", "naive")
+
+
+def _option(default, help: str, choices: tuple[str, ...] | None = None, scores: bool = True, **extra) -> Any:
+    """A config field; ``scores``: whether the option changes the calibration set or the
+    interventional scores (a cache of scores must not be shared across its values)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "scores": scores, **extra})
+
+
+@dataclass(frozen=True)
+class CSwapConfig:
+    """The options of C-SWAP's causal analysis with their defaults (cswap_nb/METHOD.md §7).
+
+    Neuron groups (cswap_nb/METHOD.md §3): in layers with more than ``group_threshold``
+    units, ``group_size`` consecutive units of the visiting order are tested and pruned
+    together. ``group_size=None`` (auto, the default) uses each layer's
+    :attr:`~cswap_nb.units.UnitLayer.auto_group`: groups of
+    :data:`~cswap_nb.units.AUTO_GROUP_SIZE` in transformer MLP layers wider than
+    :data:`~cswap_nb.units.AUTO_GROUP_THRESHOLD` units, single units everywhere else;
+    ``group_size=1`` tests every unit alone.
+    """
+
+    alpha: float = _option(0.05, "level of the one-sided tests; a larger alpha flags more units critical "
+                                 "(keeps more)", scores=False, widget="log-slider", minimum=1e-6, maximum=0.8)
+    samples_per_class: int | None = _option(20, "k correctly classified calibration samples per class (None: all)",
+                                            widget="int-slider", minimum=2, maximum=60)
+    inference: str = _option("per-class", "one test per class (critical if any class suffers) or one general test",
+                             INFERENCES, widget="toggle")
+    test: str = _option("welch", "the one-sided test; paired tests flag far more units critical", TESTS, scores=False,
+                        widget="dropdown")
+    score: str = _option("prob", "what is compared: the true-class probability, its logit, or the ratio to the "
+                                 "dense probability", SCORES)
+    reference: str = _option("dense", "compare with the original model's scores or the current pruned one's",
+                             REFERENCES)
+    order: str = _option("magnitude", "unit visiting order in a layer: weakest L1 filter norm first, or random",
+                         UNIT_ORDERS, widget="toggle")
+    layer_order: str = _option("output-to-input", "layer visiting order", LAYER_ORDERS)
+    scope: str = _option("internal", "internal: channels inside blocks; all: also residual streams and other "
+                                     "coupled groups", SCOPES)
+    group_size: int | None = _option(None, "units tested together (None: auto, groups of 4 in wide transformer "
+                                           "MLP layers)", positive=True)
+    group_threshold: int = _option(0, "layers with at most this many units are tested unit by unit")
+    seed: int = _option(0, "the calibration draw and the random visiting order")
+    engine: str = _option("fast", "fast: cache the network before the analysed part; naive: one full pass per "
+                                  "unit (identical decisions)", ENGINES, scores=False)
+
+    def __post_init__(self):
+        if isinstance(self.samples_per_class, numbers.Integral) and not isinstance(self.samples_per_class, bool):
+            object.__setattr__(self, "samples_per_class", int(self.samples_per_class))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError``/``TypeError`` naming the first option with a value it does not accept."""
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, numbers.Real) or not 0.0 < float(self.alpha) < 1.0:
+            raise ValueError(f"alpha must be a number strictly between 0 and 1, got {self.alpha!r}")
+        for f in dataclasses.fields(self):
+            choices = f.metadata["choices"]
+            if choices is not None and getattr(self, f.name) not in choices:
+                raise ValueError(f"{f.name} must be one of {list(choices)}, got {getattr(self, f.name)!r}")
+        k = self.samples_per_class
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int)):
+            raise TypeError(f"samples_per_class must be an integer or None, got {k!r}")
+        if self.group_size is not None and int(self.group_size) < 1:
+            raise ValueError(f"group_size must be a positive integer or None (auto), got {self.group_size!r}")
+
+    def check_samples(self) -> int:
+        """The fewest calibration samples per class the test needs at ``alpha``; raise when
+        ``samples_per_class`` is below it."""
+        need = min_samples(self.test, self.alpha)
+        if self.samples_per_class is not None and self.samples_per_class < need:
+            raise ValueError(
+                f"samples_per_class={self.samples_per_class!r} is too small for the {self.test!r} test at "
+                f"alpha={self.alpha}: it needs at least {need} samples per class")
+        return need
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+OPTION_NAMES = tuple(f.name for f in dataclasses.fields(CSwapConfig))
+SCORE_OPTIONS = tuple(f.name for f in dataclasses.fields(CSwapConfig) if f.metadata["scores"])
+"""The options that change the calibration set or the scores (alpha, the test and the engine do not)."""
+
+
+def option(name: str) -> dataclasses.Field:
+    """The field of option ``name`` (its default and metadata)."""
+    for f in dataclasses.fields(CSwapConfig):
+        if f.name == name:
+            return f
+    raise ValueError(f"unknown option {name!r}; options: {', '.join(OPTION_NAMES)}")
+
+
+def make_config(config: CSwapConfig | None = None, **options) -> CSwapConfig:
+    """``config`` (default: all defaults) with the given options replaced, validated.
+
+    Raises ``TypeError`` for a name that is not an option, listing the options.
+    """
+    unknown = sorted(set(options) - set(OPTION_NAMES))
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown}; the options of C-SWAP are: {', '.join(OPTION_NAMES)}")
+    if config is not None and not isinstance(config, CSwapConfig):
+        raise TypeError(f"config must be a CSwapConfig, got {type(config).__name__}")
+    return dataclasses.replace(config or CSwapConfig(), **options)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _int_or_none(text: str) -> int | None:
+    return None if text.lower() in ("none", "all") else int(text)
+
+
+def add_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] = OPTION_NAMES) -> None:
+    """Add ``--name`` flags (dashes for underscores) for the given options, with their defaults,
+    choices and help from :class:`CSwapConfig`."""
+    for name in names:
+        f = option(name)
+        meta, default = f.metadata, f.default
+        kwargs: dict[str, Any] = {"default": default, "dest": name,
+                                  "help": f"{meta['help']} (default: {default})"}
+        if meta["choices"] is not None:
+            kwargs["choices"] = meta["choices"]
+        elif meta.get("positive"):
+            kwargs["type"] = positive_int
+        elif isinstance(default, float):
+            kwargs["type"] = float
+        elif name == "samples_per_class":
+            kwargs["type"] = _int_or_none
+        else:
+            kwargs["type"] = int
+        parser.add_argument("--" + name.replace("_", "-"), **kwargs)
+
+
+def from_arguments(args: argparse.Namespace, names: tuple[str, ...] = OPTION_NAMES) -> CSwapConfig:
+    """The config of parsed :func:`add_arguments` flags."""
+    return make_config(**{n: getattr(args, n) for n in names if hasattr(args, n)})

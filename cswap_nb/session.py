@@ -1,0 +1,342 @@
+"""A pruning session: set up once, then step through the search, then finish.
+
+:class:`PruneSession` validates the inputs, picks the calibration set (classification or
+segmentation), finds the units and builds the score engine in its constructor; :meth:`~PruneSession.steps`
+yields the records of the chosen strategy one by one (so a notebook can plot live, a widget can
+update and stop, a test can inspect every decision); :meth:`~PruneSession.finish` removes the
+pruned units physically, checks masked == pruned, evaluates and returns the
+:class:`~cswap_nb.api.PruneResult`. :func:`cswap_nb.prune` is the one-call form.
+
+Each strategy is one runner in :data:`STRATEGIES` (``"cswap"``: the progressive causal descent,
+``"greedy"``, ``"rank"``: rank-and-prune with a criterion of :data:`cswap_nb.criteria.CRITERIA`).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+import warnings
+from typing import Callable, Iterator
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from . import models
+from .cityscapes import IGNORE_INDEX
+from .config import CSwapConfig, make_config
+from .data import as_tensors, check_xy
+from .engine import make_engine
+from .metrics import evaluate
+from .surgery import count_macs, count_params, remove_units
+from .units import Masker, find_unit_layers
+
+
+@contextlib.contextmanager
+def full_float32():
+    """TF32 off for CUDA convolutions and matmuls inside the block (restored afterwards).
+
+    PyTorch runs CUDA convolutions in TF32 by default (10-bit mantissa). The causal tests
+    compare small score differences and the masked/pruned check expects float32 agreement;
+    with TF32 on, an H200 run of ddrnet23slim-roads disagreed with the CPU on 242 of 1,920
+    labels and masked vs pruned differed by 9e-3. No effect on CPUs.
+    """
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+
+
+# ------------------------------------------------------------------------------------ strategies
+
+def _run_cswap(session: "PruneSession") -> Iterator[dict]:
+    from .descent import progressive
+
+    return progressive(session.engine, session.masker, session.layers, session.x, session.test_y, session.config)
+
+
+def _run_greedy(session: "PruneSession") -> Iterator[dict]:
+    from .descent import greedy
+
+    n_units = sum(layer.size for layer in session.layers)
+    steps = greedy(session.engine, session.masker, session.layers, session.x, session.test_y,
+                   session.total_steps if session.total_steps is not None else n_units, session.config.score)
+    for record in steps:
+        yield record
+        if session.target.get("params") is not None and session.params_after(session.masker.pruned()) <= session.target["params"]:
+            return
+
+
+def _run_rank(session: "PruneSession") -> Iterator[dict]:
+    from .criteria import score_units
+    from .descent import rank_and_prune
+
+    if session.scores is None:
+        session.scores = score_units(session.method, session.template, session.layers, session.x, session.y,
+                                     seed=session.config.seed, cost=session.cost)
+    cut = rank_and_prune(session.scores, session.layers, **session.target, params_after=session.params_after)
+    for layer in session.layers:
+        chosen = set(cut.get(layer.name, []))
+        if chosen:
+            session.masker.set(layer.name, sorted(chosen), True)
+        for unit in range(layer.size):
+            yield {"layer": layer.name, "kind": layer.kind, "unit": unit, "label": None,
+                   "score": float(session.scores[layer.name][unit]), "pruned": unit in chosen}
+
+
+STRATEGIES: dict[str, Callable[["PruneSession"], Iterator[dict]]] = {
+    "cswap": _run_cswap, "greedy": _run_greedy, "rank": _run_rank}
+"""One runner per search strategy (cswap_nb/METHOD.md §1): ``runner(session)`` yields its records."""
+
+
+def strategy_of(method: str) -> str:
+    """The :data:`STRATEGIES` key of a ``method``: itself, or ``"rank"`` for a criterion."""
+    from .criteria import CRITERIA
+
+    if method in ("cswap", "greedy"):
+        return method
+    if method in CRITERIA:
+        return "rank"
+    raise ValueError(f"method must be one of {['cswap', 'greedy', *CRITERIA]}, got {method!r}")
+
+
+# ------------------------------------------------------------------------------------ the session
+
+class PruneSession:
+    """One pruning run, set up once and then driven step by step (the caller's model is never modified).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The trained model; a copy is pruned.
+    calib
+        Calibration data: an ``(x, y)`` tensor pair, a Dataset or a DataLoader. ``y`` holds class
+        indices (N,), or label masks (N, H, W) for a segmentation model returning (N, C, h, w).
+    method : str
+        ``"cswap"`` (default), ``"greedy"``, or a criterion of :data:`cswap_nb.criteria.CRITERIA`
+        (rank-and-prune).
+    config : CSwapConfig, optional
+        The options (cswap_nb/METHOD.md §7); default :class:`~cswap_nb.config.CSwapConfig`.
+    ratio, params, counts
+        The target of a baseline (exactly one; C-SWAP takes none): the fraction of units removed,
+        the parameter count to reach, or units per layer.
+    scores : dict, optional
+        A criterion's scores from an earlier result (``res.scores``), reused instead of recomputed.
+    eval_data : optional
+        Held-out data; the result then holds the metric (accuracy or mIoU) before and after.
+    ignored_layers : list of nn.Module, optional
+        Modules of ``model`` whose output channels are never pruned.
+    progress : bool
+        Show a progress bar while stepping.
+    model_name : str, optional
+        The name in summaries and figures (default: a shipped checkpoint's name, else the class name).
+    **options
+        Fields of :class:`~cswap_nb.config.CSwapConfig` (``alpha=``, ``samples_per_class=``, ...),
+        replacing those of ``config``.
+
+    Examples
+    --------
+    >>> session = PruneSession(model, data.calib, alpha=0.05)
+    >>> for record in session.steps():   # one record per causal test
+    ...     print(record["layer"], record["unit"], record["label"])
+    >>> result = session.finish()
+    """
+
+    def __init__(self, model: nn.Module, calib, method: str = "cswap", *, config: CSwapConfig | None = None,
+                 ratio: float | None = None, params: int | None = None, counts: dict[str, int] | None = None,
+                 scores: dict[str, Tensor] | None = None, eval_data=None, ignored_layers: list[nn.Module] | None = None,
+                 progress: bool = True, model_name: str | None = None, **options):
+        self.t_start = time.perf_counter()
+        self.strategy = strategy_of(method)
+        self.method, self.config = method, make_config(config, **options)
+        self.target = self._check_target(method, ratio, params, counts)
+        need = self.config.check_samples() if method == "cswap" else 1
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model, self.scores, self.eval_data, self.progress = model, scores, eval_data, progress
+        self.model_name = model_name
+        self.records: list[dict] = []
+        self._steps: Iterator[dict] | None = None
+        self.analysis_seconds = 0.0
+        from .criteria import Cost
+
+        self.cost = Cost()
+        with full_float32():
+            self._setup(model, calib, need, ignored_layers)
+
+    @staticmethod
+    def _check_target(method: str, ratio, params, counts) -> dict:
+        targets = {k: v for k, v in (("ratio", ratio), ("params", params), ("counts", counts)) if v is not None}
+        if method == "cswap" and targets:
+            raise ValueError(f"C-SWAP's compression is an outcome of alpha, not a target; drop {sorted(targets)}")
+        if method != "cswap" and len(targets) != 1:
+            raise ValueError(f"method {method!r} needs exactly one target: ratio=, params= or counts=; "
+                             f"got {sorted(targets) or 'none'}")
+        if method == "greedy" and "counts" in targets:
+            raise ValueError("greedy takes ratio= or params=, not counts=")
+        return targets
+
+    def _setup(self, model: nn.Module, calib, need: int, ignored_layers) -> None:
+        x, y = as_tensors(calib)
+        check_xy(x, y)
+        work = copy.deepcopy(model).eval()
+        params_list = list(work.parameters())
+        if not params_list:
+            raise ValueError("the model has no parameters: nothing to prune")
+        device = params_list[0].device
+        self.work = work
+        self._pick_calibration(x.to(device), y.to(device).long(), need)
+        self.example = self.x[:1]
+        try:
+            self.spec = models.describe(model)
+        except ValueError:
+            self.spec = None
+        self.params_before, self.macs_before = count_params(work), count_macs(work, self.example)
+        from .api import _same_modules
+
+        self.layers = find_unit_layers(work, self.example, scope=self.config.scope,
+                                       ignored_layers=_same_modules(model, work, ignored_layers))
+        if not self.layers:
+            raise ValueError(f"the model has no prunable unit (scope={self.config.scope!r}): no conv/linear layer "
+                             "other than the classifier whose output channels can be removed")
+        self.template = copy.deepcopy(work)  # never masked: criteria score it, candidate cuts are counted on copies
+        self.masker = Masker(work, self.layers)
+        self.engine = make_engine(self.config.engine, work, self.masker, self.example)
+        if self.segmentation:
+            self.engine.segmentation(self.y, self.pairs if self.config.inference == "per-class" else None)
+        self.total_steps = self._count_steps()
+
+    def _pick_calibration(self, x: Tensor, y: Tensor, need: int) -> None:
+        from .api import select_calibration, select_segmentation_calibration
+
+        cfg = self.config
+        try:
+            with torch.inference_mode():
+                probe = self.work(x[:2])
+        except Exception as exc:
+            raise ValueError(f"the model could not run on calibration inputs of shape {tuple(x.shape[1:])} "
+                             f"(per sample): {type(exc).__name__}: {exc}") from exc
+        self.segmentation = y.ndim == 3
+        if self.segmentation:
+            if not isinstance(probe, Tensor) or probe.ndim != 4:
+                got = tuple(probe.shape) if isinstance(probe, Tensor) else type(probe).__name__
+                raise ValueError(f"label masks (N, H, W) need a model returning (N, classes, h, w) logits, got {got}")
+            valid = y[y != IGNORE_INDEX]
+            if len(valid) and (int(valid.min()) < 0 or int(valid.max()) >= probe.shape[1]):
+                raise ValueError(f"mask labels must lie in [0, {probe.shape[1] - 1}] or be 255 (ignored) for a model "
+                                 f"with {probe.shape[1]} outputs; got labels from {int(valid.min())} to {int(valid.max())}")
+            self.x, self.y, self.pairs = select_segmentation_calibration(
+                x, y, cfg.samples_per_class, probe.shape[1], seed=cfg.seed, min_per_class=need)
+            self.test_y = (self.pairs[:, 1] if cfg.inference == "per-class"
+                           else torch.zeros(len(self.x), dtype=torch.long, device=x.device))
+            return
+        if not isinstance(probe, Tensor) or probe.ndim != 2:
+            got = tuple(probe.shape) if isinstance(probe, Tensor) else type(probe).__name__
+            raise ValueError(f"expected (N, classes) logits from the model, got {got}; wrap the model so that its "
+                             "forward returns one logits tensor")
+        if int(y.min()) < 0 or int(y.max()) >= probe.shape[1]:
+            raise ValueError(f"labels must lie in [0, {probe.shape[1] - 1}] for a model with {probe.shape[1]} "
+                             f"outputs; got labels from {int(y.min())} to {int(y.max())}")
+        self.x, self.y = select_calibration(self.work, x, y, cfg.samples_per_class, seed=cfg.seed, min_per_class=need)
+        self.test_y, self.pairs = self.y, None
+
+    def _count_steps(self) -> int | None:
+        from .descent import visiting_plan
+
+        if self.strategy == "cswap":
+            return len(visiting_plan(self.layers, self.config))
+        if self.strategy == "greedy":
+            ratio = self.target.get("ratio")
+            return round(ratio * sum(layer.size for layer in self.layers)) if ratio is not None else None
+        return sum(layer.size for layer in self.layers)
+
+    def params_after(self, cut: dict[str, list[int]]) -> int:
+        """The parameter count of the model with the units of ``cut`` removed (counted on a copy)."""
+        return count_params(remove_units(copy.deepcopy(self.template), self.example, cut))
+
+    # -- driving --------------------------------------------------------------------------
+    def steps(self) -> Iterator[dict]:
+        """Run the strategy, yielding one record per step (per tested unit or group for C-SWAP).
+
+        Records are also kept in :attr:`records`. Stopping early (breaking out of the loop) leaves
+        the units decided so far pruned; :meth:`finish` removes them (and closes the progress bar).
+        """
+        if self._steps is not None:
+            raise RuntimeError("steps() was already run on this session; start a new PruneSession")
+        self._steps = self._run()
+        return self._steps
+
+    def _run(self) -> Iterator[dict]:
+        runner = STRATEGIES[self.strategy](self)
+        show = self.progress and self.strategy != "rank"
+        desc = f"C-SWAP α={self.config.alpha}" if self.strategy == "cswap" else "greedy descent"
+        bar = tqdm(total=self.total_steps, desc=desc, unit="unit", disable=not show, leave=True, mininterval=0.5)
+        t0 = time.perf_counter()
+        removed = 0
+        try:  # an error or an interrupt leaves no dead bar behind
+            while True:
+                with full_float32():
+                    try:
+                        record = next(runner)
+                    except StopIteration:
+                        break
+                self.records.append(record)
+                removed += bool(record.get("pruned"))
+                bar.update(1)
+                bar.set_postfix(removed=removed, refresh=False)
+                yield record
+        finally:
+            bar.close()
+            self.analysis_seconds = time.perf_counter() - t0
+
+    def finish(self):
+        """Remove the pruned units physically, check masked == pruned, evaluate; the :class:`PruneResult`."""
+        from .api import PruneResult, model_label
+
+        if self._steps is None:
+            for _ in self.steps():
+                pass
+        self._steps.close()  # a loop left early: close its progress bar, fix the analysis time
+        with full_float32():
+            if self.strategy != "rank":
+                self.cost.forward_passes = self.engine.forward_equivalents
+            check_x = self.x[: min(len(self.x), 64)]
+            try:
+                with torch.inference_mode():
+                    masked_logits = self.work(check_x)
+            finally:
+                self.masker.remove()
+            pruned_units = self.masker.pruned()
+            work = remove_units(self.work, self.example, pruned_units)
+            with torch.inference_mode():
+                diff = float((work(check_x) - masked_logits).abs().max())
+            if diff > 1e-3:
+                warnings.warn(f"the physically pruned model differs from the masked one by up to {diff:.3g}; "
+                              "the intervention does not match removal for this architecture", stacklevel=2)
+            cfg = self.config
+            config = (cfg.as_dict() if self.method == "cswap" else
+                      {"samples_per_class": cfg.samples_per_class, "scope": cfg.scope, "seed": cfg.seed,
+                       "ratio": self.target.get("ratio"), "params": self.target.get("params"),
+                       "counts": self.target.get("counts")})
+            e = self.engine
+            result = PruneResult(
+                model=work, labels=pd.DataFrame(self.records), config=config,
+                engine={"name": e.name, "fallback": e.fallback, "forward_equivalents": round(e.forward_equivalents, 3),
+                        "forward_passes": round(self.cost.forward_passes, 3),
+                        "backward_passes": round(self.cost.backward_passes, 3)},
+                params_before=self.params_before, params_after=count_params(work),
+                macs_before=self.macs_before, macs_after=count_macs(work, self.example), seconds=0.0,
+                layers=[{"name": layer.name, "kind": layer.kind, "size": layer.size} for layer in self.layers],
+                equivalence_max_abs_diff=diff, calib_samples=len(self.y),
+                metric_name="miou_pct" if self.segmentation else "top1_accuracy_pct",
+                model_name=self.model_name or model_label(self.model), method=self.method, spec=self.spec,
+                analysis_seconds=self.analysis_seconds, pruned_units=dict(pruned_units),
+                scores=self.scores if self.strategy == "rank" else None)
+            if self.eval_data is not None:
+                result.metric_before = evaluate(self.model, self.eval_data)
+                result.metric_after = evaluate(work, self.eval_data)
+        result.seconds = time.perf_counter() - self.t_start
+        return result
