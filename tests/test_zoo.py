@@ -253,7 +253,7 @@ def test_resnet_digits_matches_zoo_spec():
 def test_describe_and_build_errors():
     with pytest.raises(ValueError, match="cannot describe a Sequential"):
         models.describe(nn.Sequential(nn.Linear(2, 2)))
-    with pytest.raises(ValueError, match="default 7x7 stem"):
+    with pytest.raises(ValueError, match="single-conv stem"):
         models.describe(timm.create_model("resnet18d", pretrained=False))
     with pytest.raises(ValueError, match="unknown architecture family 'keras'"):
         models.build({"family": "keras"})
