@@ -244,10 +244,10 @@ def _captum(kind: str, model, layers, x, y, cost: Cost | None = None, n_steps: i
 
 
 def _is_transformer(model: nn.Module) -> bool:
-    """A timm ViT: its unit outputs are (N, tokens, C), not channels-first."""
-    from timm.models.vision_transformer import VisionTransformer
+    """Token-shaped unit outputs (N, tokens, C), not channels-first (a timm ViT: its adapter says so)."""
+    from .families import family_of
 
-    return isinstance(model, VisionTransformer)
+    return family_of(model).token_outputs
 
 
 def _layer_output(mod: nn.Module, example: Tensor, model: nn.Module) -> Tensor:
@@ -304,26 +304,10 @@ class TimmResNetCanonizer:
 
 
 def _lrp_canonizers(model: nn.Module) -> list:
-    from torchvision.models.resnet import ResNet as TvResNet
+    """The zennit canonizers of the model's family (ResNets only; raises for the others)."""
+    from .families import family_of
 
-    try:
-        from timm.models.resnet import ResNet as TimmResNet
-    except ImportError:  # pragma: no cover
-        TimmResNet = ()
-    if isinstance(model, TvResNet):
-        from zennit.torchvision import ResNetCanonizer
-
-        return [ResNetCanonizer()]
-    if isinstance(model, TimmResNet):
-        blocks = [m for m in model.modules() if type(m).__name__ in ("BasicBlock", "Bottleneck")]
-        for b in blocks:
-            extras = [getattr(b, a, None) for a in ("drop_block", "aa", "se", "drop_path")]
-            if any(e is not None and not isinstance(e, nn.Identity) for e in extras):
-                raise ValueError("lrp: timm ResNet blocks with drop-block, anti-aliasing, SE or drop-path are not "
-                                 "supported by TimmResNetCanonizer")
-        return [TimmResNetCanonizer()]
-    raise ValueError(f"lrp is available for torchvision and timm ResNets only (zennit canonizers); got "
-                     f"{type(model).__name__}. Captum's LRP is not used: it is wrong on residual networks.")
+    return family_of(model).lrp_canonizers(model)
 
 
 def score_lrp(model, layers, x, y, cost: Cost | None = None, batch_size: int = 128, **_) -> Scores:

@@ -108,9 +108,9 @@ def attention_maps(model: nn.Module, x: Tensor, block: int = -1) -> Tensor:
     computed from the block's own ``qkv`` (so a head-pruned model shows its remaining
     heads). Without a class token, the mean attention over all query tokens is used.
     """
-    from timm.models.vision_transformer import VisionTransformer
+    from .families import family_of
 
-    if not isinstance(model, VisionTransformer):
+    if family_of(model).name != "timm.vit":
         raise ValueError(f"attention_maps needs a timm VisionTransformer, got {type(model).__name__}")
     attn = model.blocks[block].attn
     seen: dict[str, Tensor] = {}

@@ -27,82 +27,22 @@ Part = tuple[str, Callable[[Tensor], Tensor], list[str]]  # (name, function, mod
 
 
 def sequential_parts(model: nn.Module) -> list[Part] | None:
-    """Split a model into parts run one after the other: the children of an ``nn.Sequential``,
-    a timm/torchvision ResNet's stem layers, residual blocks and head, a torchvision
-    MobileNetV2's feature blocks and head, a timm VisionTransformer's embedding stem,
-    transformer blocks and head, or the parts a model lists itself with a
-    ``sequential_parts()`` method (DDRNet; parts may pass tuples). None if unknown."""
-    names = {m: n for n, m in model.named_modules()}
+    """Split a model into parts run one after the other, as its family's adapter does
+    (:meth:`cswap_nb.families.Family.parts`: the children of an ``nn.Sequential``, a ResNet's stem
+    layers, blocks and head, a MobileNetV2's feature blocks and head, a ViT's embedding stem, blocks
+    and head, or the parts a model lists itself with ``sequential_parts()``); each part with the
+    names of the modules inside it. None if the family has no split."""
+    from .families import family_of
 
-    def part(name: str, module: nn.Module) -> Part:
-        prefix = names[module]
-        inside = [n for n in names.values() if n == prefix or n.startswith(prefix + ".")]
-        return name, module, inside
+    parts = family_of(model).parts(model)
+    if parts is None:
+        return None
+    names = [n for n, _ in model.named_modules()]
 
     def under(*prefixes: str) -> list[str]:
-        return [n for n in names.values() if n and any(n == p or n.startswith(p + ".") for p in prefixes)]
+        return [n for n in names if n and any(n == p or n.startswith(p + ".") for p in prefixes)]
 
-    if isinstance(model, nn.Sequential):
-        return [part(names[child], child) for child in model]
-
-    own = getattr(model, "sequential_parts", None)  # e.g. DDRNet: its own split of the forward
-    if callable(own):
-        return [(name, fn, under(*prefixes)) for name, fn, prefixes in own()]
-
-    from torchvision.models.mobilenetv2 import MobileNetV2
-
-    if isinstance(model, MobileNetV2):
-        def mobilenet_head(x: Tensor) -> Tensor:
-            x = nn.functional.adaptive_avg_pool2d(x, (1, 1))
-            return model.classifier(torch.flatten(x, 1))
-
-        return [part(names[b], b) for b in model.features] + [("head", mobilenet_head, under("classifier"))]
-
-    vit = _timm_vit_parts(model, part, under)
-    if vit is not None:
-        return vit
-
-    stages = [getattr(model, f"layer{i}", None) for i in range(1, 5)]
-    if any(s is None or not isinstance(s, nn.Sequential) for s in stages):
-        return None
-    if not all(hasattr(model, a) for a in ("conv1", "bn1", "maxpool", "fc")):
-        return None
-    act = getattr(model, "act1", None) or getattr(model, "relu", None)
-    if act is None:
-        return None
-    parts = [part("conv1", model.conv1), part("bn1", model.bn1), part(names[act], act), part("maxpool", model.maxpool)]
-    for s in stages:
-        parts.extend(part(names[b], b) for b in s)
-    if hasattr(model, "forward_head"):  # timm
-        head_modules = [n for n in names.values() if n.startswith(("global_pool", "fc", "head_drop"))]
-        parts.append(("head", model.forward_head, head_modules))
-    elif hasattr(model, "avgpool"):  # torchvision
-        parts.append(("head", lambda x: model.fc(torch.flatten(model.avgpool(x), 1)), ["avgpool", "fc"]))
-    else:
-        return None
-    return parts
-
-
-def _timm_vit_parts(model: nn.Module, part, under) -> list[Part] | None:
-    """A timm VisionTransformer as its embedding stem (patch embedding, class/register tokens,
-    position embedding, pre-norm), its blocks, and its head (final norm, pooling, classifier).
-    None for other models."""
-    try:
-        from timm.models.vision_transformer import VisionTransformer
-    except ImportError:  # pragma: no cover - timm is a dependency
-        return None
-    if not isinstance(model, VisionTransformer) or not isinstance(model.blocks, nn.Sequential):
-        return None
-
-    def stem(x: Tensor) -> Tensor:
-        return model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
-
-    def head(x: Tensor) -> Tensor:
-        return model.forward_head(model.norm(x))
-
-    return ([("stem", stem, under("patch_embed", "pos_drop", "patch_drop", "norm_pre"))]
-            + [part(f"blocks.{i}", b) for i, b in enumerate(model.blocks)]
-            + [("head", head, under("norm", "attn_pool", "fc_norm", "head_drop", "head"))])
+    return [(name, fn, under(*prefixes)) for name, fn, prefixes in parts]
 
 
 def _clone(state):

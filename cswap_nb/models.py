@@ -8,68 +8,26 @@ pruned models can be saved as state dicts and rebuilt without unpickling modules
 """
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import torch
 from torch import nn
 
-from .ddrnet import DualResNet, build_ddrnet, ddrnet23, ddrnet23_slim, describe_ddrnet  # noqa: F401 (re-exported)
+from .ddrnet import DualResNet, ddrnet23, ddrnet23_slim  # noqa: F401 (re-exported: cs.models.ddrnet23_slim)
+from .families import FAMILIES as _ADAPTERS
+from .families import family_for_spec, family_of
+from .families.vit import VIT_KEYS  # noqa: F401 (re-exported)
 
 Spec = dict[str, Any]
 
 
 def build(spec: Spec) -> nn.Module:
-    """Build a freshly initialised model from a spec produced by :func:`describe`."""
-    family = spec.get("family")
-    if family == "timm.resnet":
-        from timm.models.resnet import BasicBlock, Bottleneck, ResNet
-
-        block = {"basic": BasicBlock, "bottleneck": Bottleneck}[spec["block"]]
-        model = ResNet(
-            block=block,
-            layers=tuple(spec["layers"]),
-            channels=tuple(spec["channels"]),
-            num_classes=spec["num_classes"],
-            in_chans=spec.get("in_chans", 3),
-            global_pool=spec.get("global_pool", "avg"),
-            cardinality=spec.get("cardinality", 1),
-            base_width=spec.get("base_width", 64),
-        )
-        model.conv1 = _stem_conv(model.conv1, spec.get("stem_kernel", 7), spec.get("stem_stride", 2))
-        return model
-    if family == "torchvision.resnet":
-        from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
-
-        block = {"basic": BasicBlock, "bottleneck": Bottleneck}[spec["block"]]
-        return ResNet(
-            block,
-            list(spec["layers"]),
-            num_classes=spec["num_classes"],
-            groups=spec.get("groups", 1),
-            width_per_group=spec.get("width_per_group", 64),
-        )
-    if family == "torchvision.mobilenet_v2":
-        from torchvision.models import MobileNetV2
-
-        model = MobileNetV2(num_classes=spec["num_classes"], width_mult=spec.get("width_mult", 1.0),
-                            dropout=spec.get("dropout", 0.2))
-        model.features[0][0] = _stem_conv(model.features[0][0], 3, spec.get("stem_stride", 2),
-                                          spec.get("in_chans", 3))
-        return model
-    if family == "timm.vit":
-        from timm.models.vision_transformer import VisionTransformer
-
-        unknown = sorted(set(spec) - {"family", *VIT_KEYS})
-        if unknown:
-            raise ValueError(f"timm.vit spec has unknown key(s) {unknown}; known: {sorted(VIT_KEYS)}")
-        return VisionTransformer(**{k: spec[k] for k in VIT_KEYS if k in spec})
-    if family == "ddrnet":
-        return build_ddrnet(spec)
-    raise ValueError(f"unknown architecture family {family!r} in spec {spec}; known: {', '.join(FAMILIES)}")
+    """Build a freshly initialised model from a spec produced by :func:`describe` (its family's adapter,
+    :func:`cswap_nb.families.family_for_spec`)."""
+    return family_for_spec(spec).build(spec)
 
 
-def _stem_conv(conv: nn.Conv2d, kernel: int, stride: int, in_chans: int | None = None) -> nn.Conv2d:
+def stem_conv(conv: nn.Conv2d, kernel: int, stride: int, in_chans: int | None = None) -> nn.Conv2d:
     """``conv`` itself when it already has this kernel, stride and input width, else a fresh
     bias-free replacement (He-initialised, as timm and torchvision initialise their stems).
 
@@ -83,12 +41,8 @@ def _stem_conv(conv: nn.Conv2d, kernel: int, stride: int, in_chans: int | None =
     return new
 
 
-FAMILIES = ("timm.resnet", "torchvision.resnet", "torchvision.mobilenet_v2", "timm.vit", "ddrnet")
-
-# VisionTransformer arguments a ``timm.vit`` spec may hold (everything else at timm's default)
-VIT_KEYS = ("img_size", "patch_size", "in_chans", "num_classes", "global_pool", "embed_dim", "depth",
-            "num_heads", "mlp_ratio", "qkv_bias", "qk_norm", "init_values", "class_token", "no_embed_class",
-            "reg_tokens", "pre_norm", "final_norm", "fc_norm")
+FAMILIES = tuple(name for adapter in _ADAPTERS for name in adapter.spec_families)
+"""The ``family`` values a spec may have."""
 
 
 def resnet_digits(depth: int = 18, channels: tuple[int, ...] = (16, 32, 64, 128), num_classes: int = 10) -> nn.Module:
@@ -122,156 +76,17 @@ def mlp(in_features: int, hidden: tuple[int, ...], num_classes: int) -> nn.Modul
     return nn.Sequential(*layers)
 
 
-def _structure(model: nn.Module) -> str:
-    """The module tree as text, with the dropout rates (no effect in eval mode) left out."""
-    text = re.sub(r"Dropout\(p=[^,)]*", "Dropout(", repr(model))
-    return re.sub(r"DropPath\([^)]*\)", "Identity()", text)
-
-
-def _same_shapes(spec: Spec, model: nn.Module, attrs: tuple[str, ...] = ()) -> bool:
-    """Whether ``build(spec)`` (on the meta device) is ``model``'s module tree: the same state-dict
-    shapes, the same layers and settings (activations, norm eps, ...) and the same ``attrs``."""
-    with torch.device("meta"):
-        rebuilt = build(spec)
-    return (shapes_of(rebuilt) == shapes_of(model) and _structure(rebuilt) == _structure(model)
-            and all(getattr(rebuilt, a, None) == getattr(model, a, None) for a in attrs))
-
-
-def _describe_mobilenet_v2(model: nn.Module) -> Spec:
-    """Spec of a torchvision MobileNetV2 with the default block setting; ``width_mult`` is recovered
-    from the channel counts (the first of the usual values, then a 0.01 grid, that reproduces them)."""
-    from torchvision.models.mobilenetv2 import _make_divisible
-
-    base = [32] + [c for _, c, n, _ in [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2],
-                                           [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]] for _ in range(n)]
-    blocks = list(model.features)
-    if len(blocks) != len(base) + 1:
-        raise ValueError("describe: only torchvision MobileNetV2s with the default block setting are supported")
-    observed = [blocks[0][0].out_channels] + [b.out_channels for b in blocks[1:-1]] + [blocks[-1][0].out_channels]
-    linear = model.classifier[-1]
-    candidates = [1.0, 0.75, 0.5, 0.35, 0.25, 1.3, 1.4, 1.5, 2.0] + [k / 100 for k in range(5, 401)]
-    matched = False
-    for w in candidates:
-        expected = [_make_divisible(c * w, 8) for c in base] + [_make_divisible(1280 * max(1.0, w), 8)]
-        if expected != observed:
-            continue
-        matched = True
-        spec = {"family": "torchvision.mobilenet_v2", "width_mult": w, "num_classes": linear.out_features,
-                "dropout": float(model.classifier[0].p)}
-        stem = blocks[0][0]
-        if stem.stride[0] != 2:
-            spec["stem_stride"] = stem.stride[0]
-        if stem.in_channels != 3:
-            spec["in_chans"] = stem.in_channels
-        if _same_shapes(spec, model):
-            return spec
-    if matched:
-        raise ValueError("describe: this MobileNetV2 uses a block, norm layer or setting other than torchvision's "
-                         "defaults (only num_classes, width_mult and dropout are described)")
-    raise ValueError("describe: this MobileNetV2's channel counts match no width_mult of the default setting")
-
-
-def _describe_vit(model: nn.Module) -> Spec:
-    """Spec of a timm VisionTransformer built from the :data:`VIT_KEYS` arguments (uniform blocks)."""
-    from timm.layers import LayerScale
-
-    blocks = list(model.blocks)
-    attn, mlp_ = blocks[0].attn, blocks[0].mlp
-    to_int = lambda v: int(v[0]) if isinstance(v, (tuple, list)) and len(set(v)) == 1 else v  # noqa: E731
-    img, patch = model.patch_embed.img_size, model.patch_embed.patch_size
-    spec = {
-        "family": "timm.vit",
-        "img_size": to_int(list(img)), "patch_size": to_int(list(patch)),
-        "in_chans": model.patch_embed.proj.in_channels, "num_classes": model.num_classes,
-        "global_pool": model.global_pool, "embed_dim": model.embed_dim, "depth": len(blocks),
-        "num_heads": attn.num_heads, "mlp_ratio": mlp_.fc1.out_features / model.embed_dim,
-        "qkv_bias": attn.qkv.bias is not None, "qk_norm": not isinstance(attn.q_norm, nn.Identity),
-        "init_values": 1e-5 if isinstance(blocks[0].ls1, LayerScale) else None,
-        "class_token": model.cls_token is not None, "no_embed_class": bool(model.no_embed_class),
-        "reg_tokens": int(model.num_reg_tokens), "pre_norm": not isinstance(model.norm_pre, nn.Identity),
-        # timm: a final norm sits before pooling (``norm``) or, with ``fc_norm``, after it
-        "final_norm": not (isinstance(model.norm, nn.Identity) and isinstance(model.fc_norm, nn.Identity)),
-        "fc_norm": not isinstance(model.fc_norm, nn.Identity),
-    }
-    if float(spec["mlp_ratio"]).is_integer():
-        spec["mlp_ratio"] = float(int(spec["mlp_ratio"]))
-    flags = ("dynamic_img_size", "pool_include_prefix", "num_prefix_tokens", "global_pool")
-    if not _same_shapes(spec, model, flags):
-        raise ValueError("describe: this VisionTransformer is not one that timm builds from "
-                         f"{', '.join(VIT_KEYS)} (e.g. its blocks differ from each other, or it uses another "
-                         "activation, norm layer or setting)")
-    return spec
-
-
 def describe(model: nn.Module) -> Spec:
     """A plain description from which :func:`build` re-creates the same module tree.
 
-    Supported: timm ``ResNet`` with a single-conv stem (any kernel and stride), torchvision ``ResNet``,
-    torchvision ``MobileNetV2`` (default block setting, any ``width_mult``), timm
-    ``VisionTransformer`` (uniform blocks; see :data:`VIT_KEYS`) and DDRNet
-    (:class:`cswap_nb.ddrnet.DualResNet`, dense or pruned: its spec holds the widths it
-    was built with).
+    Supported (each by its adapter in :mod:`cswap_nb.families`): timm ``ResNet`` with a single-conv
+    stem (any kernel and stride), torchvision ``ResNet``, torchvision ``MobileNetV2`` (default block
+    setting, any ``width_mult``), timm ``VisionTransformer`` (uniform blocks; see
+    :data:`~cswap_nb.families.vit.VIT_KEYS`) and DDRNet (:class:`cswap_nb.ddrnet.DualResNet`, dense
+    or pruned: its spec holds the widths it was built with). Any other model raises ``ValueError``;
+    such models are saved as state dict plus shapes and reloaded into a fresh instance.
     """
-    from torchvision.models.mobilenetv2 import MobileNetV2
-
-    if isinstance(model, DualResNet):
-        return describe_ddrnet(model)
-
-    if isinstance(model, MobileNetV2):
-        return _describe_mobilenet_v2(model)
-    try:
-        from timm.models.vision_transformer import VisionTransformer
-    except ImportError:  # pragma: no cover - timm is a dependency
-        VisionTransformer = ()
-    if isinstance(model, VisionTransformer):
-        return _describe_vit(model)
-    try:
-        from timm.models.resnet import Bottleneck as TimmBottleneck
-        from timm.models.resnet import ResNet as TimmResNet
-    except ImportError:  # pragma: no cover - timm is a dependency
-        TimmResNet = TimmBottleneck = ()
-    from torchvision.models.resnet import Bottleneck as TvBottleneck
-    from torchvision.models.resnet import ResNet as TvResNet
-
-    if isinstance(model, (TimmResNet, TvResNet)):
-        dilated = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and max(m.dilation) > 1]
-        if dilated:
-            raise ValueError(f"describe: dilated ResNets (e.g. {dilated[0]}) are not supported; save "
-                             "res.model.state_dict() and rebuild the model yourself")
-    if isinstance(model, TimmResNet):
-        if not isinstance(model.conv1, nn.Conv2d):
-            raise ValueError("describe: only timm ResNets with a single-conv stem are supported")
-        stages = [model.layer1, model.layer2, model.layer3, model.layer4]
-        bottleneck = isinstance(stages[0][0], TimmBottleneck)
-        channels = [
-            (s[0].conv3.out_channels // 4) if bottleneck else s[0].conv2.out_channels for s in stages
-        ]
-        spec = {"family": "timm.resnet", "block": "bottleneck" if bottleneck else "basic",
-                "layers": [len(s) for s in stages], "channels": channels,
-                "num_classes": model.fc.out_features, "in_chans": model.conv1.in_channels}
-        if (model.conv1.kernel_size[0], model.conv1.stride[0]) != (7, 2):
-            spec.update(stem_kernel=model.conv1.kernel_size[0], stem_stride=model.conv1.stride[0])
-        pool = getattr(model.global_pool, "pool_type", "avg")
-        if pool != "avg":
-            spec["global_pool"] = pool
-        if bottleneck:
-            block = stages[0][0]
-            cardinality = block.conv2.groups
-            base_width = block.conv1.out_channels * 64 // (channels[0] * cardinality)
-            if (cardinality, base_width) != (1, 64):
-                spec.update(cardinality=cardinality, base_width=base_width)
-        return spec
-    if isinstance(model, TvResNet):
-        stages = [model.layer1, model.layer2, model.layer3, model.layer4]
-        bottleneck = isinstance(stages[0][0], TvBottleneck)
-        return {"family": "torchvision.resnet", "block": "bottleneck" if bottleneck else "basic",
-                "layers": [len(s) for s in stages], "num_classes": model.fc.out_features,
-                "groups": model.groups, "width_per_group": model.base_width}
-    raise ValueError(
-        f"cannot describe a {type(model).__name__} as a plain spec; supported: timm and torchvision "
-        "ResNets, torchvision MobileNetV2, timm VisionTransformer, DDRNet. Save res.model.state_dict() yourself "
-        "and rebuild the model in your code."
-    )
+    return family_of(model).describe(model)
 
 
 def shapes_of(model: nn.Module) -> dict[str, list[int]]:

@@ -151,8 +151,9 @@ def build_graph(model: nn.Module, example: Tensor) -> tp.DependencyGraph:
 
 def _auxiliary_producers(model: nn.Module) -> list[nn.Module]:
     """Convs/linears of heads outside the eval-mode output: resized with their inputs, never units."""
-    heads = getattr(model, "auxiliary_heads", None)
-    return [m for h in (heads() if callable(heads) else []) for m in h.modules() if isinstance(m, PRODUCERS)]
+    from .families import family_of
+
+    return [m for h in family_of(model).auxiliary_heads(model) for m in h.modules() if isinstance(m, PRODUCERS)]
 
 
 def find_unit_layers(
@@ -164,13 +165,17 @@ def find_unit_layers(
     """All prunable unit layers of ``model``, in execution order of their anchors.
 
     ``example`` is one input batch (e.g. ``x[:1]``). The classifier (last conv/linear
-    executed) and ``ignored_layers`` are never pruned. For a torchvision MobileNetV2,
-    ``scope="internal"`` is the expanded channels of the inverted residuals (expand 1x1 +
-    depthwise + BN, cswap_nb/METHOD.md §4); ``scope="all"`` adds the stem, the block
-    outputs and the last 1x1 conv.
+    executed) and ``ignored_layers`` are never pruned. With ``scope="internal"`` a family's
+    adapter may narrow the units (:meth:`cswap_nb.families.Family.internal_units`): for a
+    torchvision MobileNetV2 the expanded channels of the inverted residuals (expand 1x1 +
+    depthwise + BN, cswap_nb/METHOD.md §4); ``scope="all"`` adds the stem, the block outputs
+    and the last 1x1 conv.
     """
-    if scope not in ("internal", "all"):
-        raise ValueError(f"scope must be 'internal' or 'all', got {scope!r}")
+    from .config import SCOPES
+    from .families import family_of
+
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {list(SCOPES)}, got {scope!r}")
     was_training = model.training
     model.eval()
     try:
@@ -181,7 +186,7 @@ def find_unit_layers(
         ignored = [head] + list(ignored_layers or []) + _auxiliary_producers(model)
         attentions = head_attention_modules(model)
         skip = {m.qkv for m in attentions.values()}  # q/k/v rows are pruned as whole heads
-        expanded = _mobilenet_expand_convs(model) if scope == "internal" else None
+        expanded = family_of(model).internal_units(model) if scope == "internal" else None
         layers: list[UnitLayer] = []
         for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=PRODUCERS):
             if any(item.dep.target.module in skip for item in group):
@@ -203,19 +208,6 @@ def find_unit_layers(
         model.train(was_training)
     layers.sort(key=lambda layer: layer.position)
     return layers
-
-
-def _mobilenet_expand_convs(model: nn.Module) -> set[str] | None:
-    """Names of the expand 1x1 convs of a torchvision MobileNetV2's inverted residuals (None otherwise)."""
-    from torchvision.models.mobilenetv2 import InvertedResidual, MobileNetV2
-
-    if not isinstance(model, MobileNetV2):
-        return None
-    names = set()
-    for name, block in model.named_modules():
-        if isinstance(block, InvertedResidual) and len(block.conv) == 4:  # expand, depthwise, project, BN
-            names.add(f"{name}.conv.0.0")
-    return names
 
 
 def _is_out_pruning(dep) -> bool:
