@@ -21,10 +21,33 @@ PRUNED_FORMAT = "cswap_nb.pruned/1"
 
 @dataclass
 class PruneResult:
-    """What :func:`prune` returns.
+    """What :func:`prune` (and :meth:`cswap_nb.session.PruneSession.finish`) returns.
 
-    ``model``: the physically smaller network; ``labels``: one row per tested unit;
-    ``summary()``: the numbers of the ``--json`` contract.
+    Attributes
+    ----------
+    model : nn.Module
+        The physically smaller network (eval mode), independent of the caller's model.
+    labels : pandas.DataFrame
+        One row per step: ``layer``, ``unit`` (an index, or a list for a neuron group),
+        ``label`` (critical/neutral/detrimental; None for rank-and-prune), ``pruned``,
+        ``p_value``, ``p_lower``, ``p_raise``, ``effect``, ``worst_class``, ``magnitude``, ...
+    config : dict
+        The options used (:class:`~cswap_nb.config.CSwapConfig` fields; baselines: their target).
+    params_before, params_after, macs_before, macs_after : int
+        Sizes of the dense and the pruned model (MACs of one input sample).
+    metric_name, metric_before, metric_after
+        ``"top1_accuracy_pct"`` or ``"miou_pct"``, measured on ``eval_data`` (None without it).
+    pruned_units : dict of str to list of int
+        The removed units per unit layer.
+    equivalence_max_abs_diff : float
+        Largest |masked - physically pruned| logit on calibration samples (should be ~1e-6).
+    seconds, analysis_seconds : float
+        Wall time of the whole run and of the causal analysis (the loop).
+    engine : dict
+        Engine name, fallback reason, forward-pass equivalents, forward and backward passes.
+
+    ``summary()`` gives the numbers of the ``--json`` contract; ``per_layer`` the counts per
+    layer; ``save(path)`` writes the pruned model.
     """
 
     model: nn.Module

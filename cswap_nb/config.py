@@ -32,13 +32,46 @@ def _option(default, help: str, choices: tuple[str, ...] | None = None, scores: 
 class CSwapConfig:
     """The options of C-SWAP's causal analysis with their defaults (cswap_nb/METHOD.md §7).
 
-    Neuron groups (cswap_nb/METHOD.md §3): in layers with more than ``group_threshold``
-    units, ``group_size`` consecutive units of the visiting order are tested and pruned
-    together. ``group_size=None`` (auto, the default) uses each layer's
-    :attr:`~cswap_nb.units.UnitLayer.auto_group`: groups of
-    :data:`~cswap_nb.units.AUTO_GROUP_SIZE` in transformer MLP layers wider than
-    :data:`~cswap_nb.units.AUTO_GROUP_THRESHOLD` units, single units everywhere else;
-    ``group_size=1`` tests every unit alone.
+    Immutable; derive variants with ``dataclasses.replace(cfg, alpha=0.01)`` or
+    :func:`make_config`. Invalid values raise when the config is made.
+
+    Parameters
+    ----------
+    alpha : float, default 0.05
+        Level of the one-sided tests, in (0, 1). A larger α rejects "removal does not hurt"
+        more easily: more units are critical and kept.
+    samples_per_class : int or None, default 20
+        k correctly classified calibration samples per class (segmentation: images per class);
+        None takes them all.
+    inference : {"per-class", "general"}
+        One test per class (a unit is critical when any class suffers) or one test over all samples.
+    test : {"welch", "ztest", "wilcoxon", "paired-t"}
+        Welch's unequal-variance t-test (default), the unpaired z-test, or a paired test.
+    score : {"prob", "logit", "ratio"}
+        What is compared: the true-class probability (default), its logit, or its ratio to the
+        reference probability.
+    reference : {"dense", "current"}
+        Compare with the original model's scores (default) or the current pruned model's.
+    order : {"magnitude", "random"}
+        Visiting order inside a layer: weakest L1 filter norm first (default) or seeded random.
+    layer_order : {"output-to-input", "input-to-output"}
+        Visiting order of the layers.
+    scope : {"internal", "all"}
+        ``"internal"``: channels with a single producer (inside residual blocks, hidden MLP units,
+        heads); ``"all"`` adds coupled groups (residual streams) as one unit per channel.
+    group_size : int or None, default None
+        Neuron groups (cswap_nb/METHOD.md §3): in layers with more than ``group_threshold`` units,
+        ``group_size`` consecutive units of the visiting order are tested and pruned together.
+        None (auto) uses each layer's :attr:`~cswap_nb.units.UnitLayer.auto_group`: groups of
+        :data:`~cswap_nb.units.AUTO_GROUP_SIZE` in transformer MLP layers wider than
+        :data:`~cswap_nb.units.AUTO_GROUP_THRESHOLD` units, single units elsewhere; 1 tests
+        every unit alone.
+    group_threshold : int, default 0
+        Layers with at most this many units are tested unit by unit.
+    seed : int, default 0
+        The calibration draw and the random visiting order.
+    engine : {"fast", "naive"}
+        How scores are computed (:mod:`cswap_nb.engine`); identical decisions.
     """
 
     alpha: float = _option(0.05, "level of the one-sided tests; a larger alpha flags more units critical "
