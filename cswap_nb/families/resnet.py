@@ -38,7 +38,14 @@ def _refuse_dilation(model: nn.Module) -> None:
                          "res.save(path) and reload it with cs.load_pruned(path, model=<a fresh instance>)")
 
 
-class TimmResNet(Family):
+class _ResNets(Family):
+    """What timm's and torchvision's ResNets share: the split into parts."""
+
+    def parts(self, model: nn.Module) -> list[Part] | None:
+        return resnet_parts(model)
+
+
+class TimmResNet(_ResNets):
     name = "timm.resnet"
     spec_families = ("timm.resnet",)
 
@@ -46,9 +53,6 @@ class TimmResNet(Family):
         from timm.models.resnet import ResNet
 
         return isinstance(model, ResNet)
-
-    def parts(self, model: nn.Module) -> list[Part] | None:
-        return resnet_parts(model)
 
     def build(self, spec: Spec) -> nn.Module:
         from timm.models.resnet import BasicBlock, Bottleneck, ResNet
@@ -100,7 +104,7 @@ class TimmResNet(Family):
         return [TimmResNetCanonizer()]
 
 
-class TorchvisionResNet(Family):
+class TorchvisionResNet(_ResNets):
     name = "torchvision.resnet"
     spec_families = ("torchvision.resnet",)
 
@@ -108,9 +112,6 @@ class TorchvisionResNet(Family):
         from torchvision.models.resnet import ResNet
 
         return isinstance(model, ResNet)
-
-    def parts(self, model: nn.Module) -> list[Part] | None:
-        return resnet_parts(model)
 
     def build(self, spec: Spec) -> nn.Module:
         from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
