@@ -45,3 +45,11 @@ def test_wheel_lists_and_loads_the_shipped_checkpoints(tmp_path):
     assert "resnet18-digits" in manifest.split(",")
     assert float(accuracy) > 95.0
     assert source.startswith("subset") and str(site) in source
+
+
+def test_every_subpackage_is_listed_for_the_wheel():
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "cswap_nb").rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)
