@@ -71,15 +71,17 @@ ZOO: dict[str, Entry] = {
         description="timm ResNet50 (Bottleneck [3,4,6,3]) at stage widths 16/32/64/128 (x4 out), 3x3/1 stem, "
                     "Fashion-MNIST 28x28",
     ),
+    # ViT: a first recipe (class token, lr 1e-3, shifts and flips, 12 epochs) reached 86.69% in 1,183 s;
+    # it underfitted (training loss 0.40), so the shipped one trains without augmentation, at twice
+    # the learning rate, and pools the patch tokens (no class token)
     "vit-fashion": Entry(
         name="vit-fashion",
         spec={"family": "timm.vit", "img_size": 28, "patch_size": 4, "in_chans": 1, "embed_dim": 96, "depth": 4,
-              "num_heads": 4, "mlp_ratio": 4.0, "num_classes": 10},
+              "num_heads": 4, "mlp_ratio": 4.0, "num_classes": 10, "class_token": False, "global_pool": "avg"},
         dataset="fashion",
-        recipe=Recipe(epochs=12, batch_size=128, lr=1e-3, weight_decay=0.05, optimizer="adamw", shift=2,
-                      hflip=True),
-        description="timm VisionTransformer, 28x28 input, patch 4, embed 96, depth 4, 4 heads, MLP 384, "
-                    "Fashion-MNIST 28x28",
+        recipe=Recipe(epochs=12, batch_size=128, lr=2e-3, weight_decay=0.05, optimizer="adamw", shift=0),
+        description="timm VisionTransformer, 28x28 input, patch 4 (49 tokens, average pooled), embed 96, depth 4, "
+                    "4 heads, MLP 384, Fashion-MNIST 28x28",
     ),
     "resnet18-digits": Entry(
         name="resnet18-digits",
