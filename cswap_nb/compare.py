@@ -105,6 +105,13 @@ def _compare_one_seed(model, data, methods, cfg: CSwapConfig, per_layer, ratios,
     return records
 
 
+def at_budget(records: list[dict], budget: str, reference: str = "cswap") -> list[dict]:
+    """The records of one budget; at C-SWAP's per-layer counts the C-SWAP runs themselves (recorded at
+    ``same-params``) are included, since that budget copies their allocation."""
+    own = SAME_PARAMS if budget == SAME_COUNTS else budget
+    return [r for r in records if r["budget"] == budget or (r["method"] == reference and r["budget"] == own)]
+
+
 def spread(records: list[dict]) -> pd.DataFrame:
     """Mean and standard deviation over seeds, per (method, budget): the metric after pruning,
     % parameters and % MACs removed, and the number of draws ``n`` (sd is NaN for one draw)."""
@@ -132,7 +139,7 @@ def verdicts(records: list[dict], budget: str = SAME_PARAMS, reference: str = "c
     spread of**. Fewer than two seeds give no verdict (``None``): one draw is an anecdote.
     """
     df = pd.DataFrame([{"method": r["method"], "seed": r.get("seed", 0), "metric": r["metric_after"]}
-                       for r in records if r["budget"] == budget])
+                       for r in at_budget(records, budget, reference)])
     if df.empty or reference not in set(df.method):
         raise ValueError(f"no {reference!r} records at budget {budget!r}")
     wide = df.pivot_table(index="seed", columns="method", values="metric")
@@ -177,8 +184,7 @@ def table(records: list[dict], budget: str = SAME_PARAMS) -> str:
 
 def spread_table(records: list[dict], budget: str = SAME_PARAMS) -> str:
     """:func:`spread` at one budget as plain text, best mean metric first."""
-    df = spread(records)
-    df = df[df.budget == budget].sort_values("metric_mean", ascending=False)
+    df = spread(at_budget(records, budget)).sort_values("metric_mean", ascending=False)
     metric = "mIoU %" if records and records[0].get("metric_name") == "miou_pct" else "accuracy %"
     lines = [f"{'method':12s}{'n':>3s}{metric:>18s}{'params removed %':>20s}{'MACs removed %':>18s}"]
     fmt = lambda m, s: f"{m:.2f} ± {s:.2f}" if s == s else f"{m:.2f}"  # noqa: E731 (NaN sd: one draw)

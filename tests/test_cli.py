@@ -23,7 +23,8 @@ def test_demo_end_to_end(tmp_path):
     assert "masked model == physically pruned model" in proc.stdout and "(ok)" in proc.stdout
     s = json.loads(js.read_text())
     assert JSON_KEYS <= set(s)
-    assert s["model"] == "resnet18-digits" and s["method"] == "cswap" and s["alpha"] == 0.05
+    assert s["model"] == "resnet18-fashion" and s["method"] == "cswap" and s["alpha"] == 0.05  # real images
+    assert "Fashion-MNIST" in proc.stdout and "data: fashion" in proc.stdout  # says which data it used
     assert set(s["counts"]) == {"critical", "neutral", "detrimental"}
     assert sum(s["counts"].values()) == sum(r["units"] for r in s["per_layer"])
     assert s["params_after"] < s["params_before"] and s["macs_after"] <= s["macs_before"]
@@ -34,7 +35,7 @@ def test_demo_end_to_end(tmp_path):
     assert blob["format"] == "cswap_nb.pruned/1"
     model = cs.load_pruned(out / "pruned.pt")
     assert sum(p.numel() for p in model.parameters()) == s["params_after"]
-    _, data = cs.zoo.load("resnet18-digits")
+    _, data = cs.zoo.load("resnet18-fashion")
     assert abs(cs.evaluate(model, data.test) - s["metric_after"]) < 1e-9
     assert (out / "layers.png").stat().st_size > 10_000
 

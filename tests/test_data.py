@@ -55,7 +55,7 @@ def test_digits_deterministic_and_seeded(digits):
 
 def test_load_dataset(digits):
     assert torch.equal(cs.data.load_dataset("digits32").test.x, digits.test.x)
-    with pytest.raises(ValueError, match=r"unknown dataset 'mnist'; known: \['digits32', 'roads', 'roads-train3000'\]"):
+    with pytest.raises(ValueError, match=r"unknown dataset 'mnist'; known: \['digits32', 'fashion', 'roads', 'roads-train3000'\]"):
         cs.data.load_dataset("mnist")
 
 
