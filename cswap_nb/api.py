@@ -45,6 +45,10 @@ class PruneResult:
         Wall time of the whole run and of the causal analysis (the loop).
     engine : dict
         Engine name, fallback reason, forward-pass equivalents, forward and backward passes.
+    guard : dict or None
+        With ``max_drop``: the guard's report (:class:`cswap_nb.descent.Guard`): the dense and
+        last validation metric, the number of checks, whether it stopped the loop, in which
+        layer, how many units it restored and how many it left unvisited (kept).
 
     ``summary()`` gives the numbers of the ``--json`` contract; ``per_layer`` the counts per
     layer; ``save(path)`` writes the pruned model.
@@ -71,6 +75,7 @@ class PruneResult:
     engine: dict = field(default_factory=dict)
     scores: dict | None = None
     pruned_units: dict[str, list[int]] = field(default_factory=dict)
+    guard: dict | None = None
 
     @property
     def per_layer(self) -> pd.DataFrame:
@@ -118,6 +123,7 @@ class PruneResult:
             "calib_samples": self.calib_samples,
             "equivalence_max_abs_diff": self.equivalence_max_abs_diff,
             "engine": self.engine,
+            "guard": self.guard,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -311,8 +317,9 @@ def select_segmentation_calibration(x: Tensor, masks: Tensor, samples_per_class:
 
 def prune(model: nn.Module, calib, method: str = "cswap", *, config: CSwapConfig | None = None,
           ratio: float | None = None, params: int | None = None, counts: dict[str, int] | None = None,
-          scores: dict[str, Tensor] | None = None, eval_data=None, ignored_layers: list[nn.Module] | None = None,
-          progress: bool = True, model_name: str | None = None, **options) -> PruneResult:
+          scores: dict[str, Tensor] | None = None, eval_data=None, guard_data=None,
+          ignored_layers: list[nn.Module] | None = None, progress: bool = True, model_name: str | None = None,
+          **options) -> PruneResult:
     """Prune a copy of ``model`` in one call (the caller's model is never modified).
 
     ``method="cswap"`` (default) runs C-SWAP's progressive causal descent (cswap_nb/METHOD.md
@@ -347,6 +354,9 @@ def prune(model: nn.Module, calib, method: str = "cswap", *, config: CSwapConfig
         A criterion's scores from an earlier result (``res.scores``), reused.
     eval_data : optional
         Held-out data; the summary then holds the metric before and after.
+    guard_data : optional
+        The validation split of the ``max_drop`` guard (cswap_nb/METHOD.md §3), e.g. the zoo's
+        ``data.val``; needed when ``max_drop`` is set.
     ignored_layers : list of nn.Module, optional
         Modules of ``model`` whose output channels are never pruned.
     progress : bool
@@ -374,7 +384,8 @@ def prune(model: nn.Module, calib, method: str = "cswap", *, config: CSwapConfig
     from .session import PruneSession
 
     return PruneSession(model, calib, method, config=config, ratio=ratio, params=params, counts=counts,
-                        scores=scores, eval_data=eval_data, ignored_layers=ignored_layers, progress=progress,
+                        scores=scores, eval_data=eval_data, guard_data=guard_data, ignored_layers=ignored_layers,
+                        progress=progress,
                         model_name=model_name, **options).finish()
 
 

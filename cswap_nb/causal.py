@@ -8,7 +8,9 @@ removed. Per class ``c`` (or once over all samples with ``inference="general"``)
 * otherwise "removal raises q" significant for some class -> **detrimental**
 * otherwise -> **neutral**
 
-A larger ``alpha`` flags more units critical (less pruning, safer accuracy).
+A larger ``alpha`` flags more units critical (less pruning, safer accuracy). With
+``correction="holm"`` or ``"bh"`` the per-class p-values of each direction are adjusted for
+testing C classes at once before they are compared with ``alpha`` (cswap_nb/METHOD.md §2).
 """
 from __future__ import annotations
 
@@ -26,8 +28,9 @@ from .cityscapes import IGNORE_INDEX
 CRITICAL, NEUTRAL, DETRIMENTAL = "critical", "neutral", "detrimental"
 LABELS = (CRITICAL, NEUTRAL, DETRIMENTAL)
 TESTS = ("welch", "ztest", "wilcoxon", "paired-t")
-SCORES = ("prob", "logit", "ratio")
+SCORES = ("prob", "logit", "ratio", "logprob")
 INFERENCES = ("per-class", "general")
+CORRECTIONS = ("none", "holm", "bh")
 
 
 def upsample_logits(logits: Tensor, size) -> Tensor:
@@ -42,16 +45,20 @@ def upsample_logits(logits: Tensor, size) -> Tensor:
 def _pixel_probs(logits: Tensor, masks: Tensor, score: str) -> Tensor:
     """Per-pixel class scores at the label resolution."""
     logits = upsample_logits(logits.float(), masks.shape[-2:])
-    return logits if score == "logit" else logits.softmax(1)
+    if score == "logit":
+        return logits
+    return logits.log_softmax(1) if score == "logprob" else logits.softmax(1)
 
 
 def true_class_scores(logits: Tensor, y: Tensor, score: str = "prob") -> Tensor:
     """``q(x)``: the score of each sample's own class, shape (N,).
 
     ``prob`` and ``ratio`` use the softmax probability (``ratio`` divides by the
-    reference later); ``logit`` the raw logit. Segmentation logits (N, C, h, w) with
+    reference later); ``logit`` the raw logit; ``logprob`` the log-probability (which,
+    unlike ``prob``, does not saturate near 1 on a confident network). Segmentation logits (N, C, h, w) with
     label masks y (N, H, W) are upsampled to the label size (bilinear) and scored as the
-    mean over labelled pixels (label != 255) of the true-class probability.
+    mean over labelled pixels (label != 255) of the true-class probability (``logprob``:
+    of its logarithm, ``logit``: of the logit).
     """
     if logits.ndim == 4:
         probs = _pixel_probs(logits, y, score)
@@ -60,7 +67,8 @@ def true_class_scores(logits: Tensor, y: Tensor, score: str = "prob") -> Tensor:
         return (picked * valid).flatten(1).sum(1) / valid.flatten(1).sum(1).clamp(min=1)
     if score == "logit":
         return logits.float().gather(1, y[:, None]).squeeze(1)
-    return logits.float().log_softmax(1).gather(1, y[:, None]).squeeze(1).exp()
+    logp = logits.float().log_softmax(1).gather(1, y[:, None]).squeeze(1)
+    return logp if score == "logprob" else logp.exp()
 
 
 def class_pixel_scores(logits: Tensor, masks: Tensor, score: str = "prob") -> Tensor:
@@ -137,11 +145,36 @@ def one_sided_pvalues(q_removed: np.ndarray, q_ref: np.ndarray, test: str) -> tu
     return lo, hi
 
 
+def adjust_pvalues(p: np.ndarray, correction: str = "none") -> np.ndarray:
+    """p-values of one family of tests (the C per-class tests of one direction), adjusted.
+
+    ``"none"``: unchanged. ``"holm"``: Holm's step-down adjustment, which controls the
+    family-wise error rate (a harmless unit is flagged in at most a fraction α of the draws,
+    instead of up to 1 - (1 - α)^C). ``"bh"``: Benjamini–Hochberg
+    (:func:`scipy.stats.false_discovery_control`), which controls the false discovery rate.
+    Comparing the smallest adjusted p-value with α decides whether *any* class rejects.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    if correction == "none" or p.size <= 1:
+        return p
+    if correction == "bh":
+        return stats.false_discovery_control(p, method="bh")
+    if correction == "holm":
+        order = np.argsort(p, kind="stable")
+        m = p.size
+        stepped = np.maximum.accumulate((m - np.arange(m)) * p[order])
+        out = np.empty_like(p)
+        out[order] = np.minimum(stepped, 1.0)
+        return out
+    raise ValueError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
+
+
 @dataclass
 class Verdict:
     """Outcome of one causal test: the label and the evidence behind it.
 
-    ``p_lower``/``p_raise``: smallest per-class p-value of "removal lowers/raises q";
+    ``p_lower``/``p_raise``: smallest per-class p-value of "removal lowers/raises q" (after the
+    ``correction`` for testing several classes, when one is chosen);
     ``p_value``: the one that decided the label (``p_lower`` unless detrimental);
     ``effect``: mean over samples of ``q^n - q`` (negative = removal hurts);
     ``worst_class``: the class with the smallest ``p_lower``.
@@ -163,8 +196,13 @@ def test_unit(
     test: str = "welch",
     inference: str = "per-class",
     score: str = "prob",
+    correction: str = "none",
 ) -> Verdict:
-    """Label one unit from the scores with (``q_ref``) and without it (``q_removed``)."""
+    """Label one unit from the scores with (``q_ref``) and without it (``q_removed``).
+
+    ``correction`` adjusts the per-class p-values of each direction (:func:`adjust_pvalues`);
+    it has no effect with ``inference="general"`` (one test per direction).
+    """
     qn = q_removed.double().cpu().numpy()
     q = q_ref.double().cpu().numpy()
     if score == "ratio":
@@ -181,6 +219,7 @@ def test_unit(
         lows = np.concatenate([p[0] for p in pairs])
         highs = np.concatenate([p[1] for p in pairs])
     worst = classes[int(np.argmin(lows))]
+    lows, highs = adjust_pvalues(lows, correction), adjust_pvalues(highs, correction)
     p_lower, p_raise = float(lows.min()), float(highs.min())
     if p_lower < alpha:
         label, p = CRITICAL, p_lower

@@ -51,8 +51,10 @@ def _table(summary: dict) -> str:
 def run_prune(args: argparse.Namespace, out: Path | None) -> dict:
     model, data = zoo.load(args.model)
     print(f"data: {data.name}, {data.source}; calibration pool {len(data.calib.y):,}, test {len(data.test.y):,} images")
-    res = prune(model, data.calib, config=from_arguments(args), eval_data=data.test, progress=not args.no_progress,
-                model_name=args.model)
+    config = from_arguments(args)
+    guard = {"guard_data": data.val} if config.max_drop is not None else {}
+    res = prune(model, data.calib, config=config, eval_data=data.test, progress=not args.no_progress,
+                model_name=args.model, **guard)
     summary = res.summary()
     print(_table(summary))
     if out is not None:
@@ -112,6 +114,33 @@ def run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_variants(args: argparse.Namespace) -> int:
+    from .compare import VARIANTS, compare_variants, variant_summary, variant_table
+
+    names = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else list(VARIANTS)
+    model, data = zoo.load(args.model)
+    if data.val is None:
+        raise ValueError(f"{args.model}'s data ({data.name}) has no validation split to choose settings on")
+    seeds = list(range(args.seeds))
+    print(f"{args.model} on {data.name} ({data.source}); measured on the validation split "
+          f"({len(data.val.y):,} samples); calibration draws (seeds): {seeds}; baseline {args.baseline} "
+          "at each run's parameter count")
+    rows = compare_variants(model, data, names, baseline=args.baseline, seeds=seeds, config=from_arguments(args),
+                            model_name=args.model, progress=not args.no_progress)
+    summary = variant_summary(rows)
+    print(variant_table(summary, args.baseline))
+    cols = [c for c in ("variant", "margin_vs_reference", "removed_vs_reference", "metric_vs_reference")
+            if c in summary]
+    print("\nagainst the default (paired over draws):")
+    print(summary[cols].iloc[1:].to_string(index=False))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"rows": rows.to_dict(orient="records"),
+                                         "summary": summary.to_dict(orient="records")}, indent=2, default=str) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cswap_nb",
                                      description="C-SWAP: causal one-shot structured pruning, no fine-tuning")
@@ -138,6 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--alphas", default=None, help="comma-separated extra alphas for C-SWAP points, e.g. 0.5,0.01")
     c.add_argument("--plot", type=Path, default=None)
     _add_common(c)
+    v = sub.add_parser("variants", help="C-SWAP under option variants, each against a baseline at its own size, "
+                                         "on the validation split")
+    v.add_argument("--model", required=True, help=f"one of: {', '.join(zoo.names())}")
+    v.add_argument("--variants", default=None, help="comma-separated names of cswap_nb.compare.VARIANTS (default: all)")
+    v.add_argument("--baseline", default="l1", help="the criterion cut to each run's parameter count (default: l1)")
+    v.add_argument("--seeds", type=positive_int, default=3, help="calibration draws (seeds 0..N-1, default 3)")
+    add_arguments(v)
+    _add_common(v)
     b = sub.add_parser("bench", help="naive vs fast analysis engine, dense vs pruned latency")
     b.add_argument("--model", default="resnet18-digits", help=f"one of: {', '.join(zoo.names())}")
     b.add_argument("--rounds", type=int, default=2, help="alternating rounds per engine (median is reported)")
@@ -152,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "compare":
             return run_compare(args)
+        if args.cmd == "variants":
+            return run_variants(args)
         if args.cmd == "bench":
             from .bench import format_report, run
 

@@ -9,8 +9,10 @@ import pandas as pd
 from torch import nn
 from tqdm.auto import tqdm
 
-from .api import PruneResult, prune
+from .api import PruneResult
+from .api import prune as _prune
 from .config import CSwapConfig, make_config
+from .metrics import evaluate
 
 SAME_PARAMS = "same-params"
 SAME_COUNTS = "same-per-layer-counts"
@@ -43,7 +45,7 @@ def compare(
         The trained model (not modified).
     data
         An object with ``.calib`` (the calibration pool) and ``.test`` splits, e.g. a
-        :class:`cswap_nb.data.Dataset`.
+        :class:`cswap_nb.data.Dataset`; with ``max_drop`` set, also ``.val`` (the guard's split).
     methods : iterable of str
         Criteria of :data:`cswap_nb.criteria.CRITERIA` (``"cswap"`` is always run first).
     config : CSwapConfig, optional
@@ -73,18 +75,27 @@ def compare(
         One record (the ``--json`` summary plus ``budget`` and ``seed``) per (seed, method, budget).
     """
     cfg = make_config(config, **options)
+    eval_data = data.test if eval_data is None else eval_data
+    before = evaluate(model, eval_data)  # the dense model's metric, once for every run
     records: list[dict] = []
     for s in (list(seeds) if seeds is not None else [cfg.seed]):
         records += _compare_one_seed(model, data, methods, dataclasses.replace(cfg, seed=s), per_layer, ratios,
-                                     alphas, model_name, progress, data.test if eval_data is None else eval_data)
+                                     alphas, model_name, progress, eval_data, before)
     return records
 
 
 def _compare_one_seed(model, data, methods, cfg: CSwapConfig, per_layer, ratios, alphas, model_name, progress,
-                      eval_data) -> list[dict]:
+                      eval_data, before: float) -> list[dict]:
     methods = [m for m in methods if m != "cswap"]
-    common = dict(config=cfg, eval_data=eval_data, model_name=model_name)
-    ref = prune(model, data.calib, "cswap", progress=progress, **common)
+    common = dict(config=cfg, model_name=model_name)
+    guard = {"guard_data": getattr(data, "val", None)} if cfg.max_drop is not None else {}
+
+    def prune(*args, **kwargs) -> PruneResult:
+        res = _prune(*args, **kwargs)
+        res.metric_before, res.metric_after = before, evaluate(res.model, eval_data)
+        return res
+
+    ref = prune(model, data.calib, "cswap", progress=progress, **guard, **common)
     records = [_record(ref, SAME_PARAMS, cfg.seed)]
     counts = {name: len(units) for name, units in ref.pruned_units.items()}
     jobs = [(m, SAME_PARAMS) for m in methods] + [(m, SAME_COUNTS) for m in methods if per_layer]
@@ -100,7 +111,7 @@ def _compare_one_seed(model, data, methods, cfg: CSwapConfig, per_layer, ratios,
     for a in alphas or []:
         if a != cfg.alpha:
             records.append(_record(prune(model, data.calib, "cswap", progress=progress,
-                                         **{**common, "config": dataclasses.replace(cfg, alpha=a)}),
+                                         **{**common, **guard, "config": dataclasses.replace(cfg, alpha=a)}),
                                    f"alpha={a:g}", cfg.seed))
     return records
 
@@ -252,3 +263,149 @@ def tradeoff_scores(records: list[dict], upto: float | None = None) -> dict[str,
         raise ValueError("some method removed no parameters at any of its points: no common compression range")
     return {m: {"retention_auc": retention_auc(pts, upto), "upto_removed_pct": 100.0 * upto, "points": len(pts) - 1}
             for m, pts in cs.items()}
+
+
+# ------------------------------------------------------------------ variants of the method
+
+VARIANTS: dict[str, dict] = {
+    "default": {},
+    "k=10": {"samples_per_class": 10},
+    "k=50": {"samples_per_class": 50},
+    "score=logprob": {"score": "logprob"},
+    "score=logit": {"score": "logit"},
+    "test=ztest": {"test": "ztest"},
+    "correction=holm": {"correction": "holm"},
+    "correction=bh": {"correction": "bh"},
+    "reference=current": {"reference": "current"},
+    "order=random": {"order": "random"},
+    "layer_order=input-to-output": {"layer_order": "input-to-output"},
+    "scope=all": {"scope": "all"},
+    "max_drop=1": {"max_drop": 1.0},
+}
+"""Named variants of C-SWAP's options (cswap_nb/METHOD.md §7), each a change from the config it is
+applied to: the hypotheses of notebook 09 (test power, multiple testing, accumulated damage, unit
+scope and visiting order)."""
+
+
+def compare_variants(
+    model: nn.Module,
+    data,
+    variants: dict[str, dict] | Iterable[str] | None = None,
+    *,
+    baseline: str = "l1",
+    seeds: Iterable[int] = (0, 1, 2),
+    config: CSwapConfig | None = None,
+    eval_data=None,
+    model_name: str | None = None,
+    progress: bool = True,
+    **options,
+) -> pd.DataFrame:
+    """C-SWAP under several option variants, each against ``baseline`` cut to that run's size.
+
+    Settings are chosen on a validation split: the metric is measured on ``eval_data``, by default
+    ``data.val`` (the zoo's split that is neither the calibration pool nor the test set).
+
+    Parameters
+    ----------
+    variants : dict of name to options, or names of :data:`VARIANTS`
+        Default: all of :data:`VARIANTS`.
+    baseline : str
+        The rank-and-prune criterion each C-SWAP run is compared with at the same parameter count.
+    seeds : iterable of int
+        Calibration draws; every variant runs on the same draws, so differences pair up.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (variant, seed): ``removed`` and ``macs_removed`` (% of the dense model), the
+        dense ``metric_before``, C-SWAP's ``metric``, the baseline's ``baseline_metric`` at the same
+        size, ``margin`` = metric - baseline_metric, ``drop`` = metric_before - metric, whether a
+        guard stopped the loop, the analysis time and the options.
+    """
+    if variants is None:
+        variants = VARIANTS
+    elif not isinstance(variants, dict):
+        names = list(variants)
+        unknown = [n for n in names if n not in VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
+        variants = {n: VARIANTS[n] for n in names}
+    if eval_data is None:
+        eval_data = getattr(data, "val", None)
+        if eval_data is None:
+            raise ValueError("compare_variants chooses settings on a validation split: pass eval_data= or data "
+                             "with a .val split (not the test set)")
+    base = make_config(config, **options)
+    rows = []
+    seeds = list(seeds)
+    with tqdm(total=len(variants) * len(seeds), desc="variants", disable=not progress) as bar:
+        for name, change in variants.items():
+            cfg = make_config(base, **change)
+            for s in seeds:
+                recs = compare(model, data, [baseline], config=dataclasses.replace(cfg, seed=s), eval_data=eval_data,
+                               model_name=model_name, progress=False)
+                ref = next(r for r in recs if r["method"] == "cswap")
+                other = next(r for r in recs if r["method"] == baseline)
+                rows.append({"variant": name, "seed": s, "removed": ref["params_removed_pct"],
+                             "macs_removed": ref["macs_removed_pct"], "metric_before": ref["metric_before"],
+                             "metric": ref["metric_after"], "baseline_metric": other["metric_after"],
+                             "baseline_removed": other["params_removed_pct"],
+                             "margin": ref["metric_after"] - other["metric_after"],
+                             "drop": ref["metric_before"] - ref["metric_after"],
+                             "guard_stopped": bool((ref.get("guard") or {}).get("stopped", False)),
+                             "analysis_seconds": ref["analysis_seconds"], "options": dict(change)})
+                bar.update(1)
+    return pd.DataFrame(rows)
+
+
+def variant_summary(rows: pd.DataFrame, reference: str = "default") -> pd.DataFrame:
+    """Mean ± sd over seeds per variant, and paired comparisons with the ``reference`` variant.
+
+    ``margin_verdict``: does the variant beat its baseline at its own size (``margin`` > 0 on
+    every seed and mean > 2 standard errors; mirror for "loses to")? ``vs_reference``: the same
+    paired rule on the per-seed differences of ``margin`` and of ``removed`` against the
+    reference variant, so that a variant is called better only beyond the spread of the draws.
+    """
+    def rule(d: np.ndarray) -> str | None:
+        n = len(d)
+        if n < 2:
+            return None
+        se = d.std(ddof=1) / np.sqrt(n)
+        if (d > 0).all() and d.mean() > 2 * se:
+            return "higher"
+        if (d < 0).all() and -d.mean() > 2 * se:
+            return "lower"
+        return "within spread"
+
+    ref = rows[rows.variant == reference].set_index("seed")
+    out = []
+    for name, g in rows.groupby("variant", sort=False):
+        g = g.set_index("seed")
+        m = g.margin.to_numpy(dtype=float)
+        verdict = rule(m)
+        row = {"variant": name, "n": len(g),
+               "removed": g.removed.mean(), "removed_sd": g.removed.std(),
+               "macs_removed": g.macs_removed.mean(),
+               "metric": g.metric.mean(), "metric_sd": g.metric.std(),
+               "baseline_metric": g.baseline_metric.mean(), "baseline_metric_sd": g.baseline_metric.std(),
+               "margin": m.mean(), "margin_sd": m.std(ddof=1) if len(m) > 1 else float("nan"),
+               "margin_verdict": {"higher": "beats", "lower": "loses to"}.get(verdict, verdict),
+               "guard_stopped": int(g.guard_stopped.sum()), "analysis_seconds": g.analysis_seconds.mean()}
+        if name != reference and not ref.empty:
+            common = g.index.intersection(ref.index)
+            row["margin_vs_reference"] = rule((g.margin[common] - ref.margin[common]).to_numpy(dtype=float))
+            row["removed_vs_reference"] = rule((g.removed[common] - ref.removed[common]).to_numpy(dtype=float))
+            row["metric_vs_reference"] = rule((g.metric[common] - ref.metric[common]).to_numpy(dtype=float))
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def variant_table(summary: pd.DataFrame, baseline: str = "l1") -> str:
+    """:func:`variant_summary` as plain text."""
+    lines = [f"{'variant':30s}{'removed %':>15s}{'C-SWAP %':>16s}{baseline + ' same size %':>18s}{'margin':>16s}"
+             f"  verdict"]
+    for r in summary.itertuples():
+        lines.append(f"{r.variant:30s}{r.removed:>8.1f} ± {r.removed_sd:<4.1f}{r.metric:>9.2f} ± {r.metric_sd:<4.2f}"
+                     f"{r.baseline_metric:>11.2f} ± {r.baseline_metric_sd:<4.2f}{r.margin:>+9.2f} ± {r.margin_sd:<4.2f}"
+                     f"  {r.margin_verdict or ''}")
+    return "\n".join(lines)

@@ -13,7 +13,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
-from .causal import INFERENCES, SCORES, TESTS, min_samples
+from .causal import CORRECTIONS, INFERENCES, SCORES, TESTS, min_samples
 
 LAYER_ORDERS = ("output-to-input", "input-to-output")
 UNIT_ORDERS = ("magnitude", "random")
@@ -47,9 +47,13 @@ class CSwapConfig:
         One test per class (a unit is critical when any class suffers) or one test over all samples.
     test : {"welch", "ztest", "wilcoxon", "paired-t"}
         Welch's unequal-variance t-test (default), the unpaired z-test, or a paired test.
-    score : {"prob", "logit", "ratio"}
-        What is compared: the true-class probability (default), its logit, or its ratio to the
-        reference probability.
+    score : {"prob", "logit", "ratio", "logprob"}
+        What is compared: the true-class probability (default), its logit, its ratio to the
+        reference probability, or its logarithm.
+    correction : {"none", "holm", "bh"}
+        Adjustment of the per-class p-values for testing C classes at once (cswap_nb/METHOD.md §2):
+        none (default, a harmless unit is flagged critical with probability up to 1 - (1 - α)^C),
+        Holm (family-wise error rate α) or Benjamini–Hochberg (false discovery rate α).
     reference : {"dense", "current"}
         Compare with the original model's scores (default) or the current pruned model's.
     order : {"magnitude", "random"}
@@ -72,6 +76,12 @@ class CSwapConfig:
         The calibration draw and the random visiting order.
     engine : {"fast", "naive"}
         How scores are computed (:mod:`cswap_nb.engine`); identical decisions.
+    max_drop : float or None, default None
+        A guard (cswap_nb/METHOD.md §3): after each layer, the metric of the partly pruned network
+        is measured on a validation split (``guard_data=`` of :func:`cswap_nb.prune`); once it is
+        more than ``max_drop`` points below the dense network's, the layer's removals are undone
+        back to the longest prefix within the bound and every unit not yet visited is kept.
+        None: no guard (the paper's loop).
     """
 
     alpha: float = _option(0.05, "level of the one-sided tests; a larger alpha flags more units critical "
@@ -95,6 +105,12 @@ class CSwapConfig:
                                            "MLP layers)", positive=True)
     group_threshold: int = _option(0, "layers with at most this many units are tested unit by unit")
     seed: int = _option(0, "the calibration draw and the random visiting order")
+    correction: str = _option("none", "adjust the per-class p-values for testing several classes: none, Holm "
+                                      "(family-wise) or Benjamini-Hochberg (false discovery rate)", CORRECTIONS,
+                              scores=False, widget="dropdown")
+    max_drop: float | None = _option(None, "guard: stop pruning once the metric on the validation split (guard_data) "
+                                           "falls more than this many points below the dense model's (None: off)",
+                                     scores=False, kind="float-or-none")
     engine: str = _option("fast", "fast: cache the network before the analysed part; naive: one full pass per "
                                   "unit (identical decisions)", ENGINES, scores=False)
 
@@ -114,6 +130,9 @@ class CSwapConfig:
         k = self.samples_per_class
         if k is not None and (isinstance(k, bool) or not isinstance(k, int)):
             raise TypeError(f"samples_per_class must be an integer or None, got {k!r}")
+        d = self.max_drop
+        if d is not None and (isinstance(d, bool) or not isinstance(d, numbers.Real) or not float(d) >= 0.0):
+            raise ValueError(f"max_drop must be a number of metric points >= 0, or None (no guard), got {d!r}")
         if self.group_size is not None and int(self.group_size) < 1:
             raise ValueError(f"group_size must be a positive integer or None (auto), got {self.group_size!r}")
 
@@ -168,6 +187,10 @@ def _int_or_none(text: str) -> int | None:
     return None if text.lower() in ("none", "all") else int(text)
 
 
+def _float_or_none(text: str) -> float | None:
+    return None if text.lower() in ("none", "off") else float(text)
+
+
 def add_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] = OPTION_NAMES) -> None:
     """Add ``--name`` flags (dashes for underscores) for the given options, with their defaults,
     choices and help from :class:`CSwapConfig`."""
@@ -180,6 +203,8 @@ def add_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] = OPTI
             kwargs["choices"] = meta["choices"]
         elif meta.get("positive"):
             kwargs["type"] = positive_int
+        elif meta.get("kind") == "float-or-none":
+            kwargs["type"] = _float_or_none
         elif isinstance(default, float):
             kwargs["type"] = float
         elif name == "samples_per_class":

@@ -98,25 +98,31 @@ def load_digits(size: int = 32, test_fraction: float = 0.2, seed: int = 0) -> Da
 ROAD_TEST_START = 1_000_000
 """Scene index of the first road-scene test image: train images are scenes 0, 1, ...; test
 images start here, so the two never overlap and the test split does not change with ``train``."""
+ROAD_VAL_START = 2_000_000
+"""Scene index of the first road-scene validation image (for choosing settings), after the test window."""
 
 
 def load_road_scenes(train: int = 1200, test: int = 200, size: tuple[int, int] = DEFAULT_SIZE,
-                     seed: int = 0) -> Dataset:
+                     seed: int = 0, val: int = 100) -> Dataset:
     """Procedural street scenes with Cityscapes trainId masks (see :mod:`cswap_nb.scenes`).
 
     ``train`` images are scenes ``0 .. train-1`` of ``seed``, ``test`` images scenes
-    ``ROAD_TEST_START ..``: disjoint, and each image the same whatever the split sizes.
+    ``ROAD_TEST_START ..`` and ``val`` images (for choosing settings, e.g. the ``max_drop``
+    guard) scenes ``ROAD_VAL_START ..``: disjoint, and each image the same whatever the split sizes.
     ``x`` (N, 3, H, W) is normalised with ``cityscapes.SCENE_MEAN``/``SCENE_STD``; ``y`` (N, H, W)
     int64 holds trainIds 0-18 and 255 (ignored). As for the digits, ``calib`` is the train split.
     Drawing takes about 9 ms per 64x128 image on one CPU core (the default 1,400 images: ~13 s);
     a process draws each split once and hands out copies afterwards.
     """
     h, w = _check_size(size)
-    for value, name in ((train, "train"), (test, "test")):
+    for value, name in ((train, "train"), (test, "test"), (val, "val")):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive number of images, got {value!r}")
     if train > ROAD_TEST_START:
         raise ValueError(f"train must be at most {ROAD_TEST_START} images (test scenes start there), got {train}")
+    if test > ROAD_VAL_START - ROAD_TEST_START:
+        raise ValueError(f"test must be at most {ROAD_VAL_START - ROAD_TEST_START} images (validation scenes start "
+                         f"there), got {test}")
     name = "roads" if (h, w) == DEFAULT_SIZE else f"roads{h}x{w}"
     if seed != 0:
         name += f"-seed{seed}"
@@ -125,6 +131,7 @@ def load_road_scenes(train: int = 1200, test: int = 200, size: tuple[int, int] =
         train=Split(*_cached_scenes(train, (h, w), seed, 0)),
         test=Split(*_cached_scenes(test, (h, w), seed, ROAD_TEST_START)),
         classes=list(CITYSCAPES_CLASSES),
+        val=Split(*_cached_scenes(val, (h, w), seed, ROAD_VAL_START)),
     )
 
 

@@ -4,6 +4,8 @@
   the output towards the input, weakest L1 filter norm first inside a layer), and tested
   *on the current, already pruned network*: Neutral/Detrimental units stay removed at
   once, Critical ones are restored. O(U) forward passes.
+  With a :class:`Guard` (``max_drop=``), the validation metric is checked after every layer
+  and the loop stops, undoing the layer's removals back to the bound, once it falls too far.
 * :func:`rank_and_prune`: score every unit once (a criterion), rank, cut to a target.
 * :func:`greedy`: re-test every remaining unit before each removal. O(U^2) passes.
 
@@ -46,6 +48,75 @@ def visiting_plan(layers: list[UnitLayer], cfg: CSwapConfig) -> list[tuple[UnitL
     return plan
 
 
+class Guard:
+    """The ``max_drop`` guard of the progressive loop (cswap_nb/METHOD.md §3).
+
+    ``metric()`` measures the current (masked) network on a validation split, in points (accuracy
+    or mIoU, %); ``dense`` is the dense network's value. After each layer in which units were
+    removed, :meth:`after_layer` measures the network once. While the drop ``dense - metric`` stays
+    within ``max_drop`` the loop goes on. Once it exceeds it, the layer's removals are undone from
+    the last one back to the longest prefix of them that is within the bound (a binary search over
+    prefixes, ``log2`` of the layer's removals in measurements; it assumes the metric falls as more
+    of the layer is removed), the restored steps get ``pruned=False`` and a note, and the loop
+    stops: every unit not yet visited is kept. :attr:`report` says what happened.
+    """
+
+    def __init__(self, metric: Callable[[], float], dense: float, max_drop: float):
+        self.metric, self.dense, self.max_drop = metric, float(dense), float(max_drop)
+        self.checks = 0
+        self.last = self.dense
+        self.report: dict = {"max_drop": self.max_drop, "metric_dense": self.dense, "metric_last_check": self.dense,
+                             "checks": 0, "stopped": False, "stopped_in_layer": None, "restored_units": 0,
+                             "unvisited_units": 0}
+
+    def _measure(self) -> float:
+        self.checks += 1
+        return float(self.metric())
+
+    def within(self, value: float) -> bool:
+        return self.dense - value <= self.max_drop + 1e-9
+
+    def after_layer(self, masker: Masker, layer: UnitLayer, records: list[dict], unvisited: int) -> bool:
+        """Check the bound after ``layer`` (``records``: its steps); False: stop the loop."""
+        removed = [r for r in records if r["pruned"]]
+        if removed:
+            value = self._measure()
+            if not self.within(value):
+                self._roll_back(masker, layer, removed)
+                self.report.update(stopped=True, stopped_in_layer=layer.name, unvisited_units=unvisited)
+                self.report.update(checks=self.checks, metric_last_check=self.last)
+                return False
+            self.last = value
+        self.report.update(checks=self.checks, metric_last_check=self.last)
+        return True
+
+    def _roll_back(self, masker: Masker, layer: UnitLayer, removed: list[dict]) -> None:
+        def units(r: dict) -> list[int]:
+            return list(r["unit"]) if isinstance(r["unit"], list) else [r["unit"]]
+
+        def keep_prefix(j: int) -> None:
+            for i, r in enumerate(removed):
+                masker.set(layer.name, units(r), i < j)
+
+        lo, hi = 0, len(removed)  # the prefix of length lo is within the bound (the previous check), hi is not
+        best = self.last
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            keep_prefix(mid)
+            value = self._measure()
+            if self.within(value):
+                lo, best = mid, value
+            else:
+                hi = mid
+        keep_prefix(lo)
+        self.last = best
+        for r in removed[lo:]:
+            r["pruned"] = False
+            r["note"] = (f"restored by the guard: the validation metric fell more than max_drop={self.max_drop:g} "
+                         "points below the dense model's")
+        self.report["restored_units"] = sum(len(units(r)) for r in removed[lo:])
+
+
 def progressive(
     engine: FullEngine,
     masker: Masker,
@@ -53,18 +124,23 @@ def progressive(
     x: Tensor,
     y: Tensor,
     cfg: CSwapConfig,
+    guard: Guard | None = None,
 ) -> Iterator[dict]:
     """Run C-SWAP's progressive descent; masks are left set on ``masker`` as it goes.
 
-    ``engine`` computes the calibration scores of the current (masked) network.
+    ``engine`` computes the calibration scores of the current (masked) network. With a
+    ``guard`` the loop may stop after a layer (:class:`Guard`); the records of steps it undid
+    are updated in place (``pruned=False``, a note).
     """
     q_ref = engine.scores(x, y, cfg.score)
-    for step, (layer, units) in enumerate(visiting_plan(layers, cfg)):
+    plan = visiting_plan(layers, cfg)
+    in_layer: list[dict] = []
+    for step, (layer, units) in enumerate(plan):
         t0 = time.perf_counter()
         remaining = int((~masker.removed[layer.name]).sum())
         masker.set(layer.name, units, True)
         q_removed = engine.scores(x, y, cfg.score, layer)
-        verdict = test_unit(q_removed, q_ref, y, cfg.alpha, cfg.test, cfg.inference, cfg.score)
+        verdict = test_unit(q_removed, q_ref, y, cfg.alpha, cfg.test, cfg.inference, cfg.score, cfg.correction)
         note = ""
         prune = verdict.label != CRITICAL
         if prune and remaining <= len(units):
@@ -73,7 +149,7 @@ def progressive(
             masker.set(layer.name, units, False)
         elif cfg.reference == "current":
             q_ref = q_removed
-        yield {
+        record = {
             "step": step,
             "layer": layer.name,
             "kind": layer.kind,
@@ -89,6 +165,13 @@ def progressive(
             "note": note,
             "seconds": time.perf_counter() - t0,
         }
+        in_layer.append(record)
+        yield record
+        if step + 1 == len(plan) or plan[step + 1][0] is not layer:  # the layer's last step
+            if guard is not None and not guard.after_layer(masker, layer, in_layer,
+                                                           sum(len(u) for _, u in plan[step + 1 :])):
+                return
+            in_layer = []
 
 
 def normalise_per_layer(scores: dict[str, Tensor]) -> dict[str, Tensor]:

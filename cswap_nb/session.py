@@ -53,9 +53,13 @@ def full_float32():
 # ------------------------------------------------------------------------------------ strategies
 
 def _run_cswap(session: "PruneSession") -> Iterator[dict]:
-    from .descent import progressive
+    from .descent import Guard, progressive
 
-    return progressive(session.engine, session.masker, session.layers, session.x, session.test_y, session.config)
+    cfg = session.config
+    if cfg.max_drop is not None:
+        dense = evaluate(session.model, session.guard_data)
+        session.guard = Guard(lambda: evaluate(session.work, session.guard_data), dense, cfg.max_drop)
+    return progressive(session.engine, session.masker, session.layers, session.x, session.test_y, cfg, session.guard)
 
 
 def _run_greedy(session: "PruneSession") -> Iterator[dict]:
@@ -127,6 +131,10 @@ class PruneSession:
         A criterion's scores from an earlier result (``res.scores``), reused instead of recomputed.
     eval_data : optional
         Held-out data; the result then holds the metric (accuracy or mIoU) before and after.
+    guard_data : optional
+        The validation split on which the ``max_drop`` guard measures the network (C-SWAP with
+        ``max_drop`` set needs it). Use a split that is neither the calibration pool nor the test
+        set (the zoo's ``data.val``).
     ignored_layers : list of nn.Module, optional
         Modules of ``model`` whose output channels are never pruned.
     progress : bool
@@ -147,8 +155,9 @@ class PruneSession:
 
     def __init__(self, model: nn.Module, calib, method: str = "cswap", *, config: CSwapConfig | None = None,
                  ratio: float | None = None, params: int | None = None, counts: dict[str, int] | None = None,
-                 scores: dict[str, Tensor] | None = None, eval_data=None, ignored_layers: list[nn.Module] | None = None,
-                 progress: bool = True, model_name: str | None = None, **options):
+                 scores: dict[str, Tensor] | None = None, eval_data=None, guard_data=None,
+                 ignored_layers: list[nn.Module] | None = None, progress: bool = True, model_name: str | None = None,
+                 **options):
         self.t_start = time.perf_counter()
         self.strategy = strategy_of(method)
         self.method, self.config = method, make_config(config, **options)
@@ -156,7 +165,12 @@ class PruneSession:
         need = self.config.check_samples() if method == "cswap" else 1
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if method == "cswap" and self.config.max_drop is not None and guard_data is None:
+            raise ValueError(f"max_drop={self.config.max_drop} needs guard_data=, a validation split (e.g. the zoo's "
+                             "data.val) on which the guard measures the pruned network; not the test set")
         self.model, self.scores, self.eval_data, self.progress = model, scores, eval_data, progress
+        self.guard_data = guard_data if method == "cswap" else None
+        self.guard = None
         self.model_name = model_name
         self.records: list[dict] = []
         self._steps: Iterator[dict] | None = None
@@ -334,6 +348,7 @@ class PruneSession:
                 metric_name="miou_pct" if self.segmentation else "top1_accuracy_pct",
                 model_name=self.model_name or model_label(self.model), method=self.method, spec=self.spec,
                 analysis_seconds=self.analysis_seconds, pruned_units=dict(pruned_units),
+                guard=None if self.guard is None else dict(self.guard.report),
                 scores=self.scores if self.strategy == "rank" else None)
             if self.eval_data is not None:
                 result.metric_before = evaluate(self.model, self.eval_data)

@@ -178,8 +178,9 @@ class AlphaExplorer:
         t0 = time.perf_counter()
         self.status.value = f"running at α = {v['alpha']:.3g} …"
         options = {k: v[k] for k in OPTION_NAMES}
+        guard = {"guard_data": getattr(data, "val", None)} if options["max_drop"] is not None else {}
         session = PruneSession(model, data.calib, eval_data=evaluation_split(data)[1], progress=False,
-                               model_name=str(v["model"]), **options)
+                               model_name=str(v["model"]), **guard, **options)
         session.engine = cache.wrap(session.engine)
         self.progress.max = max(1, session.total_steps)
         for _ in session.steps():

@@ -20,7 +20,7 @@ def test_defaults_and_immutability():
         cfg.alpha = 0.1
     assert make_config(cfg, alpha=0.1).alpha == 0.1 and cfg.alpha == 0.05
     assert CSwapConfig(samples_per_class=np.int64(7)).samples_per_class == 7  # integer-like values accepted
-    assert set(SCORE_OPTIONS) == set(OPTION_NAMES) - {"alpha", "test", "engine"}
+    assert set(SCORE_OPTIONS) == set(OPTION_NAMES) - {"alpha", "test", "engine", "correction", "max_drop"}
 
 
 @pytest.mark.parametrize("kwargs,error,match", [
@@ -31,6 +31,9 @@ def test_defaults_and_immutability():
     ({"samples_per_class": 2.5}, TypeError, "samples_per_class must be an integer or None"),
     ({"samples_per_class": True}, TypeError, "samples_per_class must be an integer or None"),
     ({"group_size": 0}, ValueError, "group_size must be a positive integer"),
+    ({"correction": "bonferroni"}, ValueError, r"correction must be one of \['none', 'holm', 'bh'\]"),
+    ({"max_drop": -1.0}, ValueError, "max_drop must be a number of metric points >= 0"),
+    ({"max_drop": "1"}, ValueError, "max_drop must be"),
 ])
 def test_bad_values_are_refused_when_the_config_is_made(kwargs, error, match):
     with pytest.raises(error, match=match):
