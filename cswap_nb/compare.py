@@ -319,8 +319,8 @@ def compare_variants(
     pandas.DataFrame
         One row per (variant, seed): ``removed`` and ``macs_removed`` (% of the dense model), the
         dense ``metric_before``, C-SWAP's ``metric``, the baseline's ``baseline_metric`` at the same
-        size, ``margin`` = metric - baseline_metric, ``drop`` = metric_before - metric, whether a
-        guard stopped the loop, the analysis time and the options.
+        size, ``margin`` = metric - baseline_metric, ``drop`` = metric_before - metric, the share of
+        tests that said critical, whether a guard stopped the loop, the analysis time and the options.
     """
     if variants is None:
         variants = VARIANTS
@@ -336,25 +336,37 @@ def compare_variants(
             raise ValueError("compare_variants chooses settings on a validation split: pass eval_data= or data "
                              "with a .val split (not the test set)")
     base = make_config(config, **options)
-    rows = []
     seeds = list(seeds)
-    with tqdm(total=len(variants) * len(seeds), desc="variants", disable=not progress) as bar:
+    frames = []
+    with tqdm(total=len(variants), desc="variants", disable=not progress) as bar:
         for name, change in variants.items():
-            cfg = make_config(base, **change)
-            for s in seeds:
-                recs = compare(model, data, [baseline], config=dataclasses.replace(cfg, seed=s), eval_data=eval_data,
-                               model_name=model_name, progress=False)
-                ref = next(r for r in recs if r["method"] == "cswap")
-                other = next(r for r in recs if r["method"] == baseline)
-                rows.append({"variant": name, "seed": s, "removed": ref["params_removed_pct"],
-                             "macs_removed": ref["macs_removed_pct"], "metric_before": ref["metric_before"],
-                             "metric": ref["metric_after"], "baseline_metric": other["metric_after"],
-                             "baseline_removed": other["params_removed_pct"],
-                             "margin": ref["metric_after"] - other["metric_after"],
-                             "drop": ref["metric_before"] - ref["metric_after"],
-                             "guard_stopped": bool((ref.get("guard") or {}).get("stopped", False)),
-                             "analysis_seconds": ref["analysis_seconds"], "options": dict(change)})
-                bar.update(1)
+            records = compare(model, data, [baseline], config=make_config(base, **change), seeds=seeds,
+                              eval_data=eval_data, model_name=model_name, progress=False)
+            frames.append(variant_rows(records, name, baseline, change))
+            bar.update(1)
+    return pd.concat(frames, ignore_index=True)
+
+
+def variant_rows(records: list[dict], name: str = "default", baseline: str = "l1",
+                 options: dict | None = None) -> pd.DataFrame:
+    """The rows of :func:`compare_variants` for one variant, from :func:`compare` records that hold
+    C-SWAP and ``baseline`` at ``same-params`` (so an earlier comparison can serve as a variant)."""
+    rows = []
+    for ref in (r for r in records if r["method"] == "cswap" and r["budget"] == SAME_PARAMS):
+        other = next((r for r in records if r["method"] == baseline and r["budget"] == SAME_PARAMS
+                      and r.get("seed", 0) == ref.get("seed", 0)), None)
+        if other is None:
+            raise ValueError(f"no {baseline!r} record at {SAME_PARAMS!r} for seed {ref.get('seed', 0)}")
+        tests = max(1, sum(ref["counts"].values()))
+        rows.append({"variant": name, "seed": ref.get("seed", 0), "removed": ref["params_removed_pct"],
+                     "macs_removed": ref["macs_removed_pct"], "metric_before": ref["metric_before"],
+                     "metric": ref["metric_after"], "baseline_metric": other["metric_after"],
+                     "baseline_removed": other["params_removed_pct"],
+                     "margin": ref["metric_after"] - other["metric_after"],
+                     "drop": ref["metric_before"] - ref["metric_after"],
+                     "critical_share": ref["counts"]["critical"] / tests,
+                     "guard_stopped": bool((ref.get("guard") or {}).get("stopped", False)),
+                     "analysis_seconds": ref["analysis_seconds"], "options": dict(options or {})})
     return pd.DataFrame(rows)
 
 
@@ -390,6 +402,7 @@ def variant_summary(rows: pd.DataFrame, reference: str = "default") -> pd.DataFr
                "baseline_metric": g.baseline_metric.mean(), "baseline_metric_sd": g.baseline_metric.std(),
                "margin": m.mean(), "margin_sd": m.std(ddof=1) if len(m) > 1 else float("nan"),
                "margin_verdict": {"higher": "beats", "lower": "loses to"}.get(verdict, verdict),
+               "critical_share": g.critical_share.mean(),
                "guard_stopped": int(g.guard_stopped.sum()), "analysis_seconds": g.analysis_seconds.mean()}
         if name != reference and not ref.empty:
             common = g.index.intersection(ref.index)
