@@ -83,3 +83,22 @@ def test_flags_are_generated_from_the_config():
     assert dataclasses.replace(cfg, alpha=0.05) != CSwapConfig()
     with pytest.raises(SystemExit):
         p.parse_args(["--inference", "everything"])
+
+
+def test_variants_needs_a_validation_split_and_known_names(capsys):
+    assert main(["variants", "--model", "resnet18-digits", "--no-progress"]) == 2
+    assert "has no validation split" in capsys.readouterr().err
+    assert main(["variants", "--model", "resnet18-fashion", "--variants", "default,k=7", "--no-progress"]) == 2
+    assert "unknown variant(s) ['k=7']" in capsys.readouterr().err
+
+
+def test_prune_with_max_drop_uses_the_validation_split(tmp_path, capsys):
+    """The guard runs on the checkpoint's validation split and is reported in the JSON."""
+    out = tmp_path / "s.json"
+    assert main(["prune", "--model", "resnet18-fashion", "--max-drop", "0.5", "--samples-per-class", "5",
+                 "--no-progress", "--json", str(out)]) == 0
+    s = json.loads(out.read_text())
+    g = s["guard"]
+    assert g["max_drop"] == 0.5 and g["checks"] >= 1
+    assert g["metric_dense"] - g["metric_last_check"] <= 0.5 + 1e-9
+    assert s["config"]["max_drop"] == 0.5
