@@ -221,7 +221,7 @@ def train(name: str, out_dir: Path | None = None, progress: bool = True) -> dict
         scores = {"test_miou_pct": round(seg["miou"], 3), "test_pixel_acc_pct": round(seg["pixel_acc"], 3)}
     else:
         scores = {"test_accuracy_pct": round(evaluate(model, data.test), 3)}
-    if data.val is not None:  # the zoo's val and test splits together are the whole original test set
+    if data.val is not None and "test_accuracy_pct" in scores:  # Fashion: val + test = the original test set
         n_val, n_test = len(data.val.y), len(data.test.y)
         whole = (evaluate(model, data.val) * n_val + scores["test_accuracy_pct"] * n_test) / (n_val + n_test)
         scores.update(val_accuracy_pct=round(evaluate(model, data.val), 3),
