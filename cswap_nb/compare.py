@@ -139,6 +139,21 @@ def spread(records: list[dict]) -> pd.DataFrame:
 BEATS, LOSES, WITHIN = "beats", "loses to", "within the spread of"
 
 
+def paired_sign(d: np.ndarray) -> int | None:
+    """The paired rule of :func:`verdicts` on per-draw differences ``d``: +1 when ``d > 0`` on every
+    draw and its mean exceeds twice its standard error, -1 in the mirror case, 0 otherwise, None for
+    fewer than two draws."""
+    n = len(d)
+    if n < 2:
+        return None
+    se = d.std(ddof=1) / np.sqrt(n)
+    if (d > 0).all() and d.mean() > 2 * se:
+        return 1
+    if (d < 0).all() and -d.mean() > 2 * se:
+        return -1
+    return 0
+
+
 def verdicts(records: list[dict], budget: str = SAME_PARAMS, reference: str = "cswap") -> pd.DataFrame:
     """Does ``reference`` beat each other method at ``budget``? A paired comparison over seeds.
 
@@ -160,14 +175,7 @@ def verdicts(records: list[dict], budget: str = SAME_PARAMS, reference: str = "c
         n = len(d)
         se = float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
         mean = float(d.mean()) if n else float("nan")
-        verdict = None
-        if n >= 2:
-            if (d > 0).all() and mean > 2 * se:
-                verdict = BEATS
-            elif (d < 0).all() and -mean > 2 * se:
-                verdict = LOSES
-            else:
-                verdict = WITHIN
+        verdict = {1: BEATS, -1: LOSES, 0: WITHIN, None: None}[paired_sign(d)]
         rows.append({"method": m, "n": n, "mean_diff": mean, "se_diff": se, "min_diff": float(d.min()) if n else None,
                      "max_diff": float(d.max()) if n else None, "verdict": verdict,
                      "sentence": None if verdict is None else f"{reference} {verdict} {m} "
@@ -379,15 +387,7 @@ def variant_summary(rows: pd.DataFrame, reference: str = "default") -> pd.DataFr
     reference variant, so that a variant is called better only beyond the spread of the draws.
     """
     def rule(d: np.ndarray) -> str | None:
-        n = len(d)
-        if n < 2:
-            return None
-        se = d.std(ddof=1) / np.sqrt(n)
-        if (d > 0).all() and d.mean() > 2 * se:
-            return "higher"
-        if (d < 0).all() and -d.mean() > 2 * se:
-            return "lower"
-        return "within spread"
+        return {1: "higher", -1: "lower", 0: "within spread", None: None}[paired_sign(d)]
 
     ref = rows[rows.variant == reference].set_index("seed")
     out = []
