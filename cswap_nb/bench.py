@@ -54,41 +54,52 @@ def compare_latency(dense: nn.Module, pruned: nn.Module, x: torch.Tensor, repeat
             "speedup": dense_s / pruned_s}
 
 
-def bench_engines(model: nn.Module, calib, rounds: int = 2, **prune_kwargs) -> dict:
-    """Run the C-SWAP analysis with the naive and the fast engine, alternating.
+def bench_engines(model: nn.Module, calib, rounds: int = 2, engines: tuple[str, ...] = ("naive", "fast"),
+                  **prune_kwargs) -> dict:
+    """Run the C-SWAP analysis with each engine (the first is the reference), alternating them.
 
-    Returns seconds (median over rounds) of each, their ratio, forward-equivalents
-    computed, achieved GFLOP/s against the machine's matmul GFLOP/s, and whether the
-    labels of every unit are identical between the engines (they must be).
+    Returns per engine the seconds (median over rounds), the forward-equivalents it computed (a
+    full pass over the calibration set = 1, counted in FLOPs), the achieved GFLOP/s, the path it
+    took and its fallback; ``speedup`` (reference seconds / each engine's), ``work_ratio`` (reference
+    forward-equivalents / each engine's: the speed-up FLOPs alone would give), the machine's matmul
+    GFLOP/s, and whether every engine's labels equal the reference's on every unit (they must).
     """
-    runs: dict[str, list] = {"naive": [], "fast": []}
+    runs: dict[str, list] = {e: [] for e in engines}
     for _ in range(rounds):
-        for engine in ("naive", "fast"):
+        for engine in engines:
             runs[engine].append(prune(model, calib, engine=engine, progress=False, **prune_kwargs))
-    out = {"matmul_gflops": matmul_gflops()}
-    ref = runs["naive"][0]
+    out = {"matmul_gflops": matmul_gflops(), "engines": list(engines)}
+    ref_name = engines[0]
+    ref = runs[ref_name][0]
     for engine, results in runs.items():
         r = results[0]
         seconds = statistics.median(res.analysis_seconds for res in results)
         fe = r.engine["forward_equivalents"]
         flops = 2.0 * r.macs_before * r.calib_samples * fe
         out[engine] = {"analysis_seconds": seconds, "forward_equivalents": fe,
-                       "gflops_achieved": flops / seconds / 1e9, "fallback": r.engine["fallback"]}
-    out["speedup"] = out["naive"]["analysis_seconds"] / out["fast"]["analysis_seconds"]
+                       "gflops_achieved": flops / seconds / 1e9, "path": r.engine.get("path"),
+                       "fallback": r.engine["fallback"], "layers_on_full_passes": r.engine.get("layers_on_full_passes", {})}
+    for engine in engines:
+        e = out[engine]
+        e["speedup"] = out[ref_name]["analysis_seconds"] / e["analysis_seconds"]
+        e["work_ratio"] = out[ref_name]["forward_equivalents"] / e["forward_equivalents"]
+    fastest = engines[-1]
+    out["speedup"] = out[fastest]["speedup"]
     cols = ["layer", "unit", "label", "pruned"]
     out["identical_labels"] = all(res.labels[cols].equals(ref.labels[cols]) for rs in runs.values() for res in rs)
     out["units"] = len(ref.labels)
     out["params_removed_pct"] = ref.params_removed_pct
-    out["_result"] = runs["fast"][0]
+    out["_result"] = runs[fastest][0]
     return out
 
 
-def run(model_name: str, rounds: int = 2, latency_repeats: int = 50) -> dict:
+def run(model_name: str, rounds: int = 2, latency_repeats: int = 50,
+        engines: tuple[str, ...] = ("naive", "fast")) -> dict:
     from . import zoo
 
     torch.manual_seed(0)
     model, data = zoo.load(model_name)
-    engines = bench_engines(model, data.calib, rounds=rounds)
+    engines = bench_engines(model, data.calib, rounds=rounds, engines=engines)
     res = engines.pop("_result")
     x = data.test.x
     lat = [compare_latency(model, res.model, x[:1], latency_repeats),
@@ -99,16 +110,24 @@ def run(model_name: str, rounds: int = 2, latency_repeats: int = 50) -> dict:
 
 
 def format_report(r: dict) -> str:
-    n, f = r["naive"], r["fast"]
+    names = r.get("engines", ["naive", "fast"])
     lines = [
         f"bench {r['model']} ({r['threads']} threads, {r['units']} units, matmul {r['matmul_gflops']:.1f} GFLOP/s)",
-        f"{'engine':8s}{'analysis s':>12s}{'fwd-equiv':>11s}{'GFLOP/s':>9s}{'of matmul':>11s}",
+        f"{'engine':8s}{'path':>7s}{'analysis s':>12s}{'fwd-equiv':>11s}{'GFLOP/s':>9s}{'of matmul':>11s}"
+        f"{'speed-up':>10s}{'work ratio':>12s}",
     ]
-    for name, e in (("naive", n), ("fast", f)):
-        lines.append(f"{name:8s}{e['analysis_seconds']:>12.2f}{e['forward_equivalents']:>11.1f}"
-                     f"{e['gflops_achieved']:>9.2f}{100 * e['gflops_achieved'] / r['matmul_gflops']:>10.1f}%")
-    lines.append(f"fast engine speed-up: {r['speedup']:.2f}x   identical labels: {r['identical_labels']}"
-                 + (f"   (fast fell back: {f['fallback']})" if f["fallback"] else ""))
+    for name in names:
+        e = r[name]
+        lines.append(f"{name:8s}{str(e.get('path')):>7s}{e['analysis_seconds']:>12.2f}{e['forward_equivalents']:>11.1f}"
+                     f"{e['gflops_achieved']:>9.2f}{100 * e['gflops_achieved'] / r['matmul_gflops']:>10.1f}%"
+                     f"{e['speedup']:>9.2f}x{e['work_ratio']:>11.2f}x")
+    lines.append(f"speed-up of {names[-1]} over {names[0]}: {r['speedup']:.2f}x   identical labels: {r['identical_labels']}")
+    lines.append("(work ratio: the speed-up that the FLOPs skipped alone would give)")
+    for name in names:
+        if r[name]["fallback"]:
+            lines.append(f"{name} fell back: {r[name]['fallback']}")
+        if r[name].get("layers_on_full_passes"):
+            lines.append(f"{name}: layers on full passes: {r[name]['layers_on_full_passes']}")
     for lat in r["latency"]:
         lines.append(f"latency batch {lat['batch']:>3d}: dense {lat['dense_ms']:.2f} ms, pruned "
                      f"{lat['pruned_ms']:.2f} ms, speed-up {lat['speedup']:.2f}x")

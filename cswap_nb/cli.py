@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import zoo
 from .api import prune
-from .config import CSwapConfig, add_arguments, from_arguments, positive_int
+from .config import ENGINES, CSwapConfig, add_arguments, from_arguments, positive_int
 from .criteria import CRITERIA
 
 
@@ -178,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("bench", help="naive vs fast analysis engine, dense vs pruned latency")
     b.add_argument("--model", default="resnet18-digits", help=f"one of: {', '.join(zoo.names())}")
     b.add_argument("--rounds", type=int, default=2, help="alternating rounds per engine (median is reported)")
+    b.add_argument("--engines", default="naive,fast",
+                   help="comma-separated engines, the first is the reference (naive, fast, parts)")
     b.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -194,7 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "bench":
             from .bench import format_report, run
 
-            report = run(args.model, rounds=args.rounds)
+            engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
+            unknown = [e for e in engines if e not in ENGINES]
+            if len(engines) < 2 or unknown:
+                raise ValueError(f"--engines takes two or more of {', '.join(ENGINES)}, got {args.engines!r}")
+            report = run(args.model, rounds=args.rounds, engines=engines)
             print(format_report(report))
             if args.json is not None:
                 args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ LAYER_ORDERS = ("output-to-input", "input-to-output")
 UNIT_ORDERS = ("magnitude", "random")
 REFERENCES = ("dense", "current")
 SCOPES = ("internal", "all")
-ENGINES = ("fast", "naive")
+ENGINES = ("fast", "naive", "parts")
 
 
 def _option(default, help: str, choices: tuple[str, ...] | None = None, scores: bool = True, **extra) -> Any:
@@ -74,8 +74,9 @@ class CSwapConfig:
         Layers with at most this many units are tested unit by unit.
     seed : int, default 0
         The calibration draw and the random visiting order.
-    engine : {"fast", "naive"}
-        How scores are computed (:mod:`cswap_nb.engine`); identical decisions.
+    engine : {"fast", "naive", "parts"}
+        How scores are computed (:mod:`cswap_nb.engine`, :mod:`cswap_nb.graph`); identical decisions.
+        ``"parts"`` is the earlier prefix engine (the family's parts only), kept for benchmarks.
     max_drop : float or None, default None
         A guard (cswap_nb/METHOD.md §3): after each layer, the metric of the partly pruned network
         is measured on a validation split (``guard_data=`` of :func:`cswap_nb.prune`); once it is
@@ -111,8 +112,9 @@ class CSwapConfig:
     max_drop: float | None = _option(None, "guard: stop pruning once the metric on the validation split (guard_data) "
                                            "falls more than this many points below the dense model's (None: off)",
                                      scores=False, kind="float-or-none")
-    engine: str = _option("fast", "fast: cache the network before the analysed part; naive: one full pass per "
-                                  "unit (identical decisions)", ENGINES, scores=False)
+    engine: str = _option("fast", "fast: recompute only what a removal changes (torch.fx graph, cached "
+                                  "intermediates); naive: one full pass per unit; parts: cache before the analysed "
+                                  "part of a known family (identical decisions)", ENGINES, scores=False)
 
     def __post_init__(self):
         if isinstance(self.samples_per_class, numbers.Integral) and not isinstance(self.samples_per_class, bool):

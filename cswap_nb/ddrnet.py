@@ -55,6 +55,20 @@ def _up(x: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
+def check_input(x: Tensor) -> None:
+    """DDRNet's input check (a leaf of the torch.fx graph: it reads shapes as numbers)."""
+    if x.ndim != 4:
+        raise ValueError(f"DDRNet expects (N, C, H, W) inputs, got shape {tuple(x.shape)}")
+    h, w = x.shape[-2], x.shape[-1]
+    if h % OUTPUT_STRIDE or w % OUTPUT_STRIDE:
+        raise ValueError(f"DDRNet expects H and W to be multiples of {OUTPUT_STRIDE}, got "
+                         f"shape {tuple(x.shape)}; pad or resize the input (e.g. to "
+                         f"{-(-h // OUTPUT_STRIDE) * OUTPUT_STRIDE}x{-(-w // OUTPUT_STRIDE) * OUTPUT_STRIDE})")
+
+
+torch.fx.wrap("check_input")
+
+
 def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout)]
 
@@ -274,7 +288,7 @@ class DualResNet(nn.Module):
         """
 
         def stem(x: Tensor):
-            self._check_input(x)
+            check_input(x)
             return self.conv1(x), (x.shape[-2] // OUTPUT_STRIDE, x.shape[-1] // OUTPUT_STRIDE)
 
         def block(module: nn.Module, relu_first: bool):
@@ -313,15 +327,6 @@ class DualResNet(nn.Module):
                 ("layer5_", high5, ["layer5_"]),
                 ("layer5+spp", low5, ["layer5", "spp"]),
                 ("head", head, ["final_layer"])]
-
-    def _check_input(self, x: Tensor) -> None:
-        if x.ndim != 4:
-            raise ValueError(f"DDRNet expects (N, C, H, W) inputs, got shape {tuple(x.shape)}")
-        h, w = x.shape[-2], x.shape[-1]
-        if h % OUTPUT_STRIDE or w % OUTPUT_STRIDE:
-            raise ValueError(f"DDRNet expects H and W to be multiples of {OUTPUT_STRIDE}, got "
-                             f"shape {tuple(x.shape)}; pad or resize the input (e.g. to "
-                             f"{-(-h // OUTPUT_STRIDE) * OUTPUT_STRIDE}x{-(-w // OUTPUT_STRIDE) * OUTPUT_STRIDE})")
 
     @staticmethod
     def _fuse(low: Tensor, high: Tensor, layer: nn.Module, layer_: nn.Module, down: nn.Module,

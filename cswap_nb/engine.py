@@ -2,7 +2,9 @@
 
 * :class:`FullEngine` (``engine="naive"``): one full forward pass over the calibration
   set per tested unit.
-* :class:`PrefixEngine` (``engine="fast"``): the network is split into a sequence of
+* :class:`cswap_nb.graph.GraphEngine` (``engine="fast"``): the model's ``torch.fx`` graph with a
+  cache of intermediates and a linear correction (see :mod:`cswap_nb.graph`); it falls back to:
+* :class:`PrefixEngine` (``engine="parts"``, and ``"fast"``'s fallback): the network is split into a sequence of
   parts (stem layers, residual blocks, head). While one unit layer is analysed only its
   own masks change, so the input of the first part that contains one of its mask points
   is computed once and cached; each candidate then runs only the rest of the network.
@@ -10,8 +12,9 @@
   whenever the network before that part changes. Models whose forward cannot be split
   this way fall back to full passes; :attr:`PrefixEngine.fallback` says why.
 
-Both produce bit-identical scores up to float reassociation inside a part (the same
-modules run on the same inputs); decisions are compared by ``python -m cswap_nb bench``.
+All take the naive engine's decisions: their scores differ only by float reassociation (the same
+modules run on the same inputs; the graph engine's correction subtracts a channel's contribution
+instead of recomputing a layer). ``python -m cswap_nb bench`` compares decisions and times.
 """
 from __future__ import annotations
 
@@ -172,5 +175,11 @@ def make_engine(kind: str, model: nn.Module, masker: Masker, example: Tensor) ->
     if kind == "naive":
         return FullEngine(model, masker)
     if kind == "fast":
-        return PrefixEngine(model, masker, example)
-    raise ValueError(f"engine must be 'fast' or 'naive', got {kind!r}")
+        from .graph import GraphEngine
+
+        return GraphEngine(model, masker, example)
+    if kind == "parts":
+        engine = PrefixEngine(model, masker, example)
+        engine.name, engine.path = "parts", "parts" if engine.parts is not None else "full"
+        return engine
+    raise ValueError(f"engine must be one of 'fast', 'naive', 'parts', got {kind!r}")

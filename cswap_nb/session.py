@@ -338,7 +338,9 @@ class PruneSession:
             e = self.engine
             result = PruneResult(
                 model=work, labels=pd.DataFrame(self.records), config=config,
-                engine={"name": e.name, "fallback": e.fallback, "forward_equivalents": round(e.forward_equivalents, 3),
+                engine={"name": e.name, "path": getattr(e, "path", "full"), "fallback": e.fallback,
+                        "layers_on_full_passes": dict(getattr(e, "layer_fallbacks", {})),
+                        "forward_equivalents": round(e.forward_equivalents, 3),
                         "forward_passes": round(self.cost.forward_passes, 3),
                         "backward_passes": round(self.cost.backward_passes, 3)},
                 params_before=self.params_before, params_after=count_params(work),

@@ -1,0 +1,542 @@
+"""The general fast engine: the model's ``torch.fx`` graph, a cache of its intermediate values, and a
+linear correction for the first layer after the mask (cswap_nb/METHOD.md §10).
+
+While one unit layer is analysed, only its own masks change. Every node of the traced graph that is
+not downstream of one of the layer's mask points has the same value for every candidate: it is
+computed once on the calibration set and the values the rest of the graph reads are kept (the
+*frontier*). A candidate then runs only the downstream nodes. This needs no knowledge of the family:
+residual adds, concatenations, branches and several heads are just nodes of the graph.
+
+**The correction.** In an internal layer the path from the mask points to the next layer is usually
+a chain of per-channel operations (BatchNorm, activations with ``f(0) = 0``, a depthwise conv)
+ending in a conv or linear layer ``L`` that mixes channels; for attention heads ``L`` is ``proj``
+itself. Removing units ``S`` then changes ``L``'s input only in the channels of ``S``, where it
+becomes 0, so ``L(candidate) = L(current) - L_nobias(input restricted to S)``: a conv or matmul over
+``|S|`` input channels instead of all of them. The chain itself is never recomputed. When the loop
+keeps a removal, the cached input and output of ``L`` are updated by exactly that difference; every
+other cached value is unaffected by construction. A change of any other layer's masks rebuilds the
+cache. Where the per-channel region (it may run through max- or average-pooling) has a consumer that
+is not such a layer (a residual add, a concatenation), that consumer reads the region's cached value
+with the removed units' channels set to zero: a copy instead of a computation.
+
+Candidates are evaluated one at a time: on this project's CPU a batch of 4 x 200 calibration images
+runs no faster per FLOP than 200 (cswap_nb/METHOD.md §10), so stacking candidates would not pay for
+the speculation it needs.
+
+Every layer's plan is checked when the engine is built: its candidate run must reproduce full passes
+(one sample, with and without a removal); a layer that fails, or that no mask point of the graph
+reaches, is analysed with full passes and :attr:`GraphEngine.layer_fallbacks` says why. A model that
+``torch.fx`` cannot trace falls back to the family's parts (:class:`cswap_nb.engine.PrefixEngine`),
+then to full passes, and :attr:`GraphEngine.fallback` says why.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .engine import FullEngine, PrefixEngine
+from .units import Masker, UnitLayer, _channel_dim, is_depthwise
+
+# per-channel operations with f(0) = 0: a zeroed channel stays zero, the others are untouched
+ZERO_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish, nn.Tanh, nn.LeakyReLU, nn.ELU,
+                nn.Hardtanh, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+ZERO_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.mish, torch.tanh, F.leaky_relu,
+                  F.elu, F.hardtanh, F.dropout}
+ZERO_METHODS = {"relu", "tanh", "relu_"}
+# pooling over positions: per channel (channels-first tensors only), a zero channel pools to zero
+POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+         nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool2d)
+INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, torch.relu_}
+
+
+class _Tracer(fx.Tracer):
+    """``torch.fx``'s tracer, with timm's untraceable layers and functions kept as leaves."""
+
+    def __init__(self):
+        try:
+            from timm.layers import _fx as timm_fx
+            functions, self._leaves = tuple(timm_fx.get_notrace_functions()), timm_fx.is_notrace_module
+        except ImportError:  # pragma: no cover - timm is a dependency
+            functions, self._leaves = (), lambda cls: False
+        super().__init__(autowrap_functions=functions)
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return self._leaves(type(m)) or super().is_leaf_module(m, qualname)
+
+
+def trace(model: nn.Module) -> fx.Graph:
+    """The model's forward as a ``torch.fx`` graph (raises if it cannot be traced)."""
+    return _Tracer().trace(model)
+
+
+@dataclass
+class Correction:
+    """``L``'s output for a candidate from its cached output: ``L(current) - L_nobias(input on S)``."""
+
+    node: fx.Node  # L
+    input: fx.Node  # the chain's last node, L's only input
+    channels: list[list[int]]  # per unit: L's input channels it occupies
+    module: nn.Module
+
+    def partial(self, v: Tensor, idx: list[int]) -> Tensor:
+        m = self.module
+        if isinstance(m, nn.Linear):
+            return F.linear(v[..., idx], m.weight[:, idx])
+        return m._conv_forward(v[:, idx], m.weight[:, idx], None)
+
+
+@dataclass
+class Plan:
+    """What one layer's candidates recompute (``dirty``, in graph order) and what they read."""
+
+    dirty: list[fx.Node]
+    frontier: list[fx.Node]
+    corrections: list[Correction]
+    cost: float  # forward-equivalents of one candidate without the corrections
+    build_cost: float
+    correction_cost: list[float] = field(default_factory=list)  # per correction, for all input channels
+    materialize: list[fx.Node] = field(default_factory=list)  # region nodes read from the cache, units zeroed
+    channels: list[int] = field(default_factory=list)  # the region's channel of each unit
+    dim: int = 1  # the region's channel dimension
+    release: list = field(default_factory=list)  # per dirty node: values no later node reads
+
+    def __post_init__(self):
+        # values a candidate computes itself (never a cached one): in-place ops may work on them
+        self.fresh = set(self.dirty) | {c.node for c in self.corrections} | set(self.materialize)
+
+    @property
+    def shortcut(self) -> bool:
+        """Whether candidates read the region or L from the cache (else: masks run with hooks)."""
+        return bool(self.corrections or self.materialize)
+
+
+@dataclass
+class _Cache:
+    key: tuple
+    values: list[dict]  # per chunk: node -> value (frontier, and corrections' input and output)
+    base: Tensor  # the layer's removed units the cached correction values include
+    last: tuple | None = None  # (units, per chunk {L: candidate output}) of the last candidate
+
+
+class GraphEngine(PrefixEngine):
+    """``engine="fast"``: the general engine (module docstring); falls back to parts, then full passes.
+
+    :attr:`path` is ``"graph"``, ``"parts"`` or ``"full"``; :attr:`fallback` says why the graph was
+    not used (None when it was); :attr:`layer_fallbacks` maps layers analysed with full passes to
+    the reason.
+    """
+
+    name = "fast"
+
+    def __init__(self, model: nn.Module, masker: Masker, example: Tensor, batch_size: int = 512):
+        FullEngine.__init__(self, model, masker, batch_size)
+        self.path, self.layer_fallbacks = "graph", {}
+        self._plans: dict[str, Plan | None] = {}
+        self._cache: _Cache | None = None
+        try:
+            self.graph = trace(model)
+            self.nodes = list(self.graph.nodes)
+            self._first = next(n for n in self.nodes if n.op == "placeholder")
+            self.modules = dict(model.named_modules())
+            self._consts = {n: self._fetch(n.target) for n in self.nodes if n.op == "get_attr"}
+            with torch.inference_mode():
+                got, ref = self._run_all(example), model(example)
+            if not (isinstance(got, Tensor) and got.shape == ref.shape and torch.allclose(got, ref, atol=1e-5, rtol=1e-4)):
+                raise ValueError("the traced graph does not reproduce model(x)")
+        except Exception as exc:  # noqa: BLE001 - any tracing failure means: use the parts instead
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            self.graph = None
+            PrefixEngine.__init__(self, model, masker, example, batch_size)
+            self.path = "parts" if self.parts is not None else "full"
+            then = "the family's parts" if self.parts is not None else f"full passes ({self.fallback})"
+            self.fallback = f"torch.fx could not trace {type(model).__name__} ({type(exc).__name__}: {reason}); using {then}"
+            return
+        self.fallback = None
+        self._costs = self._node_costs(example)
+        self._position = {n: i for i, n in enumerate(self.nodes)}
+        for layer in masker.layers.values():
+            self._plans[layer.name] = self._checked_plan(layer, example)
+
+    # -- running the graph -------------------------------------------------------------------
+    def _fetch(self, target: str):
+        obj = self.model
+        for part in target.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def _exec(self, node: fx.Node, env: dict, fresh: set | None = None):
+        args = fx.node.map_arg(node.args, env.__getitem__)
+        kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
+        if fresh is not None and _may_work_in_place(node, self.modules):
+            # a cached value must survive an in-place op of a recomputed node
+            args = tuple(a.clone() if isinstance(a, Tensor) and n not in fresh else a
+                         for a, n in zip(args, _arg_nodes(node.args)))
+        op = node.op
+        if op == "call_module":
+            return self.modules[node.target](*args, **kwargs)
+        if op == "call_function":
+            return node.target(*args, **kwargs)
+        if op == "call_method":
+            return getattr(args[0], node.target)(*args[1:], **kwargs)
+        if op == "get_attr":
+            return self._consts[node]
+        if op == "output":
+            return args[0]
+        raise RuntimeError(f"unexpected node {node.op} {node.target}")
+
+    def _input(self, node: fx.Node, x: Tensor):
+        """The value of a placeholder: the input for the first, its default for any other."""
+        if node is self._first:
+            return x
+        if node.args:
+            return node.args[0]
+        raise ValueError(f"forward takes a second argument without a default ({node.target!r})")
+
+    def _run_all(self, x: Tensor):
+        env: dict = {}
+        last = {a: i for i, n in enumerate(self.nodes) for a in n.all_input_nodes}
+        for i, node in enumerate(self.nodes):
+            env[node] = self._input(node, x) if node.op == "placeholder" else self._exec(node, env)
+            if node.op == "output":
+                return env[node]
+            for a in node.all_input_nodes:
+                if last[a] == i:
+                    del env[a]
+
+    def _node_costs(self, example: Tensor) -> dict:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        env, costs, self._ndim = {}, {}, {}
+        with torch.inference_mode():
+            for node in self.nodes:
+                if node.op == "placeholder":
+                    env[node] = self._input(node, example)
+                    continue
+                with FlopCounterMode(display=False) as counter:
+                    env[node] = self._exec(node, env)
+                costs[node] = float(counter.get_total_flops())
+                if isinstance(env[node], Tensor):
+                    self._ndim[node] = env[node].ndim
+        total = sum(costs.values()) or 1.0
+        return {n: c / total for n, c in costs.items()}
+
+    # -- planning ------------------------------------------------------------------------------
+    def _downstream(self, starts) -> set:
+        seen, stack = set(), list(starts)
+        while stack:
+            n = stack.pop()
+            for u in n.users:
+                if u not in seen:
+                    seen.add(u)
+                    stack.append(u)
+        return seen
+
+    def _plan(self, layer: UnitLayer) -> Plan | None:
+        masks = [n for n in self.nodes if n.op == "call_module" and n.target in layer.points]
+        if not masks:
+            return None
+        shortcut = self._heads(layer, masks) if layer.kind == "heads" else self._region(layer, masks)
+        if shortcut is None:
+            corrections, materialize, channels, dim = [], [], [], 1
+            dirty = self._downstream(masks) | set(masks)
+        else:
+            corrections, materialize, channels, dim = shortcut
+            given = {c.node for c in corrections} | set(materialize)
+            exits = {u for r in materialize for u in r.users if u not in given}
+            dirty = (self._downstream(given) | exits) - given
+        given = {c.node for c in corrections} | set(materialize)
+        dirty_list = [n for n in self.nodes if n in dirty]
+        frontier = {i for d in dirty_list for i in d.all_input_nodes if i not in dirty and i not in given}
+        needed = frontier | given | {c.input for c in corrections}
+        cost = sum(self._costs.get(n, 0.0) for n in dirty_list)
+        build = sum(self._costs.get(n, 0.0) for n in self.nodes if n not in dirty)
+        # free each recomputed value after its last use: a run that keeps them all allocates fresh
+        # memory for every op, and page faults then cost as much as the arithmetic (2x on the ViT)
+        last = {}
+        for i, n in enumerate(dirty_list):
+            for a in n.all_input_nodes:
+                last[a] = i
+        release: list[list[fx.Node]] = [[] for _ in dirty_list]
+        for a, i in last.items():
+            if a in dirty or a in given:
+                release[i].append(a)
+        return Plan(dirty_list, [n for n in self.nodes if n in needed], corrections, cost, build,
+                    [self._costs.get(c.node, 0.0) for c in corrections], materialize, channels, dim, release)
+
+    def _heads(self, layer: UnitLayer, masks: list[fx.Node]):
+        out = []
+        for m in masks:
+            mod = self.modules[m.target]
+            if not (isinstance(mod, nn.Linear) and len(m.args) == 1 and not m.kwargs):
+                return None
+            d, per_unit = layer.head_dim, layer.points[m.target]
+            out.append(Correction(m, m.args[0], [list(range(h * d, (h + 1) * d)) for h in per_unit], mod))
+        return out, [], [], -1
+
+    def _region(self, layer: UnitLayer, masks: list[fx.Node]):
+        """The per-channel region after the layer's first mask points: ``(corrections, materialized
+        nodes, channel per unit, channel dim)``, or None when a candidate must run all downstream nodes.
+
+        A region node's value for a candidate is its cached value with the removed units' channels
+        set to 0 (zero state) or unknown (a BatchNorm or biased depthwise conv after the zero); a
+        consumer outside the region is a linear layer (corrected), or reads the value materialised
+        from the cache (then the region node must be in zero state)."""
+        downstream = self._downstream(masks)
+        firsts = [m for m in masks if m not in downstream]
+        per_unit = layer.points[firsts[0].target]
+        if any(layer.points[m.target] != per_unit for m in firsts):
+            return None
+        dim = _channel_dim(self.modules[firsts[0].target])
+        zero: dict[fx.Node, bool] = {}
+        for n in self.nodes:
+            if n in firsts:
+                zero[n] = True
+                continue
+            ins = n.all_input_nodes
+            if len(ins) == 1 and ins[0] in zero:
+                step = _per_channel(n, ins[0], self.modules, layer, dim)
+                if step == "mask" and layer.points[n.target] != per_unit:
+                    step = None
+                if step is not None:
+                    zero[n] = True if step == "mask" else (zero[ins[0]] and step == "zero")
+        hooked = set(self.masker._keep) | set(self.masker._keep_heads)
+        corrections, materialize = [], []
+        for r, is_zero in zero.items():
+            exits = [u for u in r.users if u not in zero]
+            if not exits:
+                continue
+            if not is_zero:
+                return None
+            rest = []
+            for u in exits:
+                mod = self.modules.get(u.target) if u.op == "call_module" else None
+                if (mod is not None and _mixes_channels(mod) and u.args == (r,) and not u.kwargs
+                        and u.target not in hooked and not mod._forward_hooks and not mod._forward_pre_hooks
+                        and _layout_ok(mod, dim, self._ndim.get(r))):
+                    corrections.append(Correction(u, r, [[i] for i in per_unit], mod))
+                else:
+                    rest.append(u)
+            if rest:
+                materialize.append(r)
+        return corrections, materialize, per_unit, dim
+
+    def _checked_plan(self, layer: UnitLayer, example: Tensor) -> Plan | None:
+        try:
+            plan = self._plan(layer)
+        except Exception as exc:  # noqa: BLE001
+            self.layer_fallbacks[layer.name] = f"no plan ({type(exc).__name__}: {exc})"
+            return None
+        if plan is None:
+            self.layer_fallbacks[layer.name] = "none of its mask points is a node of the traced graph"
+            return None
+        saved = self.masker.removed[layer.name].clone()
+        try:
+            with torch.inference_mode():
+                for units in ([], [0]):
+                    self.masker.set(layer.name, list(range(layer.size)), False)
+                    self.masker.set(layer.name, units, True)
+                    self._plans[layer.name], self._cache = plan, None
+                    got = self._logits(example, layer)
+                    ref = self.model(example)
+                    if not torch.allclose(got, ref, atol=1e-4, rtol=1e-4):
+                        self.layer_fallbacks[layer.name] = "its cached plan did not reproduce a full pass"
+                        return None
+        except Exception as exc:  # noqa: BLE001
+            self.layer_fallbacks[layer.name] = f"its cached plan failed ({type(exc).__name__}: {exc})"
+            return None
+        finally:
+            self.masker.set(layer.name, list(range(layer.size)), False)
+            self.masker.set(layer.name, saved.nonzero().flatten().tolist(), True)
+            self._cache = None
+        return plan
+
+    # -- the cache -------------------------------------------------------------------------------
+    def _state_key(self, layer: UnitLayer, x: Tensor) -> tuple:
+        others = tuple((name, tuple(m.nonzero().flatten().tolist()))
+                       for name, m in self.masker.removed.items() if name != layer.name)
+        return (layer.name, others, x.data_ptr(), tuple(x.shape))
+
+    def _build(self, layer: UnitLayer, plan: Plan, x: Tensor, key: tuple) -> _Cache:
+        removed = self.masker.removed[layer.name].clone()
+        if plan.shortcut:  # cache the region and L's input and output with none of this layer's units removed
+            self.masker.set(layer.name, removed.nonzero().flatten().tolist(), False)
+        dirty = set(plan.dirty)
+        keep = set(plan.frontier)
+        order = [n for n in self.nodes if n not in dirty]
+        last_use = {}
+        for i, n in enumerate(order):
+            for a in n.all_input_nodes:
+                last_use[a] = i
+        values = []
+        try:
+            for i0 in range(0, x.shape[0], self.batch_size):
+                env: dict = {}
+                for i, node in enumerate(order):
+                    if node.op == "placeholder":
+                        env[node] = self._input(node, x[i0 : i0 + self.batch_size])
+                    else:
+                        env[node] = self._exec(node, env)
+                    for a in node.all_input_nodes:
+                        if last_use.get(a) == i and a not in keep:
+                            del env[a]
+                values.append({n: env[n] for n in plan.frontier})
+        finally:
+            if plan.shortcut:
+                self.masker.set(layer.name, removed.nonzero().flatten().tolist(), True)
+        self.forward_equivalents += plan.build_cost
+        base = torch.zeros_like(removed) if plan.shortcut else removed
+        return _Cache(key, values, base)
+
+    def _cache_for(self, layer: UnitLayer, plan: Plan, x: Tensor) -> _Cache:
+        key = self._state_key(layer, x)
+        c = self._cache
+        now = self.masker.removed[layer.name]
+        if c is not None and c.key == key and plan.shortcut:
+            if c.last is not None:
+                units, outputs = c.last
+                if bool(now[units].all()):  # the last candidate was kept: fold it into the cache
+                    for chunk, out in zip(c.values, outputs):
+                        for corr in plan.corrections:
+                            chunk[corr.node] = out[corr.node]
+                            idx = [i for u in units for i in corr.channels[u]]
+                            v = chunk[corr.input]
+                            if isinstance(corr.module, nn.Linear):
+                                v[..., idx] = 0
+                            else:
+                                v[:, idx] = 0
+                    c.base[units] = True
+                c.last = None
+            if bool((c.base & ~now).any()):  # a cached removal was undone (the guard): rebuild
+                c = None
+        if c is None or c.key != key:
+            c = self._cache = self._build(layer, plan, x, key)
+        return c
+
+    # -- scores ------------------------------------------------------------------------------------
+    def _candidate(self, plan: Plan, chunk: dict, units: list[int], removed: list[int]) -> dict:
+        """Each correction's output with ``units`` removed on top of the cached state, and each
+        materialised region node with all ``removed`` units zeroed."""
+        out = {}
+        idx = [plan.channels[u] for u in removed]
+        for r in plan.materialize:
+            v = chunk[r].clone()
+            if idx:
+                if plan.dim == 1:
+                    v[:, idx] = 0
+                else:
+                    v[..., idx] = 0
+            out[r] = v
+        for corr, full in zip(plan.corrections, plan.correction_cost):
+            v = chunk[corr.input]
+            if not units:
+                out[corr.node] = chunk[corr.node].clone()
+                continue
+            idx = [i for u in units for i in corr.channels[u]]
+            out[corr.node] = chunk[corr.node] - corr.partial(v, idx)
+            width = v.shape[-1] if isinstance(corr.module, nn.Linear) else v.shape[1]
+            self.forward_equivalents += full * len(idx) / width / self._chunks
+        return out
+
+    def _dirty_run(self, plan: Plan, env: dict):
+        fresh = plan.fresh
+        for node, done in zip(plan.dirty, plan.release):
+            env[node] = self._exec(node, env, fresh)
+            for a in done:
+                del env[a]
+        return env[plan.dirty[-1]]
+
+    def _logits_chunks(self, layer: UnitLayer, x: Tensor):
+        plan = self._plans[layer.name]
+        cache = self._cache_for(layer, plan, x)
+        now = self.masker.removed[layer.name]
+        units = (now & ~cache.base).nonzero().flatten().tolist() if plan.shortcut else []
+        removed = now.nonzero().flatten().tolist() if plan.materialize else []
+        self._chunks = len(cache.values)
+        outs, lasts = [], []
+        for chunk in cache.values:
+            env = dict(chunk)
+            if plan.shortcut:
+                given = self._candidate(plan, chunk, units, removed)
+                env.update(given)
+                lasts.append(given)
+            outs.append(self._dirty_run(plan, env))
+        if plan.shortcut:
+            cache.last = (units, lasts)
+        self.forward_equivalents += plan.cost
+        return outs
+
+    def _logits(self, x: Tensor, layer: UnitLayer) -> Tensor:
+        return torch.cat(self._logits_chunks(layer, x))
+
+    def scores(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer | None = None) -> Tensor:
+        if self.graph is None:
+            return super().scores(x, y, score, layer)
+        if layer is None or self._plans.get(layer.name) is None:
+            return FullEngine.scores(self, x, y, score)
+        with torch.inference_mode():
+            outs = self._logits_chunks(layer, x)
+            q = [self._score(o, y, i, score) for o, i in zip(outs, range(0, x.shape[0], self.batch_size))]
+        return self._finish(torch.cat(q))
+
+    def describe(self) -> dict:
+        """Which path was used, and for how many layers the graph plan was replaced by full passes."""
+        return {"path": self.path, "layers_on_full_passes": len(self.layer_fallbacks)}
+
+
+def _layout_ok(mod: nn.Module, dim: int, ndim: int | None) -> bool:
+    """Whether ``mod`` mixes the region's channel dimension (a conv: dim 1; a linear: the last)."""
+    if isinstance(mod, nn.Linear):
+        return dim == -1 or ndim == 2
+    return dim == 1
+
+
+def _arg_nodes(args) -> list:
+    return [a if isinstance(a, fx.Node) else None for a in args]
+
+
+def _may_work_in_place(node: fx.Node, modules: dict) -> bool:
+    if node.op == "call_module":
+        return bool(getattr(modules[node.target], "inplace", False))
+    if node.op == "call_function":
+        return node.target in INPLACE_FUNCTIONS or bool(node.kwargs.get("inplace", False))
+    if node.op == "call_method":
+        return str(node.target).endswith("_")
+    return False
+
+
+def _mixes_channels(mod: nn.Module) -> bool:
+    """A layer the correction applies to: a linear or an ungrouped, zero-padded conv."""
+    if isinstance(mod, nn.Linear):
+        return True
+    return (isinstance(mod, nn.modules.conv._ConvNd) and not mod.transposed and mod.groups == 1
+            and mod.padding_mode == "zeros")
+
+
+def _per_channel(node: fx.Node, prev: fx.Node, modules: dict, layer: UnitLayer, dim: int = 1) -> str | None:
+    """How ``node`` (whose only tensor input is ``prev``) treats a zeroed channel: ``"mask"`` (one of
+    the layer's mask points: zero again), ``"zero"`` (f(0) = 0, per channel), ``"nonzero"`` (per
+    channel, f(0) may differ from 0: a later mask point must zero it), or None (mixes channels or
+    reads anything else: no correction)."""
+    if node.args[:1] != (prev,) or any(isinstance(a, fx.Node) for a in list(node.args[1:]) + list(node.kwargs.values())):
+        return None
+    if node.op == "call_module":
+        mod = modules[node.target]
+        if node.target in layer.points:
+            return "mask" if isinstance(mod, nn.modules.batchnorm._NormBase) or is_depthwise(mod) else None
+        if isinstance(mod, ZERO_MODULES) or (dim == 1 and isinstance(mod, POOLS)):
+            return "zero"
+        if is_depthwise(mod):
+            return "zero" if mod.bias is None and mod.padding_mode == "zeros" else "nonzero"
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            return "nonzero"
+        return None
+    if node.op == "call_function" and node.target in ZERO_FUNCTIONS:
+        return "zero"
+    if node.op == "call_method" and node.target in ZERO_METHODS:
+        return "zero"
+    return None

@@ -1,0 +1,202 @@
+"""The general (torch.fx) engine: the naive engine's decisions on models no adapter knows, and work skipped."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torchvision.models as tvm
+from torch import nn
+
+import cswap_nb as cs
+from cswap_nb.engine import FullEngine
+from cswap_nb.graph import GraphEngine
+from cswap_nb.units import Masker, find_unit_layers
+
+COLS = ["layer", "unit", "label", "pruned"]
+
+
+class BranchyNet(nn.Module):
+    """A user model no adapter knows: two branches, a concatenation, a residual add (written in place
+    on a value the engine caches), a per-channel chain through a max-pool, and a wide head MLP."""
+
+    def __init__(self, classes: int = 3):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.a = nn.Sequential(nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                               nn.MaxPool2d(3, stride=1, padding=1))
+        self.proj, self.skip = nn.Conv2d(16, 16, 1, bias=False), nn.Conv2d(8, 16, 1, bias=False)
+        self.conv1, self.bn1 = nn.Conv2d(16, 24, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(24)
+        self.conv2, self.bn2 = nn.Conv2d(24, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.down = nn.Conv2d(16, 16, 1, stride=2, bias=False)
+        self.fc1, self.fc2 = nn.Linear(16, 64), nn.Linear(64, classes)
+
+    def forward(self, x):
+        s = self.stem(x)
+        h = torch.cat([self.a(s), self.b(s)], dim=1)
+        r = self.skip(s)
+        r += self.proj(h)  # in place on a value the engine caches while it analyses the branches
+        y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(r)))))
+        y = torch.relu(y + self.down(r))
+        z = torch.nn.functional.gelu(self.fc1(y.mean((2, 3))))
+        return self.fc2(z)
+
+
+class DataDependent(nn.Module):
+    """Control flow on the values of a tensor: ``torch.fx`` cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        return self.fc2(h if h.sum() > 0 else -h)
+
+
+def _random_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.eval()
+
+
+def _both(model, data, **kwargs):
+    kwargs.setdefault("progress", False)
+    return {e: cs.prune(model, data, engine=e, **kwargs) for e in ("fast", "naive")}
+
+
+def _assert_same(runs):
+    fast, naive = runs["fast"], runs["naive"]
+    assert fast.engine["path"] == "graph" and fast.engine["fallback"] is None
+    assert fast.engine["layers_on_full_passes"] == {}
+    assert fast.labels[COLS].equals(naive.labels[COLS])
+    assert (fast.labels.p_lower - naive.labels.p_lower).abs().max() < 1e-4  # float reassociation only
+    assert set(fast.labels.label) >= {"critical"} and fast.labels.pruned.any()  # decisions of both kinds
+
+
+def test_a_user_model_gets_the_general_engine_identical_labels_and_a_third_of_the_work(own_label_data):
+    torch.manual_seed(0)
+    model = _random_bn(BranchyNet(), seed=1)
+    x, y = own_label_data(model, n=120, shape=(3, 16, 16), min_per_class=4)
+    runs = _both(model, (x, y), samples_per_class=6, alpha=0.2)
+    _assert_same(runs)
+    fast, naive = (runs[e].engine["forward_equivalents"] for e in ("fast", "naive"))
+    assert naive == len(runs["naive"].labels) + 1
+    assert naive / fast >= 3.0  # counted in FLOPs: the share of the network each candidate recomputes
+
+
+def test_the_plans_of_the_user_model_use_the_cache_everywhere():
+    model = _random_bn(BranchyNet())
+    x = torch.randn(1, 3, 16, 16)
+    layers = find_unit_layers(model, x)
+    masker = Masker(model, layers)
+    try:
+        engine = GraphEngine(model, masker, x)
+        plans = {name: p for name, p in engine._plans.items()}
+        assert all(p is not None for p in plans.values()) and engine.layer_fallbacks == {}
+        # the head MLP: fc1 -> gelu -> fc2 is corrected at fc2, nothing else is recomputed
+        assert [c.node.target for c in plans["fc1"].corrections] == ["fc2"]
+        assert [n.op for n in plans["fc1"].dirty] == ["output"]
+        # the second branch reaches the concatenation through a max-pool: read from the cache
+        assert [r.target for r in plans["b.0"].materialize] == ["b.3"]
+        # the first branch feeds the concatenation directly; the stem feeds both branches and the skip
+        assert [r.target for r in plans["a.0"].materialize] == ["a.2"]
+        assert sorted(c.node.target for c in plans["stem.0"].corrections) == ["a.0", "b.0", "skip"]
+    finally:
+        masker.remove()
+
+
+def test_graph_scores_equal_full_passes_with_masks_everywhere():
+    model = _random_bn(BranchyNet(), seed=2)
+    x = torch.randn(24, 3, 16, 16)
+    y = model(x).argmax(1)
+    layers = find_unit_layers(model, x[:1])
+    masker = Masker(model, layers)
+    engine = GraphEngine(model, masker, x[:1])
+    g = torch.Generator().manual_seed(0)
+    try:
+        for layer in layers:  # masks spread over the whole network
+            masker.set(layer.name, torch.randperm(layer.size, generator=g)[: layer.size // 3], True)
+        for layer in layers:  # then each layer analysed: one unit removed, kept, a second one, one restored
+            alive = (~masker.removed[layer.name]).nonzero().flatten().tolist()
+            for step in ([alive[0]], [alive[1]], []):
+                if step:
+                    masker.set(layer.name, step, True)
+                else:
+                    masker.set(layer.name, [alive[0]], False)  # undo a kept removal (as the guard does)
+                fast = engine.scores(x, y, "prob", layer)
+                full = FullEngine.scores(engine, x, y, "prob")
+                assert torch.allclose(fast, full, atol=1e-6), (layer.name, step)
+    finally:
+        masker.remove()
+
+
+def _tiny_vit():
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    return VisionTransformer(img_size=16, patch_size=4, in_chans=3, num_classes=3, embed_dim=32, depth=2,
+                             num_heads=4, mlp_ratio=2.0).eval()
+
+
+LIBRARY_MODELS = {
+    "torchvision-mobilenet_v3_small": lambda: _random_bn(tvm.mobilenet_v3_small(width_mult=0.25, num_classes=3)),
+    "torchvision-densenet": lambda: _random_bn(tvm.DenseNet(growth_rate=8, block_config=(2, 2),
+                                                           num_init_features=16, num_classes=3)),
+    "timm-vit": _tiny_vit,
+}
+
+
+@pytest.mark.parametrize("name", list(LIBRARY_MODELS))
+def test_library_models_no_adapter_knows_take_the_naive_decisions(name, own_label_data):
+    model = LIBRARY_MODELS[name]()
+    size = 16 if name == "timm-vit" else 32
+    x, y = own_label_data(model, n=60, shape=(3, size, size), min_per_class=4)
+    runs = _both(model, (x, y), samples_per_class=4, alpha=0.2, group_size=1)
+    assert runs["fast"].labels[COLS].equals(runs["naive"].labels[COLS])
+    assert runs["fast"].engine["path"] == "graph" and runs["fast"].engine["layers_on_full_passes"] == {}
+    assert runs["fast"].engine["forward_equivalents"] < 0.5 * runs["naive"].engine["forward_equivalents"]
+
+
+def test_the_guard_and_the_current_reference_take_the_naive_decisions(own_label_data):
+    model = _random_bn(BranchyNet(), seed=3)
+    x, y = own_label_data(model, n=160, shape=(3, 16, 16), min_per_class=4)
+    calib, val = (x[::2], y[::2]), (x[1::2], y[1::2])
+    runs = _both(model, calib, samples_per_class=6, alpha=0.01, reference="current", max_drop=2.0, guard_data=val)
+    assert runs["fast"].guard == runs["naive"].guard
+    assert runs["fast"].guard["checks"] >= 2
+    assert runs["fast"].labels[COLS + ["note"]].equals(runs["naive"].labels[COLS + ["note"]])
+
+
+def test_a_model_fx_cannot_trace_falls_back_to_full_passes_and_says_why():
+    torch.manual_seed(0)
+    model = DataDependent().eval()
+    x = torch.randn(90, 6)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    res = cs.prune(model, (x, y), samples_per_class=None, progress=False)
+    assert res.engine["path"] == "full"
+    assert "torch.fx could not trace DataDependent" in res.engine["fallback"]
+    assert res.engine["forward_equivalents"] == len(res.labels) + 1
+
+
+def test_the_model_is_left_as_it_was(own_label_data, model_fingerprint, assert_same_fingerprint):
+    model = _random_bn(BranchyNet(), seed=4)
+    before = model_fingerprint(model)
+    x, y = own_label_data(model, n=60, shape=(3, 16, 16), min_per_class=4)
+    work = copy.deepcopy(model)
+    layers = find_unit_layers(work, x[:1])
+    masker = Masker(work, layers)
+    engine = GraphEngine(work, masker, x[:1])
+    for layer in layers:
+        masker.set(layer.name, [0], True)
+        engine.scores(x, y, "prob", layer)
+    masker.remove()
+    cs.prune(model, (x, y), samples_per_class=4, progress=False)
+    assert_same_fingerprint(before, model_fingerprint(model))
