@@ -1,12 +1,14 @@
 """What is special about each model family, in one adapter per family (cswap_nb/METHOD.md §4).
 
-An adapter knows how to split a model into parts for the fast engine (:meth:`Family.parts`),
-describe and rebuild it for saving (:meth:`Family.describe`, :meth:`Family.build`), which of its
-units C-SWAP tests with ``scope="internal"`` (:meth:`Family.internal_units`), which heads run only
-in training (:meth:`Family.auxiliary_heads`), whether its unit outputs are token-shaped
+An adapter knows how to split a model into parts for the prefix engine (:meth:`Family.parts`; the
+fast engine traces any model and falls back to these parts), describe and rebuild it for saving
+(:meth:`Family.describe`, :meth:`Family.build`), which of its units C-SWAP tests with
+``scope="internal"`` (:meth:`Family.internal_units`), which heads run only in training
+(:meth:`Family.auxiliary_heads`), whether its unit outputs are token-shaped
 (:attr:`Family.token_outputs`) and which LRP canonizers fit it (:meth:`Family.lrp_canonizers`).
 :func:`family_of` finds a model's adapter, :func:`family_for_spec` a spec's; models no adapter
-knows get :class:`Generic` (whatever Torch-Pruning's dependency graph finds, full forward passes).
+knows get :class:`Generic` (whatever Torch-Pruning's dependency graph finds; the fast engine's
+traced graph, or full passes where it cannot be traced).
 
 Adding a family is one adapter module here, registered in :data:`FAMILIES`, and its tests.
 """
