@@ -483,10 +483,6 @@ class GraphEngine(PrefixEngine):
             q = [self._score(o, y, i, score) for o, i in zip(outs, range(0, x.shape[0], self.batch_size))]
         return self._finish(torch.cat(q))
 
-    def describe(self) -> dict:
-        """Which path was used, and for how many layers the graph plan was replaced by full passes."""
-        return {"path": self.path, "layers_on_full_passes": len(self.layer_fallbacks)}
-
 
 def _layout_ok(mod: nn.Module, dim: int, ndim: int | None) -> bool:
     """Whether ``mod`` mixes the region's channel dimension (a conv: dim 1; a linear: the last)."""
