@@ -83,9 +83,14 @@ class Correction:
     channels: list[list[int]]  # per unit: L's input channels it occupies
     module: nn.Module
 
+    @property
+    def last_dim(self) -> bool:
+        """Whether ``L`` mixes the last dimension (a linear) rather than dim 1 (a conv)."""
+        return isinstance(self.module, nn.Linear)
+
     def partial(self, v: Tensor, idx: list[int]) -> Tensor:
         m = self.module
-        if isinstance(m, nn.Linear):
+        if self.last_dim:
             return F.linear(v[..., idx], m.weight[:, idx])
         return m._conv_forward(v[:, idx], m.weight[:, idx], None)
 
@@ -158,7 +163,6 @@ class GraphEngine(PrefixEngine):
             return
         self.fallback = None
         self._costs = self._node_costs(example)
-        self._position = {n: i for i, n in enumerate(self.nodes)}
         for layer in masker.layers.values():
             self._plans[layer.name] = self._checked_plan(layer, example)
 
@@ -226,16 +230,6 @@ class GraphEngine(PrefixEngine):
         return {n: c / total for n, c in costs.items()}
 
     # -- planning ------------------------------------------------------------------------------
-    def _downstream(self, starts) -> set:
-        seen, stack = set(), list(starts)
-        while stack:
-            n = stack.pop()
-            for u in n.users:
-                if u not in seen:
-                    seen.add(u)
-                    stack.append(u)
-        return seen
-
     def _plan(self, layer: UnitLayer) -> Plan | None:
         masks = [n for n in self.nodes if n.op == "call_module" and n.target in layer.points]
         if not masks:
@@ -243,12 +237,12 @@ class GraphEngine(PrefixEngine):
         shortcut = self._heads(layer, masks) if layer.kind == "heads" else self._region(layer, masks)
         if shortcut is None:
             corrections, materialize, channels, dim = [], [], [], 1
-            dirty = self._downstream(masks) | set(masks)
+            dirty = _downstream(masks) | set(masks)
         else:
             corrections, materialize, channels, dim = shortcut
             given = {c.node for c in corrections} | set(materialize)
             exits = {u for r in materialize for u in r.users if u not in given}
-            dirty = (self._downstream(given) | exits) - given
+            dirty = (_downstream(given) | exits) - given
         given = {c.node for c in corrections} | set(materialize)
         dirty_list = [n for n in self.nodes if n in dirty]
         frontier = {i for d in dirty_list for i in d.all_input_nodes if i not in dirty and i not in given}
@@ -286,7 +280,7 @@ class GraphEngine(PrefixEngine):
         set to 0 (zero state) or unknown (a BatchNorm or biased depthwise conv after the zero); a
         consumer outside the region is a linear layer (corrected), or reads the value materialised
         from the cache (then the region node must be in zero state)."""
-        downstream = self._downstream(masks)
+        downstream = _downstream(masks)
         firsts = [m for m in masks if m not in downstream]
         per_unit = layer.points[firsts[0].target]
         if any(layer.points[m.target] != per_unit for m in firsts):
@@ -403,12 +397,8 @@ class GraphEngine(PrefixEngine):
                     for chunk, out in zip(c.values, outputs):
                         for corr in plan.corrections:
                             chunk[corr.node] = out[corr.node]
-                            idx = [i for u in units for i in corr.channels[u]]
-                            v = chunk[corr.input]
-                            if isinstance(corr.module, nn.Linear):
-                                v[..., idx] = 0
-                            else:
-                                v[:, idx] = 0
+                            _zero_channels(chunk[corr.input], [i for u in units for i in corr.channels[u]],
+                                           corr.last_dim)
                     c.base[units] = True
                 c.last = None
             if bool((c.base & ~now).any()):  # a cached removal was undone (the guard): rebuild
@@ -426,10 +416,7 @@ class GraphEngine(PrefixEngine):
         for r in plan.materialize:
             v = chunk[r].clone()
             if idx:
-                if plan.dim == 1:
-                    v[:, idx] = 0
-                else:
-                    v[..., idx] = 0
+                _zero_channels(v, idx, plan.dim != 1)
             out[r] = v
         for corr, full in zip(plan.corrections, plan.correction_cost):
             v = chunk[corr.input]
@@ -438,7 +425,7 @@ class GraphEngine(PrefixEngine):
                 continue
             idx = [i for u in units for i in corr.channels[u]]
             out[corr.node] = chunk[corr.node] - corr.partial(v, idx)
-            width = v.shape[-1] if isinstance(corr.module, nn.Linear) else v.shape[1]
+            width = v.shape[-1] if corr.last_dim else v.shape[1]
             self.forward_equivalents += full * len(idx) / width / self._chunks
         return out
 
@@ -482,6 +469,26 @@ class GraphEngine(PrefixEngine):
             outs = self._logits_chunks(layer, x)
             q = [self._score(o, y, i, score) for o, i in zip(outs, range(0, x.shape[0], self.batch_size))]
         return self._finish(torch.cat(q))
+
+
+def _downstream(starts) -> set:
+    """Every node that reads, directly or not, one of ``starts``."""
+    seen, stack = set(), list(starts)
+    while stack:
+        n = stack.pop()
+        for u in n.users:
+            if u not in seen:
+                seen.add(u)
+                stack.append(u)
+    return seen
+
+
+def _zero_channels(v: Tensor, idx: list[int], last_dim: bool) -> None:
+    """Set channels ``idx`` of ``v`` to 0 in place (dim 1, or the last dim for token layouts)."""
+    if last_dim:
+        v[..., idx] = 0
+    else:
+        v[:, idx] = 0
 
 
 def _layout_ok(mod: nn.Module, dim: int, ndim: int | None) -> bool:
