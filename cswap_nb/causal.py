@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -71,20 +72,41 @@ def true_class_scores(logits: Tensor, y: Tensor, score: str = "prob") -> Tensor:
     return logp if score == "logprob" else logp.exp()
 
 
-def class_pixel_scores(logits: Tensor, masks: Tensor, score: str = "prob") -> Tensor:
+class PixelClasses(NamedTuple):
+    """Where each class's pixels are in a batch of label masks (N, H, W), for ``C`` classes.
+
+    The masks are the same for every candidate the causal loop tests, so
+    :func:`class_pixel_scores` takes this once-computed index instead of rebuilding it per pass.
+    """
+
+    labels: Tensor  # (N, H*W): the class of each pixel, C for ignored pixels
+    gather: Tensor  # (N, 1, H, W): the class whose probability each pixel contributes (ignored: any)
+    pixels: Tensor  # (N, C): pixels of each class in each image
+
+
+def pixel_classes(masks: Tensor, num_classes: int) -> PixelClasses:
+    """The :class:`PixelClasses` index of label ``masks`` (N, H, W) for ``num_classes`` classes."""
+    n, c = masks.shape[0], num_classes
+    labels = torch.where(masks == IGNORE_INDEX, c, masks).flatten(1)  # ignored pixels -> bin c
+    pixels = torch.zeros(n, c + 1).scatter_add_(1, labels, torch.ones(labels.shape))[:, :c]
+    return PixelClasses(labels, labels.clamp(max=c - 1).view(n, 1, *masks.shape[1:]), pixels)
+
+
+def class_pixel_scores(logits: Tensor, masks: Tensor, score: str = "prob", index: PixelClasses | None = None) -> Tensor:
     """Segmentation scores per (image, class), shape (N, C): for class c, the mean over the
     pixels labelled c of the probability of c (NaN where the image has no pixel of c).
 
     This is what per-class inference tests for segmentation: a class's test uses the
-    images where it appears, each scored on that class's own pixels.
+    images where it appears, each scored on that class's own pixels. ``index`` is
+    :func:`pixel_classes` of ``masks``, computed once by a caller that scores the same masks
+    many times.
     """
     probs = _pixel_probs(logits, masks, score)
     n, c = probs.shape[:2]
-    labels = torch.where(masks == IGNORE_INDEX, c, masks).flatten(1)  # ignored pixels -> bin c
-    own = probs.gather(1, labels.clamp(max=c - 1).view(n, 1, *masks.shape[1:])).flatten(1)
+    index = pixel_classes(masks, c) if index is None else index
+    own = probs.gather(1, index.gather.to(probs.device)).flatten(1)
+    labels, pixels = index.labels.to(probs.device), index.pixels.to(probs.device, probs.dtype)
     total = torch.zeros(n, c + 1, dtype=probs.dtype, device=probs.device).scatter_add_(1, labels, own)[:, :c]
-    pixels = torch.zeros(n, c + 1, dtype=probs.dtype, device=probs.device).scatter_add_(
-        1, labels, torch.ones_like(own))[:, :c]
     return torch.where(pixels > 0, total / pixels.clamp(min=1), torch.full_like(total, float("nan")))
 
 

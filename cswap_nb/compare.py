@@ -35,6 +35,7 @@ def compare(
     eval_data=None,
     model_name: str | None = None,
     progress: bool = True,
+    cswap: PruneResult | None = None,
     **options,
 ) -> list[dict]:
     """C-SWAP against rank-and-prune criteria at equal size, over one or several calibration draws.
@@ -65,6 +66,10 @@ def compare(
         The name in the records (default: the checkpoint's zoo name or the class name).
     progress : bool
         Show progress bars.
+    cswap : PruneResult, optional
+        A C-SWAP result already computed with this very configuration on ``data.calib`` (e.g. the
+        notebook's own ``cs.prune`` run): reused instead of analysing again (its model is not
+        modified; its metric is measured again on ``eval_data``). One calibration draw only.
     **options
         Fields of :class:`~cswap_nb.config.CSwapConfig` (``alpha=``, ``samples_per_class=``,
         ``scope=``, ``group_size=``, ...), replacing those of ``config``.
@@ -75,17 +80,36 @@ def compare(
         One record (the ``--json`` summary plus ``budget`` and ``seed``) per (seed, method, budget).
     """
     cfg = make_config(config, **options)
+    seeds = list(seeds) if seeds is not None else [cfg.seed]
+    if cswap is not None:
+        _check_reusable(cswap, cfg, seeds)
     eval_data = data.test if eval_data is None else eval_data
     before = evaluate(model, eval_data)  # the dense model's metric, once for every run
     records: list[dict] = []
-    for s in (list(seeds) if seeds is not None else [cfg.seed]):
+    for s in seeds:
         records += _compare_one_seed(model, data, methods, dataclasses.replace(cfg, seed=s), per_layer, ratios,
-                                     alphas, model_name, progress, eval_data, before)
+                                     alphas, model_name, progress, eval_data, before, cswap)
     return records
 
 
+def _check_reusable(result: PruneResult, cfg: CSwapConfig, seeds: list[int]) -> None:
+    """Raise ``ValueError`` unless ``result`` is a C-SWAP run of ``cfg`` (the engine aside: every engine gives
+    the same labels) on the single calibration draw asked for."""
+    if not isinstance(result, PruneResult) or result.method != "cswap":
+        raise ValueError(f"cswap= must be the PruneResult of a C-SWAP run, got "
+                         f"{getattr(result, 'method', type(result).__name__)!r}")
+    if seeds != [cfg.seed]:
+        raise ValueError(f"cswap= is one calibration draw (seed {cfg.seed}); it cannot stand for seeds {seeds}")
+    want = {k: v for k, v in cfg.as_dict().items() if k != "engine"}
+    got = {k: v for k, v in result.config.items() if k != "engine"}
+    differ = sorted(k for k in want if got.get(k) != want[k])
+    if differ:
+        raise ValueError("cswap= was run with other options than this comparison: "
+                         + ", ".join(f"{k}={got.get(k)!r} (here {want[k]!r})" for k in differ))
+
+
 def _compare_one_seed(model, data, methods, cfg: CSwapConfig, per_layer, ratios, alphas, model_name, progress,
-                      eval_data, before: float) -> list[dict]:
+                      eval_data, before: float, reuse: PruneResult | None = None) -> list[dict]:
     methods = [m for m in methods if m != "cswap"]
     common = dict(config=cfg, model_name=model_name)
     guard = {"guard_data": getattr(data, "val", None)} if cfg.max_drop is not None else {}
@@ -95,7 +119,10 @@ def _compare_one_seed(model, data, methods, cfg: CSwapConfig, per_layer, ratios,
         res.metric_before, res.metric_after = before, evaluate(res.model, eval_data)
         return res
 
-    ref = prune(model, data.calib, "cswap", progress=progress, **guard, **common)
+    if reuse is not None:  # a copy: the caller's result keeps its own metric
+        ref = dataclasses.replace(reuse, metric_before=before, metric_after=evaluate(reuse.model, eval_data))
+    else:
+        ref = prune(model, data.calib, "cswap", progress=progress, **guard, **common)
     records = [_record(ref, SAME_PARAMS, cfg.seed)]
     counts = {name: len(units) for name, units in ref.pruned_units.items()}
     jobs = [(m, SAME_PARAMS) for m in methods] + [(m, SAME_COUNTS) for m in methods if per_layer]

@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .causal import class_pixel_scores, true_class_scores
+from .causal import class_pixel_scores, pixel_classes, true_class_scores
 from .units import Masker, UnitLayer
 
 Part = tuple[str, Callable[[Tensor], Tensor], list[str]]  # (name, function, module names inside)
@@ -79,6 +79,7 @@ class FullEngine:
         """
         self.masks, self.pairs = masks, pairs
         self.batch_size = min(self.batch_size, 32)  # dense outputs are large
+        self._pixel_index: dict[tuple[int, int], object] = {}  # (batch start, classes) -> pixel_classes
 
     def _score(self, logits: Tensor, y: Tensor, i: int, score: str) -> Tensor:
         if self.masks is None:
@@ -86,7 +87,10 @@ class FullEngine:
         masks = self.masks[i : i + self.batch_size]
         if self.pairs is None:
             return true_class_scores(logits, masks, score)
-        return class_pixel_scores(logits, masks, score)
+        key = (i, logits.shape[1])  # the masks are the same on every pass: index their pixels once
+        if key not in self._pixel_index:
+            self._pixel_index[key] = pixel_classes(masks, logits.shape[1])
+        return class_pixel_scores(logits, masks, score, self._pixel_index[key])
 
     def _finish(self, q: Tensor) -> Tensor:
         return q if self.pairs is None else q[self.pairs[:, 0], self.pairs[:, 1]]

@@ -98,6 +98,25 @@ def test_compare_prunes_every_method_to_cswaps_parameter_count(toy):
     assert {r["budget"] for r in records} == {SAME_PARAMS, SAME_COUNTS, "ratio=0.3"}
 
 
+def test_compare_reuses_a_given_cswap_result_and_refuses_one_of_other_options(toy):
+    model, data = toy
+    res = cs.prune(model, data.calib, samples_per_class=10, eval_data=data.train, progress=False)
+    before = res.metric_after
+    fresh = compare(model, data, ["cswap", "l1"], samples_per_class=10, per_layer=True, progress=False)
+    reused = compare(model, data, ["cswap", "l1"], samples_per_class=10, per_layer=True, progress=False, cswap=res)
+    strip = ("seconds", "analysis_seconds", "engine")
+    assert [{k: v for k, v in r.items() if k not in strip} for r in reused] == \
+        [{k: v for k, v in r.items() if k not in strip} for r in fresh]
+    assert res.metric_after == before  # measured on the test split in the records, the caller's copy untouched
+    with pytest.raises(ValueError, match="alpha=0.05 \\(here 0.2\\)"):
+        compare(model, data, ["cswap", "l1"], samples_per_class=10, alpha=0.2, progress=False, cswap=res)
+    with pytest.raises(ValueError, match="one calibration draw"):
+        compare(model, data, ["cswap", "l1"], samples_per_class=10, seeds=[0, 1], progress=False, cswap=res)
+    with pytest.raises(ValueError, match="C-SWAP run"):
+        l1 = cs.prune(model, data.calib, "l1", ratio=0.2, progress=False)
+        compare(model, data, ["cswap", "l1"], samples_per_class=10, progress=False, cswap=l1)
+
+
 def test_compare_cli_writes_json_and_plot(tmp_path, capsys):
     js, png = tmp_path / "c.json", tmp_path / "c.png"
     assert main(["compare", "--model", "resnet18-digits", "--methods", "cswap,l1,random", "--samples-per-class",

@@ -11,7 +11,7 @@ from torch import nn
 
 import cswap_nb as cs
 from cswap_nb.api import select_segmentation_calibration
-from cswap_nb.causal import class_pixel_scores, true_class_scores
+from cswap_nb.causal import class_pixel_scores, pixel_classes, true_class_scores
 from cswap_nb.compare import curves, retention_auc, tradeoff_scores
 
 
@@ -54,6 +54,9 @@ def test_class_pixel_scores_match_a_direct_computation():
     masks[0, :5] = 255
     masks[1][masks[1] == 2] = 255  # class 2 absent from image 1
     got = class_pixel_scores(logits, masks)
+    # the once-computed pixel index (what the engines pass on every candidate) gives the same values
+    assert torch.equal(class_pixel_scores(logits, masks, index=pixel_classes(masks, 5)).nan_to_num(-1),
+                       got.nan_to_num(-1))
     probs = F.interpolate(logits, size=(32, 64), mode="bilinear", align_corners=False).softmax(1)
     for i in range(3):
         for c in range(5):
