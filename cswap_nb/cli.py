@@ -90,21 +90,26 @@ def run_compare(args: argparse.Namespace) -> int:
     records = compare(model, data, methods, config=from_arguments(args), per_layer=args.per_layer,
                       ratios=_floats(args.grid), alphas=_floats(args.alphas), model_name=args.model,
                       progress=not args.no_progress, seeds=seeds)
+    if args.json is not None:  # first: a long run's records are never lost to a report below
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(records, indent=2) + "\n")
+        print(f"wrote {args.json}")
     budgets = [SAME_PARAMS] + ([SAME_COUNTS] if args.per_layer else [])
+    budgets += [b for b in dict.fromkeys(r["budget"] for r in records) if b not in budgets]  # ratio=, alpha=
     if len(seeds) == 1:
         print(table(records))
         if args.per_layer:
             print("\nat C-SWAP's per-layer unit counts:")
             print(table(records, SAME_COUNTS))
+        for budget in budgets[1 + args.per_layer:]:
+            print(f"\n{budget}:")
+            print(table(records, budget))
     else:
         for budget in budgets:
             print(f"\n{budget} (mean ± sd over {len(seeds)} calibration draws):")
             print(spread_table(records, budget))
-            print(verdict_lines(records, budget))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(records, indent=2) + "\n")
-        print(f"wrote {args.json}")
+            if not budget.startswith("alpha="):  # C-SWAP alone at another α: nothing to pair with
+                print(verdict_lines(records, budget))
     if args.plot is not None:
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         ax = (plot_accuracy_vs_removed([r for r in records if r["budget"] != SAME_COUNTS]) if len(seeds) == 1

@@ -207,7 +207,8 @@ def verdicts(records: list[dict], budget: str = SAME_PARAMS, reference: str = "c
                      "max_diff": float(d.max()) if n else None, "verdict": verdict,
                      "sentence": None if verdict is None else f"{reference} {verdict} {m} "
                                                               f"({mean:+.2f} ± {se:.2f} points over {n} draws)"})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["method", "n", "mean_diff", "se_diff", "min_diff", "max_diff", "verdict",
+                                       "sentence"])
 
 
 def table(records: list[dict], budget: str = SAME_PARAMS) -> str:
@@ -243,6 +244,8 @@ def spread_table(records: list[dict], budget: str = SAME_PARAMS) -> str:
 def verdict_lines(records: list[dict], budget: str = SAME_PARAMS) -> str:
     """One sentence per baseline from :func:`verdicts` (paired over seeds)."""
     v = verdicts(records, budget)
+    if v.empty:
+        return "(no other method at this budget: no verdict)"
     return "\n".join(s for s in v.sentence if s) or "(one calibration draw: no verdict)"
 
 

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from cswap_nb.compare import SAME_COUNTS, SAME_PARAMS, spread, spread_table, verdicts
+from cswap_nb.compare import SAME_COUNTS, SAME_PARAMS, spread, spread_table, verdict_lines, verdicts
 
 
 def _records(table: dict[str, list[float]], budget: str = SAME_PARAMS) -> list[dict]:
@@ -46,3 +46,10 @@ def test_per_layer_counts_compare_with_cswaps_own_runs():
     assert "cswap" in spread_table(recs, SAME_COUNTS)
     with pytest.raises(ValueError, match="no 'cswap' records at budget 'ratio=0.5'"):
         verdicts(recs, "ratio=0.5")
+
+
+def test_cswap_alone_has_no_verdict_and_no_error():
+    recs = _records({"cswap": [90.0, 89.0, 91.0]})
+    v = verdicts(recs)
+    assert v.empty and "sentence" in v.columns
+    assert verdict_lines(recs) == "(no other method at this budget: no verdict)"

@@ -117,6 +117,17 @@ def test_compare_reuses_a_given_cswap_result_and_refuses_one_of_other_options(to
         compare(model, data, ["cswap", "l1"], samples_per_class=10, progress=False, cswap=l1)
 
 
+def test_compare_cli_with_cswap_alone_over_draws_reports_every_alpha(tmp_path, capsys):
+    js = tmp_path / "a.json"
+    assert main(["compare", "--model", "resnet18-digits", "--methods", "cswap", "--samples-per-class", "3",
+                 "--seeds", "2", "--alphas", "0.2", "--json", str(js), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "alpha=0.2 (mean ± sd over 2 calibration draws)" in out and "no verdict" in out
+    records = json.loads(js.read_text())
+    assert sorted((r["budget"], r["seed"]) for r in records) == [("alpha=0.2", 0), ("alpha=0.2", 1),
+                                                                  (SAME_PARAMS, 0), (SAME_PARAMS, 1)]
+
+
 def test_compare_cli_writes_json_and_plot(tmp_path, capsys):
     js, png = tmp_path / "c.json", tmp_path / "c.png"
     assert main(["compare", "--model", "resnet18-digits", "--methods", "cswap,l1,random", "--samples-per-class",
