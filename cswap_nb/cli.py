@@ -94,21 +94,21 @@ def run_compare(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(records, indent=2) + "\n")
         print(f"wrote {args.json}")
-    budgets = [SAME_PARAMS] + ([SAME_COUNTS] if args.per_layer else [])
-    budgets += [b for b in dict.fromkeys(r["budget"] for r in records) if b not in budgets]  # ratio=, alpha=
+    paired = [SAME_PARAMS] + ([SAME_COUNTS] if args.per_layer else [])  # baselines cut to C-SWAP's own runs
+    others = [b for b in dict.fromkeys(r["budget"] for r in records) if b not in paired]  # ratio=, alpha=
     if len(seeds) == 1:
         print(table(records))
         if args.per_layer:
             print("\nat C-SWAP's per-layer unit counts:")
             print(table(records, SAME_COUNTS))
-        for budget in budgets[1 + args.per_layer:]:
+        for budget in others:
             print(f"\n{budget}:")
             print(table(records, budget))
     else:
-        for budget in budgets:
+        for budget in paired + others:
             print(f"\n{budget} (mean ± sd over {len(seeds)} calibration draws):")
             print(spread_table(records, budget))
-            if not budget.startswith("alpha="):  # C-SWAP alone at another α: nothing to pair with
+            if budget in paired:  # elsewhere no C-SWAP run of that draw to pair a baseline with
                 print(verdict_lines(records, budget))
     if args.plot is not None:
         args.plot.parent.mkdir(parents=True, exist_ok=True)

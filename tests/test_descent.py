@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -126,6 +127,14 @@ def test_compare_cli_with_cswap_alone_over_draws_reports_every_alpha(tmp_path, c
     records = json.loads(js.read_text())
     assert sorted((r["budget"], r["seed"]) for r in records) == [("alpha=0.2", 0), ("alpha=0.2", 1),
                                                                   (SAME_PARAMS, 0), (SAME_PARAMS, 1)]
+
+
+def test_compare_cli_over_draws_reports_ratio_points_without_pairing_them(capsys):
+    assert main(["compare", "--model", "resnet18-digits", "--methods", "cswap,l1", "--samples-per-class", "3",
+                 "--seeds", "2", "--grid", "0.5", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "ratio=0.5 (mean ± sd over 2 calibration draws)" in out
+    assert re.search(r"cswap (beats|loses to|within the spread of) l1 \(", out)  # the same-params verdict
 
 
 def test_compare_cli_writes_json_and_plot(tmp_path, capsys):
