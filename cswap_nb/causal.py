@@ -88,7 +88,8 @@ def pixel_classes(masks: Tensor, num_classes: int) -> PixelClasses:
     """The :class:`PixelClasses` index of label ``masks`` (N, H, W) for ``num_classes`` classes."""
     n, c = masks.shape[0], num_classes
     labels = torch.where(masks == IGNORE_INDEX, c, masks).flatten(1)  # ignored pixels -> bin c
-    pixels = torch.zeros(n, c + 1).scatter_add_(1, labels, torch.ones(labels.shape))[:, :c]
+    ones = torch.ones(labels.shape, device=masks.device)
+    pixels = torch.zeros(n, c + 1, device=masks.device).scatter_add_(1, labels, ones)[:, :c]
     return PixelClasses(labels, labels.clamp(max=c - 1).view(n, 1, *masks.shape[1:]), pixels)
 
 
@@ -104,8 +105,8 @@ def class_pixel_scores(logits: Tensor, masks: Tensor, score: str = "prob", index
     probs = _pixel_probs(logits, masks, score)
     n, c = probs.shape[:2]
     index = pixel_classes(masks, c) if index is None else index
-    own = probs.gather(1, index.gather.to(probs.device)).flatten(1)
-    labels, pixels = index.labels.to(probs.device), index.pixels.to(probs.device, probs.dtype)
+    own = probs.gather(1, index.gather).flatten(1)
+    labels, pixels = index.labels, index.pixels.to(probs.dtype)
     total = torch.zeros(n, c + 1, dtype=probs.dtype, device=probs.device).scatter_add_(1, labels, own)[:, :c]
     return torch.where(pixels > 0, total / pixels.clamp(min=1), torch.full_like(total, float("nan")))
 

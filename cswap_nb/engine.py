@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .causal import class_pixel_scores, pixel_classes, true_class_scores
+from .causal import PixelClasses, class_pixel_scores, pixel_classes, true_class_scores
 from .units import Masker, UnitLayer
 
 Part = tuple[str, Callable[[Tensor], Tensor], list[str]]  # (name, function, module names inside)
@@ -79,7 +79,7 @@ class FullEngine:
         """
         self.masks, self.pairs = masks, pairs
         self.batch_size = min(self.batch_size, 32)  # dense outputs are large
-        self._pixel_index: dict[tuple[int, int], object] = {}  # (batch start, classes) -> pixel_classes
+        self._pixel_index: dict[tuple[int, int], PixelClasses] = {}  # (batch start, classes) -> pixel_classes
 
     def _score(self, logits: Tensor, y: Tensor, i: int, score: str) -> Tensor:
         if self.masks is None:

@@ -57,6 +57,8 @@ def test_class_pixel_scores_match_a_direct_computation():
     # the once-computed pixel index (what the engines pass on every candidate) gives the same values
     assert torch.equal(class_pixel_scores(logits, masks, index=pixel_classes(masks, 5)).nan_to_num(-1),
                        got.nan_to_num(-1))
+    # built where the masks are (the engines keep masks and logits on the model's device)
+    assert all(t.device.type == "meta" for t in pixel_classes(masks.to("meta"), 5))
     probs = F.interpolate(logits, size=(32, 64), mode="bilinear", align_corners=False).softmax(1)
     for i in range(3):
         for c in range(5):
