@@ -201,16 +201,20 @@ class GraphEngine(PrefixEngine):
             return node.args[0]
         raise ValueError(f"forward takes a second argument without a default ({node.target!r})")
 
-    def _run_all(self, x: Tensor):
+    def _run_nodes(self, order: list[fx.Node], x: Tensor, keep=frozenset(), last: dict | None = None) -> dict:
+        """Run the nodes of ``order`` on ``x``, freeing each value after its last reader there unless
+        it is in ``keep``; the values left (``keep``'s and those no node of ``order`` reads)."""
+        last = _last_use(order) if last is None else last
         env: dict = {}
-        last = {a: i for i, n in enumerate(self.nodes) for a in n.all_input_nodes}
-        for i, node in enumerate(self.nodes):
+        for i, node in enumerate(order):
             env[node] = self._input(node, x) if node.op == "placeholder" else self._exec(node, env)
-            if node.op == "output":
-                return env[node]
             for a in node.all_input_nodes:
-                if last[a] == i:
+                if last.get(a) == i and a not in keep:
                     del env[a]
+        return env
+
+    def _run_all(self, x: Tensor):
+        return self._run_nodes(self.nodes, x)[self.nodes[-1]]  # a graph's output node is its last
 
     def _node_costs(self, example: Tensor) -> dict:
         from torch.utils.flop_counter import FlopCounterMode
@@ -235,15 +239,13 @@ class GraphEngine(PrefixEngine):
         if not masks:
             return None
         shortcut = self._heads(layer, masks) if layer.kind == "heads" else self._region(layer, masks)
+        corrections, materialize, channels, dim = shortcut if shortcut is not None else ([], [], [], 1)
+        given = {c.node for c in corrections} | set(materialize)  # values a candidate gets without running
         if shortcut is None:
-            corrections, materialize, channels, dim = [], [], [], 1
             dirty = _downstream(masks) | set(masks)
         else:
-            corrections, materialize, channels, dim = shortcut
-            given = {c.node for c in corrections} | set(materialize)
             exits = {u for r in materialize for u in r.users if u not in given}
             dirty = (_downstream(given) | exits) - given
-        given = {c.node for c in corrections} | set(materialize)
         dirty_list = [n for n in self.nodes if n in dirty]
         frontier = {i for d in dirty_list for i in d.all_input_nodes if i not in dirty and i not in given}
         needed = frontier | given | {c.input for c in corrections}
@@ -251,12 +253,8 @@ class GraphEngine(PrefixEngine):
         build = sum(self._costs.get(n, 0.0) for n in self.nodes if n not in dirty)
         # free each recomputed value after its last use: a run that keeps them all allocates fresh
         # memory for every op, and page faults then cost as much as the arithmetic (2x on the ViT)
-        last = {}
-        for i, n in enumerate(dirty_list):
-            for a in n.all_input_nodes:
-                last[a] = i
         release: list[list[fx.Node]] = [[] for _ in dirty_list]
-        for a, i in last.items():
+        for a, i in _last_use(dirty_list).items():
             if a in dirty or a in given:
                 release[i].append(a)
         return Plan(dirty_list, [n for n in self.nodes if n in needed], corrections, cost, build,
@@ -362,22 +360,11 @@ class GraphEngine(PrefixEngine):
         dirty = set(plan.dirty)
         keep = set(plan.frontier)
         order = [n for n in self.nodes if n not in dirty]
-        last_use = {}
-        for i, n in enumerate(order):
-            for a in n.all_input_nodes:
-                last_use[a] = i
+        last = _last_use(order)
         values = []
         try:
             for i0 in range(0, x.shape[0], self.batch_size):
-                env: dict = {}
-                for i, node in enumerate(order):
-                    if node.op == "placeholder":
-                        env[node] = self._input(node, x[i0 : i0 + self.batch_size])
-                    else:
-                        env[node] = self._exec(node, env)
-                    for a in node.all_input_nodes:
-                        if last_use.get(a) == i and a not in keep:
-                            del env[a]
+                env = self._run_nodes(order, x[i0 : i0 + self.batch_size], keep, last)
                 values.append({n: env[n] for n in plan.frontier})
         finally:
             if plan.shortcut:
@@ -469,6 +456,11 @@ class GraphEngine(PrefixEngine):
             outs = self._logits_chunks(layer, x)
             q = [self._score(o, y, i, score) for o, i in zip(outs, range(0, x.shape[0], self.batch_size))]
         return self._finish(torch.cat(q))
+
+
+def _last_use(order: list) -> dict:
+    """For every node that a node of ``order`` reads, the position in ``order`` of its last reader."""
+    return {a: i for i, n in enumerate(order) for a in n.all_input_nodes}
 
 
 def _downstream(starts) -> set:
