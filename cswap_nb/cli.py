@@ -66,10 +66,15 @@ def run_prune(args: argparse.Namespace, out: Path | None) -> dict:
         ax.figure.savefig(out / "layers.png", dpi=120)
         print(f"saved {out / 'pruned.pt'} and {out / 'layers.png'}")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+        _write_json(args.json, summary)
         print(f"wrote {args.json}")
     return summary
+
+
+def _write_json(path: Path, obj, **dumps) -> None:
+    """``obj`` as indented JSON at ``path``, its folder created if needed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, **dumps) + "\n")
 
 
 def _floats(text: str | None) -> list[float]:
@@ -91,8 +96,7 @@ def run_compare(args: argparse.Namespace) -> int:
                       ratios=_floats(args.grid), alphas=_floats(args.alphas), model_name=args.model,
                       progress=not args.no_progress, seeds=seeds)
     if args.json is not None:  # first: a long run's records are never lost to a report below
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(records, indent=2) + "\n")
+        _write_json(args.json, records)
         print(f"wrote {args.json}")
     paired = [SAME_PARAMS] + ([SAME_COUNTS] if args.per_layer else [])  # baselines cut to C-SWAP's own runs
     others = [b for b in dict.fromkeys(r["budget"] for r in records) if b not in paired]  # ratio=, alpha=
@@ -139,9 +143,8 @@ def run_variants(args: argparse.Namespace) -> int:
     print("\nagainst the default (paired over draws):")
     print(summary[cols].iloc[1:].to_string(index=False))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"rows": rows.to_dict(orient="records"),
-                                         "summary": summary.to_dict(orient="records")}, indent=2, default=str) + "\n")
+        _write_json(args.json, {"rows": rows.to_dict(orient="records"), "summary": summary.to_dict(orient="records")},
+                    default=str)
         print(f"wrote {args.json}")
     return 0
 
@@ -208,8 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             report = run(args.model, rounds=args.rounds, engines=engines)
             print(format_report(report))
             if args.json is not None:
-                args.json.parent.mkdir(parents=True, exist_ok=True)
-                args.json.write_text(json.dumps(report, indent=2) + "\n")
+                _write_json(args.json, report)
             return 0
         if args.cmd == "demo":
             # the prune command's own defaults, so that demo and prune cannot drift apart
