@@ -105,9 +105,12 @@ class FullEngine:
 
 
 class PrefixEngine(FullEngine):
-    """Cache the input of the first part touched by the layer under analysis."""
+    """Cache the input of the first part touched by the layer under analysis (``engine="parts"``).
 
-    name = "fast"
+    :attr:`path` is ``"parts"``, or ``"full"`` when the model is not a supported sequence of parts.
+    """
+
+    name = "parts"
 
     def __init__(self, model: nn.Module, masker: Masker, example: Tensor, batch_size: int = 512):
         super().__init__(model, masker, batch_size)
@@ -117,6 +120,7 @@ class PrefixEngine(FullEngine):
         self._cost: list[float] = []
         if self.parts is not None:
             self._check(example)
+        self.path = "parts" if self.parts is not None else "full"
         if self.parts is not None:
             self._cost = self._part_costs(example)
             self._part_of = {}
@@ -183,7 +187,5 @@ def make_engine(kind: str, model: nn.Module, masker: Masker, example: Tensor) ->
 
         return GraphEngine(model, masker, example)
     if kind == "parts":
-        engine = PrefixEngine(model, masker, example)
-        engine.name, engine.path = "parts", "parts" if engine.parts is not None else "full"
-        return engine
+        return PrefixEngine(model, masker, example)
     raise ValueError(f"engine must be one of 'fast', 'naive', 'parts', got {kind!r}")

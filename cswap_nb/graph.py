@@ -156,8 +156,7 @@ class GraphEngine(PrefixEngine):
         except Exception as exc:  # noqa: BLE001 - any tracing failure means: use the parts instead
             reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
             self.graph = None
-            PrefixEngine.__init__(self, model, masker, example, batch_size)
-            self.path = "parts" if self.parts is not None else "full"
+            PrefixEngine.__init__(self, model, masker, example, batch_size)  # sets path: parts or full
             then = "the family's parts" if self.parts is not None else f"full passes ({self.fallback})"
             self.fallback = f"torch.fx could not trace {type(model).__name__} ({type(exc).__name__}: {reason}); using {then}"
             return
