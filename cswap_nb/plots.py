@@ -69,10 +69,29 @@ def plot_layer_labels(result, ax: Axes | None = None) -> Axes:
     return ax
 
 
-def plot_accuracy_vs_removed(records: list[dict], ax: Axes | None = None) -> Axes:
-    """Test metric after pruning vs % of parameters removed, one series per method.
+def _split_of(records: list[dict], split: str | None) -> str | None:
+    """Where the records' metric was measured: ``split`` when given, else a ``"split"`` entry the records
+    carry (records of :func:`cswap_nb.compare.compare` carry none: they are measured on whatever
+    ``eval_data`` the caller passed), else None."""
+    if split is not None:
+        return split
+    return next((r["split"] for r in records if r.get("split")), None)
 
-    The dense model's metric is the dashed line (the poster's Figure 2 layout).
+
+def _metric_label(records: list[dict], split: str | None) -> str:
+    """The axis label of the records' metric, e.g. "validation top1 accuracy (%)"; without a known split,
+    just the metric ("top1 accuracy (%)")."""
+    metric = records[0]["metric_name"].replace("_pct", "").replace("_", " ")
+    split = _split_of(records, split)
+    return f"{split} {metric} (%)" if split else f"{metric} (%)"
+
+
+def plot_accuracy_vs_removed(records: list[dict], ax: Axes | None = None, split: str | None = None) -> Axes:
+    """The metric after pruning vs % of parameters removed, one series per method.
+
+    The dense model's metric is the dashed line (the poster's Figure 2 layout). ``split`` names where
+    the metric was measured (``"test"``, ``"validation"``) in the axis label; by default the records'
+    own ``"split"`` entry if they have one, else no split is named.
     """
     ax = ax or _new_ax((7, 4.5))
     methods = list(dict.fromkeys(r["method"] for r in records))
@@ -85,22 +104,30 @@ def plot_accuracy_vs_removed(records: list[dict], ax: Axes | None = None) -> Axe
     ax.axhline(dense, linestyle="--", color="black", linewidth=1, label="original model")
     ax.set_xlim(0, 100)  # panels of different models stay comparable; a lone point is not zoomed into
     ax.set_xlabel("parameters removed (%)")
-    ax.set_ylabel(f"test {records[0]['metric_name'].replace('_pct', '').replace('_', ' ')} (%)")
+    ax.set_ylabel(_metric_label(records, split))
     ax.set_title(f"{records[0]['model']}: one-shot pruning, no fine-tuning", fontsize=10)
     ax.legend(fontsize=8, frameon=False, loc="lower left", ncol=2)
     return ax
 
 
-def plot_spread(records: list[dict], budget: str = "same-params", ax: Axes | None = None) -> Axes:
+def plot_spread(records: list[dict], budget: str = "same-params", ax: Axes | None = None,
+                split: str | None = None) -> Axes:
     """The metric after pruning per method over calibration draws (seaborn): one dot per seed,
     the mean with ± 1 sd bars, the dense model dashed; tick labels give % parameters removed
-    (mean ± sd). A difference smaller than the bars is calibration luck, not a method."""
+    (mean ± sd). A difference smaller than the bars is calibration luck, not a method.
+
+    At ``budget="same-per-layer-counts"`` C-SWAP's own runs (recorded at ``same-params``) are drawn
+    too, since the baselines copy their allocation (:func:`cswap_nb.compare.at_budget`). ``split``
+    names where the metric was measured (``"test"``, ``"validation"``) in the axis label; by default
+    the records' own ``"split"`` entry if they have one, else no split is named."""
     import pandas as pd
     import seaborn as sns
 
+    from .compare import at_budget
+
     df = pd.DataFrame([{"method": "C-SWAP" if r["method"] == "cswap" else r["method"], "seed": r.get("seed", 0),
                         "metric": r["metric_after"], "removed": r["params_removed_pct"]}
-                       for r in records if r["budget"] == budget])
+                       for r in at_budget(records, budget)])
     if df.empty:
         raise ValueError(f"no records at budget {budget!r}")
     order = df.groupby("method").metric.mean().sort_values(ascending=False).index.tolist()
@@ -116,7 +143,7 @@ def plot_spread(records: list[dict], budget: str = "same-params", ax: Axes | Non
                                       + (f" ± {removed.loc[m, 'std']:.1f}" if removed.loc[m, "std"] == removed.loc[m, "std"] else "")
                                       + "%" for m in order], fontsize=8)
     ax.set_xlabel("method (parameters removed, mean ± sd)")
-    ax.set_ylabel(f"test {records[0]['metric_name'].replace('_pct', '').replace('_', ' ')} (%)")
+    ax.set_ylabel(_metric_label(records, split))
     n = df.seed.nunique()
     ax.set_title(f"{records[0]['model']}, {budget}: {n} calibration draw{'s' if n > 1 else ''} "
                  "(dots), mean ± sd", fontsize=10)
@@ -226,7 +253,8 @@ def plot_allocation(records: list[dict], budget: str = "same-params", ax: Axes |
                label="C-SWAP" if r["method"] == "cswap" else r["method"])
     ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("units removed")
-    ax.set_title("where each method removed units (same parameter count)", fontsize=10)
+    what = {"same-params": "same parameter count", "same-per-layer-counts": "C-SWAP's per-layer counts"}.get(budget, budget)
+    ax.set_title(f"where each method removed units ({what})", fontsize=10)
     ax.legend(fontsize=7, frameon=False, ncol=3)
     return ax
 

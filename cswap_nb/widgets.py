@@ -192,14 +192,15 @@ class AlphaExplorer:
         seconds = time.perf_counter() - t0
         self.last_result = res
         s = res.summary()
-        metric = f"{evaluation_split(data)[0]} " + ("mIoU" if s["metric_name"] == "miou_pct" else "accuracy")
+        split = evaluation_split(data)[0]
+        metric = f"{split} " + ("mIoU" if s["metric_name"] == "miou_pct" else "accuracy")
         self.history.append({**s, "budget": f"alpha={v['alpha']:.3g}", "settings": dict(v)})
         self.status.value = (f"<b>α = {v['alpha']:.3g}</b>: {s['params_removed_pct']:.1f}% of parameters and "
                              f"{s['macs_removed_pct']:.1f}% of MACs removed; {metric} {s['metric_before']:.2f}% → "
                              f"{s['metric_after']:.2f}% ({seconds:.1f} s; {cache.hits - hits0} cached tests reused, "
                              f"{cache.misses - misses0} computed)")
         self.counts.value = render_counts(s)
-        self._draw(res)
+        self._draw(res, split)
         return res
 
     def run_in_background(self) -> None:
@@ -221,9 +222,10 @@ class AlphaExplorer:
         self._thread = threading.Thread(target=target, daemon=True)
         self._thread.start()
 
-    def _draw(self, res: PruneResult) -> None:
+    def _draw(self, res: PruneResult, split: str | None = None) -> None:
         """Draw on a Figure of its own (no pyplot state: runs happen in a worker thread) and hand the
-        rendered PNG to the output widget explicitly (no ``with output:`` capture across threads)."""
+        rendered PNG to the output widget explicitly (no ``with output:`` capture across threads).
+        ``split`` names where the metric was measured (:func:`evaluation_split`) on the plot's axis."""
         import base64
         import io
 
@@ -235,7 +237,7 @@ class AlphaExplorer:
         axes = fig.subplots(1, 2)
         plot_layer_labels(res, ax=axes[0])
         records = [{**h, "method": "cswap"} for h in self.history]
-        plot_accuracy_vs_removed(records, ax=axes[1])
+        plot_accuracy_vs_removed(records, ax=axes[1], split=split)
         for h in self.history:
             axes[1].annotate(h["budget"].replace("alpha=", "α="), (h["params_removed_pct"], h["metric_after"]),
                              textcoords="offset points", xytext=(4, -12), fontsize=7)
