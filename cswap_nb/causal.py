@@ -211,6 +211,49 @@ class Verdict:
     worst_class: int
 
 
+def group_pvalues(qn: np.ndarray, q: np.ndarray, groups: list[np.ndarray], test: str) -> tuple[np.ndarray, np.ndarray]:
+    """One-sided p-values (lowers, raises) of each group of samples (one row of ``groups`` each)."""
+    if len({len(g) for g in groups}) == 1:  # equal group sizes: one vectorised call
+        idx = np.stack(groups)
+        return one_sided_pvalues(qn[idx], q[idx], test)
+    pairs = [one_sided_pvalues(qn[g], q[g], test) for g in groups]
+    return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+
+
+def as_compared(q_removed: Tensor, q_ref: Tensor, score: str) -> tuple[np.ndarray, np.ndarray]:
+    """The two samples the test compares, as float64 arrays: the scores, or for ``score="ratio"``
+    ``q^n(x) / q(x)`` against 1 (the paper's global causal effect, per sample)."""
+    qn = q_removed.double().cpu().numpy()
+    q = q_ref.double().cpu().numpy()
+    if score == "ratio":
+        qn, q = qn / np.maximum(q, 1e-12), np.ones_like(q)
+    return qn, q
+
+
+def verdict_of(lows: np.ndarray, highs: np.ndarray, classes: list[int], alpha: float, correction: str,
+               effect: float, complete: bool = True) -> Verdict | None:
+    """The label from per-class p-values of "removal lowers q" (``lows``) and "raises q" (``highs``).
+
+    With ``complete=False`` the classes not evaluated yet hold p = 1 in both arrays; the result is
+    then the final label if it is already decided (critical), else None. This is exact: a smaller
+    p-value for any class can only lower the adjusted p-values (none, Holm and BH are monotone), so a
+    unit critical with the missing classes at p = 1 is critical whatever they turn out to be.
+    Neutral and detrimental need every class.
+    """
+    worst = classes[int(np.argmin(lows))]
+    lows, highs = adjust_pvalues(lows, correction), adjust_pvalues(highs, correction)
+    p_lower, p_raise = float(lows.min()), float(highs.min())
+    if p_lower < alpha:
+        label, p = CRITICAL, p_lower
+    elif not complete:
+        return None
+    elif p_raise < alpha:
+        label, p = DETRIMENTAL, p_raise
+    else:
+        label, p = NEUTRAL, p_lower
+    return Verdict(label, p, p_lower, p_raise, effect, worst)
+
+
 def test_unit(
     q_removed: Tensor,
     q_ref: Tensor,
@@ -226,28 +269,9 @@ def test_unit(
     ``correction`` adjusts the per-class p-values of each direction (:func:`adjust_pvalues`);
     it has no effect with ``inference="general"`` (one test per direction).
     """
-    qn = q_removed.double().cpu().numpy()
-    q = q_ref.double().cpu().numpy()
-    if score == "ratio":
-        # sigma^n(x) / sigma(x) against 1 (the paper's global causal effect, per sample)
-        qn, q = qn / np.maximum(q, 1e-12), np.ones_like(q)
+    qn, q = as_compared(q_removed, q_ref, score)
     yy = y.cpu().numpy()
     classes = [-1] if inference == "general" else [int(c) for c in np.unique(yy)]
     groups = [np.arange(len(yy))] if inference == "general" else [np.flatnonzero(yy == c) for c in classes]
-    if len({len(g) for g in groups}) == 1:  # equal group sizes: one vectorised call
-        idx = np.stack(groups)
-        lows, highs = one_sided_pvalues(qn[idx], q[idx], test)
-    else:
-        pairs = [one_sided_pvalues(qn[g], q[g], test) for g in groups]
-        lows = np.concatenate([p[0] for p in pairs])
-        highs = np.concatenate([p[1] for p in pairs])
-    worst = classes[int(np.argmin(lows))]
-    lows, highs = adjust_pvalues(lows, correction), adjust_pvalues(highs, correction)
-    p_lower, p_raise = float(lows.min()), float(highs.min())
-    if p_lower < alpha:
-        label, p = CRITICAL, p_lower
-    elif p_raise < alpha:
-        label, p = DETRIMENTAL, p_raise
-    else:
-        label, p = NEUTRAL, p_lower
-    return Verdict(label, p, p_lower, p_raise, float((qn - q).mean()), worst)
+    lows, highs = group_pvalues(qn, q, groups, test)
+    return verdict_of(lows, highs, classes, alpha, correction, float((qn - q).mean()))

@@ -20,6 +20,7 @@ UNIT_ORDERS = ("magnitude", "random")
 REFERENCES = ("dense", "current")
 SCOPES = ("internal", "all")
 ENGINES = ("fast", "naive", "parts")
+EVALUATIONS = ("early", "full")
 
 
 def _option(default, help: str, choices: tuple[str, ...] | None = None, scores: bool = True, **extra) -> Any:
@@ -77,6 +78,12 @@ class CSwapConfig:
     engine : {"fast", "naive", "parts"}
         How scores are computed (:mod:`cswap_nb.engine`, :mod:`cswap_nb.graph`); identical decisions.
         ``"parts"`` is the earlier prefix engine (the family's parts only), kept for benchmarks.
+    evaluation : {"early", "full"}
+        ``"early"`` (default): a candidate is evaluated class by class and stops as soon as one class
+        decides it critical (exact: the labels equal a full evaluation's; cswap_nb/METHOD.md §10);
+        ``"full"``: every class is evaluated for every candidate, so every record holds all the
+        per-class evidence. Segmentation, ``inference="general"`` and the ``"parts"`` engine always
+        evaluate in full.
     max_drop : float or None, default None
         A guard (cswap_nb/METHOD.md §3): after each layer, the metric of the partly pruned network
         is measured on a validation split (``guard_data=`` of :func:`cswap_nb.prune`); once it is
@@ -115,6 +122,9 @@ class CSwapConfig:
     engine: str = _option("fast", "fast: recompute only what a removal changes (torch.fx graph, cached "
                                   "intermediates); naive: one full pass per unit; parts: cache before the analysed "
                                   "part of a known family (identical decisions)", ENGINES, scores=False)
+    evaluation: str = _option("early", "early: evaluate a candidate class by class and stop once one class decides "
+                                       "it critical (exact, same labels); full: every class for every candidate",
+                              EVALUATIONS, scores=False)
 
     def __post_init__(self):
         if isinstance(self.samples_per_class, numbers.Integral) and not isinstance(self.samples_per_class, bool):

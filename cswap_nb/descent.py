@@ -17,10 +17,11 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from .causal import CRITICAL, test_unit
+from .causal import CRITICAL, Verdict, as_compared, group_pvalues, test_unit, verdict_of
 from .config import LAYER_ORDERS, REFERENCES, UNIT_ORDERS, CSwapConfig  # noqa: F401 (re-exported)
 from .engine import FullEngine
 from .units import Masker, UnitLayer
@@ -117,6 +118,88 @@ class Guard:
         self.report["restored_units"] = sum(len(units(r)) for r in removed[lo:])
 
 
+def class_ranges(y: Tensor) -> list[tuple[int, int, int]] | None:
+    """``(class, start, stop)`` of each class of ``y`` when its samples are contiguous (the calibration
+    selection orders them so), else None."""
+    yy = y.cpu().numpy()
+    if yy.ndim != 1 or not len(yy):
+        return None
+    cuts = np.flatnonzero(np.diff(yy)) + 1
+    starts, stops = np.r_[0, cuts], np.r_[cuts, len(yy)]
+    out = [(int(yy[a]), int(a), int(b)) for a, b in zip(starts, stops)]
+    return out if len({c for c, _, _ in out}) == len(out) else None
+
+
+class ClassByClass:
+    """Evaluate a candidate class by class and stop as soon as its label is decided (cswap_nb/METHOD.md §10).
+
+    A unit is critical as soon as one class's test rejects; the classes not evaluated yet cannot change
+    that (:func:`~cswap_nb.causal.verdict_of`). The classes are visited in an adaptive order: first the
+    one with the smallest p-value of "removal lowers q" when it was last evaluated (the previous
+    candidates of a layer tend to hurt the same classes), then the others in contiguous runs of the
+    calibration set (one engine call per run). Neutral and detrimental units evaluate every class, and
+    then get exactly the full evaluation's verdict.
+
+    For a unit decided early, ``p_lower``, ``p_raise`` and ``worst_class`` are computed with the
+    classes not evaluated at p = 1, and ``effect`` is the mean over the evaluated samples; the record's
+    ``classes`` lists the classes evaluated, in order. ``enabled`` is False (every candidate evaluated
+    in full) with ``evaluation="full"``, ``inference="general"``, segmentation, or a calibration set
+    whose classes are not contiguous.
+    """
+
+    def __init__(self, engine: FullEngine, x: Tensor, y: Tensor, cfg: CSwapConfig, first: int = 1):
+        self.engine, self.x, self.y, self.cfg, self.first = engine, x, y, cfg, first
+        self.ranges = class_ranges(y) if cfg.inference == "per-class" else None
+        self.enabled = (cfg.evaluation == "early" and self.ranges is not None and len(self.ranges) > 1
+                        and getattr(engine, "masks", None) is None)
+        self.classes = [c for c, _, _ in self.ranges] if self.ranges else []
+        self.hint = np.zeros(len(self.classes))  # each class's p_lower when it was last evaluated
+
+    def _batches(self) -> list[list[int]]:
+        """Positions of :attr:`ranges` per engine call: the ``first`` most promising classes alone, then
+        the rest in contiguous runs."""
+        order = np.argsort(self.hint, kind="stable").tolist()
+        head = order[: self.first]
+        rest = sorted(set(order) - set(head))
+        runs: list[list[int]] = []
+        for i in rest:
+            if runs and runs[-1][-1] == i - 1:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        return [[i] for i in head] + runs
+
+    def evaluate(self, layer: UnitLayer, q_ref: Tensor) -> tuple[Verdict, Tensor | None, list[int]]:
+        """The verdict of the current candidate, its scores on every sample (None when decided early),
+        and the classes evaluated."""
+        cfg, x, y = self.cfg, self.x, self.y
+        if not self.enabled or not self.engine.can_slice(layer, x):
+            q = self.engine.scores(x, y, cfg.score, layer)
+            verdict = test_unit(q, q_ref, y, cfg.alpha, cfg.test, cfg.inference, cfg.score, cfg.correction)
+            return verdict, q, list(self.classes) or sorted({int(c) for c in y.unique().tolist()})
+        n = len(self.ranges)
+        lows, highs = np.ones(n), np.ones(n)
+        parts, done, diffs = [], [], []
+        for batch in self._batches():
+            start, stop = self.ranges[batch[0]][1], self.ranges[batch[-1]][2]
+            qn = self.engine.slice_scores(x, y, cfg.score, layer, start, stop)
+            parts.append((start, qn))
+            a, b = as_compared(qn, q_ref[start:stop], cfg.score)
+            groups = [np.arange(self.ranges[i][1] - start, self.ranges[i][2] - start) for i in batch]
+            lo, hi = group_pvalues(a, b, groups, cfg.test)
+            lows[batch], highs[batch], self.hint[batch] = lo, hi, lo
+            done.extend(batch)
+            diffs.append(a - b)
+            if len(done) < n:
+                verdict = verdict_of(lows, highs, self.classes, cfg.alpha, cfg.correction,
+                                     float(np.concatenate(diffs).mean()), complete=False)
+                if verdict is not None:
+                    return verdict, None, [self.classes[i] for i in done]
+        q = torch.cat([qn for _, qn in sorted(parts, key=lambda p: p[0])])
+        verdict = test_unit(q, q_ref, y, cfg.alpha, cfg.test, cfg.inference, cfg.score, cfg.correction)
+        return verdict, q, [self.classes[i] for i in done]
+
+
 def progressive(
     engine: FullEngine,
     masker: Masker,
@@ -133,14 +216,14 @@ def progressive(
     are updated in place (``pruned=False``, a note).
     """
     q_ref = engine.scores(x, y, cfg.score)
+    tester = ClassByClass(engine, x, y, cfg)
     plan = visiting_plan(layers, cfg)
     in_layer: list[dict] = []
     for step, (layer, units) in enumerate(plan):
         t0 = time.perf_counter()
         remaining = int((~masker.removed[layer.name]).sum())
         masker.set(layer.name, units, True)
-        q_removed = engine.scores(x, y, cfg.score, layer)
-        verdict = test_unit(q_removed, q_ref, y, cfg.alpha, cfg.test, cfg.inference, cfg.score, cfg.correction)
+        verdict, q_removed, classes = tester.evaluate(layer, q_ref)
         note = ""
         prune = verdict.label != CRITICAL
         if prune and remaining <= len(units):
@@ -162,6 +245,7 @@ def progressive(
             "effect": verdict.effect,
             "worst_class": verdict.worst_class,
             "magnitude": float(layer.magnitude[units].sum()),
+            "classes": classes,
             "note": note,
             "seconds": time.perf_counter() - t0,
         }

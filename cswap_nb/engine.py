@@ -104,6 +104,21 @@ class FullEngine:
         return self._finish(torch.cat(out))
 
 
+    def can_slice(self, layer: UnitLayer, x: Tensor) -> bool:
+        """Whether :meth:`slice_scores` computes only the rows asked for (classification scores)."""
+        return self.masks is None
+
+    def slice_scores(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer, start: int, stop: int) -> Tensor:
+        """The scores of calibration samples ``start:stop`` alone (a pass over those rows), for
+        decisions taken class by class (cswap_nb/METHOD.md §10)."""
+        if self.masks is not None:
+            raise ValueError("slice_scores scores classification outputs; segmentation scores need every image")
+        with torch.inference_mode():
+            q = true_class_scores(self.model(x[start:stop]), y[start:stop], score)
+        self.forward_equivalents += (stop - start) / x.shape[0]
+        return q
+
+
 class PrefixEngine(FullEngine):
     """Cache the input of the first part touched by the layer under analysis (``engine="parts"``).
 
@@ -151,6 +166,9 @@ class PrefixEngine(FullEngine):
                 costs.append(float(counter.get_total_flops()))
         total = sum(costs) or 1.0
         return [c / total for c in costs]
+
+    def can_slice(self, layer: UnitLayer, x: Tensor) -> bool:
+        return self.parts is None and self.masks is None  # the parts' cache is keyed by the whole tensor
 
     def start_of(self, layer: UnitLayer) -> int:
         return min(self._part_of.get(n, 0) for n in layer.points)

@@ -39,6 +39,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .causal import true_class_scores
 from .engine import FullEngine, PrefixEngine
 from .units import Masker, UnitLayer, _channel_dim, is_depthwise
 
@@ -109,10 +110,13 @@ class Plan:
     channels: list[int] = field(default_factory=list)  # the region's channel of each unit
     dim: int = 1  # the region's channel dimension
     release: list = field(default_factory=list)  # per dirty node: values no later node reads
+    batched: set = field(default_factory=set)  # frontier nodes whose first dimension is the batch
+    sliceable: bool = False  # whether a candidate can run on a slice of the cached batch (checked)
 
     def __post_init__(self):
-        # values a candidate computes itself (never a cached one): in-place ops may work on them
-        self.fresh = set(self.dirty) | {c.node for c in self.corrections} | set(self.materialize)
+        # values a candidate computes itself and keeps no further: in-place ops may work on them. The
+        # corrections' outputs are not among them: they are kept to fold a removal into the cache.
+        self.fresh = set(self.dirty) | set(self.materialize)
 
     @property
     def shortcut(self) -> bool:
@@ -337,14 +341,49 @@ class GraphEngine(PrefixEngine):
                     if not torch.allclose(got, ref, atol=1e-4, rtol=1e-4):
                         self.layer_fallbacks[layer.name] = "its cached plan did not reproduce a full pass"
                         return None
+                try:
+                    self._check_slices(layer, plan, example)
+                except Exception:  # noqa: BLE001 - whole-batch candidates still use the plan
+                    plan.sliceable, plan.batched = False, set()
         except Exception as exc:  # noqa: BLE001
             self.layer_fallbacks[layer.name] = f"its cached plan failed ({type(exc).__name__}: {exc})"
             return None
         finally:
             self.masker.set(layer.name, list(range(layer.size)), False)
             self.masker.set(layer.name, saved.nonzero().flatten().tolist(), True)
-            self._cache = None
+            self._cache = self._current = None
         return plan
+
+    def _check_slices(self, layer: UnitLayer, plan: Plan, example: Tensor) -> None:
+        """Find the frontier values whose first dimension is the batch (their rows are sliced for a slice
+        of the calibration set; every other value must not depend on the batch) and check that a
+        candidate run on each row of a two-sample batch reproduces that row of the whole run. Sets
+        :attr:`Plan.sliceable`; a plan that fails is still used for whole-batch candidates."""
+        plan.sliceable, plan.batched = False, set()
+        pair = torch.cat([example, example.flip(-1)])
+        with torch.inference_mode():
+            values = []
+            for x in (pair, pair[:1]):
+                self._cache = self._current = None
+                values.append(self._cache_for(layer, plan, x).values[0])
+            for n in plan.frontier:
+                two, one = values[0][n], values[1][n]
+                if (isinstance(two, Tensor) and isinstance(one, Tensor) and two.ndim and two.shape[0] == 2
+                        and one.shape[0] == 1 and two.shape[1:] == one.shape[1:]):
+                    plan.batched.add(n)
+                elif not _same_value(two, one):
+                    return  # a value that depends on the batch size but is not batch-major
+            for units in ([], [0]):
+                self.masker.set(layer.name, list(range(layer.size)), False)
+                self.masker.set(layer.name, units, True)
+                self._cache = self._current = None
+                whole = self._logits(pair, layer)
+                _, cache, given, removed = self._begin(layer, pair)
+                rows = [self._run_chunk(plan, cache.values[0], given[0] if given else None, removed, slice(i, i + 1))
+                        for i in range(2)]
+                if not torch.allclose(torch.cat(rows), whole, atol=1e-4, rtol=1e-4):
+                    return
+        plan.sliceable = True
 
     # -- the cache -------------------------------------------------------------------------------
     def _state_key(self, layer: UnitLayer, x: Tensor) -> tuple:
@@ -394,16 +433,9 @@ class GraphEngine(PrefixEngine):
         return c
 
     # -- scores ------------------------------------------------------------------------------------
-    def _candidate(self, plan: Plan, chunk: dict, units: list[int], removed: list[int]) -> dict:
-        """Each correction's output with ``units`` removed on top of the cached state, and each
-        materialised region node with all ``removed`` units zeroed."""
+    def _corrected(self, plan: Plan, chunk: dict, units: list[int]) -> dict:
+        """Each correction's output with ``units`` removed on top of the cached state (whole chunk)."""
         out = {}
-        idx = [plan.channels[u] for u in removed]
-        for r in plan.materialize:
-            v = chunk[r].clone()
-            if idx:
-                _zero_channels(v, idx, plan.dim != 1)
-            out[r] = v
         for corr, full in zip(plan.corrections, plan.correction_cost):
             v = chunk[corr.input]
             if not units:
@@ -415,6 +447,44 @@ class GraphEngine(PrefixEngine):
             self.forward_equivalents += full * len(idx) / width / self._chunks
         return out
 
+    def _begin(self, layer: UnitLayer, x: Tensor):
+        """Start the candidate the masks describe now: fold the last one into the cache if it was kept,
+        compute the corrections once (each later slice of the batch reads them). Called once per
+        candidate: a second call for the same mask state reuses the first's work."""
+        token = (layer.name, x.data_ptr(), tuple(x.shape),
+                 tuple((name, tuple(m.nonzero().flatten().tolist())) for name, m in self.masker.removed.items()))
+        current = getattr(self, "_current", None)
+        if (current is not None and current[0] == token and current[1] is self._cache
+                and (not current[2][2] or (self._cache.last is not None and self._cache.last[1] is current[2][2]))):
+            return current[2]
+        plan = self._plans[layer.name]
+        cache = self._cache_for(layer, plan, x)
+        now = self.masker.removed[layer.name]
+        units = (now & ~cache.base).nonzero().flatten().tolist() if plan.shortcut else []
+        removed = [plan.channels[u] for u in now.nonzero().flatten().tolist()] if plan.materialize else []
+        self._chunks = len(cache.values)
+        given = [self._corrected(plan, chunk, units) for chunk in cache.values] if plan.shortcut else []
+        if plan.shortcut:
+            cache.last = (units, given)
+        state = (plan, cache, given, removed)
+        self._current = (token, cache, state)
+        return state
+
+    def _run_chunk(self, plan: Plan, chunk: dict, given: dict | None, removed: list[int], sl: slice | None = None):
+        """The logits of one cached chunk (or of the rows ``sl`` of it) for the current candidate."""
+        if sl is None:
+            env = dict(chunk)
+        else:
+            env = {n: (v[sl] if n in plan.batched else v) for n, v in chunk.items()}
+        if given:
+            env.update(given if sl is None else {n: v[sl] for n, v in given.items()})
+        for r in plan.materialize:  # the region read from the cache with every removed unit zeroed
+            v = (chunk[r] if sl is None else chunk[r][sl]).clone()
+            if removed:
+                _zero_channels(v, removed, plan.dim != 1)
+            env[r] = v
+        return self._dirty_run(plan, env)
+
     def _dirty_run(self, plan: Plan, env: dict):
         fresh = plan.fresh
         for node, done in zip(plan.dirty, plan.release):
@@ -424,22 +494,9 @@ class GraphEngine(PrefixEngine):
         return env[plan.dirty[-1]]
 
     def _logits_chunks(self, layer: UnitLayer, x: Tensor):
-        plan = self._plans[layer.name]
-        cache = self._cache_for(layer, plan, x)
-        now = self.masker.removed[layer.name]
-        units = (now & ~cache.base).nonzero().flatten().tolist() if plan.shortcut else []
-        removed = now.nonzero().flatten().tolist() if plan.materialize else []
-        self._chunks = len(cache.values)
-        outs, lasts = [], []
-        for chunk in cache.values:
-            env = dict(chunk)
-            if plan.shortcut:
-                given = self._candidate(plan, chunk, units, removed)
-                env.update(given)
-                lasts.append(given)
-            outs.append(self._dirty_run(plan, env))
-        if plan.shortcut:
-            cache.last = (units, lasts)
+        plan, cache, given, removed = self._begin(layer, x)
+        outs = [self._run_chunk(plan, chunk, given[i] if given else None, removed)
+                for i, chunk in enumerate(cache.values)]
         self.forward_equivalents += plan.cost
         return outs
 
@@ -455,6 +512,31 @@ class GraphEngine(PrefixEngine):
             outs = self._logits_chunks(layer, x)
             q = [self._score(o, y, i, score) for o, i in zip(outs, range(0, x.shape[0], self.batch_size))]
         return self._finish(torch.cat(q))
+
+    def can_slice(self, layer: UnitLayer, x: Tensor) -> bool:
+        """Whether :meth:`slice_scores` computes only the rows asked for: a graph plan checked on slices
+        whose cache holds ``x`` in one chunk, or a layer analysed with full passes (a pass over the rows)."""
+        if self.graph is None:
+            return super().can_slice(layer, x)
+        plan = self._plans.get(layer.name)
+        if plan is None:
+            return self.masks is None
+        return plan.sliceable and self.masks is None and x.shape[0] <= self.batch_size
+
+    def slice_scores(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer, start: int, stop: int) -> Tensor:
+        """The scores of calibration samples ``start:stop`` for the current candidate; the other rows are
+        not computed. Needs :meth:`can_slice`; several slices of one candidate share its corrections."""
+        if self.graph is None or self._plans.get(layer.name) is None:
+            return FullEngine.slice_scores(self, x, y, score, layer, start, stop)
+        if not self.can_slice(layer, x):
+            raise ValueError(f"layer {layer.name!r} cannot be scored on a slice of the calibration set")
+        with torch.inference_mode():
+            plan, cache, given, removed = self._begin(layer, x)
+            sl = slice(start, stop)
+            logits = self._run_chunk(plan, cache.values[0], given[0] if given else None, removed, sl)
+            q = true_class_scores(logits, y[sl], score)
+        self.forward_equivalents += plan.cost * (stop - start) / x.shape[0]
+        return q
 
 
 def _last_use(order: list) -> dict:
@@ -487,6 +569,16 @@ def _layout_ok(mod: nn.Module, dim: int, ndim: int | None) -> bool:
     if isinstance(mod, nn.Linear):
         return dim == -1 or ndim == 2
     return dim == 1
+
+
+def _same_value(a, b) -> bool:
+    """Whether two cached values are the same (tensors: same shape and elements)."""
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape and bool(torch.equal(a, b))
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - values that cannot be compared are taken as different
+        return False
 
 
 def _arg_nodes(args) -> list:
