@@ -82,8 +82,8 @@ class CSwapConfig:
         ``"early"`` (default): a candidate is evaluated class by class and stops as soon as one class
         decides it critical (exact: the labels equal a full evaluation's; cswap_nb/METHOD.md §10);
         ``"full"``: every class is evaluated for every candidate, so every record holds all the
-        per-class evidence. Segmentation, ``inference="general"`` and the ``"parts"`` engine always
-        evaluate in full.
+        per-class evidence. Segmentation, ``inference="general"`` and the ``"naive"`` and ``"parts"``
+        engines always evaluate in full.
     max_drop : float or None, default None
         A guard (cswap_nb/METHOD.md §3): after each layer, the metric of the partly pruned network
         is measured on a validation split (``guard_data=`` of :func:`cswap_nb.prune`); once it is

@@ -143,14 +143,16 @@ class ClassByClass:
     For a unit decided early, ``p_lower``, ``p_raise`` and ``worst_class`` are computed with the
     classes not evaluated at p = 1, and ``effect`` is the mean over the evaluated samples; the record's
     ``classes`` lists the classes evaluated, in order. ``enabled`` is False (every candidate evaluated
-    in full) with ``evaluation="full"``, ``inference="general"``, segmentation, or a calibration set
-    whose classes are not contiguous.
+    in full) with ``evaluation="full"``, the ``"naive"`` engine (the reference: one full pass per
+    candidate), ``inference="general"``, segmentation, or a calibration set whose classes are not
+    contiguous.
     """
 
     def __init__(self, engine: FullEngine, x: Tensor, y: Tensor, cfg: CSwapConfig, first: int = 1):
         self.engine, self.x, self.y, self.cfg, self.first = engine, x, y, cfg, first
         self.ranges = class_ranges(y) if cfg.inference == "per-class" else None
-        self.enabled = (cfg.evaluation == "early" and self.ranges is not None and len(self.ranges) > 1
+        self.enabled = (cfg.evaluation == "early" and cfg.engine != "naive" and self.ranges is not None
+                        and len(self.ranges) > 1
                         and getattr(engine, "masks", None) is None)
         self.classes = [c for c, _, _ in self.ranges] if self.ranges else []
         self.hint = np.zeros(len(self.classes))  # each class's p_lower when it was last evaluated

@@ -168,6 +168,7 @@ class GraphEngine(PrefixEngine):
         self._costs = self._node_costs(example)
         for layer in masker.layers.values():
             self._plans[layer.name] = self._checked_plan(layer, example)
+        self.forward_equivalents = 0.0  # the checks ran on one or two samples: not the analysis's work
 
     # -- running the graph -------------------------------------------------------------------
     def _fetch(self, target: str):

@@ -18,12 +18,14 @@ import math
 import threading
 import time
 
+import torch
 from torch import Tensor, nn
 
 from . import zoo
 from .api import PruneResult
 from .config import OPTION_NAMES, SCORE_OPTIONS, CSwapConfig, option
 from .session import PruneSession
+from .descent import class_ranges
 from .engine import FullEngine
 
 
@@ -61,11 +63,13 @@ def evaluation_split(data):
 
 
 class ScoreCache:
-    """Calibration scores keyed by (network state, layer, tested units).
+    """Calibration scores keyed by (network state, layer, tested units, calibration class).
 
     The state is the set of units already removed when a unit is tested. With the same
     model, calibration set and visiting order, two runs at different α pass through the
     same states until their first differing decision, so everything up to it is reused.
+    Scores are kept class by class, so a candidate decided early (cswap_nb/METHOD.md §10) at one
+    α reuses the classes it evaluated when another α needs more of them.
     """
 
     def __init__(self):
@@ -73,22 +77,55 @@ class ScoreCache:
         self.hits = 0
         self.misses = 0
 
-    def wrap(self, engine: FullEngine) -> FullEngine:
-        cache, masker, inner = self, engine.masker, engine.scores
+    def wrap(self, engine: FullEngine) -> "CachedEngine":
+        return CachedEngine(engine, self)
 
-        def scores(x: Tensor, y: Tensor, score: str, layer=None) -> Tensor:
-            state = tuple((name, tuple(mask.nonzero().flatten().tolist())) for name, mask in masker.removed.items())
-            key = (score, layer.name if layer is not None else None, state)
-            if key in cache.store:
-                cache.hits += 1
-                return cache.store[key]
-            cache.misses += 1
-            value = inner(x, y, score, layer)
-            cache.store[key] = value
+
+class CachedEngine:
+    """A score engine whose results come from a :class:`ScoreCache` when they were computed before;
+    every other attribute is the wrapped engine's."""
+
+    def __init__(self, engine: FullEngine, cache: ScoreCache):
+        self.inner, self.cache = engine, cache
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def _pieces(self, y: Tensor, start: int, stop: int) -> list[tuple[int, int]] | None:
+        ranges = class_ranges(y[start:stop])
+        return None if ranges is None else [(start + a, start + b) for _, a, b in ranges]
+
+    def _cached(self, key: tuple, y: Tensor, start: int, stop: int, compute) -> Tensor:
+        store = self.cache.store
+        # classification scores are kept class by class; segmentation's (per image or per pair) whole
+        split = key[1] is not None and getattr(self.inner, "masks", None) is None
+        pieces = self._pieces(y, start, stop) if split else None
+        if pieces is None:
+            if (*key, start, stop) in store:
+                self.cache.hits += 1
+                return store[(*key, start, stop)]
+            self.cache.misses += 1
+            value = store[(*key, start, stop)] = compute()
             return value
+        if all((*key, a, b) in store for a, b in pieces):
+            self.cache.hits += 1
+            return torch.cat([store[(*key, a, b)] for a, b in pieces])
+        self.cache.misses += 1
+        value = compute()
+        for a, b in pieces:
+            store[(*key, a, b)] = value[a - start : b - start]
+        return value
 
-        engine.scores = scores
-        return engine
+    def _key(self, score: str, layer) -> tuple:
+        state = tuple((name, tuple(m.nonzero().flatten().tolist())) for name, m in self.inner.masker.removed.items())
+        return (score, layer.name if layer is not None else None, state)
+
+    def scores(self, x: Tensor, y: Tensor, score: str, layer=None) -> Tensor:
+        return self._cached(self._key(score, layer), y, 0, len(y), lambda: self.inner.scores(x, y, score, layer))
+
+    def slice_scores(self, x: Tensor, y: Tensor, score: str, layer, start: int, stop: int) -> Tensor:
+        return self._cached(self._key(score, layer), y, start, stop,
+                            lambda: self.inner.slice_scores(x, y, score, layer, start, stop))
 
 
 class Interrupted(Exception):

@@ -33,3 +33,21 @@ def mask_and_remove(model: nn.Module, x: torch.Tensor, scope: str = "internal", 
     with torch.no_grad():
         pruned = model(x)
     return layers, dense, masked, pruned, removed
+
+
+def assert_same_decisions(fast, naive, tol: float = 1e-4) -> None:
+    """An engine's run (``fast``, early decisions on) against the naive one (every class evaluated):
+    the same labels and removals; units evaluated on every class have the same p-values up to float
+    reassociation; units decided early are critical, on fewer classes, with a p_lower below alpha that
+    is the smallest over the classes evaluated (never below the full evaluation's minimum)."""
+    cols = ["layer", "unit", "label", "pruned"]
+    assert fast.labels[cols].equals(naive.labels[cols])
+    n_classes = naive.labels.classes.map(len)
+    assert n_classes.nunique() == 1  # the naive engine evaluates every class
+    whole = fast.labels.classes.map(len) == n_classes
+    early = ~whole
+    alpha = fast.config["alpha"]
+    if whole.any():
+        assert (fast.labels.p_lower[whole] - naive.labels.p_lower[whole]).abs().max() < tol
+    assert (fast.labels.label[early] == "critical").all() and (fast.labels.p_lower[early] < alpha).all()
+    assert (fast.labels.p_lower[early] >= naive.labels.p_lower[early] - tol).all()

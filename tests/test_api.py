@@ -616,15 +616,17 @@ def test_an_error_in_the_loop_leaves_no_progress_bar(tiny_resnet, own_label_data
     x, y = own_label_data(model)
     session = PruneSession(model, (x, y), samples_per_class=3, progress=True)
     calls = []
-    inner = session.engine.scores
 
-    def interrupted(*args, **kwargs):  # what a user's Ctrl-C does in the middle of a causal test
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return inner(*args, **kwargs)
+    def interrupting(inner):
+        def interrupted(*args, **kwargs):  # what a user's Ctrl-C does in the middle of a causal test
+            calls.append(1)
+            if len(calls) == 4:
+                raise KeyboardInterrupt
+            return inner(*args, **kwargs)
+        return interrupted
 
-    session.engine.scores = interrupted
+    session.engine.scores = interrupting(session.engine.scores)
+    session.engine.slice_scores = interrupting(session.engine.slice_scores)  # early decisions score slices
     before = len(getattr(tqdm, "_instances", ()))
     with pytest.raises(KeyboardInterrupt):
         for _ in session.steps():
