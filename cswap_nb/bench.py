@@ -54,6 +54,22 @@ def compare_latency(dense: nn.Module, pruned: nn.Module, x: torch.Tensor, repeat
             "speedup": dense_s / pruned_s}
 
 
+def engine_options(spec: str) -> dict:
+    """The options of an engine spec of ``bench``: ``fast``, ``naive``, ``parts``, or one of them with
+    ``-full`` (every class for every candidate) or ``-early`` (decisions class by class)."""
+    name, _, evaluation = spec.partition("-")
+    return {"engine": name, **({"evaluation": evaluation} if evaluation else {})}
+
+
+def images_share(result) -> float:
+    """The share of calibration images a candidate was scored on, over the whole run (1: every class of
+    every candidate; below 1: decisions taken early, cswap_nb/METHOD.md §10)."""
+    labels = result.labels
+    if "samples" not in labels or labels.empty:
+        return 1.0
+    return float(labels.samples.sum()) / (len(labels) * result.calib_samples)
+
+
 def bench_engines(model: nn.Module, calib, rounds: int = 2, engines: tuple[str, ...] = ("naive", "fast"),
                   **prune_kwargs) -> dict:
     """Run the C-SWAP analysis with each engine (the first is the reference), alternating them.
@@ -67,7 +83,7 @@ def bench_engines(model: nn.Module, calib, rounds: int = 2, engines: tuple[str, 
     runs: dict[str, list] = {e: [] for e in engines}
     for _ in range(rounds):
         for engine in engines:
-            runs[engine].append(prune(model, calib, engine=engine, progress=False, **prune_kwargs))
+            runs[engine].append(prune(model, calib, progress=False, **engine_options(engine), **prune_kwargs))
     out = {"matmul_gflops": matmul_gflops(), "engines": list(engines)}
     ref_name = engines[0]
     ref = runs[ref_name][0]
@@ -77,6 +93,7 @@ def bench_engines(model: nn.Module, calib, rounds: int = 2, engines: tuple[str, 
         fe = r.engine["forward_equivalents"]
         flops = 2.0 * r.macs_before * r.calib_samples * fe
         out[engine] = {"analysis_seconds": seconds, "forward_equivalents": fe,
+                       "evaluation": r.config.get("evaluation"), "images_share": images_share(r),
                        "gflops_achieved": flops / seconds / 1e9, "path": r.engine.get("path"),
                        "fallback": r.engine["fallback"], "layers_on_full_passes": r.engine.get("layers_on_full_passes", {})}
     for engine in engines:
@@ -114,15 +131,16 @@ def format_report(r: dict) -> str:
     lines = [
         f"bench {r['model']} ({r['threads']} threads, {r['units']} units, matmul {r['matmul_gflops']:.1f} GFLOP/s)",
         f"{'engine':8s}{'path':>7s}{'analysis s':>12s}{'fwd-equiv':>11s}{'GFLOP/s':>9s}{'of matmul':>11s}"
-        f"{'speed-up':>10s}{'work ratio':>12s}",
+        f"{'speed-up':>10s}{'work ratio':>12s}{'images':>8s}",
     ]
     for name in names:
         e = r[name]
         lines.append(f"{name:8s}{str(e.get('path')):>7s}{e['analysis_seconds']:>12.2f}{e['forward_equivalents']:>11.1f}"
                      f"{e['gflops_achieved']:>9.2f}{100 * e['gflops_achieved'] / r['matmul_gflops']:>10.1f}%"
-                     f"{e['speedup']:>9.2f}x{e['work_ratio']:>11.2f}x")
+                     f"{e['speedup']:>9.2f}x{e['work_ratio']:>11.2f}x{100 * e.get('images_share', 1.0):>7.0f}%")
     lines.append(f"speed-up of {names[-1]} over {names[0]}: {r['speedup']:.2f}x   identical labels: {r['identical_labels']}")
-    lines.append("(work ratio: the speed-up that the FLOPs skipped alone would give)")
+    lines.append("(work ratio: the speed-up that the FLOPs skipped alone would give; images: the share of the "
+                 "calibration images a candidate was scored on, below 100% where decisions were taken early)")
     for name in names:
         if r[name]["fallback"]:
             lines.append(f"{name} fell back: {r[name]['fallback']}")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import zoo
 from .api import prune
-from .config import ENGINES, CSwapConfig, add_arguments, from_arguments, positive_int
+from .config import ENGINES, EVALUATIONS, CSwapConfig, add_arguments, from_arguments, positive_int
 from .criteria import CRITERIA
 
 
@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--model", default="resnet18-digits", help=f"one of: {', '.join(zoo.names())}")
     b.add_argument("--rounds", type=int, default=2, help="alternating rounds per engine (median is reported)")
     b.add_argument("--engines", default="naive,fast",
-                   help="comma-separated engines, the first is the reference (naive, fast, parts)")
+                   help="comma-separated engines, the first is the reference (naive, fast, parts; with -full or "
+                        "-early: every class per candidate, or decisions class by class)")
     b.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -205,9 +206,10 @@ def main(argv: list[str] | None = None) -> int:
             from .bench import format_report, run
 
             engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
-            unknown = [e for e in engines if e not in ENGINES]
+            unknown = [e for e in engines if e.partition("-")[0] not in ENGINES or e.partition("-")[2] not in ("", *EVALUATIONS)]
             if len(engines) < 2 or unknown:
-                raise ValueError(f"--engines takes two or more of {', '.join(ENGINES)}, got {args.engines!r}")
+                raise ValueError(f"--engines takes two or more of {', '.join(ENGINES)} (each optionally with "
+                                 f"-{' or -'.join(EVALUATIONS)}), got {args.engines!r}")
             report = run(args.model, rounds=args.rounds, engines=engines)
             print(format_report(report))
             if args.json is not None:

@@ -126,80 +126,120 @@ def class_ranges(y: Tensor) -> list[tuple[int, int, int]] | None:
         return None
     cuts = np.flatnonzero(np.diff(yy)) + 1
     starts, stops = np.r_[0, cuts], np.r_[cuts, len(yy)]
-    out = [(int(yy[a]), int(a), int(b)) for a, b in zip(starts, stops)]
+    out = sorted((int(yy[a]), int(a), int(b)) for a, b in zip(starts, stops))
     return out if len({c for c, _, _ in out}) == len(out) else None
 
 
 class ClassByClass:
-    """Evaluate a candidate class by class and stop as soon as its label is decided (cswap_nb/METHOD.md §10).
+    """Decide a candidate as soon as one class decides it (cswap_nb/METHOD.md §10).
 
     A unit is critical as soon as one class's test rejects; the classes not evaluated yet cannot change
-    that (:func:`~cswap_nb.causal.verdict_of`). The classes are visited in an adaptive order: first the
-    one with the smallest p-value of "removal lowers q" when it was last evaluated (the previous
-    candidates of a layer tend to hurt the same classes), then the others in contiguous runs of the
-    calibration set (one engine call per run). Neutral and detrimental units evaluate every class, and
-    then get exactly the full evaluation's verdict.
+    that (:func:`~cswap_nb.causal.verdict_of`). So a candidate is first scored on :attr:`first` classes
+    alone: those with the smallest p-values of "removal lowers q" when they were last evaluated (the
+    candidates of a layer tend to hurt the same classes). If they do not decide it, it is scored on the whole
+    calibration set and gets exactly the full evaluation's verdict (neutral and detrimental always need
+    every class). The first stage pays only while it often decides: when fewer than
+    :attr:`threshold` of the recent candidates were decided by their first classes (a running average,
+    counted also on candidates scored whole), a candidate is scored whole at once. Where the engine
+    can, the first classes of the next candidates of a layer are scored in the same pass, as if the
+    present one were restored (:meth:`~cswap_nb.graph.GraphEngine.stack_rows`; the engine hands a
+    result only to the exact mask state it was computed for).
 
     For a unit decided early, ``p_lower``, ``p_raise`` and ``worst_class`` are computed with the
     classes not evaluated at p = 1, and ``effect`` is the mean over the evaluated samples; the record's
-    ``classes`` lists the classes evaluated, in order. ``enabled`` is False (every candidate evaluated
-    in full) with ``evaluation="full"``, the ``"naive"`` engine (the reference: one full pass per
-    candidate), ``inference="general"``, segmentation, or a calibration set whose classes are not
-    contiguous.
+    ``classes`` lists the classes evaluated and ``samples`` how many calibration samples were scored.
+    ``enabled`` is False (every candidate scored whole) with ``evaluation="full"``, the ``"naive"``
+    engine (the reference: one full pass per candidate), ``inference="general"``, segmentation, or a
+    calibration set whose classes are not contiguous.
     """
 
-    def __init__(self, engine: FullEngine, x: Tensor, y: Tensor, cfg: CSwapConfig, first: int = 1):
-        self.engine, self.x, self.y, self.cfg, self.first = engine, x, y, cfg, first
+    threshold = 0.3  # the share of candidates decided by their first classes below which none is tried
+    max_stack = 8  # candidates scored together on their first classes, at most
+    first = 3  # classes scored in the first stage
+
+    def __init__(self, engine: FullEngine, x: Tensor, y: Tensor, cfg: CSwapConfig):
+        self.engine, self.x, self.y, self.cfg = engine, x, y, cfg
         self.ranges = class_ranges(y) if cfg.inference == "per-class" else None
         self.enabled = (cfg.evaluation == "early" and cfg.engine != "naive" and self.ranges is not None
-                        and len(self.ranges) > 1
-                        and getattr(engine, "masks", None) is None)
+                        and len(self.ranges) > 1 and getattr(engine, "masks", None) is None)
         self.classes = [c for c, _, _ in self.ranges] if self.ranges else []
         self.hint = np.zeros(len(self.classes))  # each class's p_lower when it was last evaluated
+        self.first_rate = 0.5  # running share of candidates that their first classes decided
+        self.critical_run = 0  # candidates in a row labelled critical (restored): how far to speculate
+        self._spec: tuple | None = None  # (layer, first classes, candidates speculated on, in order)
+        if hasattr(engine, "clear_stacked"):
+            engine.clear_stacked()  # results another run left are not this run's speculation
 
-    def _batches(self) -> list[list[int]]:
-        """Positions of :attr:`ranges` per engine call: the ``first`` most promising classes alone, then
-        the rest in contiguous runs."""
-        order = np.argsort(self.hint, kind="stable").tolist()
-        head = order[: self.first]
-        rest = sorted(set(order) - set(head))
-        runs: list[list[int]] = []
-        for i in rest:
-            if runs and runs[-1][-1] == i - 1:
-                runs[-1].append(i)
-            else:
-                runs.append([i])
-        return [[i] for i in head] + runs
+    def _rows(self, picked: list[int]) -> tuple[tuple[int, int], ...]:
+        return tuple((self.ranges[i][1], self.ranges[i][2]) for i in picked)
 
-    def evaluate(self, layer: UnitLayer, q_ref: Tensor) -> tuple[Verdict, Tensor | None, list[int]]:
+    def _first_classes(self, layer: UnitLayer, units: list[int], upcoming: list[list[int]]) -> list[int]:
+        """The positions in :attr:`ranges` of the classes scored first. A candidate that an earlier one
+        speculated on (its first classes scored in the same pass, while every candidate since was
+        restored) takes that one's classes, whatever the engine did with them; any other takes the most
+        promising classes and speculates on the next candidates of ``upcoming``."""
+        spec = self._spec
+        if spec is not None and spec[0] is layer and spec[2] and spec[2][0] == list(units):
+            spec[2].pop(0)
+            return spec[1]
+        picked = np.argsort(self.hint, kind="stable")[: min(self.first, len(self.ranges) - 1)].tolist()
+        k = min(self.max_stack, 1 + self.critical_run)
+        others = [list(u) for u in upcoming[: k - 1]]
+        self._spec = (layer, picked, others) if others else None
+        engine, x = self.engine, self.x
+        if others and hasattr(engine, "can_stack") and engine.can_stack(layer, x):
+            engine.stack_rows(x, self.y, self.cfg.score, layer, others, self._rows(picked))
+        return picked
+
+    def evaluate(self, layer: UnitLayer, q_ref: Tensor, units: list[int] = (),
+                 upcoming: list[list[int]] = ()) -> tuple[Verdict, Tensor | None, list[int], int]:
         """The verdict of the current candidate, its scores on every sample (None when decided early),
-        and the classes evaluated."""
-        cfg, x, y = self.cfg, self.x, self.y
-        if not self.enabled or not self.engine.can_slice(layer, x):
-            q = self.engine.scores(x, y, cfg.score, layer)
+        the classes evaluated and the number of calibration samples scored. ``upcoming``: the unit
+        groups tested next in the same layer (scored in advance where the engine can)."""
+        cfg, x, y, engine = self.cfg, self.x, self.y, self.engine
+        if not self.enabled or not engine.can_slice(layer, x):
+            q = engine.scores(x, y, cfg.score, layer)
             verdict = test_unit(q, q_ref, y, cfg.alpha, cfg.test, cfg.inference, cfg.score, cfg.correction)
-            return verdict, q, list(self.classes) or sorted({int(c) for c in y.unique().tolist()})
-        n = len(self.ranges)
-        lows, highs = np.ones(n), np.ones(n)
-        parts, done, diffs = [], [], []
-        for batch in self._batches():
-            start, stop = self.ranges[batch[0]][1], self.ranges[batch[-1]][2]
-            qn = self.engine.slice_scores(x, y, cfg.score, layer, start, stop)
-            parts.append((start, qn))
-            a, b = as_compared(qn, q_ref[start:stop], cfg.score)
-            groups = [np.arange(self.ranges[i][1] - start, self.ranges[i][2] - start) for i in batch]
-            lo, hi = group_pvalues(a, b, groups, cfg.test)
-            lows[batch], highs[batch], self.hint[batch] = lo, hi, lo
-            done.extend(batch)
-            diffs.append(a - b)
-            if len(done) < n:
-                verdict = verdict_of(lows, highs, self.classes, cfg.alpha, cfg.correction,
-                                     float(np.concatenate(diffs).mean()), complete=False)
-                if verdict is not None:
-                    return verdict, None, [self.classes[i] for i in done]
-        q = torch.cat([qn for _, qn in sorted(parts, key=lambda p: p[0])])
-        verdict = test_unit(q, q_ref, y, cfg.alpha, cfg.test, cfg.inference, cfg.score, cfg.correction)
-        return verdict, q, [self.classes[i] for i in done]
+            return verdict, q, list(self.classes) or sorted({int(c) for c in y.unique().tolist()}), len(y)
+        samples = 0
+        if self.first_rate >= self.threshold:
+            picked = self._first_classes(layer, list(units), list(upcoming))
+            rows = self._rows(picked)
+            qn = engine.rows_scores(x, y, cfg.score, layer, rows)
+            samples += int(qn.shape[0])
+            a, b = as_compared(qn, torch.cat([q_ref[s:e] for s, e in rows]), cfg.score)
+            bounds = np.cumsum([0] + [e - s for s, e in rows])
+            lo, hi = group_pvalues(a, b, [np.arange(bounds[i], bounds[i + 1]) for i in range(len(rows))], cfg.test)
+            self.hint[picked] = lo
+            verdict = self._decided(picked, lo, hi, float((a - b).mean()))
+            self._learn(verdict is not None)
+            if verdict is not None:
+                self.critical_run += 1
+                return verdict, None, [self.classes[i] for i in picked], samples
+        else:
+            picked = np.argsort(self.hint, kind="stable")[: min(self.first, len(self.ranges) - 1)].tolist()
+        q = engine.rows_scores(x, y, cfg.score, layer, ((0, len(y)),))
+        samples += len(y)
+        a, b = as_compared(q, q_ref, cfg.score)
+        lows, highs = group_pvalues(a, b, [np.arange(s, e) for _, s, e in self.ranges], cfg.test)
+        if samples == len(y):  # scored whole at once: would the first classes alone have decided?
+            self._learn(self._decided(picked, lows[picked], highs[picked], 0.0) is not None)
+        self.hint[:] = lows
+        verdict = verdict_of(lows, highs, self.classes, cfg.alpha, cfg.correction, float((a - b).mean()))
+        self.critical_run = self.critical_run + 1 if verdict.label == CRITICAL else 0
+        if verdict.label != CRITICAL:
+            self._spec = None  # removed: the states speculated on (this one restored) will not come
+        order = [self.classes[i] for i in picked] + [c for i, c in enumerate(self.classes) if i not in picked]
+        return verdict, q, order, samples
+
+    def _decided(self, picked: list[int], low, high, effect: float) -> Verdict | None:
+        """The verdict if the classes ``picked`` alone (every other class at p = 1) decide it."""
+        lows, highs = np.ones(len(self.ranges)), np.ones(len(self.ranges))
+        lows[picked], highs[picked] = low, high
+        return verdict_of(lows, highs, self.classes, self.cfg.alpha, self.cfg.correction, effect, complete=False)
+
+    def _learn(self, decided: bool, weight: float = 0.2) -> None:
+        self.first_rate = (1 - weight) * self.first_rate + weight * float(decided)
 
 
 def progressive(
@@ -225,7 +265,8 @@ def progressive(
         t0 = time.perf_counter()
         remaining = int((~masker.removed[layer.name]).sum())
         masker.set(layer.name, units, True)
-        verdict, q_removed, classes = tester.evaluate(layer, q_ref)
+        upcoming = [u for other, u in plan[step + 1 : step + ClassByClass.max_stack] if other is layer]
+        verdict, q_removed, classes, samples = tester.evaluate(layer, q_ref, units, upcoming)
         note = ""
         prune = verdict.label != CRITICAL
         if prune and remaining <= len(units):
@@ -248,6 +289,7 @@ def progressive(
             "worst_class": verdict.worst_class,
             "magnitude": float(layer.magnitude[units].sum()),
             "classes": classes,
+            "samples": samples,
             "note": note,
             "seconds": time.perf_counter() - t0,
         }

@@ -27,6 +27,19 @@ from .causal import PixelClasses, class_pixel_scores, pixel_classes, true_class_
 from .units import Masker, UnitLayer
 
 Part = tuple[str, Callable[[Tensor], Tensor], list[str]]  # (name, function, module names inside)
+Rows = tuple[tuple[int, int], ...]  # sample ranges (start, stop) of the calibration set
+
+
+def take_rows(v: Tensor, rows: Rows, copy: bool = False) -> Tensor:
+    """The rows ``rows`` of ``v`` (dim 0): a view for one range, unless ``copy``; a new tensor for several."""
+    if len(rows) == 1:
+        a, b = rows[0]
+        return v[a:b].clone() if copy else v[a:b]
+    return torch.cat([v[a:b] for a, b in rows])
+
+
+def row_count(rows: Rows) -> int:
+    return sum(b - a for a, b in rows)
 
 
 def sequential_parts(model: nn.Module) -> list[Part] | None:
@@ -105,17 +118,17 @@ class FullEngine:
 
 
     def can_slice(self, layer: UnitLayer, x: Tensor) -> bool:
-        """Whether :meth:`slice_scores` computes only the rows asked for (classification scores)."""
+        """Whether :meth:`rows_scores` computes only the rows asked for (classification scores)."""
         return self.masks is None
 
-    def slice_scores(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer, start: int, stop: int) -> Tensor:
-        """The scores of calibration samples ``start:stop`` alone (a pass over those rows), for
-        decisions taken class by class (cswap_nb/METHOD.md §10)."""
+    def rows_scores(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer, rows: Rows) -> Tensor:
+        """The scores of the calibration samples in ``rows`` (``(start, stop)`` ranges) alone: a pass
+        over those samples, for decisions taken class by class (cswap_nb/METHOD.md §10)."""
         if self.masks is not None:
-            raise ValueError("slice_scores scores classification outputs; segmentation scores need every image")
+            raise ValueError("rows_scores scores classification outputs; segmentation scores need every image")
         with torch.inference_mode():
-            q = true_class_scores(self.model(x[start:stop]), y[start:stop], score)
-        self.forward_equivalents += (stop - start) / x.shape[0]
+            q = true_class_scores(self.model(take_rows(x, rows)), take_rows(y, rows), score)
+        self.forward_equivalents += row_count(rows) / x.shape[0]
         return q
 
 

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .causal import true_class_scores
-from .engine import FullEngine, PrefixEngine
+from .engine import FullEngine, PrefixEngine, Rows, row_count, take_rows
 from .units import Masker, UnitLayer, _channel_dim, is_depthwise
 
 # per-channel operations with f(0) = 0: a zeroed channel stays zero, the others are untouched
@@ -380,7 +380,7 @@ class GraphEngine(PrefixEngine):
                 self._cache = self._current = None
                 whole = self._logits(pair, layer)
                 _, cache, given, removed = self._begin(layer, pair)
-                rows = [self._run_chunk(plan, cache.values[0], given[0] if given else None, removed, slice(i, i + 1))
+                rows = [self._run_chunk(plan, cache.values[0], given[0] if given else None, removed, ((i, i + 1),))
                         for i in range(2)]
                 if not torch.allclose(torch.cat(rows), whole, atol=1e-4, rtol=1e-4):
                     return
@@ -471,16 +471,16 @@ class GraphEngine(PrefixEngine):
         self._current = (token, cache, state)
         return state
 
-    def _run_chunk(self, plan: Plan, chunk: dict, given: dict | None, removed: list[int], sl: slice | None = None):
-        """The logits of one cached chunk (or of the rows ``sl`` of it) for the current candidate."""
-        if sl is None:
+    def _run_chunk(self, plan: Plan, chunk: dict, given: dict | None, removed: list[int], rows: Rows | None = None):
+        """The logits of one cached chunk (or of its ``rows`` only) for the current candidate."""
+        if rows is None:
             env = dict(chunk)
         else:
-            env = {n: (v[sl] if n in plan.batched else v) for n, v in chunk.items()}
+            env = {n: (take_rows(v, rows) if n in plan.batched else v) for n, v in chunk.items()}
         if given:
-            env.update(given if sl is None else {n: v[sl] for n, v in given.items()})
+            env.update(given if rows is None else {n: take_rows(v, rows) for n, v in given.items()})
         for r in plan.materialize:  # the region read from the cache with every removed unit zeroed
-            v = (chunk[r] if sl is None else chunk[r][sl]).clone()
+            v = chunk[r].clone() if rows is None else take_rows(chunk[r], rows, copy=True)
             if removed:
                 _zero_channels(v, removed, plan.dim != 1)
             env[r] = v
@@ -514,8 +514,15 @@ class GraphEngine(PrefixEngine):
             q = [self._score(o, y, i, score) for o, i in zip(outs, range(0, x.shape[0], self.batch_size))]
         return self._finish(torch.cat(q))
 
+    def _token(self, layer: UnitLayer, x: Tensor, units: list[int] | None = None) -> tuple:
+        """The key of a candidate: the calibration tensor and every layer's removed units (``units``: this
+        layer's, instead of the masks' own)."""
+        state = tuple((name, tuple(sorted(units)) if units is not None and name == layer.name
+                       else tuple(m.nonzero().flatten().tolist())) for name, m in self.masker.removed.items())
+        return (layer.name, x.data_ptr(), tuple(x.shape), state)
+
     def can_slice(self, layer: UnitLayer, x: Tensor) -> bool:
-        """Whether :meth:`slice_scores` computes only the rows asked for: a graph plan checked on slices
+        """Whether :meth:`rows_scores` computes only the rows asked for: a graph plan checked on slices
         whose cache holds ``x`` in one chunk, or a layer analysed with full passes (a pass over the rows)."""
         if self.graph is None:
             return super().can_slice(layer, x)
@@ -524,20 +531,94 @@ class GraphEngine(PrefixEngine):
             return self.masks is None
         return plan.sliceable and self.masks is None and x.shape[0] <= self.batch_size
 
-    def slice_scores(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer, start: int, stop: int) -> Tensor:
-        """The scores of calibration samples ``start:stop`` for the current candidate; the other rows are
-        not computed. Needs :meth:`can_slice`; several slices of one candidate share its corrections."""
+    def rows_scores(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer, rows: Rows) -> Tensor:
+        """The scores of the calibration samples in ``rows`` (``(start, stop)`` ranges) for the current
+        candidate; the other rows are not computed. Needs :meth:`can_slice`; several calls for one
+        candidate share its corrections, and a result :meth:`stack_rows` computed for this exact mask
+        state is taken instead of a pass."""
         if self.graph is None or self._plans.get(layer.name) is None:
-            return FullEngine.slice_scores(self, x, y, score, layer, start, stop)
+            return FullEngine.rows_scores(self, x, y, score, layer, rows)
         if not self.can_slice(layer, x):
-            raise ValueError(f"layer {layer.name!r} cannot be scored on a slice of the calibration set")
+            raise ValueError(f"layer {layer.name!r} cannot be scored on part of the calibration set")
+        rows = tuple(rows)
+        stacked = getattr(self, "_stacked", None)
+        if stacked:
+            q = stacked.pop((self._token(layer, x), rows), None)
+            if q is not None:
+                return q
         with torch.inference_mode():
             plan, cache, given, removed = self._begin(layer, x)
-            sl = slice(start, stop)
-            logits = self._run_chunk(plan, cache.values[0], given[0] if given else None, removed, sl)
-            q = true_class_scores(logits, y[sl], score)
-        self.forward_equivalents += plan.cost * (stop - start) / x.shape[0]
+            logits = self._run_chunk(plan, cache.values[0], given[0] if given else None, removed, rows)
+            q = true_class_scores(logits, take_rows(y, rows), score)
+        self.forward_equivalents += plan.cost * row_count(rows) / x.shape[0]
         return q
+
+    def can_stack(self, layer: UnitLayer, x: Tensor) -> bool:
+        """Whether :meth:`stack_rows` applies: a sliceable plan that reads the layer's region from the
+        cache and recomputes none of its mask points (every candidate's difference is in its given
+        values, none in the masks' hooks)."""
+        plan = self._plans.get(layer.name) if self.graph is not None else None
+        if plan is None or not plan.shortcut or not self.can_slice(layer, x):
+            return False
+        # a mask point of the layer among the recomputed nodes (a coupled group's later points) applies
+        # the masks' present state to every stacked row: each candidate needs its own pass then
+        return not any(n.op == "call_module" and n.target in layer.points for n in plan.dirty)
+
+    def stack_rows(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer, others: list[list[int]],
+                   rows: Rows) -> None:
+        """Score ``rows`` for the current candidate and, in the same pass, for the states in which it is
+        restored and each unit group of ``others`` is removed instead: one batch of
+        ``(1 + len(others))`` times the rows. The results wait for :meth:`rows_scores`, which takes one
+        only when the masks are exactly in its state: a speculation that does not come true costs work,
+        never a decision (cswap_nb/METHOD.md §10)."""
+        rows = tuple(rows)
+        with torch.inference_mode():
+            plan, cache, given, _ = self._begin(layer, x)
+            chunk = cache.values[0]
+            now = self.masker.removed[layer.name]
+            current = now.nonzero().flatten().tolist()
+            under_test = set((now & ~cache.base).nonzero().flatten().tolist())
+            kept = [u for u in current if u not in under_test]  # removed before this candidate
+            states = [(current, {n: take_rows(v, rows) for n, v in given[0].items()} if given else {})]
+            for units in others:
+                removed = sorted(set(kept) | set(units))
+                extra = [u for u in removed if not bool(cache.base[u])]
+                states.append((removed, self._corrected_rows(plan, chunk, extra, rows)))
+            env = {n: (torch.cat([take_rows(v, rows)] * len(states)) if n in plan.batched else v)
+                   for n, v in chunk.items()}
+            for corr in plan.corrections:
+                env[corr.node] = torch.cat([g[corr.node] for _, g in states])
+            for r in plan.materialize:
+                parts = []
+                for removed, _ in states:
+                    v = take_rows(chunk[r], rows, copy=True)
+                    if removed:
+                        _zero_channels(v, [plan.channels[u] for u in removed], plan.dim != 1)
+                    parts.append(v)
+                env[r] = torch.cat(parts)
+            logits = self._dirty_run(plan, env)
+            n, ys = row_count(rows), take_rows(y, rows)
+            self._stacked = {}
+            for i, (removed, _) in enumerate(states):
+                q = true_class_scores(logits[i * n : (i + 1) * n], ys, score)
+                self._stacked[(self._token(layer, x, removed), rows)] = q
+        self.forward_equivalents += plan.cost * n * len(states) / x.shape[0]
+
+    def clear_stacked(self) -> None:
+        """Forget the results :meth:`stack_rows` computed in advance."""
+        self._stacked = {}
+
+    def _corrected_rows(self, plan: Plan, chunk: dict, units: list[int], rows: Rows) -> dict:
+        """:meth:`_corrected` on ``rows`` only, for a speculated candidate."""
+        out = {}
+        for corr in plan.corrections:
+            base = take_rows(chunk[corr.node], rows)
+            if not units:
+                out[corr.node] = base.clone()
+                continue
+            idx = [i for u in units for i in corr.channels[u]]
+            out[corr.node] = base - corr.partial(take_rows(chunk[corr.input], rows), idx)
+        return out
 
 
 def _last_use(order: list) -> dict:

@@ -91,41 +91,48 @@ class CachedEngine:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def _pieces(self, y: Tensor, start: int, stop: int) -> list[tuple[int, int]] | None:
-        ranges = class_ranges(y[start:stop])
-        return None if ranges is None else [(start + a, start + b) for _, a, b in ranges]
-
-    def _cached(self, key: tuple, y: Tensor, start: int, stop: int, compute) -> Tensor:
+    def _cached(self, key: tuple, rows, compute) -> Tensor:
+        """Scores of ``rows`` (sample ranges; None: every sample) from the store, else computed and
+        stored range by range."""
         store = self.cache.store
-        # classification scores are kept class by class; segmentation's (per image or per pair) whole
-        split = key[1] is not None and getattr(self.inner, "masks", None) is None
-        pieces = self._pieces(y, start, stop) if split else None
-        if pieces is None:
-            if (*key, start, stop) in store:
-                self.cache.hits += 1
-                return store[(*key, start, stop)]
-            self.cache.misses += 1
-            value = store[(*key, start, stop)] = compute()
-            return value
-        if all((*key, a, b) in store for a, b in pieces):
+        if all((*key, r) in store for r in rows):
             self.cache.hits += 1
-            return torch.cat([store[(*key, a, b)] for a, b in pieces])
+            return torch.cat([store[(*key, r)] for r in rows])
         self.cache.misses += 1
         value = compute()
-        for a, b in pieces:
-            store[(*key, a, b)] = value[a - start : b - start]
+        start = 0
+        for a, b in rows:
+            store[(*key, (a, b))] = value[start : start + b - a]
+            start += b - a
         return value
 
     def _key(self, score: str, layer) -> tuple:
         state = tuple((name, tuple(m.nonzero().flatten().tolist())) for name, m in self.inner.masker.removed.items())
         return (score, layer.name if layer is not None else None, state)
 
-    def scores(self, x: Tensor, y: Tensor, score: str, layer=None) -> Tensor:
-        return self._cached(self._key(score, layer), y, 0, len(y), lambda: self.inner.scores(x, y, score, layer))
+    def _class_rows(self, y: Tensor, rows) -> list[tuple[int, int]]:
+        """``rows`` cut at class boundaries (classification), so that runs deciding at different α share
+        their classes' scores."""
+        out = []
+        for a, b in rows:
+            ranges = class_ranges(y[a:b]) if getattr(self.inner, "masks", None) is None else None
+            out.extend([(a, b)] if ranges is None else sorted((a + s, a + e) for _, s, e in ranges))
+        return out
 
-    def slice_scores(self, x: Tensor, y: Tensor, score: str, layer, start: int, stop: int) -> Tensor:
-        return self._cached(self._key(score, layer), y, start, stop,
-                            lambda: self.inner.slice_scores(x, y, score, layer, start, stop))
+    def scores(self, x: Tensor, y: Tensor, score: str, layer=None) -> Tensor:
+        rows = self._class_rows(y, [(0, len(y))]) if layer is not None else [(0, len(y))]
+        return self._cached(self._key(score, layer), rows, lambda: self.inner.scores(x, y, score, layer))
+
+    def stack_rows(self, x: Tensor, y: Tensor, score: str, layer, others, rows) -> None:
+        """Score ahead (the wrapped engine's :meth:`~cswap_nb.graph.GraphEngine.stack_rows`) unless the
+        present candidate's rows are stored: a re-run then finds the next candidates' rows stored too."""
+        key = self._key(score, layer)
+        if not all((*key, r) in self.cache.store for r in self._class_rows(y, rows)):
+            self.inner.stack_rows(x, y, score, layer, others, rows)
+
+    def rows_scores(self, x: Tensor, y: Tensor, score: str, layer, rows) -> Tensor:
+        split = self._class_rows(y, rows)
+        return self._cached(self._key(score, layer), split, lambda: self.inner.rows_scores(x, y, score, layer, rows))
 
 
 class Interrupted(Exception):

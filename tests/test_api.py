@@ -626,7 +626,7 @@ def test_an_error_in_the_loop_leaves_no_progress_bar(tiny_resnet, own_label_data
         return interrupted
 
     session.engine.scores = interrupting(session.engine.scores)
-    session.engine.slice_scores = interrupting(session.engine.slice_scores)  # early decisions score slices
+    session.engine.rows_scores = interrupting(session.engine.rows_scores)  # early decisions score some rows
     before = len(getattr(tqdm, "_instances", ()))
     with pytest.raises(KeyboardInterrupt):
         for _ in session.steps():

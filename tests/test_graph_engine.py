@@ -184,10 +184,11 @@ def test_a_model_fx_cannot_trace_falls_back_to_full_passes_and_says_why():
     assert res.engine["path"] == "full"
     assert "torch.fx could not trace DataDependent" in res.engine["fallback"]
     assert res.engine["forward_equivalents"] == len(res.labels) + 1
-    # early decisions on full passes: a pass over a class's rows only, the same labels
+    # early decisions on full passes: a first pass over a few classes' rows only, the same labels
     early = cs.prune(model, (x, y), samples_per_class=None, progress=False)
     assert early.labels[COLS].equals(res.labels[COLS])
-    assert early.engine["forward_equivalents"] <= res.engine["forward_equivalents"]
+    decided = early.labels.samples < early.calib_samples
+    assert (early.labels.label[decided] == "critical").all()
 
 
 def test_the_model_is_left_as_it_was(own_label_data, model_fingerprint, assert_same_fingerprint):
@@ -204,3 +205,33 @@ def test_the_model_is_left_as_it_was(own_label_data, model_fingerprint, assert_s
     masker.remove()
     cs.prune(model, (x, y), samples_per_class=4, progress=False)
     assert_same_fingerprint(before, model_fingerprint(model))
+
+
+def test_stacked_candidates_score_each_state_as_a_pass_with_its_own_masks(zoo_model):
+    """stack_rows scores the current candidate and speculated ones (it restored, another removed) in one
+    pass; each result must equal a real pass of the network with exactly that state's masks (internal
+    layers and the coupled residual streams of scope="all", where later mask points refuse stacking)."""
+    from cswap_nb.causal import true_class_scores
+    from cswap_nb.session import PruneSession
+
+    x, y = cs.data.load_digits().train
+    s = PruneSession(zoo_model, (x, y), samples_per_class=5, progress=False, scope="all")
+    e, m, rows = s.engine, s.masker, ((0, 5), (10, 15))
+    xr, yr = torch.cat([s.x[a:b] for a, b in rows]), torch.cat([s.y[a:b] for a, b in rows])
+    stacked = 0
+    for layer in s.layers:
+        m.set(layer.name, [5], True)  # a removal kept earlier
+        e.rows_scores(s.x, s.y, "logit", layer, ((0, len(s.y)),))
+        m.set(layer.name, [1], True)
+        if e.can_stack(layer, s.x):
+            stacked += 1
+            e.stack_rows(s.x, s.y, "logit", layer, [[2], [3]], rows)
+        for cand in ([1], [2], [3]):
+            m.set(layer.name, [1, 2, 3], False)
+            m.set(layer.name, cand, True)
+            got = e.rows_scores(s.x, s.y, "logit", layer, rows)
+            with torch.inference_mode():
+                want = true_class_scores(s.work(xr), yr, "logit")
+            assert (got - want).abs().max() < 1e-4, (layer.name, cand)
+        m.set(layer.name, [1, 2, 3, 5], False)
+    assert stacked >= len([l for l in s.layers if l.kind == "internal"])
