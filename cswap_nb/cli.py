@@ -1,4 +1,4 @@
-"""Command line: ``python -m cswap_nb {demo,prune,compare,models,bench}``."""
+"""Command line: ``python -m cswap_nb {demo,prune,compare,variants,models,bench}``."""
 from __future__ import annotations
 
 import argparse

@@ -100,8 +100,8 @@ class CSwapConfig:
                              INFERENCES, widget="toggle")
     test: str = _option("welch", "the one-sided test; paired tests flag far more units critical", TESTS, scores=False,
                         widget="dropdown")
-    score: str = _option("prob", "what is compared: the true-class probability, its logit, or the ratio to the "
-                                 "dense probability", SCORES)
+    score: str = _option("prob", "what is compared: the true-class probability, its logit, its ratio to the "
+                                 "reference's probability, or its logarithm", SCORES)
     reference: str = _option("dense", "compare with the original model's scores or the current pruned one's",
                              REFERENCES)
     order: str = _option("magnitude", "unit visiting order in a layer: weakest L1 filter norm first, or random",

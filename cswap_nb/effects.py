@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .api import select_calibration
-from .causal import CRITICAL, DETRIMENTAL, LABELS, NEUTRAL, TESTS, one_sided_pvalues
+from .causal import LABELS, TESTS, one_sided_pvalues, verdict_of
 from .data import as_tensors, check_xy
 from .engine import make_engine
 from .units import Masker, find_unit_layers
@@ -40,30 +40,50 @@ def unit_effects(model: nn.Module, calib, layer: str | None = None, units: list[
                  samples_per_class: int | None = 20, score: str = "prob", scope: str = "internal",
                  seed: int = 0) -> UnitEffects:
     """Remove each unit of ``layer`` (default: the last unit layer) alone and record the scores."""
+    return layer_effects(model, calib, None if layer is None else [layer], units, samples_per_class, score, scope,
+                         seed, default_last=True)[0]
+
+
+def layer_effects(model: nn.Module, calib, layers: list[str] | None = None, units: list[int] | int | None = None,
+                  samples_per_class: int | None = 20, score: str = "prob", scope: str = "internal",
+                  seed: int = 0, default_last: bool = False) -> list[UnitEffects]:
+    """:func:`unit_effects` for several layers (default: every unit layer, input to output) with one
+    calibration draw and one engine. ``units``: the units of each layer (a list), the first ``units`` of
+    each (an int), or all (None). Every score is a full evaluation of the calibration set (every class),
+    so each per-class p-value exists (no early decisions, cswap_nb/METHOD.md §10)."""
     x, y = as_tensors(calib)
     check_xy(x, y)
     work = copy.deepcopy(model).eval()
     x, y = select_calibration(work, x, y.long(), samples_per_class, seed=seed)
-    layers = find_unit_layers(work, x[:1], scope=scope)
-    by_name = {layer_.name: layer_ for layer_ in layers}
-    if layer is None:
-        layer = max(layers, key=lambda layer_: layer_.position).name
-    if layer not in by_name:
-        raise ValueError(f"unknown unit layer {layer!r}; unit layers: {', '.join(by_name)}")
-    target = by_name[layer]
-    units = list(range(target.size)) if units is None else [int(u) for u in units]
-    masker = Masker(work, layers)
+    found = sorted(find_unit_layers(work, x[:1], scope=scope), key=lambda layer_: layer_.position)
+    by_name = {layer_.name: layer_ for layer_ in found}
+    if layers is None:
+        layers = [found[-1].name] if default_last else list(by_name)
+    unknown = [name for name in layers if name not in by_name]
+    if unknown:
+        raise ValueError(f"unknown unit layer(s) {unknown}; unit layers: {', '.join(by_name)}")
+    masker = Masker(work, found)
     engine = make_engine("fast", work, masker, x[:1])
+    out = []
     try:
         q_ref = engine.scores(x, y, score)
-        rows = []
-        for u in units:
-            masker.set(layer, [u], True)
-            rows.append(engine.scores(x, y, score, target))
-            masker.set(layer, [u], False)
+        for name in layers:
+            target = by_name[name]
+            if units is None:
+                chosen = list(range(target.size))
+            elif isinstance(units, int):
+                chosen = list(range(min(units, target.size)))
+            else:
+                chosen = [int(u) for u in units]
+            rows = []
+            for u in chosen:
+                masker.set(name, [u], True)
+                rows.append(engine.scores(x, y, score, target))
+                masker.set(name, [u], False)
+            out.append(UnitEffects(name, chosen, y.cpu(), q_ref.cpu(), torch.stack(rows).cpu()))
     finally:
         masker.remove()
-    return UnitEffects(layer, units, y.cpu(), q_ref.cpu(), torch.stack(rows).cpu())
+    return out
 
 
 def pvalue_table(effects: UnitEffects, tests: tuple[str, ...] = TESTS, inference: str = "per-class") -> pd.DataFrame:
@@ -83,11 +103,14 @@ def pvalue_table(effects: UnitEffects, tests: tuple[str, ...] = TESTS, inference
     return pd.DataFrame(rows)
 
 
-def label_from_pvalues(table: pd.DataFrame, alpha: float) -> pd.DataFrame:
-    """C/N/D label of every (unit, test) at level ``alpha`` from a :func:`pvalue_table`."""
-    g = table.groupby(["unit", "test"]).agg(p_lower=("p_lower", "min"), p_raise=("p_raise", "min")).reset_index()
-    g["label"] = np.where(g.p_lower < alpha, CRITICAL, np.where(g.p_raise < alpha, DETRIMENTAL, NEUTRAL))
-    return g
+def label_from_pvalues(table: pd.DataFrame, alpha: float, correction: str = "none") -> pd.DataFrame:
+    """C/N/D label of every (unit, test) at level ``alpha`` from a :func:`pvalue_table`, by the rule of
+    :func:`cswap_nb.causal.verdict_of` (``correction`` adjusts each unit's per-class p-values)."""
+    rows = []
+    for (unit, test), sub in table.groupby(["unit", "test"], sort=True):
+        v = verdict_of(sub.p_lower.to_numpy(), sub.p_raise.to_numpy(), sub["class"].tolist(), alpha, correction, 0.0)
+        rows.append({"unit": unit, "test": test, "p_lower": v.p_lower, "p_raise": v.p_raise, "label": v.label})
+    return pd.DataFrame(rows, columns=["unit", "test", "p_lower", "p_raise", "label"])
 
 
 def labels_vs_alpha(table: pd.DataFrame, alphas) -> pd.DataFrame:

@@ -316,18 +316,18 @@ def plot_attention_maps(maps, heads: list[int] | None = None, ax: Axes | None = 
     return ax
 
 
-def plot_group_sizes(rows, ax: Axes | None = None) -> Axes:
+def plot_group_sizes(rows, ax: Axes | None = None, split: str = "test") -> Axes:
     """Neuron groups: what testing ``g`` units at a time costs and gives.
 
     ``rows``: one dict per run with ``group_size``, ``tests`` (causal tests run),
     ``params_removed_pct`` and ``metric_after`` (and optionally ``metric_before``, drawn
-    dashed). Accuracy and % parameters removed share the left axis; the number of tests
+    dashed), measured on the ``split`` named in the legend. Accuracy and % parameters removed share the left axis; the number of tests
     (the cost, one forward pass of the rest of the network each) is on a log right axis.
     """
     ax = ax or _new_ax((7, 4))
     rows = sorted(rows, key=lambda r: r["group_size"])
     g = [r["group_size"] for r in rows]
-    ax.plot(g, [r["metric_after"] for r in rows], marker="o", color="#c53030", label="test accuracy after (%)")
+    ax.plot(g, [r["metric_after"] for r in rows], marker="o", color="#c53030", label=f"{split} accuracy after (%)")
     ax.plot(g, [r["params_removed_pct"] for r in rows], marker="s", color="#2b6cb0", label="parameters removed (%)")
     if rows and rows[0].get("metric_before") is not None:
         ax.axhline(rows[0]["metric_before"], linestyle="--", color="black", linewidth=1, label="original accuracy")
