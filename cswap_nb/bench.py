@@ -67,7 +67,8 @@ def images_share(result) -> float:
     labels = result.labels
     if "samples" not in labels or labels.empty:
         return 1.0
-    return float(labels.samples.sum()) / (len(labels) * result.calib_samples)
+    per_pass = result.engine.get("scores_per_pass") or result.calib_samples  # segmentation: (image, class) pairs
+    return float(labels.samples.sum()) / (len(labels) * per_pass)
 
 
 def bench_engines(model: nn.Module, calib, rounds: int = 2, engines: tuple[str, ...] = ("naive", "fast"),

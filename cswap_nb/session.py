@@ -341,6 +341,7 @@ class PruneSession:
                 engine={"name": e.name, "path": getattr(e, "path", "full"), "fallback": e.fallback,
                         "layers_on_full_passes": dict(getattr(e, "layer_fallbacks", {})),
                         "forward_equivalents": round(e.forward_equivalents, 3),
+                        "scores_per_pass": int(len(self.test_y)),
                         "forward_passes": round(self.cost.forward_passes, 3),
                         "backward_passes": round(self.cost.backward_passes, 3)},
                 params_before=self.params_before, params_after=count_params(work),
