@@ -75,6 +75,7 @@ def _critical(page) -> str:
     return page.locator(".cswap-counts .n-critical").first.inner_text()
 
 
+@pytest.mark.slow
 def test_alpha_explorer_in_a_real_browser(jupyterlab, tmp_path):
     from playwright.sync_api import sync_playwright
 

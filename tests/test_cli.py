@@ -15,6 +15,7 @@ JSON_KEYS = {"model", "method", "alpha", "params_before", "params_after", "param
              "macs_after", "metric_name", "metric_before", "metric_after", "seconds", "counts", "per_layer"}
 
 
+@pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
     out, js = tmp_path / "out", tmp_path / "demo.json"
     proc = subprocess.run([sys.executable, "-m", "cswap_nb", "demo", "--no-progress", "--out", str(out),
