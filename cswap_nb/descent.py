@@ -170,6 +170,10 @@ class ClassByClass:
         if hasattr(engine, "clear_stacked"):
             engine.clear_stacked()  # results another run left are not this run's speculation
 
+    def _promising(self) -> list[int]:
+        """The :attr:`first` classes (positions in :attr:`ranges`) with the smallest last p-values."""
+        return np.argsort(self.hint, kind="stable")[: min(self.first, len(self.ranges) - 1)].tolist()
+
     def _rows(self, picked: list[int]) -> tuple[tuple[int, int], ...]:
         return tuple((self.ranges[i][1], self.ranges[i][2]) for i in picked)
 
@@ -182,7 +186,7 @@ class ClassByClass:
         if spec is not None and spec[0] is layer and spec[2] and spec[2][0] == list(units):
             spec[2].pop(0)
             return spec[1]
-        picked = np.argsort(self.hint, kind="stable")[: min(self.first, len(self.ranges) - 1)].tolist()
+        picked = self._promising()
         k = min(self.max_stack, 1 + self.critical_run)
         others = [list(u) for u in upcoming[: k - 1]]
         self._spec = (layer, picked, others) if others else None
@@ -217,7 +221,7 @@ class ClassByClass:
                 self.critical_run += 1
                 return verdict, None, [self.classes[i] for i in picked], samples
         else:
-            picked = np.argsort(self.hint, kind="stable")[: min(self.first, len(self.ranges) - 1)].tolist()
+            picked = self._promising()
         q = engine.rows_scores(x, y, cfg.score, layer, ((0, len(y)),))
         samples += len(y)
         a, b = as_compared(q, q_ref, cfg.score)

@@ -452,8 +452,7 @@ class GraphEngine(PrefixEngine):
         """Start the candidate the masks describe now: fold the last one into the cache if it was kept,
         compute the corrections once (each later slice of the batch reads them). Called once per
         candidate: a second call for the same mask state reuses the first's work."""
-        token = (layer.name, x.data_ptr(), tuple(x.shape),
-                 tuple((name, tuple(m.nonzero().flatten().tolist())) for name, m in self.masker.removed.items()))
+        token = self._token(layer, x)
         current = getattr(self, "_current", None)
         if (current is not None and current[0] == token and current[1] is self._cache
                 and (not current[2][2] or (self._cache.last is not None and self._cache.last[1] is current[2][2]))):
