@@ -235,10 +235,26 @@ def select_calibration(model: nn.Module, x: Tensor, y: Tensor, samples_per_class
     """Keep correctly classified samples, ``samples_per_class`` per class (seeded choice).
 
     Every class present in ``y`` must keep at least ``min_per_class`` samples.
+    (:func:`correctly_classified`, then :func:`choose_calibration`.)
     """
+    correct = correctly_classified(model, x, y, batch_size)
+    return choose_calibration(x, y, correct, samples_per_class, seed, min_per_class)
+
+
+def correctly_classified(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512) -> Tensor:
+    """A bool tensor (on the CPU): is ``model``'s top-1 prediction of each sample its label?"""
     with torch.inference_mode():
         pred = torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(y), batch_size)])
-    correct = pred.cpu() == y.cpu()
+    return pred.cpu() == y.cpu()
+
+
+def choose_calibration(x: Tensor, y: Tensor, correct: Tensor, samples_per_class: int | None, seed: int = 0,
+                       min_per_class: int = 2) -> tuple[Tensor, Tensor]:
+    """The seeded choice of :func:`select_calibration` among the samples flagged ``correct``.
+
+    Per class (in label order) the correct samples are shuffled by a generator seeded with
+    ``seed`` and the first ``samples_per_class`` kept, in their order in ``x``.
+    """
     gen = torch.Generator().manual_seed(seed)
     keep = []
     for c in torch.unique(y).tolist():
@@ -261,7 +277,7 @@ def select_calibration(model: nn.Module, x: Tensor, y: Tensor, samples_per_class
                 f"the chosen test needs at least {min_per_class} per class"
             )
         keep.append(idx.sort().values)
-    keep = torch.cat(keep)
+    keep = torch.cat(keep).to(x.device)
     return x[keep], y[keep]
 
 

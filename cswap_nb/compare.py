@@ -9,10 +9,12 @@ import pandas as pd
 from torch import nn
 from tqdm.auto import tqdm
 
-from .api import PruneResult
+from .api import PruneResult, choose_calibration, correctly_classified
 from .api import prune as _prune
 from .config import CSwapConfig, make_config
+from .data import as_tensors
 from .metrics import evaluate
+from .session import full_float32
 
 SAME_PARAMS = "same-params"
 SAME_COUNTS = "same-per-layer-counts"
@@ -85,11 +87,36 @@ def compare(
         _check_reusable(cswap, cfg, seeds)
     eval_data = data.test if eval_data is None else eval_data
     before = evaluate(model, eval_data)  # the dense model's metric, once for every run
+    draw = _calibration_draws(model, data.calib)
     records: list[dict] = []
     for s in seeds:
-        records += _compare_one_seed(model, data, methods, dataclasses.replace(cfg, seed=s), per_layer, ratios,
+        cfg_s = dataclasses.replace(cfg, seed=s)
+        records += _compare_one_seed(model, data, draw(cfg_s), methods, cfg_s, per_layer, ratios,
                                      alphas, model_name, progress, eval_data, before, cswap)
     return records
+
+
+def _calibration_draws(model: nn.Module, pool):
+    """``draw(cfg)``: the calibration samples every run of a comparison with ``cfg`` selects from ``pool``.
+
+    The pool is predicted once for all runs and draws (on a laptop CPU that prediction cost as much as
+    a baseline's whole run). Each run then selects again from exactly the chosen samples, which gives
+    it the same calibration set as the whole pool would: all of them are correct and there are at
+    most ``samples_per_class`` per class. Segmentation pools (masks, no prediction) are passed as they are.
+    """
+    x, y = as_tensors(pool)
+    if y.ndim != 1 or y.dtype.is_floating_point or len(y) != len(x):
+        return lambda cfg: pool  # masks; or labels each run refuses with its own message
+    params = list(model.parameters())
+    device = params[0].device if params else x.device
+    training = model.training
+    try:
+        model.eval()
+        with full_float32():
+            correct = correctly_classified(model, x.to(device), y.to(device))
+    finally:
+        model.train(training)
+    return lambda cfg: choose_calibration(x, y.long(), correct, cfg.samples_per_class, cfg.seed, min_per_class=1)
 
 
 def _check_reusable(result: PruneResult, cfg: CSwapConfig, seeds: list[int]) -> None:
@@ -108,7 +135,7 @@ def _check_reusable(result: PruneResult, cfg: CSwapConfig, seeds: list[int]) -> 
                          + ", ".join(f"{k}={got.get(k)!r} (here {want[k]!r})" for k in differ))
 
 
-def _compare_one_seed(model, data, methods, cfg: CSwapConfig, per_layer, ratios, alphas, model_name, progress,
+def _compare_one_seed(model, data, calib, methods, cfg: CSwapConfig, per_layer, ratios, alphas, model_name, progress,
                       eval_data, before: float, reuse: PruneResult | None = None) -> list[dict]:
     methods = [m for m in methods if m != "cswap"]
     common = dict(config=cfg, model_name=model_name)
@@ -122,7 +149,7 @@ def _compare_one_seed(model, data, methods, cfg: CSwapConfig, per_layer, ratios,
     if reuse is not None:  # a copy: the caller's result keeps its own metric
         ref = dataclasses.replace(reuse, metric_before=before, metric_after=evaluate(reuse.model, eval_data))
     else:
-        ref = prune(model, data.calib, "cswap", progress=progress, **guard, **common)
+        ref = prune(model, calib, "cswap", progress=progress, **guard, **common)
     records = [_record(ref, SAME_PARAMS, cfg.seed)]
     counts = {name: len(units) for name, units in ref.pruned_units.items()}
     jobs = [(m, SAME_PARAMS) for m in methods] + [(m, SAME_COUNTS) for m in methods if per_layer]
@@ -132,12 +159,12 @@ def _compare_one_seed(model, data, methods, cfg: CSwapConfig, per_layer, ratios,
         for m, budget in bar:
             target = ({"params": ref.params_after} if budget == SAME_PARAMS else
                       {"counts": counts} if budget == SAME_COUNTS else {"ratio": float(budget.split("=")[1])})
-            res = prune(model, data.calib, m, progress=False, scores=scores.get(m), **target, **common)
+            res = prune(model, calib, m, progress=False, scores=scores.get(m), **target, **common)
             scores[m] = res.scores
             records.append(_record(res, budget, cfg.seed))
     for a in alphas or []:
         if a != cfg.alpha:
-            records.append(_record(prune(model, data.calib, "cswap", progress=progress,
+            records.append(_record(prune(model, calib, "cswap", progress=progress,
                                          **{**common, **guard, "config": dataclasses.replace(cfg, alpha=a)}),
                                    f"alpha={a:g}", cfg.seed))
     return records

@@ -218,10 +218,26 @@ class PruneSession:
                              "other than the classifier whose output channels can be removed")
         self.template = copy.deepcopy(work)  # never masked: criteria score it, candidate cuts are counted on copies
         self.masker = Masker(work, self.layers)
-        self.engine = make_engine(self.config.engine, work, self.masker, self.example)
-        if self.segmentation:
-            self.engine.segmentation(self.y, self.pairs if self.config.inference == "per-class" else None)
+        self._engine = None  # built when a strategy first scores (a criterion's ranking never does)
         self.total_steps = self._count_steps()
+
+    @property
+    def engine(self):
+        """The scoring engine of :attr:`config` (:func:`cswap_nb.engine.make_engine`), built on first use.
+
+        Rank-and-prune criteria score the units without it, so a baseline's run does not pay for
+        tracing and checking the model's graph. Assigning replaces it (e.g. by a caching wrapper).
+        """
+        if self._engine is None:
+            with full_float32():
+                self._engine = make_engine(self.config.engine, self.work, self.masker, self.example)
+                if self.segmentation:
+                    self._engine.segmentation(self.y, self.pairs if self.config.inference == "per-class" else None)
+        return self._engine
+
+    @engine.setter
+    def engine(self, engine) -> None:
+        self._engine = engine
 
     def _pick_calibration(self, x: Tensor, y: Tensor, need: int) -> None:
         from .api import select_calibration, select_segmentation_calibration
@@ -317,6 +333,7 @@ class PruneSession:
         with full_float32():
             if self.strategy != "rank":
                 self.cost.forward_passes = self.engine.forward_equivalents
+            e = self._engine  # None for a ranking: it ran no causal pass
             check_x = self.x[: min(len(self.x), 64)]
             try:
                 with torch.inference_mode():
@@ -335,12 +352,13 @@ class PruneSession:
                       {"samples_per_class": cfg.samples_per_class, "scope": cfg.scope, "seed": cfg.seed,
                        "ratio": self.target.get("ratio"), "params": self.target.get("params"),
                        "counts": self.target.get("counts")})
-            e = self.engine
             result = PruneResult(
                 model=work, labels=pd.DataFrame(self.records), config=config,
-                engine={"name": e.name, "path": getattr(e, "path", "full"), "fallback": e.fallback,
+                engine={"name": e.name if e is not None else cfg.engine,
+                        "path": getattr(e, "path", "full") if e is not None else None,
+                        "fallback": e.fallback if e is not None else None,
                         "layers_on_full_passes": dict(getattr(e, "layer_fallbacks", {})),
-                        "forward_equivalents": round(e.forward_equivalents, 3),
+                        "forward_equivalents": round(e.forward_equivalents, 3) if e is not None else 0.0,
                         "scores_per_pass": int(len(self.test_y)),
                         "forward_passes": round(self.cost.forward_passes, 3),
                         "backward_passes": round(self.cost.backward_passes, 3)},
