@@ -70,8 +70,9 @@ def compare(
         Show progress bars.
     cswap : PruneResult, optional
         A C-SWAP result already computed with this very configuration on ``data.calib`` (e.g. the
-        notebook's own ``cs.prune`` run): reused instead of analysing again (its model is not
-        modified; its metric is measured again on ``eval_data``). One calibration draw only.
+        notebook's own ``cs.prune`` run): reused instead of analysing again for the draw of its own
+        seed, which must be one of ``seeds`` (its model is not modified; its metric is measured again
+        on ``eval_data``); the other draws are analysed.
     **options
         Fields of :class:`~cswap_nb.config.CSwapConfig` (``alpha=``, ``samples_per_class=``,
         ``scope=``, ``group_size=``, ...), replacing those of ``config``.
@@ -92,7 +93,8 @@ def compare(
     for s in seeds:
         cfg_s = dataclasses.replace(cfg, seed=s)
         records += _compare_one_seed(model, data, draw(cfg_s), methods, cfg_s, per_layer, ratios,
-                                     alphas, model_name, progress, eval_data, before, cswap)
+                                     alphas, model_name, progress, eval_data, before,
+                                     cswap if cswap is not None and cswap.config.get("seed") == s else None)
     return records
 
 
@@ -121,14 +123,15 @@ def _calibration_draws(model: nn.Module, pool):
 
 def _check_reusable(result: PruneResult, cfg: CSwapConfig, seeds: list[int]) -> None:
     """Raise ``ValueError`` unless ``result`` is a C-SWAP run of ``cfg`` (the engine aside: every engine gives
-    the same labels) on the single calibration draw asked for."""
+    the same labels; the seed may be any of ``seeds``: it stands for that draw)."""
     if not isinstance(result, PruneResult) or result.method != "cswap":
         raise ValueError(f"cswap= must be the PruneResult of a C-SWAP run, got "
                          f"{getattr(result, 'method', type(result).__name__)!r}")
-    if seeds != [cfg.seed]:
-        raise ValueError(f"cswap= is one calibration draw (seed {cfg.seed}); it cannot stand for seeds {seeds}")
-    want = {k: v for k, v in cfg.as_dict().items() if k != "engine"}
-    got = {k: v for k, v in result.config.items() if k != "engine"}
+    seed = result.config.get("seed")
+    if seed not in seeds:
+        raise ValueError(f"cswap= is the calibration draw of seed {seed}, which is not among the seeds {seeds}")
+    want = {k: v for k, v in cfg.as_dict().items() if k not in ("engine", "seed")}
+    got = {k: v for k, v in result.config.items() if k not in ("engine", "seed")}
     differ = sorted(k for k in want if got.get(k) != want[k])
     if differ:
         raise ValueError("cswap= was run with other options than this comparison: "

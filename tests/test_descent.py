@@ -111,8 +111,15 @@ def test_compare_reuses_a_given_cswap_result_and_refuses_one_of_other_options(to
     assert res.metric_after == before  # measured on the test split in the records, the caller's copy untouched
     with pytest.raises(ValueError, match="alpha=0.05 \\(here 0.2\\)"):
         compare(model, data, ["cswap", "l1"], samples_per_class=10, alpha=0.2, progress=False, cswap=res)
-    with pytest.raises(ValueError, match="one calibration draw"):
-        compare(model, data, ["cswap", "l1"], samples_per_class=10, seeds=[0, 1], progress=False, cswap=res)
+    over_draws = compare(model, data, ["cswap", "l1"], samples_per_class=10, seeds=[1, 0], progress=False, cswap=res)
+    fresh_draws = compare(model, data, ["cswap", "l1"], samples_per_class=10, seeds=[1, 0], progress=False)
+    assert [{k: v for k, v in r.items() if k not in strip} for r in over_draws] == \
+        [{k: v for k, v in r.items() if k not in strip} for r in fresh_draws]
+    cswap_runs = {r["seed"]: r for r in over_draws if r["method"] == "cswap"}
+    assert cswap_runs[0]["analysis_seconds"] == res.summary()["analysis_seconds"]  # seed 0 reused, seed 1 analysed
+    assert cswap_runs[1]["analysis_seconds"] != res.summary()["analysis_seconds"]
+    with pytest.raises(ValueError, match="seed 0, which is not among the seeds \\[1, 2\\]"):
+        compare(model, data, ["cswap", "l1"], samples_per_class=10, seeds=[1, 2], progress=False, cswap=res)
     with pytest.raises(ValueError, match="C-SWAP run"):
         l1 = cs.prune(model, data.calib, "l1", ratio=0.2, progress=False)
         compare(model, data, ["cswap", "l1"], samples_per_class=10, progress=False, cswap=l1)
