@@ -11,6 +11,7 @@ import time
 import torch
 from torch import nn
 
+from . import zoo
 from .api import prune
 from .surgery import count_macs
 
@@ -113,8 +114,6 @@ def bench_engines(model: nn.Module, calib, rounds: int = 2, engines: tuple[str, 
 
 def run(model_name: str, rounds: int = 2, latency_repeats: int = 50,
         engines: tuple[str, ...] = ("naive", "fast")) -> dict:
-    from . import zoo
-
     torch.manual_seed(0)
     model, data = zoo.load(model_name)
     engines = bench_engines(model, data.calib, rounds=rounds, engines=engines)

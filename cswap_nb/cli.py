@@ -8,9 +8,13 @@ from pathlib import Path
 
 from . import zoo
 from .api import prune
+from .bench import format_report
+from .bench import run as run_bench
+from .compare import (SAME_COUNTS, SAME_PARAMS, VARIANTS, compare, compare_variants, spread_table, table,
+                      variant_summary, variant_table, verdict_lines)
 from .config import ENGINES, EVALUATIONS, CSwapConfig, add_arguments, from_arguments, positive_int
 from .criteria import CRITERIA
-
+from .plots import plot_accuracy_vs_removed, plot_layer_labels, plot_spread
 
 DEMO_MODEL = "resnet18-fashion"
 METRIC_LABELS = {"top1_accuracy_pct": "test accuracy %", "miou_pct": "test mIoU %"}
@@ -58,8 +62,6 @@ def run_prune(args: argparse.Namespace, out: Path | None) -> dict:
     summary = res.summary()
     print(_table(summary))
     if out is not None:
-        from .plots import plot_layer_labels
-
         out.mkdir(parents=True, exist_ok=True)
         res.save(out / "pruned.pt")
         ax = plot_layer_labels(res)
@@ -82,9 +84,6 @@ def _floats(text: str | None) -> list[float]:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from .compare import SAME_COUNTS, SAME_PARAMS, compare, spread_table, table, verdict_lines
-    from .plots import plot_accuracy_vs_removed, plot_spread
-
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m != "cswap" and m not in CRITERIA]
     if unknown:
@@ -124,8 +123,6 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run_variants(args: argparse.Namespace) -> int:
-    from .compare import VARIANTS, compare_variants, variant_summary, variant_table
-
     names = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else list(VARIANTS)
     model, data = zoo.load(args.model)
     if data.val is None:
@@ -203,14 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "variants":
             return run_variants(args)
         if args.cmd == "bench":
-            from .bench import format_report, run
-
             engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
             unknown = [e for e in engines if e.partition("-")[0] not in ENGINES or e.partition("-")[2] not in ("", *EVALUATIONS)]
             if len(engines) < 2 or unknown:
                 raise ValueError(f"--engines takes two or more of {', '.join(ENGINES)} (each optionally with "
                                  f"-{' or -'.join(EVALUATIONS)}), got {args.engines!r}")
-            report = run(args.model, rounds=args.rounds, engines=engines)
+            report = run_bench(args.model, rounds=args.rounds, engines=engines)
             print(format_report(report))
             if args.json is not None:
                 _write_json(args.json, report)

@@ -20,7 +20,7 @@ unit (a residual stream channel) the scores of all its mask points are summed.
 
 LRP needs a canonizer for the residual additions (Captum's LRP is wrong on residual
 networks): torchvision ResNets use zennit's ``ResNetCanonizer``; timm's BasicBlock /
-Bottleneck use :class:`TimmResNetCanonizer` below. Other models raise a clear error.
+Bottleneck use :class:`cswap_nb.families.resnet.TimmResNetCanonizer`. Other models raise a clear error.
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from .causal import upsample_logits
 from .cityscapes import IGNORE_INDEX
+from .families import family_of
 from .units import UnitLayer, channels_first, register_site_hook
 
 Scores = dict[str, Tensor]
@@ -245,8 +246,6 @@ def _captum(kind: str, model, layers, x, y, cost: Cost | None = None, n_steps: i
 
 def _is_transformer(model: nn.Module) -> bool:
     """Token-shaped unit outputs (N, tokens, C), not channels-first (a timm ViT: its adapter says so)."""
-    from .families import family_of
-
     return family_of(model).token_outputs
 
 
@@ -260,53 +259,8 @@ def _layer_output(mod: nn.Module, example: Tensor, model: nn.Module) -> Tensor:
     return out["o"]
 
 
-class TimmResNetCanonizer:
-    """Makes timm's BasicBlock/Bottleneck residual sum visible to zennit's LRP rules.
-
-    Built on zennit's ``AttributeCanonizer``: each block's ``forward`` is replaced by one
-    that adds the shortcut through a ``zennit.layer.Sum`` module (so the sum rule splits
-    relevance proportionally), plus BatchNorm merging into the preceding convolution.
-    """
-
-    def __new__(cls):
-        from zennit.canonizers import AttributeCanonizer, CompositeCanonizer, SequentialMergeBatchNorm
-        from zennit.layer import Sum
-
-        def forward(self, x):
-            shortcut = x
-            out = self.conv1(x)
-            out = self.bn1(out)
-            out = self.act1(out)
-            if hasattr(self, "conv3"):
-                out = self.conv2(out)
-                out = self.bn2(out)
-                out = self.act2(out)
-                out = self.conv3(out)
-                out = self.bn3(out)
-                last_act = self.act3
-            else:
-                out = self.conv2(out)
-                out = self.bn2(out)
-                last_act = self.act2
-            if self.downsample is not None:
-                shortcut = self.downsample(shortcut)
-            out = self.canonizer_sum(torch.stack([shortcut, out], dim=-1))
-            return last_act(out)
-
-        def attribute_map(name, module):
-            from timm.models.resnet import BasicBlock, Bottleneck
-
-            if isinstance(module, (BasicBlock, Bottleneck)):
-                return {"forward": forward.__get__(module), "canonizer_sum": Sum()}
-            return None
-
-        return CompositeCanonizer((SequentialMergeBatchNorm(), AttributeCanonizer(attribute_map)))
-
-
 def _lrp_canonizers(model: nn.Module) -> list:
     """The zennit canonizers of the model's family (ResNets only; raises for the others)."""
-    from .families import family_of
-
     return family_of(model).lrp_canonizers(model)
 
 

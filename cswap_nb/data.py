@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .cityscapes import CITYSCAPES_CLASSES, IGNORE_INDEX, normalize
+from .resources import data_dir, sha256_of
 from .scenes import DEFAULT_SIZE, _check_size, road_scenes
 
 
@@ -364,8 +365,6 @@ def fashion_split_indices(train_labels: Tensor, test_labels: Tensor) -> dict[str
 
 
 def shipped_subset_path() -> Path:
-    from .resources import data_dir
-
     return data_dir() / FASHION_SUBSET_FILE
 
 
@@ -377,8 +376,6 @@ def read_fashion_subset(path: Path | None = None) -> dict[str, np.ndarray]:
         raise FileNotFoundError(f"the shipped Fashion-MNIST subset {str(path)!r} is missing; rebuild it with "
                                 "`python -m cswap_nb.zoo write-fashion-subset` (needs the full set)")
     if path == shipped_subset_path():
-        from .resources import sha256_of
-
         actual = sha256_of(path)
         if actual != FASHION_SUBSET_SHA256:
             raise ValueError(f"the shipped Fashion-MNIST subset {str(path)!r} is corrupt or was modified: sha256 "

@@ -14,10 +14,11 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from .api import select_calibration
+from .calibration import select_calibration
 from .causal import LABELS, TESTS, one_sided_pvalues, verdict_of
 from .data import as_tensors, check_xy
-from .engine import make_engine
+from .families import family_of
+from .graph import make_engine
 from .units import Masker, find_unit_layers
 
 
@@ -124,6 +125,20 @@ def labels_vs_alpha(table: pd.DataFrame, alphas) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def label_flips(table: pd.DataFrame, alpha: float, reference_alpha: float, test: str = "welch",
+                correction: str = "none") -> pd.DataFrame:
+    """The units of a :func:`pvalue_table` whose label under ``test`` differs between ``reference_alpha`` and
+    ``alpha``: one row per such unit with both labels and its smallest per-class ``p_lower`` (after the
+    correction). Nothing is re-run: the same tests, judged at another level."""
+    sub = table[table.test == test]
+    if sub.empty:
+        raise ValueError(f"no p-values of test {test!r} in the table; it has {sorted(set(table.test))}")
+    before = label_from_pvalues(sub, reference_alpha, correction).set_index("unit")
+    after = label_from_pvalues(sub, alpha, correction).set_index("unit")
+    out = pd.DataFrame({"p_lower": after.p_lower, "label_before": before.label, "label_after": after.label})
+    return out[out.label_before != out.label_after].reset_index().sort_values("p_lower", kind="stable")
+
+
 def attention_maps(model: nn.Module, x: Tensor, block: int = -1) -> Tensor:
     """Attention of the class token to every patch, per head, in one block of a timm ViT.
 
@@ -131,8 +146,6 @@ def attention_maps(model: nn.Module, x: Tensor, block: int = -1) -> Tensor:
     computed from the block's own ``qkv`` (so a head-pruned model shows its remaining
     heads). Without a class token, the mean attention over all query tokens is used.
     """
-    from .families import family_of
-
     if family_of(model).name != "timm.vit":
         raise ValueError(f"attention_maps needs a timm VisionTransformer, got {type(model).__name__}")
     attn = model.blocks[block].attn

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .causal import PixelClasses, class_pixel_scores, pixel_classes, true_class_scores
+from .families import family_of
 from .units import Masker, UnitLayer
 
 Part = tuple[str, Callable[[Tensor], Tensor], list[str]]  # (name, function, module names inside)
@@ -48,8 +49,6 @@ def sequential_parts(model: nn.Module) -> list[Part] | None:
     layers, blocks and head, a MobileNetV2's feature blocks and head, a ViT's embedding stem, blocks
     and head, or the parts a model lists itself with ``sequential_parts()``); each part with the
     names of the modules inside it. None if the family has no split."""
-    from .families import family_of
-
     parts = family_of(model).parts(model)
     if parts is None:
         return None
@@ -209,14 +208,3 @@ class PrefixEngine(FullEngine):
                 out.append(self._score(logits, y, i, score))
         self.forward_equivalents += sum(self._cost[start:])
         return self._finish(torch.cat(out))
-
-def make_engine(kind: str, model: nn.Module, masker: Masker, example: Tensor) -> FullEngine:
-    if kind == "naive":
-        return FullEngine(model, masker)
-    if kind == "fast":
-        from .graph import GraphEngine
-
-        return GraphEngine(model, masker, example)
-    if kind == "parts":
-        return PrefixEngine(model, masker, example)
-    raise ValueError(f"engine must be one of 'fast', 'naive', 'parts', got {kind!r}")

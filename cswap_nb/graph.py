@@ -112,6 +112,7 @@ class Plan:
     release: list = field(default_factory=list)  # per dirty node: values no later node reads
     batched: set = field(default_factory=set)  # frontier nodes whose first dimension is the batch
     sliceable: bool = False  # whether a candidate can run on a slice of the cached batch (checked)
+    stackable: bool = False  # whether several candidates can run in one batch (set with the layer's plan)
 
     def __post_init__(self):
         # values a candidate computes itself and keeps no further: in-place ops may work on them. The
@@ -147,6 +148,8 @@ class GraphEngine(PrefixEngine):
         self.path, self.layer_fallbacks = "graph", {}
         self._plans: dict[str, Plan | None] = {}
         self._cache: _Cache | None = None
+        self._current: tuple | None = None  # (token, cache, state) of the candidate begun last
+        self._stacked: dict = {}  # results stack_rows computed in advance, by (token, rows)
         try:
             self.graph = trace(model)
             self.nodes = list(self.graph.nodes)
@@ -346,6 +349,11 @@ class GraphEngine(PrefixEngine):
                     self._check_slices(layer, plan, example)
                 except Exception:  # noqa: BLE001 - whole-batch candidates still use the plan
                     plan.sliceable, plan.batched = False, set()
+                # candidates stack when they differ only in the values they are given: none of the layer's
+                # mask points is recomputed (a coupled group's later points would apply the masks' present
+                # state to every stacked row)
+                plan.stackable = plan.sliceable and plan.shortcut and not any(
+                    n.op == "call_module" and n.target in layer.points for n in plan.dirty)
         except Exception as exc:  # noqa: BLE001
             self.layer_fallbacks[layer.name] = f"its cached plan failed ({type(exc).__name__}: {exc})"
             return None
@@ -453,7 +461,7 @@ class GraphEngine(PrefixEngine):
         compute the corrections once (each later slice of the batch reads them). Called once per
         candidate: a second call for the same mask state reuses the first's work."""
         token = self._token(layer, x)
-        current = getattr(self, "_current", None)
+        current = self._current
         if (current is not None and current[0] == token and current[1] is self._cache
                 and (not current[2][2] or (self._cache.last is not None and self._cache.last[1] is current[2][2]))):
             return current[2]
@@ -540,9 +548,8 @@ class GraphEngine(PrefixEngine):
         if not self.can_slice(layer, x):
             raise ValueError(f"layer {layer.name!r} cannot be scored on part of the calibration set")
         rows = tuple(rows)
-        stacked = getattr(self, "_stacked", None)
-        if stacked:
-            q = stacked.pop((self._token(layer, x), rows), None)
+        if self._stacked:
+            q = self._stacked.pop((self._token(layer, x), rows), None)
             if q is not None:
                 return q
         with torch.inference_mode():
@@ -557,11 +564,7 @@ class GraphEngine(PrefixEngine):
         cache and recomputes none of its mask points (every candidate's difference is in its given
         values, none in the masks' hooks)."""
         plan = self._plans.get(layer.name) if self.graph is not None else None
-        if plan is None or not plan.shortcut or not self.can_slice(layer, x):
-            return False
-        # a mask point of the layer among the recomputed nodes (a coupled group's later points) applies
-        # the masks' present state to every stacked row: each candidate needs its own pass then
-        return not any(n.op == "call_module" and n.target in layer.points for n in plan.dirty)
+        return plan is not None and plan.stackable and self.can_slice(layer, x)
 
     def stack_rows(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer, others: list[list[int]],
                    rows: Rows) -> None:
@@ -707,3 +710,16 @@ def _per_channel(node: fx.Node, prev: fx.Node, modules: dict, layer: UnitLayer, 
     if node.op == "call_method" and node.target in ZERO_METHODS:
         return "zero"
     return None
+
+
+def make_engine(kind: str, model: nn.Module, masker: Masker, example: Tensor) -> FullEngine:
+    """The scoring engine of the option ``engine`` (cswap_nb/METHOD.md §10): ``"fast"`` (:class:`GraphEngine`),
+    ``"naive"`` (:class:`~cswap_nb.engine.FullEngine`: one full pass per candidate, the reference) or
+    ``"parts"`` (:class:`~cswap_nb.engine.PrefixEngine`, the family's parts only)."""
+    if kind == "naive":
+        return FullEngine(model, masker)
+    if kind == "fast":
+        return GraphEngine(model, masker, example)
+    if kind == "parts":
+        return PrefixEngine(model, masker, example)
+    raise ValueError(f"engine must be one of 'fast', 'naive', 'parts', got {kind!r}")

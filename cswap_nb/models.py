@@ -15,7 +15,7 @@ from torch import nn
 
 from .ddrnet import DualResNet, ddrnet23, ddrnet23_slim  # noqa: F401 (re-exported: cs.models.ddrnet23_slim)
 from .families import FAMILIES as _ADAPTERS
-from .families import family_for_spec, family_of
+from .families import family_for_spec, family_of, stem_conv  # noqa: F401 (stem_conv re-exported)
 from .families.vit import VIT_KEYS  # noqa: F401 (re-exported)
 
 Spec = dict[str, Any]
@@ -25,20 +25,6 @@ def build(spec: Spec) -> nn.Module:
     """Build a freshly initialised model from a spec produced by :func:`describe` (its family's adapter,
     :func:`cswap_nb.families.family_for_spec`)."""
     return family_for_spec(spec).build(spec)
-
-
-def stem_conv(conv: nn.Conv2d, kernel: int, stride: int, in_chans: int | None = None) -> nn.Conv2d:
-    """``conv`` itself when it already has this kernel, stride and input width, else a fresh
-    bias-free replacement (He-initialised, as timm and torchvision initialise their stems).
-
-    Small inputs (Fashion-MNIST's 28x28) need a stem that downsamples less than ImageNet's:
-    with the standard 7x7/2 stem and max-pool a ResNet's last stage works at 1x1."""
-    in_chans = conv.in_channels if in_chans is None else in_chans
-    if (conv.kernel_size[0], conv.stride[0], conv.in_channels) == (kernel, stride, in_chans):
-        return conv
-    new = nn.Conv2d(in_chans, conv.out_channels, kernel, stride=stride, padding=kernel // 2, bias=False)
-    nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
-    return new
 
 
 FAMILIES = tuple(name for adapter in _ADAPTERS for name in adapter.spec_families)

@@ -8,6 +8,10 @@ from __future__ import annotations
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from .causal import upsample_logits
+from .cityscapes import colorize, denormalize
+from .compare import at_budget
+
 LABEL_COLOURS = {"critical": "#2b6cb0", "neutral": "#a0aec0", "detrimental": "#e53e3e"}
 
 
@@ -40,17 +44,21 @@ def plot_layer_labels(result, ax: Axes | None = None) -> Axes:
     """Units kept/removed per layer, coloured by causal label (one bar per unit layer).
 
     Critical units are kept; neutral and detrimental ones are removed. Units kept only
-    because they were the last of their layer are drawn hatched.
+    because they were the last of their layer are drawn hatched. A test of a group of units
+    (``group_size``, the ViT's MLP groups) counts each unit of the group, so each bar's length is
+    the layer's width.
     """
     ax = ax or _new_ax()
-    df = result.labels
+    df = result.labels.assign(units=result.labels.unit.map(lambda u: len(u) if isinstance(u, (list, tuple)) else 1))
     layers = [layer["name"] for layer in result.layers]
     bottoms = [0] * len(layers)
     parts = [
-        ("critical (kept)", lambda s: (s.label == "critical").sum(), LABEL_COLOURS["critical"], None),
-        ("not critical, kept as last unit", lambda s: ((s.label != "critical") & ~s.pruned).sum(), "white", "//"),
-        ("neutral (removed)", lambda s: ((s.label == "neutral") & s.pruned).sum(), LABEL_COLOURS["neutral"], None),
-        ("detrimental (removed)", lambda s: ((s.label == "detrimental") & s.pruned).sum(),
+        ("critical (kept)", lambda s: s.units[s.label == "critical"].sum(), LABEL_COLOURS["critical"], None),
+        ("not critical, kept as last unit", lambda s: s.units[(s.label != "critical") & ~s.pruned].sum(),
+         "white", "//"),
+        ("neutral (removed)", lambda s: s.units[(s.label == "neutral") & s.pruned].sum(), LABEL_COLOURS["neutral"],
+         None),
+        ("detrimental (removed)", lambda s: s.units[(s.label == "detrimental") & s.pruned].sum(),
          LABEL_COLOURS["detrimental"], None),
     ]
     for name, count, colour, hatch in parts:
@@ -123,7 +131,6 @@ def plot_spread(records: list[dict], budget: str = "same-params", ax: Axes | Non
     import pandas as pd
     import seaborn as sns
 
-    from .compare import at_budget
 
     df = pd.DataFrame([{"method": "C-SWAP" if r["method"] == "cswap" else r["method"], "seed": r.get("seed", 0),
                         "metric": r["metric_after"], "removed": r["params_removed_pct"]}
@@ -354,7 +361,6 @@ def predict_masks(model, x, size=None, batch_size: int = 16):
     """Per-pixel argmax of a segmentation model, logits upsampled bilinearly to ``size`` (default: the input's)."""
     import torch
 
-    from .causal import upsample_logits
 
     size = tuple(size or x.shape[-2:])
     was_training = model.training
@@ -373,8 +379,6 @@ def predict_masks(model, x, size=None, batch_size: int = 16):
 def plot_scenes(x, rows: dict, n: int = 4, figsize_per: tuple[float, float] = (2.6, 1.45)) -> Figure:
     """A grid of road scenes: the images on top, then one row per entry of ``rows``
     (title -> label masks (N, H, W), e.g. ground truth and predictions), in Cityscapes colours."""
-    from .cityscapes import colorize, denormalize
-
     n = min(n, len(x))
     fig = Figure(figsize=(figsize_per[0] * n, figsize_per[1] * (len(rows) + 1)), layout="constrained")
     axes = fig.subplots(len(rows) + 1, n, squeeze=False)

@@ -5,7 +5,7 @@ segmentation), finds the units and builds the score engine in its constructor; :
 yields the records of the chosen strategy one by one (so a notebook can plot live, a widget can
 update and stop, a test can inspect every decision); :meth:`~PruneSession.finish` removes the
 pruned units physically, checks masked == pruned, evaluates and returns the
-:class:`~cswap_nb.api.PruneResult`. :func:`cswap_nb.prune` is the one-call form.
+:class:`~cswap_nb.result.PruneResult`. :func:`cswap_nb.prune` is the one-call form.
 
 Each strategy is one runner in :data:`STRATEGIES` (``"cswap"``: the progressive causal descent,
 ``"greedy"``, ``"rank"``: rank-and-prune with a criterion of :data:`cswap_nb.criteria.CRITERIA`).
@@ -24,11 +24,15 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import models
+from .calibration import select_calibration, select_segmentation_calibration
 from .cityscapes import IGNORE_INDEX
 from .config import CSwapConfig, make_config
+from .criteria import CRITERIA, Cost, score_units
 from .data import as_tensors, check_xy
-from .engine import make_engine
+from .descent import Guard, greedy, progressive, rank_and_prune, visiting_plan
+from .graph import make_engine
 from .metrics import evaluate
+from .result import PruneResult, model_label
 from .surgery import count_macs, count_params, remove_units
 from .units import Masker, find_unit_layers
 
@@ -53,8 +57,6 @@ def full_float32():
 # ------------------------------------------------------------------------------------ strategies
 
 def _run_cswap(session: "PruneSession") -> Iterator[dict]:
-    from .descent import Guard, progressive
-
     cfg = session.config
     if cfg.max_drop is not None:
         dense = evaluate(session.model, session.guard_data)
@@ -63,8 +65,6 @@ def _run_cswap(session: "PruneSession") -> Iterator[dict]:
 
 
 def _run_greedy(session: "PruneSession") -> Iterator[dict]:
-    from .descent import greedy
-
     n_units = sum(layer.size for layer in session.layers)
     steps = greedy(session.engine, session.masker, session.layers, session.x, session.test_y,
                    session.total_steps if session.total_steps is not None else n_units, session.config.score)
@@ -75,9 +75,6 @@ def _run_greedy(session: "PruneSession") -> Iterator[dict]:
 
 
 def _run_rank(session: "PruneSession") -> Iterator[dict]:
-    from .criteria import score_units
-    from .descent import rank_and_prune
-
     if session.scores is None:
         session.scores = score_units(session.method, session.template, session.layers, session.x, session.y,
                                      seed=session.config.seed, cost=session.cost)
@@ -98,8 +95,6 @@ STRATEGIES: dict[str, Callable[["PruneSession"], Iterator[dict]]] = {
 
 def strategy_of(method: str) -> str:
     """The :data:`STRATEGIES` key of a ``method``: itself, or ``"rank"`` for a criterion."""
-    from .criteria import CRITERIA
-
     if method in ("cswap", "greedy"):
         return method
     if method in CRITERIA:
@@ -175,7 +170,6 @@ class PruneSession:
         self.records: list[dict] = []
         self._steps: Iterator[dict] | None = None
         self.analysis_seconds = 0.0
-        from .criteria import Cost
 
         self.cost = Cost()
         with full_float32():
@@ -209,8 +203,6 @@ class PruneSession:
         except ValueError:
             self.spec = None
         self.params_before, self.macs_before = count_params(work), count_macs(work, self.example)
-        from .api import _same_modules
-
         self.layers = find_unit_layers(work, self.example, scope=self.config.scope,
                                        ignored_layers=_same_modules(model, work, ignored_layers))
         if not self.layers:
@@ -223,7 +215,7 @@ class PruneSession:
 
     @property
     def engine(self):
-        """The scoring engine of :attr:`config` (:func:`cswap_nb.engine.make_engine`), built on first use.
+        """The scoring engine of :attr:`config` (:func:`cswap_nb.graph.make_engine`), built on first use.
 
         Rank-and-prune criteria score the units without it, so a baseline's run does not pay for
         tracing and checking the model's graph. Assigning replaces it (e.g. by a caching wrapper).
@@ -240,8 +232,6 @@ class PruneSession:
         self._engine = engine
 
     def _pick_calibration(self, x: Tensor, y: Tensor, need: int) -> None:
-        from .api import select_calibration, select_segmentation_calibration
-
         cfg = self.config
         try:
             with torch.inference_mode():
@@ -274,8 +264,6 @@ class PruneSession:
         self.test_y, self.pairs = self.y, None
 
     def _count_steps(self) -> int | None:
-        from .descent import visiting_plan
-
         if self.strategy == "cswap":
             return len(visiting_plan(self.layers, self.config))
         if self.strategy == "greedy":
@@ -324,8 +312,6 @@ class PruneSession:
 
     def finish(self):
         """Remove the pruned units physically, check masked == pruned, evaluate; the :class:`PruneResult`."""
-        from .api import PruneResult, model_label
-
         if self._steps is None:
             for _ in self.steps():
                 pass
@@ -376,3 +362,15 @@ class PruneSession:
                 result.metric_after = evaluate(work, self.eval_data)
         result.seconds = time.perf_counter() - self.t_start
         return result
+
+
+def _same_modules(original: nn.Module, copy_: nn.Module, modules: list[nn.Module] | None) -> list[nn.Module]:
+    """Map modules of the caller's model onto the working copy (by qualified name)."""
+    if not modules:
+        return []
+    names = {m: n for n, m in original.named_modules()}
+    copied = dict(copy_.named_modules())
+    missing = [m for m in modules if m not in names]
+    if missing:
+        raise ValueError(f"ignored_layers: {len(missing)} module(s) are not part of the model")
+    return [copied[names[m]] for m in modules]

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .causal import upsample_logits
-from .data import Split
 from .cityscapes import IGNORE_INDEX
+from .data import Split, load_digits
+from .models import mlp
 
 OPTIMIZERS = ("sgd", "adamw")
 
@@ -127,9 +128,6 @@ def fit(model: nn.Module, train: Split, recipe: Recipe = Recipe(), desc: str = "
 def train_digits_mlp(hidden: tuple[int, ...] = (32, 32), seed: int = 0, epochs: int = 40,
                      progress: bool = False) -> tuple[nn.Module, "object"]:
     """A small MLP on the 8x8 digits, trained in seconds: the toy model of the strategy notebook."""
-    from .data import load_digits
-    from .models import mlp
-
     data = load_digits(size=8)
     torch.manual_seed(seed)
     model = mlp(3 * 8 * 8, hidden, 10)

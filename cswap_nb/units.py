@@ -42,6 +42,9 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
+from .config import SCOPES
+from .families import family_of
+
 PRODUCERS = (nn.modules.conv._ConvNd, nn.Linear)
 
 
@@ -151,8 +154,6 @@ def build_graph(model: nn.Module, example: Tensor) -> tp.DependencyGraph:
 
 def _auxiliary_producers(model: nn.Module) -> list[nn.Module]:
     """Convs/linears of heads outside the eval-mode output: resized with their inputs, never units."""
-    from .families import family_of
-
     return [m for h in family_of(model).auxiliary_heads(model) for m in h.modules() if isinstance(m, PRODUCERS)]
 
 
@@ -171,9 +172,6 @@ def find_unit_layers(
     depthwise + BN, cswap_nb/METHOD.md §4); ``scope="all"`` adds the stem, the block outputs
     and the last 1x1 conv.
     """
-    from .config import SCOPES
-    from .families import family_of
-
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {list(SCOPES)}, got {scope!r}")
     was_training = model.training

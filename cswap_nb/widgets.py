@@ -24,10 +24,11 @@ from torch import Tensor, nn
 from . import zoo
 from .api import PruneResult
 from .config import OPTION_NAMES, SCORE_OPTIONS, CSwapConfig, option
-from .session import PruneSession
 from .descent import class_ranges
+from .effects import label_flips, label_from_pvalues
 from .engine import FullEngine
-
+from .plots import plot_accuracy_vs_removed, plot_layer_labels
+from .session import PruneSession
 
 DEFAULT_MODEL = "resnet18-fashion"
 CONTROLS = ("alpha", "samples_per_class", "inference", "order", "test")  # options with a control
@@ -275,7 +276,6 @@ class AlphaExplorer:
 
         from matplotlib.figure import Figure
 
-        from .plots import plot_accuracy_vs_removed, plot_layer_labels
 
         fig = Figure(figsize=(13, 4.2), layout="constrained")
         axes = fig.subplots(1, 2)
@@ -310,3 +310,40 @@ def alpha_explorer(model: nn.Module | None = None, data=None, model_name: str | 
     if (model is None) != (data is None):
         raise ValueError("give both model and data, or neither (then a shipped checkpoint is used)")
     return AlphaExplorer(model, data, model_name)
+
+
+def relabel_slider(table, reference_alpha: float = 0.05, test: str = "welch", correction: str = "none"):
+    """An α slider that re-labels precomputed tests at once (a :func:`cswap_nb.effects.pvalue_table`):
+    the counts of each label at the slider's α and the units whose label differs from ``reference_alpha``.
+
+    Nothing is re-run, so it answers instantly; it shows what the *level* of the same tests decides. The
+    explorer (:func:`alpha_explorer`) re-runs C-SWAP instead, where α also changes which units are
+    already removed when later ones are tested. Returns the ``ipywidgets.VBox`` (slider, output).
+    """
+    import ipywidgets as W
+    from IPython.display import display
+
+    sub = table[table.test == test]
+    if sub.empty:
+        raise ValueError(f"no p-values of test {test!r} in the table; it has {sorted(set(table.test))}")
+    slider = W.FloatLogSlider(value=reference_alpha, base=10, min=-6, max=math.log10(0.5), step=0.1,
+                              description="α", readout_format=".2g", continuous_update=True)
+    out = W.Output()
+
+    def show(alpha: float) -> None:
+        counts = label_from_pvalues(sub, alpha, correction).label.value_counts()
+        flips = label_flips(sub, alpha, reference_alpha, test, correction)
+        out.clear_output(wait=True)
+        with out:
+            print(f"α = {alpha:.3g} ({test}, correction {correction}): "
+                  + ", ".join(f"{int(counts.get(k, 0))} {k}" for k in ("critical", "neutral", "detrimental")))
+            if flips.empty:
+                print(f"no label differs from α = {reference_alpha:g}")
+            else:
+                print(f"{len(flips)} unit(s) change label from α = {reference_alpha:g}:")
+                display(flips.head(20).round({"p_lower": 5}))
+
+    slider.observe(lambda change: show(change["new"]), names="value")
+    show(slider.value)
+    return W.VBox([slider, out])
+

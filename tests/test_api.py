@@ -607,6 +607,11 @@ def test_shipped_model_is_named_without_model_name(zoo_model, digits):
     assert res.summary()["model"] == "resnet18-digits"
     ax = cs.plots.plot_layer_labels(res)
     assert "resnet18-digits" in ax.get_title()
+    widths = [0.0] * len(res.layers)  # each bar adds up to its layer's width: a tested group counts all its units
+    for patch in ax.patches:
+        widths[round(patch.get_y() + patch.get_height() / 2)] += patch.get_width()
+    assert widths == [layer["size"] for layer in res.layers]
+    assert any(isinstance(u, list) and len(u) > 1 for u in res.labels.unit)  # the case this checks
 
 
 def test_an_error_in_the_loop_leaves_no_progress_bar(tiny_resnet, own_label_data):

@@ -415,3 +415,41 @@ def test_reference_dense_compares_the_pruned_network_with_the_dense_one():
     assert labels.loc[idle, "effect"] == pytest.approx(labels.loc[DET, "effect"], rel=1e-6)
     assert labels.loc[idle, "label"] == DETRIMENTAL
     assert labels.loc[idle, "pruned"]
+
+
+def _pvalue_rows(unit: int, lows: list[float], test: str = "welch") -> list[dict]:
+    return [{"unit": unit, "test": test, "class": c, "mean_q": 0.9, "mean_q_removed": 0.8, "p_lower": p, "p_raise": 1.0}
+            for c, p in enumerate(lows)]
+
+
+def test_label_flips_lists_exactly_the_units_whose_label_changes_between_two_levels():
+    import pandas as pd
+
+    from cswap_nb.effects import label_flips
+
+    table = pd.DataFrame(_pvalue_rows(0, [0.03, 0.6]) + _pvalue_rows(1, [0.001, 0.5]) + _pvalue_rows(2, [0.2, 0.3])
+                         + _pvalue_rows(0, [0.9, 0.9], test="paired-t"))
+    flips = label_flips(table, 0.01, 0.05)
+    assert flips.unit.tolist() == [0]  # 0.03 rejects at 0.05, not at 0.01; 0.001 rejects at both; 0.2 at neither
+    assert flips.iloc[0].label_before == CRITICAL and flips.iloc[0].label_after == NEUTRAL
+    up = label_flips(table, 0.5, 0.05)
+    assert up.unit.tolist() == [2] and up.iloc[0].label_after == CRITICAL
+    assert label_flips(table, 0.05, 0.05).empty
+    # Holm's correction over the 2 classes doubles the smallest p-value: 0.03 no longer rejects at 0.05
+    assert label_flips(table, 0.05, 0.1, correction="holm").unit.tolist() == [0]
+    with pytest.raises(ValueError, match="no p-values of test 'wilcoxon'"):
+        label_flips(table, 0.01, 0.05, test="wilcoxon")
+
+
+def test_relabel_slider_answers_from_the_table_alone():
+    import pandas as pd
+
+    from cswap_nb.widgets import relabel_slider
+
+    table = pd.DataFrame(_pvalue_rows(0, [0.03, 0.6]) + _pvalue_rows(1, [0.001, 0.5]))
+    box = relabel_slider(table, reference_alpha=0.05)
+    slider = box.children[0]
+    assert slider.value == pytest.approx(0.05)
+    slider.value = 0.01  # re-labels without any model: the table is all it has
+    with pytest.raises(ValueError, match="no p-values of test"):
+        relabel_slider(table, test="ztest")

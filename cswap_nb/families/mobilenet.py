@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from . import Family, Part, Spec, module_part, same_tree
+from .base import Family, Part, Spec, module_part, register, same_tree, stem_conv
 
 # the default inverted-residual setting: (expansion, channels, blocks, stride)
 _SETTING = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
 
 
+@register
 class MobileNetV2(Family):
     name = "torchvision.mobilenet_v2"
     spec_families = ("torchvision.mobilenet_v2",)
@@ -36,8 +37,6 @@ class MobileNetV2(Family):
 
     def build(self, spec: Spec) -> nn.Module:
         from torchvision.models import MobileNetV2 as TvMobileNetV2
-
-        from ..models import stem_conv
 
         model = TvMobileNetV2(num_classes=spec["num_classes"], width_mult=spec.get("width_mult", 1.0),
                               dropout=spec.get("dropout", 0.2))

@@ -1,11 +1,11 @@
 """timm's and torchvision's ResNets: stem layers, residual blocks and head as parts; LRP through
-zennit's ResNet canonizer (torchvision) or this package's :class:`~cswap_nb.criteria.TimmResNetCanonizer`."""
+zennit's ResNet canonizer (torchvision) or this package's :class:`TimmResNetCanonizer`."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from . import Family, Part, Spec, module_part
+from .base import Family, Part, Spec, module_part, register, stem_conv
 
 
 def resnet_parts(model: nn.Module) -> list[Part] | None:
@@ -45,6 +45,7 @@ class _ResNets(Family):
         return resnet_parts(model)
 
 
+@register
 class TimmResNet(_ResNets):
     name = "timm.resnet"
     spec_families = ("timm.resnet",)
@@ -56,8 +57,6 @@ class TimmResNet(_ResNets):
 
     def build(self, spec: Spec) -> nn.Module:
         from timm.models.resnet import BasicBlock, Bottleneck, ResNet
-
-        from ..models import stem_conv
 
         block = {"basic": BasicBlock, "bottleneck": Bottleneck}[spec["block"]]
         model = ResNet(block=block, layers=tuple(spec["layers"]), channels=tuple(spec["channels"]),
@@ -93,8 +92,6 @@ class TimmResNet(_ResNets):
         return spec
 
     def lrp_canonizers(self, model: nn.Module) -> list:
-        from ..criteria import TimmResNetCanonizer
-
         blocks = [m for m in model.modules() if type(m).__name__ in ("BasicBlock", "Bottleneck")]
         for b in blocks:
             extras = [getattr(b, a, None) for a in ("drop_block", "aa", "se", "drop_path")]
@@ -104,6 +101,7 @@ class TimmResNet(_ResNets):
         return [TimmResNetCanonizer()]
 
 
+@register
 class TorchvisionResNet(_ResNets):
     name = "torchvision.resnet"
     spec_families = ("torchvision.resnet",)
@@ -133,3 +131,46 @@ class TorchvisionResNet(_ResNets):
         from zennit.torchvision import ResNetCanonizer
 
         return [ResNetCanonizer()]
+
+
+class TimmResNetCanonizer:
+    """Makes timm's BasicBlock/Bottleneck residual sum visible to zennit's LRP rules.
+
+    Built on zennit's ``AttributeCanonizer``: each block's ``forward`` is replaced by one
+    that adds the shortcut through a ``zennit.layer.Sum`` module (so the sum rule splits
+    relevance proportionally), plus BatchNorm merging into the preceding convolution.
+    """
+
+    def __new__(cls):
+        from zennit.canonizers import AttributeCanonizer, CompositeCanonizer, SequentialMergeBatchNorm
+        from zennit.layer import Sum
+
+        def forward(self, x):
+            shortcut = x
+            out = self.conv1(x)
+            out = self.bn1(out)
+            out = self.act1(out)
+            if hasattr(self, "conv3"):
+                out = self.conv2(out)
+                out = self.bn2(out)
+                out = self.act2(out)
+                out = self.conv3(out)
+                out = self.bn3(out)
+                last_act = self.act3
+            else:
+                out = self.conv2(out)
+                out = self.bn2(out)
+                last_act = self.act2
+            if self.downsample is not None:
+                shortcut = self.downsample(shortcut)
+            out = self.canonizer_sum(torch.stack([shortcut, out], dim=-1))
+            return last_act(out)
+
+        def attribute_map(name, module):
+            from timm.models.resnet import BasicBlock, Bottleneck
+
+            if isinstance(module, (BasicBlock, Bottleneck)):
+                return {"forward": forward.__get__(module), "canonizer_sum": Sum()}
+            return None
+
+        return CompositeCanonizer((SequentialMergeBatchNorm(), AttributeCanonizer(attribute_map)))

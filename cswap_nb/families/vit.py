@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from . import Family, Part, Spec, module_part, same_tree
+from .base import Family, Part, Spec, module_part, register, same_tree
 
 # VisionTransformer arguments a ``timm.vit`` spec may hold (everything else at timm's default)
 VIT_KEYS = ("img_size", "patch_size", "in_chans", "num_classes", "global_pool", "embed_dim", "depth",
@@ -12,6 +12,7 @@ VIT_KEYS = ("img_size", "patch_size", "in_chans", "num_classes", "global_pool", 
             "reg_tokens", "pre_norm", "final_norm", "fc_norm")
 
 
+@register
 class TimmViT(Family):
     name = "timm.vit"
     spec_families = ("timm.vit",)

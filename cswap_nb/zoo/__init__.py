@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from .. import models, resources
+from ..data import Dataset, load_dataset, load_fashion, write_fashion_subset
+from ..ddrnet import strip_aux
+from ..metrics import evaluate, evaluate_segmentation
 from ..resources import sha256_of
-from ..data import Dataset, load_dataset, load_fashion
-from ..metrics import evaluate
 from ..training import Recipe, fit
 
 CHECKPOINT_FORMAT = "cswap_nb.checkpoint/1"
@@ -211,11 +212,8 @@ def train(name: str, out_dir: Path | None = None, progress: bool = True) -> dict
     fit(model, train_split, r, desc=f"train {name}", progress=progress)
     seconds = time.perf_counter() - t0
     if e.aux_training:
-        from ..ddrnet import strip_aux
-
         model = strip_aux(model)
     if data.test.y.ndim == 3:  # segmentation: mIoU and pixel accuracy from one pass over the test set
-        from ..metrics import evaluate_segmentation
 
         seg = evaluate_segmentation(model, data.test)
         scores = {"test_miou_pct": round(seg["miou"], 3), "test_pixel_acc_pct": round(seg["pixel_acc"], 3)}
@@ -260,8 +258,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "train":
         print(json.dumps(train(args.name, args.out), indent=2))
     elif args.cmd == "write-fashion-subset":
-        from ..data import write_fashion_subset
-
         path = write_fashion_subset(args.out)
         print(f"wrote {path} (sha256 {sha256_of(path)})")
     else:
