@@ -356,7 +356,7 @@ def rank_and_prune(
 
     ``ratio``: fraction of all units removed (global ranking, per-layer normalised scores);
     ``params``: the global cut whose pruned network's parameter count is closest to
-    ``params`` (needs ``params_after``, which counts a candidate cut; binary search);
+    ``params`` (needs ``params_after``, which counts a candidate cut; :func:`_first_at_most`);
     ``counts``: per-layer counts (lowest-scored units of each layer).
     """
     given = [t is not None for t in (ratio, params, counts)]
@@ -372,18 +372,54 @@ def rank_and_prune(
         return take(order, min(len(order), round(ratio * total)))
     if params_after is None:
         raise ValueError("params= needs params_after, a function counting the parameters of a cut")
-    lo, hi = 0, len(order)  # params_after(take(order, n)) decreases with n
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if params_after(take(order, mid)) > params:
-            lo = mid + 1
-        else:
-            hi = mid
+    count = _memo(lambda n: params_after(take(order, n)))
+    lo = _first_at_most(count, params, len(order))
     # lo: the smallest cut reaching the budget; the one before may be closer
     best = lo
-    if lo > 0 and abs(params_after(take(order, lo - 1)) - params) < abs(params_after(take(order, lo)) - params):
+    if lo > 0 and abs(count(lo - 1) - params) < abs(count(lo) - params):
         best = lo - 1
     return take(order, best)
+
+
+def _memo(f: Callable[[int], int]) -> Callable[[int], int]:
+    seen: dict[int, int] = {}
+
+    def g(n: int) -> int:
+        if n not in seen:
+            seen[n] = f(n)
+        return seen[n]
+
+    return g
+
+
+def _first_at_most(count: Callable[[int], int], target: int, n_max: int) -> int:
+    """The smallest ``n`` in ``[0, n_max]`` with ``count(n) <= target`` (``n_max`` if none), for a
+    non-increasing ``count``: the answer of a plain bisection, found with fewer calls of ``count``
+    (each counts a pruned copy of the model). A parameter count falls almost linearly along a global
+    cut, so each step interpolates between the two bracketing counts (false position, with the
+    Illinois halving of an end kept twice); when three steps have not halved the bracket, the next one
+    bisects, which bounds the calls by a few times bisection's."""
+    a, fa = 0, count(0) - target  # the largest n known with count(n) > target (fa > 0)
+    if fa <= 0:
+        return 0
+    b, fb = n_max, count(n_max) - target  # the smallest n known with count(n) <= target (fb <= 0)
+    if fb > 0:
+        return n_max
+    lo, hi, kept = a + 1, b, 0
+    widths = [hi - lo]
+    while lo < hi:
+        bisect = len(widths) >= 4 and widths[-1] > widths[-4] / 2
+        mid = (lo + hi) // 2 if bisect or fa == fb else a + int(fa * (b - a) / (fa - fb))
+        mid = min(max(mid, lo), hi - 1)
+        f = count(mid) - target
+        if f > 0:
+            a, fa, lo = mid, f, mid + 1
+            fb, kept = (fb / 2, 0) if kept == 1 else (fb, 1)  # b kept twice in a row: halve its weight
+        else:
+            b, fb, hi = mid, f, mid
+            fa, kept = (fa / 2, 0) if kept == -1 else (fa, -1)
+        widths.append(hi - lo)
+    return lo
 
 
 def greedy(

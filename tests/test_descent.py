@@ -155,3 +155,34 @@ def test_compare_cli_writes_json_and_plot(tmp_path, capsys):
     assert all(abs(r["params_after"] - records[0]["params_after"]) <= 2 * 128 * 9 * 2 for r in records)
     assert png.stat().st_size > 10_000
     assert main(["compare", "--model", "resnet18-digits", "--methods", "cswap,nope"]) == 2
+
+
+def test_the_budget_search_finds_what_bisection_finds_with_fewer_counts_on_a_near_linear_count():
+    import random
+
+    from cswap_nb.descent import _first_at_most
+
+    def bisect(count, target, n):
+        lo, hi = 0, n
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (mid + 1, hi) if count(mid) > target else (lo, mid)
+        return lo
+
+    rng = random.Random(0)
+    for _ in range(500):  # any non-increasing count: the same answer, including no or every cut reaching it
+        n = rng.randint(1, 400)
+        values = [10_000]
+        for _ in range(n):
+            values.append(values[-1] - rng.choice([0, 0, 1, 7, 60]))
+        target = rng.randint(values[-1] - 5, values[0] + 5)
+        assert _first_at_most(values.__getitem__, target, n) == bisect(values.__getitem__, target, n)
+    calls = []
+    params = [1_000_000 - 431 * k - (k * k) // 50 for k in range(1889)]  # a parameter count along a global cut
+
+    def counted(k):
+        calls.append(k)
+        return params[k]
+
+    assert _first_at_most(counted, 600_000, 1888) == bisect(params.__getitem__, 600_000, 1888)
+    assert len(calls) <= 7  # bisection: 11 counts
