@@ -3,11 +3,14 @@
     python benchmarks/notebook_times.py notebooks/02_causal_neuron_analysis.ipynb [--fast] [--out DIR]
 
 Full mode unless ``--fast`` (which sets ``CSWAP_NB_FAST=1``, as the test suite does). With ``--out`` the
-executed notebook is written there, so its figures can be looked at.
+executed notebook is written there, so its figures can be looked at. With ``--json FILE`` each notebook's
+total is merged into FILE (``{"notebook.ipynb": {"fast": s, "full": s}}``), which
+``benchmarks/fill_runtimes.py`` writes into the notebooks and the teacher's guide.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -22,6 +25,7 @@ def main(argv=None) -> int:
     p.add_argument("notebooks", nargs="+", type=Path)
     p.add_argument("--fast", action="store_true", help="CSWAP_NB_FAST=1 (the suite's mode)")
     p.add_argument("--out", type=Path, help="write the executed notebooks here")
+    p.add_argument("--json", type=Path, help="merge each notebook's total seconds into this JSON file")
     args = p.parse_args(argv)
     if args.fast:
         os.environ["CSWAP_NB_FAST"] = "1"
@@ -50,6 +54,10 @@ def main(argv=None) -> int:
         total = time.perf_counter() - t0
         mode = "FAST" if args.fast else "full"
         print(f"{path.name} ({mode}): {total:.1f} s; cells: " + ", ".join(f"{i}: {s:.1f}" for i, s in times))
+        if args.json and len(times) == sum(c.cell_type == "code" for c in nb.cells):  # completed runs only
+            found = json.loads(args.json.read_text()) if args.json.exists() else {}
+            found.setdefault(path.name, {})[mode.lower()] = round(total, 1)
+            args.json.write_text(json.dumps(found, indent=1, sort_keys=True) + "\n")
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
             nbformat.write(nb, args.out / path.name)
