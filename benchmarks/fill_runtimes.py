@@ -2,10 +2,12 @@
 
     python benchmarks/notebook_times.py notebooks/*.ipynb --json benchmarks/notebook_times.json
     python benchmarks/notebook_times.py notebooks/*.ipynb --fast --json benchmarks/notebook_times.json
+    (or the FAST times of the suite: python -m pytest tests/test_notebooks.py --durations=20)
     python benchmarks/fill_runtimes.py benchmarks/notebook_times.json
 
 In a notebook's first markdown cell, a line ``RUNTIME`` (or a line written by this script before) becomes
-"Run time on a 2-core laptop CPU (measured): FAST mode ≈ … s, full mode ≈ … s". In notebooks/README.md the last
+"Run time on a 2-core laptop CPU (measured): FAST mode ≈ … s, full mode ≈ … s" (a mode without a
+measurement says so). In notebooks/README.md the last
 two columns of each notebook's table row get the same numbers. A notebook without a measurement keeps its line.
 """
 from __future__ import annotations
@@ -26,8 +28,9 @@ def seconds(v) -> str:
 
 
 def sentence(t: dict) -> str:
-    return (f"Run time on a 2-core laptop CPU (measured): FAST mode ≈ {seconds(t.get('fast'))} s, "
-            f"full mode ≈ {seconds(t.get('full'))} s.")
+    def part(mode: str) -> str:
+        return f"{mode} mode ≈ {t[mode.lower()]:.0f} s" if t.get(mode.lower()) is not None else f"{mode} mode not measured yet"
+    return f"Run time on a 2-core laptop CPU (measured): {part('FAST')}, {part('full')}."
 
 
 def main(argv=None) -> int:
