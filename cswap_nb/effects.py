@@ -130,11 +130,22 @@ def label_flips(table: pd.DataFrame, alpha: float, reference_alpha: float, test:
     """The units of a :func:`pvalue_table` whose label under ``test`` differs between ``reference_alpha`` and
     ``alpha``: one row per such unit with both labels and its smallest per-class ``p_lower`` (after the
     correction). Nothing is re-run: the same tests, judged at another level."""
+    sub = of_test(table, test)
+    return flips_between(label_from_pvalues(sub, reference_alpha, correction),
+                         label_from_pvalues(sub, alpha, correction))
+
+
+def of_test(table: pd.DataFrame, test: str) -> pd.DataFrame:
+    """The rows of a :func:`pvalue_table` for one ``test`` (``ValueError`` when it has none)."""
     sub = table[table.test == test]
     if sub.empty:
         raise ValueError(f"no p-values of test {test!r} in the table; it has {sorted(set(table.test))}")
-    before = label_from_pvalues(sub, reference_alpha, correction).set_index("unit")
-    after = label_from_pvalues(sub, alpha, correction).set_index("unit")
+    return sub
+
+
+def flips_between(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
+    """The units whose label differs between two :func:`label_from_pvalues` tables of one test."""
+    before, after = before.set_index("unit"), after.set_index("unit")
     out = pd.DataFrame({"p_lower": after.p_lower, "label_before": before.label, "label_after": after.label})
     return out[out.label_before != out.label_after].reset_index().sort_values("p_lower", kind="stable")
 

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from .causal import upsample_logits
 from .cityscapes import colorize, denormalize
 from .compare import at_budget
+from .result import unit_sizes
 
 LABEL_COLOURS = {"critical": "#2b6cb0", "neutral": "#a0aec0", "detrimental": "#e53e3e"}
 
@@ -49,7 +50,7 @@ def plot_layer_labels(result, ax: Axes | None = None) -> Axes:
     the layer's width.
     """
     ax = ax or _new_ax()
-    df = result.labels.assign(units=result.labels.unit.map(lambda u: len(u) if isinstance(u, (list, tuple)) else 1))
+    df = result.labels.assign(units=unit_sizes(result.labels))
     layers = [layer["name"] for layer in result.layers]
     bottoms = [0] * len(layers)
     parts = [
@@ -130,7 +131,6 @@ def plot_spread(records: list[dict], budget: str = "same-params", ax: Axes | Non
     the records' own ``"split"`` entry if they have one, else no split is named."""
     import pandas as pd
     import seaborn as sns
-
 
     df = pd.DataFrame([{"method": "C-SWAP" if r["method"] == "cswap" else r["method"], "seed": r.get("seed", 0),
                         "metric": r["metric_after"], "removed": r["params_removed_pct"]}
@@ -360,7 +360,6 @@ def plot_group_sizes(rows, ax: Axes | None = None, split: str = "test") -> Axes:
 def predict_masks(model, x, size=None, batch_size: int = 16):
     """Per-pixel argmax of a segmentation model, logits upsampled bilinearly to ``size`` (default: the input's)."""
     import torch
-
 
     size = tuple(size or x.shape[-2:])
     was_training = model.training

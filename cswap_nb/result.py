@@ -155,11 +155,16 @@ class PruneResult:
         return path
 
 
+def unit_sizes(labels: pd.DataFrame) -> pd.Series:
+    """How many units each label row tested: the length of a group (``unit`` is a list), else 1."""
+    return labels.unit.map(lambda u: len(u) if isinstance(u, (list, tuple)) else 1)
+
+
 def _unit_counts(labels: pd.DataFrame) -> dict[str, int]:
     """Units per label; a row testing a group of units (``unit`` is a list) counts each of them."""
     if "label" not in labels or labels.empty:
         return {}
-    sizes = labels.unit.map(lambda u: len(u) if isinstance(u, (list, tuple)) else 1)
+    sizes = unit_sizes(labels)
     return {str(k): int(v) for k, v in sizes.groupby(labels.label).sum().items()}
 
 

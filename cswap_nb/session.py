@@ -170,7 +170,6 @@ class PruneSession:
         self.records: list[dict] = []
         self._steps: Iterator[dict] | None = None
         self.analysis_seconds = 0.0
-
         self.cost = Cost()
         with full_float32():
             self._setup(model, calib, need, ignored_layers)
@@ -340,11 +339,7 @@ class PruneSession:
                        "counts": self.target.get("counts")})
             result = PruneResult(
                 model=work, labels=pd.DataFrame(self.records), config=config,
-                engine={"name": e.name if e is not None else cfg.engine,
-                        "path": getattr(e, "path", "full") if e is not None else None,
-                        "fallback": e.fallback if e is not None else None,
-                        "layers_on_full_passes": dict(getattr(e, "layer_fallbacks", {})),
-                        "forward_equivalents": round(e.forward_equivalents, 3) if e is not None else 0.0,
+                engine={**_engine_summary(e, cfg.engine),
                         "scores_per_pass": int(len(self.test_y)),
                         "forward_passes": round(self.cost.forward_passes, 3),
                         "backward_passes": round(self.cost.backward_passes, 3)},
@@ -362,6 +357,15 @@ class PruneSession:
                 result.metric_after = evaluate(work, self.eval_data)
         result.seconds = time.perf_counter() - self.t_start
         return result
+
+
+def _engine_summary(engine, name: str) -> dict:
+    """What a result says of its scoring engine; a ranking built none (``engine`` None) and ran no pass."""
+    if engine is None:
+        return {"name": name, "path": None, "fallback": None, "layers_on_full_passes": {}, "forward_equivalents": 0.0}
+    return {"name": engine.name, "path": getattr(engine, "path", "full"), "fallback": engine.fallback,
+            "layers_on_full_passes": dict(getattr(engine, "layer_fallbacks", {})),
+            "forward_equivalents": round(engine.forward_equivalents, 3)}
 
 
 def _same_modules(original: nn.Module, copy_: nn.Module, modules: list[nn.Module] | None) -> list[nn.Module]:

@@ -25,7 +25,7 @@ from . import zoo
 from .api import PruneResult
 from .config import OPTION_NAMES, SCORE_OPTIONS, CSwapConfig, option
 from .descent import class_ranges
-from .effects import label_flips, label_from_pvalues
+from .effects import flips_between, label_from_pvalues, of_test
 from .engine import FullEngine
 from .plots import plot_accuracy_vs_removed, plot_layer_labels
 from .session import PruneSession
@@ -276,7 +276,6 @@ class AlphaExplorer:
 
         from matplotlib.figure import Figure
 
-
         fig = Figure(figsize=(13, 4.2), layout="constrained")
         axes = fig.subplots(1, 2)
         plot_layer_labels(res, ax=axes[0])
@@ -323,16 +322,15 @@ def relabel_slider(table, reference_alpha: float = 0.05, test: str = "welch", co
     import ipywidgets as W
     from IPython.display import display
 
-    sub = table[table.test == test]
-    if sub.empty:
-        raise ValueError(f"no p-values of test {test!r} in the table; it has {sorted(set(table.test))}")
+    sub = of_test(table, test)
+    before = label_from_pvalues(sub, reference_alpha, correction)  # the reference, labelled once
     slider = W.FloatLogSlider(value=reference_alpha, base=10, min=-6, max=math.log10(0.5), step=0.1,
                               description="α", readout_format=".2g", continuous_update=True)
     out = W.Output()
 
     def show(alpha: float) -> None:
-        counts = label_from_pvalues(sub, alpha, correction).label.value_counts()
-        flips = label_flips(sub, alpha, reference_alpha, test, correction)
+        after = label_from_pvalues(sub, alpha, correction)
+        counts, flips = after.label.value_counts(), flips_between(before, after)
         out.clear_output(wait=True)
         with out:
             print(f"α = {alpha:.3g} ({test}, correction {correction}): "
