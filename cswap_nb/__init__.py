@@ -5,8 +5,8 @@
 >>> res = cs.prune(model, data.calib, alpha=0.05, eval_data=data.test)
 >>> res.summary()["params_removed_pct"]
 """
-from . import (causal, cityscapes, compare, config, criteria, data, ddrnet, descent, effects, families, models, plots,
-               scenes, session, surgery, training, units, widgets, zoo)
+from . import (causal, cityscapes, compare, config, criteria, data, ddrnet, descent, effects, families, layout, models,
+               plots, scenes, session, surgery, training, units, widgets, zoo)
 from .api import PruneResult, load_pruned, prune, select_calibration
 from .config import CSwapConfig
 from .session import PruneSession

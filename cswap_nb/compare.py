@@ -13,6 +13,7 @@ from .api import PruneResult, choose_calibration, correctly_classified
 from .api import prune as _prune
 from .config import CSwapConfig, make_config
 from .data import as_tensors
+from .layout import channels_last_copy
 from .metrics import evaluate
 from .session import full_float32
 
@@ -111,13 +112,14 @@ def _calibration_draws(model: nn.Module, pool):
         return lambda cfg: pool  # masks; or labels each run refuses with its own message
     params = list(model.parameters())
     device = params[0].device if params else x.device
-    training = model.training
+    fast = channels_last_copy(model)  # the caller's model keeps its layout (cswap_nb/layout.py)
+    training = fast.training
     try:
-        model.eval()
+        fast.eval()
         with full_float32():
-            correct = correctly_classified(model, x.to(device), y.to(device))
+            correct = correctly_classified(fast, x.to(device), y.to(device))
     finally:
-        model.train(training)
+        fast.train(training)
     return lambda cfg: choose_calibration(x, y.long(), correct, cfg.samples_per_class, cfg.seed, min_per_class=1)
 
 

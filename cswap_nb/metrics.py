@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from .causal import upsample_logits
 from .data import as_tensors
+from .layout import channels_last_copy
 from .cityscapes import CITYSCAPES_CLASSES, IGNORE_INDEX
 
 SEGMENTATION_BATCH_SIZE = 16
@@ -52,7 +53,8 @@ def evaluate(model: nn.Module, data, batch_size: int | None = None) -> float:
     Labels ``y`` of shape (N,) give top-1 accuracy; masks (N, H, W) give the mean IoU
     (:func:`evaluate_segmentation`'s ``miou``). ``batch_size`` defaults to 256 images for
     classification and 16 for segmentation. The model is run in eval mode without autograd;
-    its train/eval mode is restored.
+    its train/eval mode is restored. On the CPU a convolutional model is run as a channels-last copy
+    (:mod:`cswap_nb.layout`).
     """
     if isinstance(data, torch.utils.data.DataLoader):
         it = iter(data)
@@ -66,6 +68,7 @@ def evaluate(model: nn.Module, data, batch_size: int | None = None) -> float:
         masks = y.ndim == 3
         size = batch_size or (SEGMENTATION_BATCH_SIZE if masks else 256)
         batches = [(x[i : i + size], y[i : i + size]) for i in range(0, len(y), size)]
+    model = channels_last_copy(model)  # faster on the CPU; the caller's model keeps its layout (layout.py)
     if masks:
         return miou(_confusion(model, batches, None, IGNORE_INDEX))
     device = _device(model)

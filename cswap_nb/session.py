@@ -31,6 +31,7 @@ from .criteria import CRITERIA, Cost, score_units
 from .data import as_tensors, check_xy
 from .descent import Guard, greedy, progressive, rank_and_prune, visiting_plan
 from .graph import make_engine
+from .layout import to_channels_last, to_default
 from .metrics import evaluate
 from .result import PruneResult, model_label
 from .surgery import count_macs, count_params, remove_units
@@ -189,7 +190,7 @@ class PruneSession:
     def _setup(self, model: nn.Module, calib, need: int, ignored_layers) -> None:
         x, y = as_tensors(calib)
         check_xy(x, y)
-        work = copy.deepcopy(model).eval()
+        work = to_channels_last(copy.deepcopy(model).eval())  # our copy only (cswap_nb/layout.py)
         params_list = list(work.parameters())
         if not params_list:
             raise ValueError("the model has no parameters: nothing to prune")
@@ -329,6 +330,7 @@ class PruneSession:
             work = remove_units(self.work, self.example, pruned_units)
             with torch.inference_mode():
                 diff = float((work(check_x) - masked_logits).abs().max())
+            to_default(work)  # the caller gets the usual layout back
             if diff > 1e-3:
                 warnings.warn(f"the physically pruned model differs from the masked one by up to {diff:.3g}; "
                               "the intervention does not match removal for this architecture", stacklevel=2)
