@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -36,6 +37,7 @@ from torch import Tensor, nn
 from .causal import upsample_logits
 from .cityscapes import IGNORE_INDEX
 from .families import family_of
+from .layout import to_channels_last
 from .units import UnitLayer, channels_first, register_site_hook
 
 Scores = dict[str, Tensor]
@@ -75,7 +77,7 @@ def _modules(model: nn.Module) -> dict[str, nn.Module]:
 
 def _no_inplace(model: nn.Module) -> nn.Module:
     """A copy whose activations do not work in place (hooks and attributions need the outputs intact)."""
-    model = copy.deepcopy(model).eval()
+    model = to_channels_last(copy.deepcopy(model).eval())  # a copy: the faster layout is free (layout.py)
     for m in model.modules():
         if hasattr(m, "inplace"):
             m.inplace = False
@@ -191,9 +193,10 @@ def _captum(kind: str, model, layers, x, y, cost: Cost | None = None, n_steps: i
     """Captum layer attributions at every mask point, reduced to one score per channel.
 
     Gradient x activation and integrated gradients attribute to all points in one call
-    (Captum accepts a list of layers); conductance and feature ablation go point by point.
+    (Captum accepts a list of layers); conductance too (:func:`_conductance`, Captum's
+    ``LayerConductance`` computed for every point from one set of passes); feature ablation goes point by point.
     """
-    from captum.attr import LayerConductance, LayerFeatureAblation, LayerGradientXActivation, LayerIntegratedGradients
+    from captum.attr import LayerFeatureAblation, LayerGradientXActivation, LayerIntegratedGradients
 
     if y.ndim > 1:
         raise ValueError(f"{kind}: the Captum criteria attribute one class logit per sample; segmentation masks "
@@ -228,20 +231,57 @@ def _captum(kind: str, model, layers, x, y, cost: Cost | None = None, n_steps: i
                 for n, a in zip(names, attrs):
                     add(n, _reduce(a.detach()) * len(yb))
                 continue
-            for n, mod in zip(names, mods):
-                if kind == "conductance":
-                    a = LayerConductance(model, mod).attribute(xb, baselines=zero, target=yb, n_steps=n_steps,
-                                                               internal_batch_size=n_steps * len(yb))
-                    add(n, _reduce(a.detach()) * len(yb))
-                else:  # ablation: zero one channel at a time (Captum groups channels by layer_mask)
-                    with torch.no_grad():
-                        o = _layer_output(mod, xb[:1], model)
-                        mask = torch.arange(o.shape[1]).reshape(1, o.shape[1], *([1] * (o.ndim - 2)))
-                        a = LayerFeatureAblation(probs, mod).attribute(xb, target=yb, layer_mask=mask,
-                                                                       layer_baselines=0.0)
-                    a = a.flatten(2).mean(2) if a.ndim > 2 else a  # the same value at every position
-                    add(n, a.sum(0))
+            if kind == "conductance":
+                for n, a in zip(names, _conductance(model, mods, xb, yb, n_steps)):
+                    add(n, _reduce(a) * len(yb))
+                continue
+            for n, mod in zip(names, mods):  # ablation: zero one channel at a time (Captum groups channels by layer_mask)
+                with torch.no_grad():
+                    o = _layer_output(mod, xb[:1], model)
+                    mask = torch.arange(o.shape[1]).reshape(1, o.shape[1], *([1] * (o.ndim - 2)))
+                    a = LayerFeatureAblation(probs, mod).attribute(xb, target=yb, layer_mask=mask,
+                                                                   layer_baselines=0.0)
+                a = a.flatten(2).mean(2) if a.ndim > 2 else a  # the same value at every position
+                add(n, a.sum(0))
     return {layer.name: _gather(layer, {n: v / len(y) for n, v in totals.items()}) for layer in layers}
+
+
+def _conductance(model: nn.Module, mods: list[nn.Module], x: Tensor, y: Tensor, n_steps: int) -> list[Tensor]:
+    """Captum's ``LayerConductance`` (zero baseline, Gauss-Legendre steps, true-class logit) at every module
+    of ``mods`` from the same ``n_steps + 1`` interpolated passes.
+
+    Captum takes one layer per call and so repeats every pass once per layer (20 times on a ResNet18);
+    the quantity is the same: for each step i, the gradient of the target logit at the layer output
+    times the change of that output to the next step, ``sum_i g_i * (h_{i+1} - h_i)``. Checked against
+    Captum in tests/test_criteria.py.
+    """
+    # Gauss-Legendre nodes on [0, 1], as Captum's gauss_legendre_builders computes them
+    alphas = (0.5 * (1 + np.polynomial.legendre.leggauss(n_steps + 1)[0])).tolist()
+    scaled = torch.cat([a * x for a in alphas]).requires_grad_(True)  # baseline 0 + a * (x - 0)
+    evals: list[Tensor] = [torch.empty(0)] * len(mods)
+
+    def keep(i):
+        def fn(module, inputs, output):
+            output.retain_grad()
+            evals[i] = output
+            return output.clone()  # the network goes on with a copy: in-place ops downstream leave ours intact
+        return fn
+
+    handles = [m.register_forward_hook(keep(i)) for i, m in enumerate(mods)]
+    try:
+        logits = model(scaled)
+        logits.gather(1, y.repeat(len(alphas))[:, None]).sum().backward()
+    finally:
+        for h in handles:
+            h.remove()
+    n = len(y)
+    out = []
+    for h in evals:
+        g, v = h.grad.detach(), h.detach()
+        steps = (g[:-n] * (v[n:] - v[:-n])).reshape(len(alphas) - 1, n, *v.shape[1:])
+        out.append(steps.sum(0))
+    model.zero_grad(set_to_none=True)
+    return out
 
 
 def _is_transformer(model: nn.Module) -> bool:

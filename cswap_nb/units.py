@@ -383,12 +383,19 @@ def register_site_hook(module: nn.Module, layer: UnitLayer, fn: Callable[[Tensor
 
     ``t`` is ``module``'s output for channel units and ``attn.proj``'s input for heads, in
     its own layout (use :func:`channels_first` to index units); it is the live tensor of the
-    graph, so ``t.retain_grad()`` gives its gradient. Returns the removable hook handle.
+    graph, so ``t.retain_grad()`` gives its gradient. The network goes on with a copy of a module's
+    output, so that an in-place operation downstream (timm's ``x += shortcut`` after a block's last
+    BatchNorm) leaves ``t`` as the module computed it. Returns the removable hook handle.
     For criteria that score units where C-SWAP intervenes.
     """
     if layer.kind == "heads":
         return module.register_forward_pre_hook(lambda m, inputs: fn(inputs[0]))
-    return module.register_forward_hook(lambda m, inputs, output: fn(output))
+
+    def keep(m, inputs, output):
+        fn(output)
+        return output.clone()
+
+    return module.register_forward_hook(keep)
 
 
 def channels_first(t: Tensor, module: nn.Module, layer: UnitLayer) -> Tensor:

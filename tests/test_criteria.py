@@ -129,3 +129,59 @@ def test_vit_criteria_taylor_works_and_captum_refuses_clearly():
     assert {k: v.shape[0] for k, v in s.items()} == {layer.name: layer.size for layer in layers}
     with pytest.raises(ValueError, match="token-shaped outputs and attention heads"):
         score_units("gradxact", model, layers, x, y)
+
+
+def test_conductance_of_every_layer_at_once_equals_captums_layer_by_layer(tiny_resnet, randomize_bn,
+                                                                          own_label_data):
+    """The criterion computes conductance for all mask points from one set of interpolated passes; it must
+    equal Captum's LayerConductance run on each layer alone (same steps, baseline and target)."""
+    from captum.attr import LayerConductance
+
+    from cswap_nb.criteria import _conductance, _no_inplace
+
+    model = _no_inplace(randomize_bn(tiny_resnet(channels=(4, 6, 6, 8))))  # timm zero-inits the last BN of a block
+    x, y = own_label_data(model, n=24)
+    mods = [model.bn1, model.layer1[0].bn1, model.layer2[1].bn2, model.layer4[0].downsample[1]]
+    ours = _conductance(model, mods, x, y, n_steps=8)
+    for mod, got in zip(mods, ours):
+        want = LayerConductance(model, mod).attribute(x, baselines=torch.zeros_like(x), target=y, n_steps=8,
+                                                      internal_batch_size=8 * len(y)).detach()
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+        assert want.abs().max() > 1e-3  # a real comparison, not of two zero tensors
+
+
+def test_activation_scores_read_a_residual_point_before_the_in_place_shortcut_add(tiny_resnet, randomize_bn,
+                                                                                  own_label_data):
+    """timm's blocks add the shortcut in place onto bn2's output (``x += shortcut``); a score at that mask
+    point (scope="all") must see bn2's own output, not the sum."""
+    model = randomize_bn(tiny_resnet(channels=(4, 6, 6, 8)))
+    x, y = own_label_data(model, n=24)
+    layers = find_unit_layers(model, x[:1], scope="all")
+    layer = next(layer for layer in layers if "layer1.0.bn2" in layer.points)
+    seen = {}
+
+    def grab(m, i, o):
+        seen["o"] = o.detach().clone()  # a copy, taken before the block's in-place add
+
+    h = model.layer1[0].bn2.register_forward_hook(grab)
+    with torch.no_grad():
+        model(x)
+    h.remove()
+    per_channel = seen["o"].abs().mean((2, 3)).mean(0)
+    want = torch.zeros(layer.size)
+    for name, channels in layer.points.items():
+        if name == "layer1.0.bn2":
+            want += per_channel[channels]
+    got = score_units("activation", model, [layer], x, y)[layer.name]
+    # a residual unit sums the shares of all its points; each is read from a clean copy of its module's output
+    others = torch.zeros(layer.size)
+    for name, channels in layer.points.items():
+        if name != "layer1.0.bn2":
+            mod = dict(model.named_modules())[name]
+            h = mod.register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o.detach().clone()))
+            with torch.no_grad():
+                model(x)
+            h.remove()
+            others += seen[name].abs().mean((2, 3)).mean(0)[channels]
+    torch.testing.assert_close(got, want + others, rtol=1e-4, atol=1e-6)
