@@ -185,3 +185,26 @@ def test_activation_scores_read_a_residual_point_before_the_in_place_shortcut_ad
             h.remove()
             others += seen[name].abs().mean((2, 3)).mean(0)[channels]
     torch.testing.assert_close(got, want + others, rtol=1e-4, atol=1e-6)
+
+
+def test_ablation_equals_captums_layer_feature_ablation(tiny_resnet, randomize_bn, own_label_data):
+    """The engine's ablation (only the network after the unit runs) gives Captum's LayerFeatureAblation:
+    the drop of the true-class probability with one channel zeroed, per unit of one mask point."""
+    from captum.attr import LayerFeatureAblation
+
+    model = randomize_bn(tiny_resnet(channels=(4, 6, 6, 8)))
+    x, y = own_label_data(model, n=32)
+    layers = [layer for layer in find_unit_layers(model, x[:1]) if len(layer.points) == 1][:3]
+    assert layers
+    got = score_units("ablation", model, layers, x, y)
+    modules = dict(model.named_modules())
+    for layer in layers:
+        (name, channels), = layer.points.items()
+        width = len(channels)
+        mask = torch.arange(width).reshape(1, width, 1, 1)
+        with torch.no_grad():
+            a = LayerFeatureAblation(lambda inp: model(inp).softmax(1), modules[name]).attribute(
+                x, target=y, layer_mask=mask, layer_baselines=0.0)
+        want = a.flatten(2).mean(2).mean(0)[channels]
+        torch.testing.assert_close(got[layer.name], want, rtol=1e-4, atol=1e-6)
+        assert want.abs().max() > 1e-4
