@@ -43,7 +43,7 @@ class Entry:
 
 # Fashion-MNIST (28x28 grey, one input channel): stems that downsample less than ImageNet's, so that
 # the last stage does not work at 1x1 (ResNets: 3x3/1 conv + the usual max-pool, stages at 14/7/4/2;
-# MobileNetV2: stem stride 1, stages down to 2x2; ViT: 4x4 patches, 49 tokens + the class token).
+# MobileNetV2: stem stride 1, stages down to 2x2; ViT: 4x4 patches, 49 patch tokens, average pooled, no class token).
 _FASHION_RESNET = {"family": "timm.resnet", "channels": [16, 32, 64, 128], "num_classes": 10, "in_chans": 1,
                    "stem_kernel": 3, "stem_stride": 1}
 
