@@ -44,8 +44,9 @@ def upsample_logits(logits: Tensor, size) -> Tensor:
 
 
 def _pixel_probs(logits: Tensor, masks: Tensor, score: str) -> Tensor:
-    """Per-pixel class scores at the label resolution."""
-    logits = upsample_logits(logits.float(), masks.shape[-2:])
+    """Per-pixel class scores at the label resolution (from NCHW logits: a softmax over the channels of a
+    channels-last tensor copies it whole first, which cost DDRNet's analysis 25-40%; cswap_nb/layout.py)."""
+    logits = upsample_logits(logits.float().contiguous(), masks.shape[-2:])
     if score == "logit":
         return logits
     return logits.log_softmax(1) if score == "logprob" else logits.softmax(1)

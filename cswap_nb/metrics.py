@@ -68,9 +68,9 @@ def evaluate(model: nn.Module, data, batch_size: int | None = None) -> float:
         masks = y.ndim == 3
         size = batch_size or (SEGMENTATION_BATCH_SIZE if masks else 256)
         batches = [(x[i : i + size], y[i : i + size]) for i in range(0, len(y), size)]
-    model = channels_last_copy(model)  # faster on the CPU; the caller's model keeps its layout (layout.py)
     if masks:
         return miou(_confusion(model, batches, None, IGNORE_INDEX))
+    model = channels_last_copy(model)  # faster on the CPU; the caller's model keeps its layout (layout.py)
     device = _device(model)
     was_training = model.training
     model.eval()
@@ -193,6 +193,7 @@ def _scores(conf: Tensor, class_names: list[str] | None) -> dict:
 
 
 def _confusion(model: nn.Module, batches, num_classes: int | None, ignore_index: int) -> Tensor:
+    model = channels_last_copy(model)  # faster on the CPU; the caller's model keeps its layout (layout.py)
     device = _device(model)
     was_training = model.training
     model.eval()
@@ -215,7 +216,7 @@ def _confusion(model: nn.Module, batches, num_classes: int | None, ignore_index:
                 # upsample a few images at a time: full-resolution logits of a whole batch can be huge
                 step = max(1, _UPSAMPLE_ELEMENTS // (c * yb.shape[-2] * yb.shape[-1]))
                 for i in range(0, len(yb), step):
-                    chunk = upsample_logits(logits[i : i + step].float(), yb.shape[-2:])
+                    chunk = upsample_logits(logits[i : i + step].float().contiguous(), yb.shape[-2:])
                     part = confusion_matrix(chunk.argmax(1).cpu(), yb[i : i + step].cpu(), num_classes, ignore_index)
                     conf = part if conf is None else conf + part
     finally:
