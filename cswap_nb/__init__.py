@@ -16,4 +16,5 @@ __version__ = "0.1.0"
 
 __all__ = ["prune", "PruneSession", "CSwapConfig", "evaluate", "evaluate_segmentation", "load_pruned", "select_calibration", "PruneResult",
            "zoo", "data", "models", "units", "causal", "descent", "surgery", "criteria", "compare",
-           "plots", "training", "widgets", "ddrnet", "scenes", "cityscapes", "effects", "families", "config", "session", "__version__"]
+           "plots", "training", "widgets", "ddrnet", "scenes", "cityscapes", "effects", "families", "config", "session", "layout",
+           "__version__"]

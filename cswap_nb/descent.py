@@ -167,8 +167,7 @@ class ClassByClass:
         self.first_rate = 0.5  # running share of candidates that their first classes decided
         self.critical_run = 0  # candidates in a row labelled critical (restored): how far to speculate
         self._spec: tuple | None = None  # (layer, first classes, candidates speculated on, in order)
-        if hasattr(engine, "clear_stacked"):
-            engine.clear_stacked()  # results another run left are not this run's speculation
+        engine.clear_stacked()  # results another run left are not this run's speculation
 
     def _promising(self) -> list[int]:
         """The :attr:`first` classes (positions in :attr:`ranges`) with the smallest last p-values."""
@@ -191,7 +190,7 @@ class ClassByClass:
         others = [list(u) for u in upcoming[: k - 1]]
         self._spec = (layer, picked, others) if others else None
         engine, x = self.engine, self.x
-        if others and hasattr(engine, "can_stack") and engine.can_stack(layer, x):
+        if others and engine.can_stack(layer, x):
             engine.stack_rows(x, self.y, self.cfg.score, layer, others, self._rows(picked))
         return picked
 

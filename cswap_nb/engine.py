@@ -73,7 +73,8 @@ class FullEngine:
     """One full forward pass per evaluation."""
 
     name = "naive"
-    fallback: str | None = None
+    path = "full"  # how candidates are scored: "graph", "parts" or "full" passes
+    fallback: str | None = None  # why a faster path was not used (None when it was, or none was asked for)
 
     def __init__(self, model: nn.Module, masker: Masker, batch_size: int = 512):
         self.model, self.masker, self.batch_size = model, masker, batch_size
@@ -129,6 +130,17 @@ class FullEngine:
             q = true_class_scores(self.model(take_rows(x, rows)), take_rows(y, rows), score)
         self.forward_equivalents += row_count(rows) / x.shape[0]
         return q
+
+    def can_stack(self, layer: UnitLayer, x: Tensor) -> bool:
+        """Whether :meth:`stack_rows` can score several candidates in one pass (the graph engine only)."""
+        return False
+
+    def stack_rows(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer, others: list[list[int]],
+                   rows: Rows) -> None:
+        raise NotImplementedError(f"the {self.name!r} engine scores one candidate per pass")
+
+    def clear_stacked(self) -> None:
+        """Forget results scored ahead (none here)."""
 
 
 class PrefixEngine(FullEngine):

@@ -19,9 +19,10 @@ cache. Where the per-channel region (it may run through max- or average-pooling)
 is not such a layer (a residual add, a concatenation), that consumer reads the region's cached value
 with the removed units' channels set to zero: a copy instead of a computation.
 
-Candidates are evaluated one at a time: on this project's CPU a batch of 4 x 200 calibration images
-runs no faster per FLOP than 200 (cswap_nb/METHOD.md §10), so stacking candidates would not pay for
-the speculation it needs.
+With early decisions (cswap_nb/METHOD.md §10) a candidate is first scored on a few classes' rows of the
+cached batch; the next candidates of the layer can be scored on those rows in the same pass, as if the
+present one were restored (:meth:`GraphEngine.stack_rows`). A result is handed out only for the exact
+mask state it was scored for, so a wrong speculation costs work, never a decision.
 
 Every layer's plan is checked when the engine is built: its candidate run must reproduce full passes
 (one sample, with and without a removal); a layer that fails, or that no mask point of the graph
@@ -31,99 +32,16 @@ then to full passes, and :attr:`GraphEngine.fallback` says why.
 """
 from __future__ import annotations
 
-import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .causal import true_class_scores
 from .engine import FullEngine, PrefixEngine, Rows, row_count, take_rows
-from .units import Masker, UnitLayer, _channel_dim, is_depthwise
-
-# per-channel operations with f(0) = 0: a zeroed channel stays zero, the others are untouched
-ZERO_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish, nn.Tanh, nn.LeakyReLU, nn.ELU,
-                nn.Hardtanh, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
-ZERO_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.mish, torch.tanh, F.leaky_relu,
-                  F.elu, F.hardtanh, F.dropout}
-ZERO_METHODS = {"relu", "tanh", "relu_"}
-# pooling over positions: per channel (channels-first tensors only), a zero channel pools to zero
-POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-         nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool2d)
-INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, torch.relu_}
-
-
-class _Tracer(fx.Tracer):
-    """``torch.fx``'s tracer, with timm's untraceable layers and functions kept as leaves."""
-
-    def __init__(self):
-        try:
-            from timm.layers import _fx as timm_fx
-            functions, self._leaves = tuple(timm_fx.get_notrace_functions()), timm_fx.is_notrace_module
-        except ImportError:  # pragma: no cover - timm is a dependency
-            functions, self._leaves = (), lambda cls: False
-        super().__init__(autowrap_functions=functions)
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return self._leaves(type(m)) or super().is_leaf_module(m, qualname)
-
-
-def trace(model: nn.Module) -> fx.Graph:
-    """The model's forward as a ``torch.fx`` graph (raises if it cannot be traced)."""
-    return _Tracer().trace(model)
-
-
-@dataclass
-class Correction:
-    """``L``'s output for a candidate from its cached output: ``L(current) - L_nobias(input on S)``."""
-
-    node: fx.Node  # L
-    input: fx.Node  # the chain's last node, L's only input
-    channels: list[list[int]]  # per unit: L's input channels it occupies
-    module: nn.Module
-
-    @property
-    def last_dim(self) -> bool:
-        """Whether ``L`` mixes the last dimension (a linear) rather than dim 1 (a conv)."""
-        return isinstance(self.module, nn.Linear)
-
-    def partial(self, v: Tensor, idx: list[int]) -> Tensor:
-        m = self.module
-        if self.last_dim:
-            return F.linear(v[..., idx], m.weight[:, idx])
-        return m._conv_forward(v[:, idx], m.weight[:, idx], None)
-
-
-@dataclass
-class Plan:
-    """What one layer's candidates recompute (``dirty``, in graph order) and what they read."""
-
-    dirty: list[fx.Node]
-    frontier: list[fx.Node]
-    corrections: list[Correction]
-    cost: float  # forward-equivalents of one candidate without the corrections
-    build_cost: float
-    correction_cost: list[float] = field(default_factory=list)  # per correction, for all input channels
-    materialize: list[fx.Node] = field(default_factory=list)  # region nodes read from the cache, units zeroed
-    channels: list[int] = field(default_factory=list)  # the region's channel of each unit
-    dim: int = 1  # the region's channel dimension
-    release: list = field(default_factory=list)  # per dirty node: values no later node reads
-    batched: set = field(default_factory=set)  # frontier nodes whose first dimension is the batch
-    sliceable: bool = False  # whether a candidate can run on a slice of the cached batch (checked)
-    stackable: bool = False  # whether several candidates can run in one batch (set with the layer's plan)
-
-    def __post_init__(self):
-        # values a candidate computes itself and keeps no further: in-place ops may work on them. The
-        # corrections' outputs are not among them: they are kept to fold a removal into the cache.
-        self.fresh = set(self.dirty) | set(self.materialize)
-
-    @property
-    def shortcut(self) -> bool:
-        """Whether candidates read the region or L from the cache (else: masks run with hooks)."""
-        return bool(self.corrections or self.materialize)
-
+from .graph_plan import INPLACE_FUNCTIONS, GraphView, Plan, last_use, node_costs, plan_layer, trace
+from .units import Masker, UnitLayer
 
 @dataclass
 class _Cache:
@@ -133,23 +51,27 @@ class _Cache:
     last: tuple | None = None  # (units, per chunk {L: candidate output}) of the last candidate
 
 
-class GraphEngine(PrefixEngine):
-    """``engine="fast"``: the general engine (module docstring); falls back to parts, then full passes.
+class GraphUnavailable(Exception):
+    """The model cannot be run as a traced graph (:func:`make_engine` then uses the family's parts)."""
 
-    :attr:`path` is ``"graph"``, ``"parts"`` or ``"full"``; :attr:`fallback` says why the graph was
-    not used (None when it was); :attr:`layer_fallbacks` maps layers analysed with full passes to
-    the reason.
+
+class GraphEngine(FullEngine):
+    """``engine="fast"``: the general engine (module docstring). A layer without a checked plan is
+    analysed with the full passes of :class:`~cswap_nb.engine.FullEngine`; :attr:`layer_fallbacks` maps
+    such layers to the reason. Raises :class:`GraphUnavailable` for a model that ``torch.fx`` cannot
+    trace (:func:`make_engine` falls back to the family's parts, then to full passes).
     """
 
     name = "fast"
+    path = "graph"
 
     def __init__(self, model: nn.Module, masker: Masker, example: Tensor, batch_size: int = 512):
-        FullEngine.__init__(self, model, masker, batch_size)
-        self.path, self.layer_fallbacks = "graph", {}
+        super().__init__(model, masker, batch_size)
+        self.layer_fallbacks: dict[str, str] = {}
         self._plans: dict[str, Plan | None] = {}
         self._cache: _Cache | None = None
         self._current: tuple | None = None  # (token, cache, state) of the candidate begun last
-        self._stacked: dict = {}  # results stack_rows computed in advance, by (token, rows)
+        self._speculation = _Speculation(self)  # candidates scored ahead by stack_rows
         try:
             self.graph = trace(model)
             self.nodes = list(self.graph.nodes)
@@ -160,15 +82,13 @@ class GraphEngine(PrefixEngine):
                 got, ref = self._run_all(example), model(example)
             if not (isinstance(got, Tensor) and got.shape == ref.shape and torch.allclose(got, ref, atol=1e-5, rtol=1e-4)):
                 raise ValueError("the traced graph does not reproduce model(x)")
-        except Exception as exc:  # noqa: BLE001 - any tracing failure means: use the parts instead
+        except Exception as exc:  # noqa: BLE001 - any tracing failure means: no graph
             reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-            self.graph = None
-            PrefixEngine.__init__(self, model, masker, example, batch_size)  # sets path: parts or full
-            then = "the family's parts" if self.parts is not None else f"full passes ({self.fallback})"
-            self.fallback = f"torch.fx could not trace {type(model).__name__} ({type(exc).__name__}: {reason}); using {then}"
-            return
-        self.fallback = None
-        self._costs = self._node_costs(example)
+            raise GraphUnavailable(f"torch.fx could not trace {type(model).__name__} ({type(exc).__name__}: "
+                                   f"{reason})") from exc
+        costs, ndim = node_costs(self.nodes, lambda n, env: self._input(n, example) if n.op == "placeholder"
+                                 else self._exec(n, env))
+        self.view = GraphView(self.nodes, self.modules, costs, ndim, masker.hooked)
         for layer in masker.layers.values():
             self._plans[layer.name] = self._checked_plan(layer, example)
         self.forward_equivalents = 0.0  # the checks ran on one or two samples: not the analysis's work
@@ -211,7 +131,7 @@ class GraphEngine(PrefixEngine):
     def _run_nodes(self, order: list[fx.Node], x: Tensor, keep=frozenset(), last: dict | None = None) -> dict:
         """Run the nodes of ``order`` on ``x``, freeing each value after its last reader there unless
         it is in ``keep``; the values left (``keep``'s and those no node of ``order`` reads)."""
-        last = _last_use(order) if last is None else last
+        last = last_use(order) if last is None else last
         env: dict = {}
         for i, node in enumerate(order):
             env[node] = self._input(node, x) if node.op == "placeholder" else self._exec(node, env)
@@ -223,110 +143,9 @@ class GraphEngine(PrefixEngine):
     def _run_all(self, x: Tensor):
         return self._run_nodes(self.nodes, x)[self.nodes[-1]]  # a graph's output node is its last
 
-    def _node_costs(self, example: Tensor) -> dict:
-        from torch.utils.flop_counter import FlopCounterMode
-
-        env, costs, self._ndim = {}, {}, {}
-        with torch.inference_mode():
-            for node in self.nodes:
-                if node.op == "placeholder":
-                    env[node] = self._input(node, example)
-                    continue
-                with FlopCounterMode(display=False) as counter:
-                    env[node] = self._exec(node, env)
-                costs[node] = float(counter.get_total_flops())
-                if isinstance(env[node], Tensor):
-                    self._ndim[node] = env[node].ndim
-        total = sum(costs.values()) or 1.0
-        return {n: c / total for n, c in costs.items()}
-
-    # -- planning ------------------------------------------------------------------------------
-    def _plan(self, layer: UnitLayer) -> Plan | None:
-        masks = [n for n in self.nodes if n.op == "call_module" and n.target in layer.points]
-        if not masks:
-            return None
-        shortcut = self._heads(layer, masks) if layer.kind == "heads" else self._region(layer, masks)
-        corrections, materialize, channels, dim = shortcut if shortcut is not None else ([], [], [], 1)
-        given = {c.node for c in corrections} | set(materialize)  # values a candidate gets without running
-        if shortcut is None:
-            dirty = _downstream(masks) | set(masks)
-        else:
-            exits = {u for r in materialize for u in r.users if u not in given}
-            dirty = (_downstream(given) | exits) - given
-        dirty_list = [n for n in self.nodes if n in dirty]
-        frontier = {i for d in dirty_list for i in d.all_input_nodes if i not in dirty and i not in given}
-        needed = frontier | given | {c.input for c in corrections}
-        cost = sum(self._costs.get(n, 0.0) for n in dirty_list)
-        build = sum(self._costs.get(n, 0.0) for n in self.nodes if n not in dirty)
-        # free each recomputed value after its last use: a run that keeps them all allocates fresh
-        # memory for every op, and page faults then cost as much as the arithmetic (2x on the ViT)
-        release: list[list[fx.Node]] = [[] for _ in dirty_list]
-        for a, i in _last_use(dirty_list).items():
-            if a in dirty or a in given:
-                release[i].append(a)
-        return Plan(dirty_list, [n for n in self.nodes if n in needed], corrections, cost, build,
-                    [self._costs.get(c.node, 0.0) for c in corrections], materialize, channels, dim, release)
-
-    def _heads(self, layer: UnitLayer, masks: list[fx.Node]):
-        out = []
-        for m in masks:
-            mod = self.modules[m.target]
-            if not (isinstance(mod, nn.Linear) and len(m.args) == 1 and not m.kwargs):
-                return None
-            d, per_unit = layer.head_dim, layer.points[m.target]
-            out.append(Correction(m, m.args[0], [list(range(h * d, (h + 1) * d)) for h in per_unit], mod))
-        return out, [], [], -1
-
-    def _region(self, layer: UnitLayer, masks: list[fx.Node]):
-        """The per-channel region after the layer's first mask points: ``(corrections, materialized
-        nodes, channel per unit, channel dim)``, or None when a candidate must run all downstream nodes.
-
-        A region node's value for a candidate is its cached value with the removed units' channels
-        set to 0 (zero state) or unknown (a BatchNorm or biased depthwise conv after the zero); a
-        consumer outside the region is a linear layer (corrected), or reads the value materialised
-        from the cache (then the region node must be in zero state)."""
-        downstream = _downstream(masks)
-        firsts = [m for m in masks if m not in downstream]
-        per_unit = layer.points[firsts[0].target]
-        if any(layer.points[m.target] != per_unit for m in firsts):
-            return None
-        dim = _channel_dim(self.modules[firsts[0].target])
-        zero: dict[fx.Node, bool] = {}
-        for n in self.nodes:
-            if n in firsts:
-                zero[n] = True
-                continue
-            ins = n.all_input_nodes
-            if len(ins) == 1 and ins[0] in zero:
-                step = _per_channel(n, ins[0], self.modules, layer, dim)
-                if step == "mask" and layer.points[n.target] != per_unit:
-                    step = None
-                if step is not None:
-                    zero[n] = True if step == "mask" else (zero[ins[0]] and step == "zero")
-        hooked = set(self.masker._keep) | set(self.masker._keep_heads)
-        corrections, materialize = [], []
-        for r, is_zero in zero.items():
-            exits = [u for u in r.users if u not in zero]
-            if not exits:
-                continue
-            if not is_zero:
-                return None
-            rest = []
-            for u in exits:
-                mod = self.modules.get(u.target) if u.op == "call_module" else None
-                if (mod is not None and _mixes_channels(mod) and u.args == (r,) and not u.kwargs
-                        and u.target not in hooked and not mod._forward_hooks and not mod._forward_pre_hooks
-                        and _layout_ok(mod, dim, self._ndim.get(r))):
-                    corrections.append(Correction(u, r, [[i] for i in per_unit], mod))
-                else:
-                    rest.append(u)
-            if rest:
-                materialize.append(r)
-        return corrections, materialize, per_unit, dim
-
     def _checked_plan(self, layer: UnitLayer, example: Tensor) -> Plan | None:
         try:
-            plan = self._plan(layer)
+            plan = plan_layer(self.view, layer)
         except Exception as exc:  # noqa: BLE001
             self.layer_fallbacks[layer.name] = f"no plan ({type(exc).__name__}: {exc})"
             return None
@@ -407,7 +226,7 @@ class GraphEngine(PrefixEngine):
         dirty = set(plan.dirty)
         keep = set(plan.frontier)
         order = [n for n in self.nodes if n not in dirty]
-        last = _last_use(order)
+        last = last_use(order)
         values = []
         try:
             for i0 in range(0, x.shape[0], self.batch_size):
@@ -512,10 +331,8 @@ class GraphEngine(PrefixEngine):
         return torch.cat(self._logits_chunks(layer, x))
 
     def scores(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer | None = None) -> Tensor:
-        if self.graph is None:
-            return super().scores(x, y, score, layer)
         if layer is None or self._plans.get(layer.name) is None:
-            return FullEngine.scores(self, x, y, score)
+            return super().scores(x, y, score)
         with torch.inference_mode():
             outs = self._logits_chunks(layer, x)
             q = [self._score(o, y, i, score) for o, i in zip(outs, range(0, x.shape[0], self.batch_size))]
@@ -531,8 +348,6 @@ class GraphEngine(PrefixEngine):
     def can_slice(self, layer: UnitLayer, x: Tensor) -> bool:
         """Whether :meth:`rows_scores` computes only the rows asked for: a graph plan checked on slices
         whose cache holds ``x`` in one chunk, or a layer analysed with full passes (a pass over the rows)."""
-        if self.graph is None:
-            return super().can_slice(layer, x)
         plan = self._plans.get(layer.name)
         if plan is None:
             return self.masks is None
@@ -543,15 +358,14 @@ class GraphEngine(PrefixEngine):
         candidate; the other rows are not computed. Needs :meth:`can_slice`; several calls for one
         candidate share its corrections, and a result :meth:`stack_rows` computed for this exact mask
         state is taken instead of a pass."""
-        if self.graph is None or self._plans.get(layer.name) is None:
-            return FullEngine.rows_scores(self, x, y, score, layer, rows)
+        if self._plans.get(layer.name) is None:
+            return super().rows_scores(x, y, score, layer, rows)
         if not self.can_slice(layer, x):
             raise ValueError(f"layer {layer.name!r} cannot be scored on part of the calibration set")
         rows = tuple(rows)
-        if self._stacked:
-            q = self._stacked.pop((self._token(layer, x), rows), None)
-            if q is not None:
-                return q
+        q = self._speculation.take(self._token(layer, x), rows)
+        if q is not None:
+            return q
         with torch.inference_mode():
             plan, cache, given, removed = self._begin(layer, x)
             logits = self._run_chunk(plan, cache.values[0], given[0] if given else None, removed, rows)
@@ -563,7 +377,7 @@ class GraphEngine(PrefixEngine):
         """Whether :meth:`stack_rows` applies: a sliceable plan that reads the layer's region from the
         cache and recomputes none of its mask points (every candidate's difference is in its given
         values, none in the masks' hooks)."""
-        plan = self._plans.get(layer.name) if self.graph is not None else None
+        plan = self._plans.get(layer.name)
         return plan is not None and plan.stackable and self.can_slice(layer, x)
 
     def stack_rows(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer, others: list[list[int]],
@@ -573,11 +387,32 @@ class GraphEngine(PrefixEngine):
         ``(1 + len(others))`` times the rows. The results wait for :meth:`rows_scores`, which takes one
         only when the masks are exactly in its state: a speculation that does not come true costs work,
         never a decision (cswap_nb/METHOD.md §10)."""
-        rows = tuple(rows)
+        self._speculation.stack(x, y, score, layer, others, tuple(rows))
+
+    def clear_stacked(self) -> None:
+        """Forget the results :meth:`stack_rows` computed in advance."""
+        self._speculation.clear()
+
+class _Speculation:
+    """The graph engine's candidates scored ahead (:meth:`GraphEngine.stack_rows`): each result is kept
+    under the exact mask state it was scored for, by ``(token, rows)``, and handed out once."""
+
+    def __init__(self, engine: GraphEngine):
+        self.engine = engine
+        self.results: dict = {}
+
+    def clear(self) -> None:
+        self.results = {}
+
+    def take(self, token: tuple, rows: Rows) -> Tensor | None:
+        return self.results.pop((token, rows), None) if self.results else None
+
+    def stack(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer, others: list[list[int]], rows: Rows) -> None:
+        e = self.engine
         with torch.inference_mode():
-            plan, cache, given, _ = self._begin(layer, x)
+            plan, cache, given, _ = e._begin(layer, x)
             chunk = cache.values[0]
-            now = self.masker.removed[layer.name]
+            now = e.masker.removed[layer.name]
             current = now.nonzero().flatten().tolist()
             under_test = set((now & ~cache.base).nonzero().flatten().tolist())
             kept = [u for u in current if u not in under_test]  # removed before this candidate
@@ -598,20 +433,16 @@ class GraphEngine(PrefixEngine):
                         _zero_channels(v, [plan.channels[u] for u in removed], plan.dim != 1)
                     parts.append(v)
                 env[r] = torch.cat(parts)
-            logits = self._dirty_run(plan, env)
+            logits = e._dirty_run(plan, env)
             n, ys = row_count(rows), take_rows(y, rows)
-            self._stacked = {}
+            self.results = {}
             for i, (removed, _) in enumerate(states):
                 q = true_class_scores(logits[i * n : (i + 1) * n], ys, score)
-                self._stacked[(self._token(layer, x, removed), rows)] = q
-        self.forward_equivalents += plan.cost * n * len(states) / x.shape[0]
-
-    def clear_stacked(self) -> None:
-        """Forget the results :meth:`stack_rows` computed in advance."""
-        self._stacked = {}
+                self.results[(e._token(layer, x, removed), rows)] = q
+        e.forward_equivalents += plan.cost * n * len(states) / x.shape[0]
 
     def _corrected_rows(self, plan: Plan, chunk: dict, units: list[int], rows: Rows) -> dict:
-        """:meth:`_corrected` on ``rows`` only, for a speculated candidate."""
+        """:meth:`GraphEngine._corrected` on ``rows`` only, for a speculated candidate."""
         out = {}
         for corr in plan.corrections:
             base = take_rows(chunk[corr.node], rows)
@@ -623,23 +454,6 @@ class GraphEngine(PrefixEngine):
         return out
 
 
-def _last_use(order: list) -> dict:
-    """For every node that a node of ``order`` reads, the position in ``order`` of its last reader."""
-    return {a: i for i, n in enumerate(order) for a in n.all_input_nodes}
-
-
-def _downstream(starts) -> set:
-    """Every node that reads, directly or not, one of ``starts``."""
-    seen, stack = set(), list(starts)
-    while stack:
-        n = stack.pop()
-        for u in n.users:
-            if u not in seen:
-                seen.add(u)
-                stack.append(u)
-    return seen
-
-
 def _zero_channels(v: Tensor, idx: list[int], last_dim: bool) -> None:
     """Set channels ``idx`` of ``v`` to 0 in place (dim 1, or the last dim for token layouts)."""
     if last_dim:
@@ -648,11 +462,6 @@ def _zero_channels(v: Tensor, idx: list[int], last_dim: bool) -> None:
         v[:, idx] = 0
 
 
-def _layout_ok(mod: nn.Module, dim: int, ndim: int | None) -> bool:
-    """Whether ``mod`` mixes the region's channel dimension (a conv: dim 1; a linear: the last)."""
-    if isinstance(mod, nn.Linear):
-        return dim == -1 or ndim == 2
-    return dim == 1
 
 
 def _same_value(a, b) -> bool:
@@ -679,47 +488,26 @@ def _may_work_in_place(node: fx.Node, modules: dict) -> bool:
     return False
 
 
-def _mixes_channels(mod: nn.Module) -> bool:
-    """A layer the correction applies to: a linear or an ungrouped, zero-padded conv."""
-    if isinstance(mod, nn.Linear):
-        return True
-    return (isinstance(mod, nn.modules.conv._ConvNd) and not mod.transposed and mod.groups == 1
-            and mod.padding_mode == "zeros")
 
 
-def _per_channel(node: fx.Node, prev: fx.Node, modules: dict, layer: UnitLayer, dim: int = 1) -> str | None:
-    """How ``node`` (whose only tensor input is ``prev``) treats a zeroed channel: ``"mask"`` (one of
-    the layer's mask points: zero again), ``"zero"`` (f(0) = 0, per channel), ``"nonzero"`` (per
-    channel, f(0) may differ from 0: a later mask point must zero it), or None (mixes channels or
-    reads anything else: no correction)."""
-    if node.args[:1] != (prev,) or any(isinstance(a, fx.Node) for a in list(node.args[1:]) + list(node.kwargs.values())):
-        return None
-    if node.op == "call_module":
-        mod = modules[node.target]
-        if node.target in layer.points:
-            return "mask" if isinstance(mod, nn.modules.batchnorm._NormBase) or is_depthwise(mod) else None
-        if isinstance(mod, ZERO_MODULES) or (dim == 1 and isinstance(mod, POOLS)):
-            return "zero"
-        if is_depthwise(mod):
-            return "zero" if mod.bias is None and mod.padding_mode == "zeros" else "nonzero"
-        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-            return "nonzero"
-        return None
-    if node.op == "call_function" and node.target in ZERO_FUNCTIONS:
-        return "zero"
-    if node.op == "call_method" and node.target in ZERO_METHODS:
-        return "zero"
-    return None
 
 
 def make_engine(kind: str, model: nn.Module, masker: Masker, example: Tensor) -> FullEngine:
-    """The scoring engine of the option ``engine`` (cswap_nb/METHOD.md §10): ``"fast"`` (:class:`GraphEngine`),
-    ``"naive"`` (:class:`~cswap_nb.engine.FullEngine`: one full pass per candidate, the reference) or
-    ``"parts"`` (:class:`~cswap_nb.engine.PrefixEngine`, the family's parts only)."""
+    """The scoring engine of the option ``engine`` (cswap_nb/METHOD.md §10): ``"fast"`` (:class:`GraphEngine`;
+    for a model ``torch.fx`` cannot trace, the family's parts or else full passes, with
+    :attr:`~cswap_nb.engine.FullEngine.fallback` saying why), ``"naive"`` (:class:`~cswap_nb.engine.FullEngine`:
+    one full pass per candidate, the reference) or ``"parts"`` (:class:`~cswap_nb.engine.PrefixEngine`,
+    the family's parts only)."""
     if kind == "naive":
         return FullEngine(model, masker)
-    if kind == "fast":
-        return GraphEngine(model, masker, example)
     if kind == "parts":
         return PrefixEngine(model, masker, example)
-    raise ValueError(f"engine must be one of 'fast', 'naive', 'parts', got {kind!r}")
+    if kind != "fast":
+        raise ValueError(f"engine must be one of 'fast', 'naive', 'parts', got {kind!r}")
+    try:
+        return GraphEngine(model, masker, example)
+    except GraphUnavailable as exc:
+        engine = PrefixEngine(model, masker, example)
+        then = "the family's parts" if engine.parts is not None else f"full passes ({engine.fallback})"
+        engine.name, engine.fallback = "fast", f"{exc}; using {then}"
+        return engine

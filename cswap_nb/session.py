@@ -365,7 +365,7 @@ def _engine_summary(engine, name: str) -> dict:
     """What a result says of its scoring engine; a ranking built none (``engine`` None) and ran no pass."""
     if engine is None:
         return {"name": name, "path": None, "fallback": None, "layers_on_full_passes": {}, "forward_equivalents": 0.0}
-    return {"name": engine.name, "path": getattr(engine, "path", "full"), "fallback": engine.fallback,
+    return {"name": engine.name, "path": engine.path, "fallback": engine.fallback,
             "layers_on_full_passes": dict(getattr(engine, "layer_fallbacks", {})),
             "forward_equivalents": round(engine.forward_equivalents, 3)}
 

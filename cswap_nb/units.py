@@ -115,7 +115,9 @@ def head_attention_modules(model: nn.Module) -> dict[str, nn.Module]:
     return found
 
 
-def _channel_dim(module: nn.Module) -> int:
+def channel_dim(module: nn.Module) -> int:
+    """The dimension of ``module``'s output that holds its units: the last for a linear layer or a
+    LayerNorm (token layouts), 1 for the rest (channels-first)."""
     return -1 if isinstance(module, (nn.Linear, nn.LayerNorm)) else 1
 
 
@@ -325,7 +327,12 @@ class Masker:
                 tensors = list(mod.parameters()) + list(mod.buffers())
                 device = tensors[0].device if tensors else torch.device("cpu")
                 self._keep[mod_name] = torch.ones(n, device=device)
-                self._handles.append(mod.register_forward_hook(self._hook(mod_name, _channel_dim(mod))))
+                self._handles.append(mod.register_forward_hook(self._hook(mod_name, channel_dim(mod))))
+
+    @property
+    def hooked(self) -> set[str]:
+        """The names of the modules whose output (channels) or input (heads) the masker's hooks change."""
+        return set(self._keep) | set(self._keep_heads)
 
     @staticmethod
     def _width(mod: nn.Module) -> int:
@@ -408,6 +415,6 @@ def channels_first(t: Tensor, module: nn.Module, layer: UnitLayer) -> Tensor:
     if layer.kind == "heads":
         n = t.shape[0]
         return t.reshape(n, -1, layer.size, layer.head_dim).permute(0, 2, 1, 3).reshape(n, layer.size, -1)
-    if _channel_dim(module) == -1 and t.ndim > 2:
+    if channel_dim(module) == -1 and t.ndim > 2:
         return t.movedim(-1, 1)
     return t
