@@ -43,13 +43,19 @@ def upsample_logits(logits: Tensor, size) -> Tensor:
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
-def _pixel_probs(logits: Tensor, masks: Tensor, score: str) -> Tensor:
-    """Per-pixel class scores at the label resolution (from NCHW logits: a softmax over the channels of a
-    channels-last tensor copies it whole first, which cost DDRNet's analysis 25-40%; cswap_nb/layout.py)."""
-    logits = upsample_logits(logits.float().contiguous(), masks.shape[-2:])
+def _own_pixel_scores(logits: Tensor, size, target: Tensor, score: str) -> Tensor:
+    """The score of class ``target`` (N, 1, H, W) at each pixel of the label size (H, W).
+
+    Only the target's probability is needed, so it is ``exp(z_target - logsumexp(z))`` instead of a whole
+    softmax (exact up to rounding, ~1e-7). The logits are made NCHW first: a reduction over the channels
+    of a channels-last tensor copies it whole (cswap_nb/layout.py).
+    """
+    z = upsample_logits(logits.float().contiguous(), size)
+    own = z.gather(1, target)
     if score == "logit":
-        return logits
-    return logits.log_softmax(1) if score == "logprob" else logits.softmax(1)
+        return own
+    logp = own - z.logsumexp(1, keepdim=True)
+    return logp if score == "logprob" else logp.exp()
 
 
 def true_class_scores(logits: Tensor, y: Tensor, score: str = "prob") -> Tensor:
@@ -63,9 +69,8 @@ def true_class_scores(logits: Tensor, y: Tensor, score: str = "prob") -> Tensor:
     of its logarithm, ``logit``: of the logit).
     """
     if logits.ndim == 4:
-        probs = _pixel_probs(logits, y, score)
         valid = y != IGNORE_INDEX
-        picked = probs.gather(1, torch.where(valid, y, 0)[:, None]).squeeze(1)
+        picked = _own_pixel_scores(logits, y.shape[-2:], torch.where(valid, y, 0)[:, None], score).squeeze(1)
         return (picked * valid).flatten(1).sum(1) / valid.flatten(1).sum(1).clamp(min=1)
     if score == "logit":
         return logits.float().gather(1, y[:, None]).squeeze(1)
@@ -103,12 +108,11 @@ def class_pixel_scores(logits: Tensor, masks: Tensor, score: str = "prob", index
     :func:`pixel_classes` of ``masks``, computed once by a caller that scores the same masks
     many times.
     """
-    probs = _pixel_probs(logits, masks, score)
-    n, c = probs.shape[:2]
+    n, c = logits.shape[:2]
     index = pixel_classes(masks, c) if index is None else index
-    own = probs.gather(1, index.gather).flatten(1)
-    labels, pixels = index.labels, index.pixels.to(probs.dtype)
-    total = torch.zeros(n, c + 1, dtype=probs.dtype, device=probs.device).scatter_add_(1, labels, own)[:, :c]
+    own = _own_pixel_scores(logits, masks.shape[-2:], index.gather, score).flatten(1)
+    labels, pixels = index.labels, index.pixels.to(own.dtype)
+    total = torch.zeros(n, c + 1, dtype=own.dtype, device=own.device).scatter_add_(1, labels, own)[:, :c]
     return torch.where(pixels > 0, total / pixels.clamp(min=1), torch.full_like(total, float("nan")))
 
 
