@@ -3,11 +3,13 @@
 :mod:`cswap_nb.result` and :mod:`cswap_nb.calibration`)."""
 from __future__ import annotations
 
+import textwrap
+
 from torch import Tensor, nn
 
 from .calibration import (MIN_CLASS_PIXELS, choose_calibration, correctly_classified, select_calibration,
                           select_segmentation_calibration)
-from .config import CSwapConfig
+from .config import CSwapConfig, options_in_brief
 from .result import PRUNED_FORMAT, PruneResult, load_pruned, model_label
 from .session import PruneSession
 from .units import UnitLayer
@@ -62,11 +64,9 @@ def prune(model: nn.Module, calib, method: str = "cswap", *, config: CSwapConfig
     model_name : str, optional
         The name in summaries and figures (default: a shipped checkpoint's name, else the class).
     **options
-        Any field of :class:`~cswap_nb.config.CSwapConfig`: ``alpha`` (0.05), ``samples_per_class``
-        (20), ``inference`` ("per-class"), ``test`` ("welch"), ``score`` ("prob"), ``reference``
-        ("dense"), ``order`` ("magnitude"), ``layer_order`` ("output-to-input"), ``scope``
-        ("internal"), ``group_size`` (None: auto), ``group_threshold`` (0), ``seed`` (0),
-        ``engine`` ("fast"); they replace the fields of ``config``.
+        Any field of :class:`~cswap_nb.config.CSwapConfig` (its docstring says what each means), replacing
+        those of ``config``; each with its default:
+        {options}.
 
     Returns
     -------
@@ -83,6 +83,10 @@ def prune(model: nn.Module, calib, method: str = "cswap", *, config: CSwapConfig
                         scores=scores, eval_data=eval_data, guard_data=guard_data, ignored_layers=ignored_layers,
                         progress=progress,
                         model_name=model_name, **options).finish()
+
+
+prune.__doc__ = prune.__doc__.replace(  # the options' one list (cswap_nb/config.py), not a copy
+    "{options}.", "\n        ".join(textwrap.wrap(options_in_brief() + ".", 96, break_on_hyphens=False)))
 
 
 

@@ -24,7 +24,9 @@ import torch.nn.functional as F
 from scipy import stats
 from torch import Tensor
 
-from .cityscapes import IGNORE_INDEX
+IGNORE_INDEX = 255
+"""Label of pixels that belong to no class in segmentation masks; scores, metrics and losses skip them
+(Cityscapes' convention, re-exported by :mod:`cswap_nb.cityscapes`)."""
 
 CRITICAL, NEUTRAL, DETRIMENTAL = "critical", "neutral", "detrimental"
 LABELS = (CRITICAL, NEUTRAL, DETRIMENTAL)
@@ -259,7 +261,7 @@ def verdict_of(lows: np.ndarray, highs: np.ndarray, classes: list[int], alpha: f
     return Verdict(label, p, p_lower, p_raise, effect, worst)
 
 
-def test_unit(
+def decide_unit(
     q_removed: Tensor,
     q_ref: Tensor,
     y: Tensor,

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .causal import IGNORE_INDEX  # the core's convention for pixels of no class
+
 CITYSCAPES_CLASSES = [
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
     "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
@@ -27,8 +29,6 @@ CITYSCAPES_PALETTE = [
  RIDER, CAR, TRUCK, BUS, TRAIN, MOTORCYCLE, BICYCLE) = range(19)
 """Each class's trainId by name, e.g. ``ROAD == 0``, ``BICYCLE == 18``."""
 
-IGNORE_INDEX = 255
-"""Label of pixels that belong to no class; metrics and losses skip them."""
 
 SCENE_MEAN = (0.485, 0.456, 0.406)
 SCENE_STD = (0.229, 0.224, 0.225)

@@ -167,6 +167,12 @@ SCORE_OPTIONS = tuple(f.name for f in dataclasses.fields(CSwapConfig) if f.metad
 """The options that change the calibration set or the scores (alpha, the test and the engine do not)."""
 
 
+def options_in_brief() -> str:
+    """Every option with its default, ``name`` (default), from :class:`CSwapConfig`'s fields: the one list
+    that the docstrings of :func:`cswap_nb.prune` and :class:`~cswap_nb.session.PruneSession` show."""
+    return ", ".join(f"``{f.name}`` ({f.default!r})" for f in dataclasses.fields(CSwapConfig))
+
+
 def option(name: str) -> dataclasses.Field:
     """The field of option ``name`` (its default and metadata)."""
     for f in dataclasses.fields(CSwapConfig):

@@ -34,8 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .causal import upsample_logits
-from .cityscapes import IGNORE_INDEX
+from .causal import IGNORE_INDEX, upsample_logits
 from .families import family_of
 from .layout import to_channels_last
 from .graph import make_engine

@@ -18,7 +18,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -543,8 +543,3 @@ def check_xy(x: Tensor, y: Tensor, what: str = "calibration data") -> None:
             f"{what}: x contains NaN or infinite values in {int(bad.sum())} sample(s) "
             f"(first at index {int(bad.nonzero()[0])})"
         )
-
-
-def batches(x: Tensor, batch_size: int) -> Iterator[Tensor]:
-    for i in range(0, x.shape[0], batch_size):
-        yield x[i : i + batch_size]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .causal import CRITICAL, Verdict, as_compared, group_pvalues, test_unit, verdict_of
+from .causal import CRITICAL, Verdict, as_compared, decide_unit, group_pvalues, verdict_of
 from .config import LAYER_ORDERS, REFERENCES, UNIT_ORDERS, CSwapConfig  # noqa: F401 (re-exported)
 from .engine import FullEngine
 from .units import Masker, UnitLayer
@@ -202,7 +202,7 @@ class ClassByClass:
         cfg, x, y, engine = self.cfg, self.x, self.y, self.engine
         if not self.enabled or not engine.can_slice(layer, x):
             q = engine.scores(x, y, cfg.score, layer)
-            verdict = test_unit(q, q_ref, y, cfg.alpha, cfg.test, cfg.inference, cfg.score, cfg.correction)
+            verdict = decide_unit(q, q_ref, y, cfg.alpha, cfg.test, cfg.inference, cfg.score, cfg.correction)
             return verdict, q, list(self.classes) or sorted({int(c) for c in y.unique().tolist()}), len(y)
         samples = 0
         if self.first_rate >= self.threshold:

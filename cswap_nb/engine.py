@@ -27,7 +27,7 @@ from .causal import PixelClasses, class_pixel_scores, pixel_classes, true_class_
 from .families import family_of
 from .units import Masker, UnitLayer
 
-Part = tuple[str, Callable[[Tensor], Tensor], list[str]]  # (name, function, module names inside)
+PartModules = tuple[str, Callable[[Tensor], Tensor], list[str]]  # (name, function, module names inside)
 Rows = tuple[tuple[int, int], ...]  # sample ranges (start, stop) of the calibration set
 
 
@@ -43,7 +43,7 @@ def row_count(rows: Rows) -> int:
     return sum(b - a for a, b in rows)
 
 
-def sequential_parts(model: nn.Module) -> list[Part] | None:
+def sequential_parts(model: nn.Module) -> list[PartModules] | None:
     """Split a model into parts run one after the other, as its family's adapter does
     (:meth:`cswap_nb.families.Family.parts`: the children of an ``nn.Sequential``, a ResNet's stem
     layers, blocks and head, a MobileNetV2's feature blocks and head, a ViT's embedding stem, blocks

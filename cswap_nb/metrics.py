@@ -10,10 +10,10 @@ from itertools import chain
 import torch
 from torch import Tensor, nn
 
-from .causal import upsample_logits
+from .causal import IGNORE_INDEX, upsample_logits
+from .cityscapes import CITYSCAPES_CLASSES
 from .data import as_tensors
 from .layout import channels_last_copy
-from .cityscapes import CITYSCAPES_CLASSES, IGNORE_INDEX
 
 SEGMENTATION_BATCH_SIZE = 16
 _UPSAMPLE_ELEMENTS = 1 << 26  # at most this many upsampled logits (256 MB of float32) at once

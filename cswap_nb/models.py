@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .ddrnet import DualResNet, ddrnet23, ddrnet23_slim  # noqa: F401 (re-exported: cs.models.ddrnet23_slim)
-from .families import FAMILIES as _ADAPTERS
+from .families import ADAPTERS as _ADAPTERS
 from .families import family_for_spec, family_of, stem_conv  # noqa: F401 (stem_conv re-exported)
 from .families.vit import VIT_KEYS  # noqa: F401 (re-exported)
 

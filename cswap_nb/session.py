@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from . import models
 from .calibration import select_calibration, select_segmentation_calibration
-from .cityscapes import IGNORE_INDEX
+from .causal import IGNORE_INDEX
 from .config import CSwapConfig, make_config
 from .criteria import CRITERIA, Cost, score_units
 from .data import as_tensors, check_xy

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .causal import upsample_logits
-from .cityscapes import IGNORE_INDEX
+from .causal import IGNORE_INDEX
 from .data import Split, load_digits
 from .models import mlp
 

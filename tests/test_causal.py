@@ -122,7 +122,7 @@ def test_unknown_test_raises():
         causal.one_sided_pvalues(np.array([1.0, 2.0]), np.array([2.0, 3.0]), "t-test")
 
 
-# ------------------------------------------------------------------ test_unit
+# ------------------------------------------------------------------ decide_unit
 
 
 def _three_classes(effect_class: int, delta: float, seed: int = 0):
@@ -137,7 +137,7 @@ def _three_classes(effect_class: int, delta: float, seed: int = 0):
 @pytest.mark.parametrize("test", TESTS)
 def test_unit_lowered_in_one_class_is_critical(test):
     qn, q, y = _three_classes(2, -0.2)
-    v = causal.test_unit(qn, q, y, alpha=0.05, test=test)
+    v = causal.decide_unit(qn, q, y, alpha=0.05, test=test)
     assert v.label == CRITICAL
     assert v.worst_class == 2
     assert v.p_value == v.p_lower < 0.05
@@ -148,7 +148,7 @@ def test_unit_lowered_in_one_class_is_critical(test):
 @pytest.mark.parametrize("test", TESTS)
 def test_unit_raised_in_one_class_is_detrimental(test):
     qn, q, y = _three_classes(1, +0.2)
-    v = causal.test_unit(qn, q, y, alpha=0.05, test=test)
+    v = causal.decide_unit(qn, q, y, alpha=0.05, test=test)
     assert v.label == DETRIMENTAL
     assert v.p_value == v.p_raise < 0.05
     assert v.p_lower >= 0.05
@@ -158,7 +158,7 @@ def test_unit_raised_in_one_class_is_detrimental(test):
 @pytest.mark.parametrize("test", TESTS)
 def test_unit_identical_is_neutral_with_p_one(test):
     _, q, y = _three_classes(0, 0.0)
-    v = causal.test_unit(q.clone(), q, y, alpha=0.05, test=test)
+    v = causal.decide_unit(q.clone(), q, y, alpha=0.05, test=test)
     assert v.label == NEUTRAL
     assert v.p_value == 1.0 and v.p_lower == 1.0 and v.p_raise == 1.0
     assert v.effect == 0.0
@@ -169,7 +169,7 @@ def test_unit_with_unequal_class_sizes(test):
     qn, q, y = _three_classes(2, -0.2)
     keep = torch.ones(len(y), dtype=torch.bool)
     keep[:3] = False  # class 0 now has fewer samples than the others
-    v = causal.test_unit(qn[keep], q[keep], y[keep], alpha=0.05, test=test)
+    v = causal.decide_unit(qn[keep], q[keep], y[keep], alpha=0.05, test=test)
     assert v.label == CRITICAL and v.worst_class == 2
     expected = min(pvals(qn[keep][y[keep] == c].numpy(), q[keep][y[keep] == c].numpy(), test)[0] for c in range(3))
     assert v.p_lower == pytest.approx(expected)
@@ -182,8 +182,8 @@ def test_wilcoxon_label_does_not_depend_on_an_unaffected_class():
     q_ref = torch.tensor(np.concatenate([q0, q0]))
     q_rem = torch.tensor(np.concatenate([q0 + d, q0]))  # class 1: the removal changes nothing
     y = torch.tensor([0] * n + [1] * n)
-    both = causal.test_unit(q_rem, q_ref, y, alpha=0.05, test="wilcoxon")
-    alone = causal.test_unit(q_rem[:n], q_ref[:n], y[:n], alpha=0.05, test="wilcoxon")
+    both = causal.decide_unit(q_rem, q_ref, y, alpha=0.05, test="wilcoxon")
+    alone = causal.decide_unit(q_rem[:n], q_ref[:n], y[:n], alpha=0.05, test="wilcoxon")
     assert alone.p_lower == pytest.approx(0.053497314453125)  # exact signed-rank p-value
     assert both.p_lower == pytest.approx(alone.p_lower)
     assert both.label == alone.label
@@ -192,7 +192,7 @@ def test_wilcoxon_label_does_not_depend_on_an_unaffected_class():
 def test_critical_takes_precedence_over_detrimental():
     qn, q, y = _three_classes(0, -0.2)
     qn[y == 1] += 0.3  # helps class 1 while hurting class 0
-    v = causal.test_unit(qn, q, y, alpha=0.05)
+    v = causal.decide_unit(qn, q, y, alpha=0.05)
     assert v.p_raise < 0.05 and v.p_lower < 0.05
     assert v.label == CRITICAL and v.worst_class == 0
 
@@ -204,25 +204,25 @@ def test_per_class_inference_finds_an_effect_that_general_inference_dilutes():
                         + 0.01 * np.random.default_rng(0).standard_normal(3 * N))
     qn = q.clone()
     qn[y == 1] -= 0.03
-    assert causal.test_unit(qn, q, y, alpha=0.05, inference="per-class").label == CRITICAL
-    general = causal.test_unit(qn, q, y, alpha=0.05, inference="general")
+    assert causal.decide_unit(qn, q, y, alpha=0.05, inference="per-class").label == CRITICAL
+    general = causal.decide_unit(qn, q, y, alpha=0.05, inference="general")
     assert general.label == NEUTRAL
     assert general.worst_class == -1
 
 
 def test_ratio_score_tests_relative_change():
     qn, q, y = _three_classes(0, -0.2)
-    assert causal.test_unit(qn, q, y, alpha=0.05, score="ratio").label == CRITICAL
+    assert causal.decide_unit(qn, q, y, alpha=0.05, score="ratio").label == CRITICAL
     qn, q, y = _three_classes(0, +0.2)
-    assert causal.test_unit(qn, q, y, alpha=0.05, score="ratio").label == DETRIMENTAL
+    assert causal.decide_unit(qn, q, y, alpha=0.05, score="ratio").label == DETRIMENTAL
 
 
 def test_label_flips_with_alpha_at_the_p_value():
     qn, q, y = _three_classes(1, -0.01, seed=5)
-    p = causal.test_unit(qn, q, y, alpha=0.5).p_lower
+    p = causal.decide_unit(qn, q, y, alpha=0.5).p_lower
     assert 1e-6 < p < 0.5
-    assert causal.test_unit(qn, q, y, alpha=p * 1.01).label == CRITICAL
-    assert causal.test_unit(qn, q, y, alpha=p * 0.99).label != CRITICAL
+    assert causal.decide_unit(qn, q, y, alpha=p * 1.01).label == CRITICAL
+    assert causal.decide_unit(qn, q, y, alpha=p * 0.99).label != CRITICAL
 
 
 # ------------------------------------------------------------------ true_class_scores

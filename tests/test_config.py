@@ -55,3 +55,15 @@ def test_readme_option_table_is_the_config():
     assert set(rows) == set(OPTION_NAMES)
     for name, shown in rows.items():
         assert shown == str(getattr(CSwapConfig(), name)), name
+
+
+def test_prune_documents_every_option_with_its_default():
+    """prune's docstring lists the options from CSwapConfig itself, so a new option cannot be left out."""
+    import dataclasses
+
+    import cswap_nb as cs
+    from cswap_nb.config import CSwapConfig
+
+    doc = " ".join(cs.prune.__doc__.split())
+    for f in dataclasses.fields(CSwapConfig):
+        assert f"``{f.name}`` ({f.default!r})" in doc, f.name

@@ -6,7 +6,6 @@ import re
 
 import pytest
 import torch
-from torch import nn
 
 import cswap_nb as cs
 from cswap_nb.cli import main

@@ -54,7 +54,7 @@ def _null_units(correction: str, units: int = 400, classes: int = 10, k: int = 2
     for _ in range(units):
         q_ref = torch.from_numpy(rng.normal(0.8, 0.05, classes * k))
         q_removed = torch.from_numpy(rng.normal(0.8, 0.05, classes * k))
-        flagged += causal.test_unit(q_removed, q_ref, y, alpha, correction=correction).label == CRITICAL
+        flagged += causal.decide_unit(q_removed, q_ref, y, alpha, correction=correction).label == CRITICAL
     return flagged / units
 
 
@@ -85,7 +85,7 @@ def test_correction_has_no_effect_on_general_inference():
     q_ref = torch.from_numpy(rng.normal(0.8, 0.05, 60))
     q_removed = q_ref - 0.01 + torch.from_numpy(rng.normal(0, 0.02, 60))
     y = torch.arange(3).repeat_interleave(20)
-    verdicts = [causal.test_unit(q_removed, q_ref, y, 0.05, inference="general", correction=c) for c in CORRECTIONS]
+    verdicts = [causal.decide_unit(q_removed, q_ref, y, 0.05, inference="general", correction=c) for c in CORRECTIONS]
     assert len({(v.label, v.p_lower, v.p_raise) for v in verdicts}) == 1
 
 

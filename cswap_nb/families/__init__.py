@@ -15,7 +15,7 @@ below, in order: most specific first), and its tests.
 """
 from __future__ import annotations
 
-from .base import (FAMILIES, GENERIC, Family, Part, Sequential, Spec, family_for_spec, family_of, module_part,
+from .base import (ADAPTERS, GENERIC, Family, Part, Sequential, Spec, family_for_spec, family_of, module_part,
                    register, same_tree, stem_conv, structure)
 
 # each module registers its adapters; the order is the matching order, most specific first
@@ -26,5 +26,5 @@ from . import resnet  # noqa: E402,F401  isort: skip
 
 register(Sequential)
 
-__all__ = ["FAMILIES", "GENERIC", "Family", "Part", "Sequential", "Spec", "family_for_spec", "family_of",
+__all__ = ["ADAPTERS", "GENERIC", "Family", "Part", "Sequential", "Spec", "family_for_spec", "family_of",
            "module_part", "register", "same_tree", "stem_conv", "structure"]

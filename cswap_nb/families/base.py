@@ -87,13 +87,13 @@ def same_tree(spec: Spec, model: nn.Module, attrs: tuple[str, ...] = ()) -> bool
             and all(getattr(rebuilt, a, None) == getattr(model, a, None) for a in attrs))
 
 
-FAMILIES: list[Family] = []
+ADAPTERS: list[Family] = []
 """The adapters, most specific first (registration order); :data:`GENERIC` is the fallback."""
 
 
 def register(cls: type[Family]) -> type[Family]:
-    """Class decorator: add an instance of the adapter ``cls`` to :data:`FAMILIES` (after those before it)."""
-    FAMILIES.append(cls())
+    """Class decorator: add an instance of the adapter ``cls`` to :data:`ADAPTERS` (after those before it)."""
+    ADAPTERS.append(cls())
     return cls
 
 
@@ -101,17 +101,17 @@ GENERIC = Family()
 
 
 def family_of(model: nn.Module) -> Family:
-    """The adapter of ``model``: the first of :data:`FAMILIES` that matches, else the generic one."""
-    return next((f for f in FAMILIES if f.matches(model)), GENERIC)
+    """The adapter of ``model``: the first of :data:`ADAPTERS` that matches, else the generic one."""
+    return next((f for f in ADAPTERS if f.matches(model)), GENERIC)
 
 
 def family_for_spec(spec: Spec) -> Family:
     """The adapter that builds ``spec`` (by its ``family`` key)."""
     name = spec.get("family")
-    for f in FAMILIES:
+    for f in ADAPTERS:
         if name in f.spec_families:
             return f
-    known = [s for f in FAMILIES for s in f.spec_families]
+    known = [s for f in ADAPTERS for s in f.spec_families]
     raise ValueError(f"unknown architecture family {name!r} in spec {spec}; known: {', '.join(known)}")
 
 
