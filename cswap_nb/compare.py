@@ -89,7 +89,7 @@ def compare(
         _check_reusable(cswap, cfg, seeds)
     eval_data = data.test if eval_data is None else eval_data
     before = evaluate(model, eval_data)  # the dense model's metric, once for every run
-    draw = _calibration_draws(model, data.calib)
+    draw = calibration_draws(model, data.calib)
     records: list[dict] = []
     for s in seeds:
         cfg_s = dataclasses.replace(cfg, seed=s)
@@ -99,7 +99,7 @@ def compare(
     return records
 
 
-def _calibration_draws(model: nn.Module, pool):
+def calibration_draws(model: nn.Module, pool):
     """``draw(cfg)``: the calibration samples every run of a comparison with ``cfg`` selects from ``pool``.
 
     The pool is predicted once for all runs and draws (on a laptop CPU that prediction cost as much as

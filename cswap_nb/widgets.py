@@ -23,10 +23,12 @@ from torch import Tensor, nn
 
 from . import zoo
 from .api import PruneResult
-from .config import OPTION_NAMES, SCORE_OPTIONS, CSwapConfig, option
+from .compare import calibration_draws
+from .config import OPTION_NAMES, SCORE_OPTIONS, CSwapConfig, make_config, option
 from .descent import class_ranges
 from .effects import flips_between, label_from_pvalues, of_test
 from .engine import FullEngine
+from .metrics import evaluate
 from .plots import plot_accuracy_vs_removed, plot_layer_labels
 from .session import PruneSession
 
@@ -166,6 +168,9 @@ class AlphaExplorer:
         self.last_result: PruneResult | None = None
         self._caches: dict[tuple, ScoreCache] = {}
         self._loaded: dict[str, tuple] = {}
+        # per model: the calibration pool predicted once (each run selects from it) and the dense metric
+        self._draws: dict[str, object] = {}
+        self._dense: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.run_button.on_click(lambda _: self.run_in_background())
@@ -224,8 +229,11 @@ class AlphaExplorer:
         self.status.value = f"running at α = {v['alpha']:.3g} …"
         options = {k: v[k] for k in OPTION_NAMES}
         guard = {"guard_data": getattr(data, "val", None)} if options["max_drop"] is not None else {}
-        session = PruneSession(model, data.calib, eval_data=evaluation_split(data)[1], progress=False,
-                               model_name=str(v["model"]), **guard, **options)
+        name, (split, held_out) = str(v["model"]), evaluation_split(data)
+        if name not in self._draws:  # the pool is predicted once per model, not on every run
+            self._draws[name] = calibration_draws(model, data.calib)
+        calib = self._draws[name](make_config(None, **options))
+        session = PruneSession(model, calib, progress=False, model_name=name, **guard, **options)
         session.engine = cache.wrap(session.engine)
         self.progress.max = max(1, session.total_steps)
         for _ in session.steps():
@@ -234,10 +242,12 @@ class AlphaExplorer:
                 self.status.value = "stopped: the model is unchanged; nothing was pruned"
                 raise Interrupted("stopped by the user")
         res = session.finish()
+        if name not in self._dense:  # the dense model's metric does not change between runs
+            self._dense[name] = evaluate(model, held_out)
+        res.metric_before, res.metric_after = self._dense[name], evaluate(res.model, held_out)
         seconds = time.perf_counter() - t0
         self.last_result = res
         s = res.summary()
-        split = evaluation_split(data)[0]
         metric = f"{split} " + ("mIoU" if s["metric_name"] == "miou_pct" else "accuracy")
         self.history.append({**s, "budget": f"alpha={v['alpha']:.3g}", "settings": dict(v)})
         self.status.value = (f"<b>α = {v['alpha']:.3g}</b>: {s['params_removed_pct']:.1f}% of parameters and "

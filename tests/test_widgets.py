@@ -127,3 +127,20 @@ def test_controls_are_generated_from_the_config(explorer):
     fresh = alpha_explorer()
     assert {n: fresh.controls[n].value for n in CONTROLS} == {n: getattr(defaults, n) for n in CONTROLS}
     assert set(fresh.values()) >= set(defaults.as_dict())
+
+
+def test_the_pool_and_the_dense_metric_are_computed_once_and_match_a_fresh_run(explorer):
+    """The explorer predicts the calibration pool once per model and keeps the dense model's metric; a run
+    still gets exactly prune's calibration set, and its metrics are those of its own models."""
+    from cswap_nb.widgets import evaluation_split
+
+    model, data = cs.zoo.load("resnet18-digits")
+    explorer.controls["alpha"].value = 0.01
+    res = explorer.run()
+    assert "resnet18-digits" in explorer._draws and "resnet18-digits" in explorer._dense
+    fresh = cs.prune(model, data.calib, alpha=0.01, samples_per_class=6, progress=False)
+    assert res.calib_samples == fresh.calib_samples
+    assert res.labels[COLS].equals(fresh.labels[COLS])
+    _, held_out = evaluation_split(data)
+    assert res.metric_before == cs.evaluate(model, held_out)
+    assert res.metric_after == cs.evaluate(res.model, held_out)
