@@ -139,7 +139,10 @@ def test_the_pool_and_the_dense_metric_are_computed_once_and_match_a_fresh_run(e
     explorer.controls["alpha"].value = 0.01
     res = explorer.run()
     assert "resnet18-digits" in explorer._draws and "resnet18-digits" in explorer._dense
-    fresh = cs.prune(model, data.calib, alpha=0.01, samples_per_class=6, progress=False)
+    from cswap_nb.config import OPTION_NAMES
+
+    options = {k: explorer.values()[k] for k in OPTION_NAMES}  # whatever the controls hold now
+    fresh = cs.prune(model, data.calib, progress=False, **options)
     assert res.calib_samples == fresh.calib_samples
     assert res.labels[COLS].equals(fresh.labels[COLS])
     _, held_out = evaluation_split(data)
