@@ -89,7 +89,6 @@ prune.__doc__ = prune.__doc__.replace(  # the options' one list (cswap_nb/config
     "{options}.", "\n        ".join(textwrap.wrap(options_in_brief() + ".", 96, break_on_hyphens=False)))
 
 
-
 __all__ = ["prune", "PruneResult", "load_pruned", "select_calibration", "choose_calibration", "correctly_classified",
            "select_segmentation_calibration", "MIN_CLASS_PIXELS", "PRUNED_FORMAT", "model_label", "CSwapConfig",
            "UnitLayer"]

@@ -36,9 +36,9 @@ from torch import Tensor, nn
 
 from .causal import IGNORE_INDEX, upsample_logits
 from .families import family_of
-from .layout import to_channels_last
 from .graph import make_engine
-from .units import Masker, UnitLayer, channels_first, register_site_hook
+from .layout import to_channels_last
+from .units import Masker, UnitLayer, channels_first, register_output_hook, register_site_hook
 
 Scores = dict[str, Tensor]
 
@@ -248,13 +248,12 @@ def _conductance(model: nn.Module, mods: list[nn.Module], x: Tensor, y: Tensor, 
     evals: list[Tensor] = [torch.empty(0)] * len(mods)
 
     def keep(i):
-        def fn(module, inputs, output):
+        def fn(output):
             output.retain_grad()
             evals[i] = output
-            return output.clone()  # the network goes on with a copy: in-place ops downstream leave ours intact
         return fn
 
-    handles = [m.register_forward_hook(keep(i)) for i, m in enumerate(mods)]
+    handles = [register_output_hook(m, keep(i)) for i, m in enumerate(mods)]
     try:
         logits = model(scaled)
         logits.gather(1, y.repeat(len(alphas))[:, None]).sum().backward()

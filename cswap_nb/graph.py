@@ -28,7 +28,7 @@ Every layer's plan is checked when the engine is built: its candidate run must r
 (one sample, with and without a removal); a layer that fails, or that no mask point of the graph
 reaches, is analysed with full passes and :attr:`GraphEngine.layer_fallbacks` says why. A model that
 ``torch.fx`` cannot trace falls back to the family's parts (:class:`cswap_nb.engine.PrefixEngine`),
-then to full passes, and :attr:`GraphEngine.fallback` says why.
+then to full passes, and :func:`make_engine` says why in the engine's ``fallback``.
 """
 from __future__ import annotations
 
@@ -392,6 +392,7 @@ class GraphEngine(FullEngine):
     def clear_stacked(self) -> None:
         """Forget the results :meth:`stack_rows` computed in advance."""
         self._speculation.clear()
+
 
 class _Speculation:
     """The graph engine's candidates scored ahead (:meth:`GraphEngine.stack_rows`): each result is kept

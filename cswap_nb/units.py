@@ -397,7 +397,13 @@ def register_site_hook(module: nn.Module, layer: UnitLayer, fn: Callable[[Tensor
     """
     if layer.kind == "heads":
         return module.register_forward_pre_hook(lambda m, inputs: fn(inputs[0]))
+    return register_output_hook(module, fn)
 
+
+def register_output_hook(module: nn.Module, fn: Callable[[Tensor], None]):
+    """Call ``fn(output)`` with ``module``'s live output at every forward pass and let the network go on
+    with a copy, so that an in-place operation downstream leaves the tensor ``fn`` kept as the module
+    computed it (its ``retain_grad()`` still gives its gradient). Returns the removable hook handle."""
     def keep(m, inputs, output):
         fn(output)
         return output.clone()
