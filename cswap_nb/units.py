@@ -35,6 +35,7 @@ updates ``num_heads`` and ``attn_dim`` (``head_dim`` and the softmax scale are u
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -84,6 +85,82 @@ AUTO_GROUP_SIZE = 4
 AUTO_GROUP_THRESHOLD = 256
 
 STAT_NORMS = (nn.LayerNorm, nn.GroupNorm)  # a removed channel changes their statistics
+
+# Why a channel group of the dependency graph holds no units (cswap_nb/METHOD.md §4): the keys of
+# Coverage.excluded. EXCLUSION_ORDER is the order in which the parameters outside the units are
+# given a reason, each counted once (a weight whose rows and columns two groups slice goes to the
+# first): first what an option changes (scope=, ignored_layers=), then what no option changes. So
+# the share of the residual streams is exactly what scope="all" adds to the units' share.
+COUPLED_STREAM = "coupled across a residual sum (scope='internal'; scope='all' tests them)"
+FAMILY_SCOPE = "outside the family's internal units (scope='internal'; scope='all' tests them)"
+IGNORED_LAYER = "ignored layer (ignored_layers=)"
+OUTPUT_LAYER = "output layer (the classifier)"
+AUXILIARY_HEAD = "auxiliary head (runs in training only)"
+QKV_ROWS = "attention q/k/v (units only as whole heads)"
+GROUPED_CONV = "feeds a grouped convolution (ResNeXt/RegNet)"
+STAT_NORM = "channels coupled to LayerNorm/GroupNorm"
+NOT_ONE_TO_ONE = "not a one-to-one channel mapping"
+NO_MASK_POINT = "no conv/linear/norm output to mask"
+NO_GROUP = "in no channel group"
+EXCLUSION_ORDER = (COUPLED_STREAM, FAMILY_SCOPE, IGNORED_LAYER, OUTPUT_LAYER, AUXILIARY_HEAD, QKV_ROWS,
+                   GROUPED_CONV, STAT_NORM, NOT_ONE_TO_ONE, NO_MASK_POINT, NO_GROUP)
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Which share of a model's parameters its units cover (:func:`unit_coverage`).
+
+    ``params``: all parameters of the model (as :func:`cswap_nb.surgery.count_params` counts them);
+    ``in_units``: the parameters removed if every unit of every unit layer were removed, as
+    Torch-Pruning's dependency graph removes them: a unit's producers' filters (weights, bias, its
+    BatchNorm's affine parameters) and the matching input weights of its consumers; for attention
+    heads the ``qkv`` rows and ``proj`` columns. Each element of a weight is counted once, also when
+    two unit layers slice it (rows by one, columns by the other);
+    ``removable``: the same with one unit kept in every unit layer (no strategy removes a layer's
+    last unit): the most any target can remove;
+    ``excluded``: the parameters outside the units, by reason (:data:`EXCLUSION_ORDER`: each
+    element is counted under the first reason whose channel groups would remove it; parameters in
+    no channel group at all come last);
+    ``scope``: the scope the units were found with.
+    ``in_units + sum(excluded.values()) == params``.
+    """
+
+    params: int
+    in_units: int
+    removable: int
+    excluded: dict[str, int]
+    scope: str = "internal"
+
+    @property
+    def share(self) -> float:
+        """``in_units / params``, in [0, 1]."""
+        return self.in_units / self.params if self.params else 0.0
+
+    @property
+    def removable_share(self) -> float:
+        """``removable / params``, in [0, 1]."""
+        return self.removable / self.params if self.params else 0.0
+
+    @property
+    def reasons(self) -> dict[str, float]:
+        """The share of all parameters outside the units per reason, largest first."""
+        shares = {reason: n / self.params for reason, n in self.excluded.items() if n} if self.params else {}
+        return dict(sorted(shares.items(), key=lambda kv: -kv[1]))
+
+    def as_dict(self) -> dict:
+        """The summary's numbers: the share in units, the most removable, each reason, in percent."""
+        return {"units_param_share_pct": round(100 * self.share, 3),
+                "units_removable_pct": round(100 * self.removable_share, 3),
+                "units_excluded_pct": {reason: round(100 * v, 3) for reason, v in self.reasons.items()}}
+
+    def __str__(self) -> str:
+        """Two lines: the share and the most removable; the reasons for the rest (those of 0.05% or more)."""
+        head = (f"units cover {100 * self.share:.1f}% of the {self.params:,} parameters (scope={self.scope!r}; "
+                f"at most {100 * self.removable_share:.1f}% removable, every layer keeping one unit)")
+        shown = {reason: v for reason, v in self.reasons.items() if v >= 0.0005}
+        if not shown:
+            return head
+        return head + "\noutside the units: " + "; ".join(f"{reason}: {100 * v:.1f}%" for reason, v in shown.items())
 
 
 def is_depthwise(module: nn.Module) -> bool:
@@ -172,8 +249,45 @@ def find_unit_layers(
     adapter may narrow the units (:meth:`cswap_nb.families.Family.internal_units`): for a
     torchvision MobileNetV2 the expanded channels of the inverted residuals (expand 1x1 +
     depthwise + BN, cswap_nb/METHOD.md §4); ``scope="all"`` adds the stem, the block outputs
-    and the last 1x1 conv.
+    and the last 1x1 conv. :func:`survey_units` also says which share of the parameters these
+    units cover, from the same trace.
     """
+    return _survey(model, example, scope, ignored_layers, coverage=False)[0]
+
+
+def survey_units(
+    model: nn.Module,
+    example: Tensor,
+    scope: str = "internal",
+    ignored_layers: list[nn.Module] | None = None,
+) -> tuple[list[UnitLayer], Coverage]:
+    """:func:`find_unit_layers` and :func:`unit_coverage` from one trace of the model.
+
+    Returns the unit layers (as :func:`find_unit_layers` gives them) and their :class:`Coverage`.
+    """
+    return _survey(model, example, scope, ignored_layers, coverage=True)
+
+
+def unit_coverage(
+    model: nn.Module,
+    example: Tensor,
+    scope: str = "internal",
+    ignored_layers: list[nn.Module] | None = None,
+) -> Coverage:
+    """Which share of ``model``'s parameters lies in testable units, and why the rest does not.
+
+    Takes the arguments of :func:`find_unit_layers`. The share is *exact*: it counts the
+    parameters that Torch-Pruning would delete if every unit of every unit layer were removed
+    (each element of a weight counted once, however many groups slice it); see :class:`Coverage`.
+    A ``ratio=`` of a baseline counts units, so a model whose units cover a small share (a RegNet,
+    whose blocks feed grouped convolutions) loses few parameters at any ratio.
+    """
+    return _survey(model, example, scope, ignored_layers, coverage=True)[1]
+
+
+def _survey(model: nn.Module, example: Tensor, scope: str, ignored_layers, coverage: bool):
+    """The unit layers and, with ``coverage``, their :class:`Coverage`: every channel group of the
+    dependency graph is either a unit layer or set aside for one of :data:`EXCLUSION_ORDER`'s reasons."""
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {list(SCOPES)}, got {scope!r}")
     was_training = model.training
@@ -183,31 +297,56 @@ def find_unit_layers(
         head = output_layer(model, order)
         names = {m: n for n, m in model.named_modules()}
         graph = build_graph(model, example)
-        ignored = [head] + list(ignored_layers or []) + _auxiliary_producers(model)
+        user_ignored = list(ignored_layers or [])
+        auxiliary = _auxiliary_producers(model)
+        ignored = [head] + user_ignored + auxiliary
         attentions = head_attention_modules(model)
         skip = {m.qkv for m in attentions.values()}  # q/k/v rows are pruned as whole heads
+        ignored_qkv = {m.qkv for m in attentions.values() if any(x in user_ignored for x in (m, m.qkv, m.proj))}
         expanded = family_of(model).internal_units(model) if scope == "internal" else None
         layers: list[UnitLayer] = []
-        for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=PRODUCERS):
-            if any(item.dep.target.module in skip for item in group):
-                continue
-            layer = _layer_from_group(group, graph, names, order)
-            if layer is None or (scope == "internal" and layer.kind != "internal"):
-                continue
-            if expanded is not None and layer.name not in expanded:
-                continue
-            if attentions and isinstance(model.get_submodule(layer.name), nn.Linear) \
-                    and layer.size > AUTO_GROUP_THRESHOLD:
-                layer.auto_group = AUTO_GROUP_SIZE  # a wide transformer MLP layer
-            layers.append(layer)
+        kept: list[tuple[UnitLayer, object]] = []  # (unit layer, its group)
+        excluded: list[tuple[str, object]] = []  # (reason, group)
+        # Every group, ignored ones included, so that coverage can say what each reason costs. Torch-Pruning
+        # drops a group if an ignored module's outputs are in it; the other groups are the same as with
+        # ignored_layers= (the same partition of the channels, rooted at the first producer of each).
+        for group in graph.get_all_groups(ignored_layers=[], root_module_types=PRODUCERS):
+            outs = [item.dep.target.module for item in group if _is_out_pruning(item.dep)]
+            if any(m is head for m in outs):
+                reason = OUTPUT_LAYER
+            elif any(m in auxiliary for m in outs):
+                reason = AUXILIARY_HEAD
+            elif any(m in user_ignored or m in ignored_qkv for m in outs):
+                reason = IGNORED_LAYER
+            elif any(m in skip for m in outs):
+                reason = QKV_ROWS
+            else:
+                layer, reason = _layer_from_group(group, graph, names, order)
+                if layer is not None and any(item.dep.target.module in skip for item in group):
+                    reason = QKV_ROWS  # channels read by q/k/v, e.g. an embedding stream without norms
+                elif layer is not None and scope == "internal" and layer.kind != "internal":
+                    reason = COUPLED_STREAM
+                elif layer is not None and expanded is not None and layer.name not in expanded:
+                    reason = FAMILY_SCOPE
+                elif layer is not None:
+                    if attentions and isinstance(model.get_submodule(layer.name), nn.Linear) \
+                            and layer.size > AUTO_GROUP_THRESHOLD:
+                        layer.auto_group = AUTO_GROUP_SIZE  # a wide transformer MLP layer
+                    layers.append(layer)
+                    kept.append((layer, group))
+                    continue
+            excluded.append((reason, group))
+        heads = []
         for name, attn in attentions.items():
             if any(m in ignored for m in (attn, attn.qkv, attn.proj)) or attn.num_heads < 2:
                 continue
             layers.append(_heads_layer(name, attn, order))
+            heads.append(attn)
+        report = _coverage(model, scope, kept, heads, excluded) if coverage else None
     finally:
         model.train(was_training)
     layers.sort(key=lambda layer: layer.position)
-    return layers
+    return layers, report
 
 
 def _is_out_pruning(dep) -> bool:
@@ -227,18 +366,20 @@ def _heads_layer(name: str, attn: nn.Module, order: dict[nn.Module, int]) -> Uni
     )
 
 
-def _layer_from_group(group, graph, names, order) -> UnitLayer | None:
+def _layer_from_group(group, graph, names, order) -> tuple[UnitLayer | None, str | None]:
+    """The unit layer of one channel group, or ``(None, reason)``: why the group holds no units
+    (one of :data:`EXCLUSION_ORDER`)."""
     root = group[0].dep.target.module
     if root not in names or not isinstance(root, PRODUCERS):
-        return None
+        return None, NO_MASK_POINT
     if any(isinstance(item.dep.target.module, STAT_NORMS) for item in group):
-        return None  # LayerNorm/GroupNorm channels: masking cannot equal removal
+        return None, STAT_NORM  # LayerNorm/GroupNorm channels: masking cannot equal removal
     for item in group:
         mod = item.dep.target.module
         if isinstance(mod, nn.modules.conv._ConvNd) and mod.groups > 1:
             depthwise = mod.groups == mod.in_channels == mod.out_channels
             if not (depthwise and any(i.dep.target.module is mod and _is_out_pruning(i.dep) for i in group)):
-                return None  # feeds a grouped conv (ResNeXt): one channel alone cannot be removed
+                return None, GROUPED_CONV  # feeds a grouped conv (ResNeXt): one channel alone cannot be removed
     size = len(group[0].idxs)
     producers, norms = [], []
     for item in group:
@@ -265,10 +406,10 @@ def _layer_from_group(group, graph, names, order) -> UnitLayer | None:
             for idx, root_idx in zip(item.idxs, item.root_idxs):
                 per_unit[int(root_idx)] = int(idx)
             if -1 in per_unit:
-                return None  # not a one-to-one channel mapping (e.g. grouped reshapes): skip
+                return None, NOT_ONE_TO_ONE  # e.g. grouped reshapes: skip
             points[names[mod]] = per_unit
     if not points:
-        return None
+        return None, NO_MASK_POINT
     magnitude, squares = torch.zeros(size), torch.zeros(size)
     for item in group:
         mod = item.dep.target.module
@@ -292,7 +433,110 @@ def _layer_from_group(group, graph, names, order) -> UnitLayer | None:
         name=names[anchor], kind=kind, size=size, points=points, magnitude=magnitude,
         position=order.get(anchor, len(order)), producers=[names[p] for p in producers],
         magnitude_l2=squares.sqrt(),
-    )
+    ), None
+
+
+def _coverage(model: nn.Module, scope: str, kept: list, heads: list[nn.Module],
+              excluded: list[tuple[str, object]]) -> Coverage:
+    """:class:`Coverage` from the unit layers' groups, the attention modules with head units and the
+    groups set aside (with their reasons). Each parameter has a boolean mask of its removed elements;
+    a group adds the elements its items would delete (:func:`_removed_elements`), so an element two
+    groups remove is counted once."""
+    params = list(model.parameters())
+    total = sum(p.numel() for p in params)
+    known = {id(p) for p in params}
+
+    def add(masks: dict[int, Tensor], removals) -> int:
+        """Mark the elements of ``removals`` in ``masks``; how many were not marked yet."""
+        added = 0
+        for p, mask in removals:
+            if id(p) not in known:
+                continue
+            old = masks.get(id(p))
+            masks[id(p)] = mask if old is None else old | mask
+            added += int(masks[id(p)].sum()) - (0 if old is None else int(old.sum()))
+        return added
+
+    everything: dict[int, Tensor] = {}
+    most: dict[int, Tensor] = {}
+    in_units = removable = 0
+    for layer, group in kept:
+        in_units += add(everything, _group_removal(group))
+        removable += add(most, _group_removal(group, keep=0))
+    for attn in heads:
+        in_units += add(everything, _heads_removal(attn))
+        removable += add(most, _heads_removal(attn, keep=0))
+    out: dict[str, int] = {}
+    for reason in EXCLUSION_ORDER:
+        n = sum(add(everything, _group_removal(group)) for why, group in excluded if why == reason)
+        if n:
+            out[reason] = n
+    rest = total - in_units - sum(out.values())
+    if rest:
+        out[NO_GROUP] = rest
+    return Coverage(params=total, in_units=in_units, removable=removable, excluded=out, scope=scope)
+
+
+def _group_removal(group, keep: int | None = None):
+    """(parameter, flat bool mask of the elements deleted) for each item of a full channel group,
+    the group's unit ``keep`` spared (None: every unit removed)."""
+    for item in group:
+        idxs = [int(i) for i, r in zip(item.idxs, item.root_idxs) if keep is None or int(r) != keep]
+        if idxs:
+            yield from _removed_elements(item.dep, idxs)
+
+
+def _tagged(p: Tensor) -> nn.Parameter:
+    """A stand-in for ``p`` whose elements hold their own flat indices (float64: exact below 2**53)."""
+    return nn.Parameter(torch.arange(p.numel(), dtype=torch.float64).view(p.shape))
+
+
+def _removed_elements(dep, idxs: list[int]) -> list[tuple[Tensor, Tensor]]:
+    """Which elements of its target's parameters a Torch-Pruning dependency deletes at ``idxs``:
+    (parameter, flat bool mask) pairs.
+
+    The dependency's own handler runs on a copy of the target whose parameters are :func:`_tagged`
+    stand-ins; the tags that survive are the elements it keeps. So the count follows Torch-Pruning
+    for every layer type it handles (transposed, depthwise and grouped convs, norms, unwrapped
+    ``nn.Parameter``s), and the model is never touched. Some handlers fail when no channel is left
+    (a LayerNorm's); slicing is per index, so all of them are then the last one's elements joined
+    with the rest's.
+    """
+    target = dep.target.module
+    dep.handler.__self__.pruning_dim = dep.target.pruning_dim  # as Dependency.__call__ does
+    try:
+        if isinstance(target, nn.Parameter):
+            return [(target, _removed_mask(target, dep.handler(_tagged(target), idxs)))]
+        own = dict(target.named_parameters())
+        clone = copy.deepcopy(target, {id(p): _tagged(p) for p in own.values()})
+        dep.handler(clone, idxs)
+    except Exception:
+        if len(idxs) < 2:
+            return []  # a handler that cannot remove this channel: counted as in no group
+        return _removed_elements(dep, idxs[:-1]) + _removed_elements(dep, idxs[-1:])
+    after = dict(clone.named_parameters())
+    return [(p, _removed_mask(p, after.get(name))) for name, p in own.items()]
+
+
+def _removed_mask(p: Tensor, kept: Tensor | None) -> Tensor:
+    removed = torch.ones(p.numel(), dtype=torch.bool)
+    if kept is not None:
+        removed[kept.detach().flatten().long()] = False
+    return removed
+
+
+def _heads_removal(attn: nn.Module, keep: int | None = None):
+    """(parameter, removed mask) for the heads of a timm ``Attention`` (:func:`cswap_nb.surgery.remove_heads`):
+    the q, k and v rows of ``qkv`` (weight and bias) and the input columns of ``proj``, head ``keep`` spared."""
+    h, d = attn.num_heads, attn.head_dim
+    drop = torch.ones(h, dtype=torch.bool)
+    if keep is not None:
+        drop[keep] = False
+    qkv, proj = attn.qkv, attn.proj
+    yield qkv.weight, drop.view(1, h, 1, 1).expand(3, h, d, qkv.in_features).flatten()
+    if qkv.bias is not None:
+        yield qkv.bias, drop.view(1, h, 1).expand(3, h, d).flatten()
+    yield proj.weight, drop.view(1, h, 1).expand(proj.out_features, h, d).flatten()
 
 
 class Masker:
