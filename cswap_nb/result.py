@@ -11,6 +11,7 @@ from torch import nn
 
 from . import models
 from .causal import LABELS
+from .units import Coverage
 
 PRUNED_FORMAT = "cswap_nb.pruned/1"
 
@@ -45,6 +46,10 @@ class PruneResult:
         With ``max_drop``: the guard's report (:class:`cswap_nb.descent.Guard`): the dense and
         last validation metric, the number of checks, whether it stopped the loop, in which
         layer, how many units it restored and how many it left unvisited (kept).
+    coverage : Coverage or None
+        Which share of the dense model's parameters the units cover and why the rest is not
+        tested (:class:`cswap_nb.units.Coverage`); in the summary as ``units_param_share_pct``,
+        ``units_removable_pct`` and ``units_excluded_pct`` (reason -> % of the parameters).
 
     ``summary()`` gives the numbers of the ``--json`` contract; ``per_layer`` the counts per
     layer; ``save(path)`` writes the pruned model.
@@ -72,6 +77,7 @@ class PruneResult:
     scores: dict | None = None
     pruned_units: dict[str, list[int]] = field(default_factory=dict)
     guard: dict | None = None
+    coverage: Coverage | None = None
 
     @property
     def per_layer(self) -> pd.DataFrame:
@@ -120,6 +126,8 @@ class PruneResult:
             "equivalence_max_abs_diff": self.equivalence_max_abs_diff,
             "engine": self.engine,
             "guard": self.guard,
+            **(self.coverage.as_dict() if self.coverage is not None else
+               {"units_param_share_pct": None, "units_removable_pct": None, "units_excluded_pct": None}),
         }
 
     def save(self, path: str | Path) -> Path:

@@ -35,7 +35,17 @@ from .layout import to_channels_last, to_default
 from .metrics import evaluate
 from .result import PruneResult, model_label
 from .surgery import count_macs, count_params, remove_units
-from .units import Masker, find_unit_layers
+from .units import Coverage, Masker, survey_units
+
+
+LOW_COVERAGE = 0.5
+"""Below this share of the parameters in testable units (:class:`cswap_nb.units.Coverage`), a C-SWAP run
+and a ``ratio=`` or ``params=`` target warn (:class:`LowCoverageWarning`) before the work."""
+
+
+class LowCoverageWarning(UserWarning):
+    """The units cover few of the model's parameters, so removing them cannot shrink it much (e.g. a
+    RegNet or ResNeXt, whose blocks feed grouped convolutions, under ``scope="internal"``)."""
 
 
 @contextlib.contextmanager
@@ -174,6 +184,7 @@ class PruneSession:
         self.cost = Cost()
         with full_float32():
             self._setup(model, calib, need, ignored_layers)
+        self._check_coverage()
 
     @staticmethod
     def _check_target(method: str, ratio, params, counts) -> dict:
@@ -203,8 +214,8 @@ class PruneSession:
         except ValueError:
             self.spec = None
         self.params_before, self.macs_before = count_params(work), count_macs(work, self.example)
-        self.layers = find_unit_layers(work, self.example, scope=self.config.scope,
-                                       ignored_layers=_same_modules(model, work, ignored_layers))
+        self.layers, self.coverage = survey_units(work, self.example, scope=self.config.scope,
+                                                  ignored_layers=_same_modules(model, work, ignored_layers))
         if not self.layers:
             raise ValueError(f"the model has no prunable unit (scope={self.config.scope!r}): no conv/linear layer "
                              "other than the classifier whose output channels can be removed")
@@ -212,6 +223,24 @@ class PruneSession:
         self.masker = Masker(work, self.layers)
         self._engine = None  # built when a strategy first scores (a criterion's ranking never does)
         self.total_steps = self._count_steps()
+
+    def _check_coverage(self) -> None:
+        """Say before the work when the units cover little of the model (:data:`LOW_COVERAGE`), and refuse a
+        ``params=`` target that removing every unit but one per layer would not reach."""
+        cov: Coverage = self.coverage
+        params = self.target.get("params")
+        if params is not None and params < self.params_before - cov.removable:
+            raise ValueError(
+                f"params={params:,} is out of reach: removing every unit but one per layer leaves "
+                f"{self.params_before - cov.removable:,} of the {self.params_before:,} parameters (at most "
+                f"{cov.removable:,}, {100 * cov.removable_share:.1f}%, can be removed).\n{cov}")
+        if cov.share < LOW_COVERAGE and (self.method == "cswap" or params is not None or "ratio" in self.target):
+            what = ("C-SWAP tests only these units" if self.method == "cswap" else
+                    "ratio= counts these units, not parameters" if "ratio" in self.target else
+                    "a params= target is reached by removing these units only")
+            warnings.warn(LowCoverageWarning(
+                f"{cov}\n{what}: pruning cannot shrink this model much (units cover less than "
+                f"{100 * LOW_COVERAGE:.0f}% of its parameters)"), stacklevel=3)
 
     @property
     def engine(self):
@@ -352,7 +381,7 @@ class PruneSession:
                 metric_name="miou_pct" if self.segmentation else "top1_accuracy_pct",
                 model_name=self.model_name or model_label(self.model), method=self.method, spec=self.spec,
                 analysis_seconds=self.analysis_seconds, pruned_units=dict(pruned_units),
-                guard=None if self.guard is None else dict(self.guard.report),
+                guard=None if self.guard is None else dict(self.guard.report), coverage=self.coverage,
                 scores=self.scores if self.strategy == "rank" else None)
             if self.eval_data is not None:
                 result.metric_before = evaluate(self.model, self.eval_data)

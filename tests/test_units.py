@@ -1,0 +1,175 @@
+"""Coverage of the units (cswap_nb.units.unit_coverage): which share of the parameters C-SWAP and the
+baselines can test and remove, and why the rest is left out; said by a session before the work."""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import cswap_nb as cs
+from cswap_nb.session import LOW_COVERAGE, LowCoverageWarning, PruneSession
+from cswap_nb.surgery import count_params, remove_units
+from cswap_nb.units import (COUPLED_STREAM, GROUPED_CONV, IGNORED_LAYER, OUTPUT_LAYER, STAT_NORM, find_unit_layers,
+                            survey_units, unit_coverage)
+
+
+class GroupedBlock(nn.Module):
+    """RegNet's X block: 1x1 conv, grouped 3x3 conv, 1x1 conv, plus the input (projected when widths differ)."""
+
+    def __init__(self, cin: int, cout: int, groups: int):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(cout, cout, 3, padding=1, groups=groups, bias=False), nn.BatchNorm2d(cout),
+                               nn.ReLU())
+        self.c = nn.Sequential(nn.Conv2d(cout, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.proj = (nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout)) if cin != cout
+                     else nn.Identity())
+
+    def forward(self, x):
+        return torch.relu(self.c(self.b(self.a(x))) + self.proj(x))
+
+
+def grouped_net() -> nn.Module:
+    """A RegNet in miniature: a narrow stem, then blocks whose channels feed grouped convolutions."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                         GroupedBlock(8, 32, 4), GroupedBlock(32, 32, 4),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4)).eval()
+
+
+def norm_net() -> nn.Module:
+    """Three convs; the middle one's channels are normalised by a GroupNorm."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)).eval()
+
+
+def _message(caught) -> str:
+    return next(str(w.message) for w in caught if issubclass(w.category, LowCoverageWarning))
+
+
+def _data(model, own_label_data, shape=(3, 16, 16), n=48):
+    return own_label_data(model, n=n, shape=shape, min_per_class=2)
+
+
+def test_mlp_counts_every_weight_once():
+    """Linear(4, 6) - Linear(6, 5) - Linear(5, 3), by hand. Removing every unit deletes the first two
+    layers and the head's weight; the middle weight, sliced by both unit layers, is counted once."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)).eval()
+    cov = unit_coverage(model, torch.randn(1, 4))
+    assert cov.params == 30 + 35 + 18
+    assert cov.in_units == 30 + 35 + 15
+    assert cov.excluded == {OUTPUT_LAYER: 3}  # the head's bias
+    # unit 0 of each layer kept: 5 rows of (4 + 1); the middle weight keeps row 0 x column 0, 4 of 5 biases;
+    # the head keeps column 0
+    assert cov.removable == 25 + (30 - 1) + 4 + (15 - 3)
+    assert cov.share == pytest.approx(80 / 83) and cov.reasons == {OUTPUT_LAYER: pytest.approx(3 / 83)}
+
+
+@pytest.mark.parametrize("scope", ["internal", "all"])
+def test_share_is_what_removing_every_unit_removes(tiny_resnet, scope):
+    """The share and the most removable are the parameters physical removal deletes (exactly)."""
+    model = tiny_resnet()
+    x = torch.randn(1, 3, 32, 32)
+    layers, cov = survey_units(model, x, scope=scope)
+    assert [layer.name for layer in layers] == [layer.name for layer in find_unit_layers(model, x, scope=scope)]
+    assert cov.in_units + sum(cov.excluded.values()) == cov.params == count_params(model)
+    everything = remove_units(copy.deepcopy(model), x, {layer.name: list(range(layer.size)) for layer in layers})
+    assert count_params(model) - count_params(everything) == cov.in_units
+    most = remove_units(copy.deepcopy(model), x, {layer.name: list(range(1, layer.size)) for layer in layers})
+    assert count_params(model) - count_params(most) == cov.removable
+    assert cov.share > LOW_COVERAGE
+
+
+def test_coupled_share_is_what_scope_all_adds(tiny_resnet):
+    model = tiny_resnet()
+    x = torch.randn(1, 3, 32, 32)
+    internal, every = unit_coverage(model, x), unit_coverage(model, x, scope="all")
+    assert internal.excluded[COUPLED_STREAM] > 0 and COUPLED_STREAM not in every.excluded
+    assert every.in_units == internal.in_units + internal.excluded[COUPLED_STREAM]
+
+
+def test_ignored_layer_is_a_reason(tiny_resnet):
+    model = tiny_resnet()
+    x = torch.randn(1, 3, 32, 32)
+    layers, cov = survey_units(model, x, ignored_layers=[model.layer1[0].conv1])
+    assert "layer1.0.conv1" not in {layer.name for layer in layers}
+    # un-ignored, its group would add its BN and the next conv's inputs (its own filters are the stem's
+    # unit layer's inputs already); that conv's filters count first under the residual stream they feed
+    gained = unit_coverage(model, x).in_units - cov.in_units
+    assert gained == model.layer1[0].bn1.weight.numel() * 2 + model.layer1[0].conv2.weight.numel()
+    assert cov.excluded[IGNORED_LAYER] == model.layer1[0].bn1.weight.numel() * 2
+
+
+def test_grouped_convolutions_leave_a_low_share_and_say_so(own_label_data):
+    model = grouped_net()
+    x, y = _data(model, own_label_data)
+    layers, cov = survey_units(model, x[:1])
+    assert [layer.name for layer in layers] == ["0"]  # the stem only: every block feeds a grouped conv
+    assert cov.share < LOW_COVERAGE and cov.excluded[GROUPED_CONV] > 0
+    assert "feeds a grouped convolution" in str(cov) and f"{100 * cov.share:.1f}%" in str(cov)
+    with pytest.warns(LowCoverageWarning, match="grouped convolution") as caught:
+        res = cs.prune(model, (x, y), method="l1", ratio=0.3, samples_per_class=2, progress=False)
+    assert "ratio= counts these units" in _message(caught)
+    s = res.summary()
+    assert s["units_param_share_pct"] == round(100 * cov.share, 3)
+    assert s["units_excluded_pct"][GROUPED_CONV] == round(100 * cov.reasons[GROUPED_CONV], 3)
+    assert 0 < s["params_removed_pct"] <= s["units_removable_pct"]
+    with pytest.warns(LowCoverageWarning, match="C-SWAP tests only these units"):
+        session = PruneSession(model, (x, y), samples_per_class=2, progress=False)
+    assert session.coverage == cov
+
+
+def test_params_target_beyond_the_units_is_refused(own_label_data):
+    model = grouped_net()
+    x, y = _data(model, own_label_data)
+    cov = unit_coverage(model, x[:1])
+    floor = cov.params - cov.removable
+    with pytest.raises(ValueError, match=rf"params=4,000 is out of reach: .* leaves {floor:,} of the "
+                                         rf"{cov.params:,} parameters \(at most {cov.removable:,}"):
+        cs.prune(model, (x, y), method="l1", params=4000, samples_per_class=2, progress=False)
+    with pytest.warns(LowCoverageWarning, match="params= target"):  # reachable, but still a small share
+        res = cs.prune(model, (x, y), method="l1", params=floor, samples_per_class=2, progress=False)
+    assert res.params_after == floor
+
+
+def test_norm_coupled_channels_are_a_reason():
+    """The GroupNorm's group is set aside. Its conv's weights are the first unit layer's consumers and the
+    last conv's inputs are that layer's own filters, so what is left out is the conv's bias and the norm's
+    affine parameters, exactly."""
+    model = norm_net()
+    layers, cov = survey_units(model, torch.randn(1, 3, 16, 16))
+    assert [layer.name for layer in layers] == ["0", "6"]
+    conv, gn = model[3], model[4]
+    assert cov.excluded[STAT_NORM] == conv.bias.numel() + gn.weight.numel() + gn.bias.numel()
+    assert cov.in_units == cov.params - cov.excluded[STAT_NORM] - model[11].bias.numel()
+    assert "channels coupled to LayerNorm/GroupNorm" in str(cov)
+
+
+def test_plain_resnet_prunes_without_a_coverage_warning(tiny_resnet, own_label_data):
+    model = tiny_resnet()
+    x, y = own_label_data(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LowCoverageWarning)
+        res = cs.prune(model, (x, y), method="l1", ratio=0.3, samples_per_class=3, progress=False)
+    assert res.summary()["units_param_share_pct"] == round(100 * unit_coverage(model, x[:1]).share, 3) > 50
+
+
+def test_regnet_x_400mf_is_reported_low(own_label_data):
+    """The reported case: torchvision's RegNetX-400MF, 64x64 inputs: only the stem's 32 channels are units."""
+    torch.manual_seed(0)
+    model = torchvision.models.regnet_x_400mf(num_classes=10).eval()
+    x, y = own_label_data(model, n=16, shape=(3, 64, 64), min_per_class=1)
+    with pytest.warns(LowCoverageWarning, match="feeds a grouped convolution") as caught:
+        res = cs.prune(model, (x, y), method="l1", ratio=0.3, samples_per_class=1, progress=False)
+    assert "units cover 0.1% of the 5,098,986 parameters" in _message(caught)
+    s = res.summary()
+    assert s["units_param_share_pct"] < 1 and s["params_removed_pct"] <= s["units_removable_pct"]
+    assert [r["layer"] for r in s["per_layer"]] == ["stem.0"]
