@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from . import zoo
-from .api import prune
 from .bench import format_report
 from .bench import run as run_bench
 from .compare import (SAME_COUNTS, SAME_PARAMS, VARIANTS, compare, compare_variants, spread_table, table,
@@ -15,6 +14,7 @@ from .compare import (SAME_COUNTS, SAME_PARAMS, VARIANTS, compare, compare_varia
 from .config import ENGINES, EVALUATIONS, CSwapConfig, add_arguments, from_arguments, positive_int
 from .criteria import CRITERIA
 from .plots import plot_accuracy_vs_removed, plot_layer_labels, plot_spread
+from .session import PruneSession
 
 DEMO_MODEL = "resnet18-fashion"
 METRIC_LABELS = {"top1_accuracy_pct": "test accuracy %", "miou_pct": "test mIoU %"}
@@ -57,8 +57,10 @@ def run_prune(args: argparse.Namespace, out: Path | None) -> dict:
     print(f"data: {data.name}, {data.source}; calibration pool {len(data.calib.y):,}, test {len(data.test.y):,} images")
     config = from_arguments(args)
     guard = {"guard_data": data.val} if config.max_drop is not None else {}
-    res = prune(model, data.calib, config=config, eval_data=data.test, progress=not args.no_progress,
-                model_name=args.model, **guard)
+    session = PruneSession(model, data.calib, config=config, eval_data=data.test, progress=not args.no_progress,
+                           model_name=args.model, **guard)  # cs.prune in two steps: set up, say the coverage, run
+    print(session.coverage)
+    res = session.finish()
     summary = res.summary()
     print(_table(summary))
     if out is not None:

@@ -103,3 +103,8 @@ def test_prune_with_max_drop_uses_the_validation_split(tmp_path, capsys):
     assert g["max_drop"] == 0.5 and g["checks"] >= 1
     assert g["metric_dense"] - g["metric_last_check"] <= 0.5 + 1e-9
     assert s["config"]["max_drop"] == 0.5
+    # the units' coverage is said before the work, and kept in the JSON
+    printed = capsys.readouterr().out
+    line = f"units cover {s['units_param_share_pct']:.1f}% of the {s['params_before']:,} parameters"
+    assert line in printed and printed.index(line) < printed.index("MACs / image")
+    assert s["units_param_share_pct"] > 90 and s["units_removable_pct"] >= s["params_removed_pct"]
