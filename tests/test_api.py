@@ -12,13 +12,13 @@ from torch import nn
 import cswap_nb as cs
 from cswap_nb.session import PruneSession
 from cswap_nb.surgery import count_params
-from cswap_nb.units import find_unit_layers
+from cswap_nb.units import find_unit_layers, unit_coverage
 
 pytestmark = pytest.mark.filterwarnings("ignore:Precision loss occurred:RuntimeWarning")
 
 SUMMARY_KEYS = {"model", "method", "alpha", "params_before", "params_after", "params_removed_pct",
                 "macs_before", "macs_after", "metric_name", "metric_before", "metric_after", "seconds",
-                "counts", "per_layer"}
+                "counts", "per_layer", "units_param_share_pct", "units_removable_pct", "units_excluded_pct"}
 
 
 @pytest.fixture(scope="module")
@@ -332,6 +332,8 @@ def test_summary_contract(zoo_result, zoo_model, digits):
     assert sum(s["counts"].values()) == len(zoo_result.labels)
     assert s["calib_samples"] == 50
     assert s["equivalence_max_abs_diff"] <= 1e-4
+    assert s["units_param_share_pct"] == round(100 * unit_coverage(zoo_model, digits.test.x[:1]).share, 3)
+    assert s["params_removed_pct"] <= s["units_removable_pct"] <= s["units_param_share_pct"]
     per_layer = s["per_layer"]
     assert [row["layer"] for row in per_layer] == [layer["name"] for layer in zoo_result.layers]
     for row in per_layer:
