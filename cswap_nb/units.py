@@ -155,12 +155,18 @@ class Coverage:
 
     def __str__(self) -> str:
         """Two lines: the share and the most removable; the reasons for the rest (those of 0.05% or more)."""
-        head = (f"units cover {100 * self.share:.1f}% of the {self.params:,} parameters (scope={self.scope!r}; "
-                f"at most {100 * self.removable_share:.1f}% removable, every layer keeping one unit)")
+        head = (f"units cover {_pct(self.share)} of the {self.params:,} parameters (scope={self.scope!r}; "
+                f"at most {_pct(self.removable_share)} removable, every layer keeping one unit)")
         shown = {reason: v for reason, v in self.reasons.items() if v >= 0.0005}
         if not shown:
             return head
-        return head + "\noutside the units: " + "; ".join(f"{reason}: {100 * v:.1f}%" for reason, v in shown.items())
+        return head + "\noutside the units: " + "; ".join(f"{reason}: {_pct(v)}" for reason, v in shown.items())
+
+
+def _pct(share: float) -> str:
+    """A share as a percentage: one decimal, or two significant digits below 1% (0.058%, not 0.1%)."""
+    pct = 100 * share
+    return f"{pct:.2g}%" if 0 < pct < 1 else f"{pct:.1f}%"
 
 
 def is_depthwise(module: nn.Module) -> bool:
