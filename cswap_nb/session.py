@@ -118,6 +118,11 @@ def strategy_of(method: str) -> str:
 class PruneSession:
     """One pruning run, set up once and then driven step by step (the caller's model is never modified).
 
+    The set-up finds the units and, from the same trace, their :attr:`coverage`
+    (:class:`cswap_nb.units.Coverage`: the share of the parameters they hold and why the rest is left
+    out). Below :data:`LOW_COVERAGE` a C-SWAP run or a ``ratio=``/``params=`` target warns
+    (:class:`LowCoverageWarning`); a ``params=`` target that no cut of the units reaches is an error.
+
     Parameters
     ----------
     model : nn.Module
@@ -233,7 +238,7 @@ class PruneSession:
             raise ValueError(
                 f"params={params:,} is out of reach: removing every unit but one per layer leaves "
                 f"{self.params_before - cov.removable:,} of the {self.params_before:,} parameters (at most "
-                f"{cov.removable:,}, {100 * cov.removable_share:.1f}%, can be removed).\n{cov}")
+                f"{cov.removable:,} can be removed).\n{cov}")
         if cov.share < LOW_COVERAGE and (self.method == "cswap" or params is not None or "ratio" in self.target):
             what = ("C-SWAP tests only these units" if self.method == "cswap" else
                     "ratio= counts these units, not parameters" if "ratio" in self.target else
