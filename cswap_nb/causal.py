@@ -48,16 +48,27 @@ def upsample_logits(logits: Tensor, size) -> Tensor:
 def _own_pixel_scores(logits: Tensor, size, target: Tensor, score: str) -> Tensor:
     """The score of class ``target`` (N, 1, H, W) at each pixel of the label size (H, W).
 
-    Only the target's probability is needed, so it is ``exp(z_target - logsumexp(z))`` instead of a whole
-    softmax (exact up to rounding, ~1e-7). The logits are made NCHW first: a reduction over the channels
-    of a channels-last tensor copies it whole (cswap_nb/layout.py).
+    Only the target's probability is needed: ``exp(z_target - m) / sum_c exp(z_c - m)``. Each image's logits
+    are shifted by their largest value ``m`` *before* the bilinear upsampling (its weights sum to 1, so the
+    shift passes through unchanged), which keeps every ``exp`` at most 1 without a per-pixel maximum, and
+    they are upsampled from channels-last, where both the upsampling and the sum over classes read memory
+    in order. On DDRNet's calibration batches this is about twice as fast as ``logsumexp`` over an NCHW
+    upsampling, and equal to it up to rounding (~1e-6). A pixel whose every class lies far below its image's
+    largest logit (a sum under 1e-30) is scored the safe way, with a per-pixel ``logsumexp``.
     """
-    z = upsample_logits(logits.float().contiguous(), size)
-    own = z.gather(1, target)
+    z = logits.float()
     if score == "logit":
-        return own
-    logp = own - z.logsumexp(1, keepdim=True)
-    return logp if score == "logprob" else logp.exp()
+        return upsample_logits(z.contiguous(), size).gather(1, target)
+    shifted = (z - z.amax((1, 2, 3), keepdim=True)).contiguous(memory_format=torch.channels_last)
+    zs = upsample_logits(shifted, size)
+    e = zs.exp()
+    total = e.sum(1, keepdim=True)
+    if not bool((total > 1e-30).all()):  # underflow: the per-pixel maximum instead of the image's
+        logp = zs.gather(1, target) - zs.logsumexp(1, keepdim=True)
+        return logp if score == "logprob" else logp.exp()
+    if score == "logprob":
+        return zs.gather(1, target) - total.log()
+    return e.gather(1, target) / total
 
 
 def true_class_scores(logits: Tensor, y: Tensor, score: str = "prob") -> Tensor:
@@ -126,29 +137,47 @@ def min_samples(test: str, alpha: float) -> int:
     return 2
 
 
-def one_sided_pvalues(q_removed: np.ndarray, q_ref: np.ndarray, test: str) -> tuple[np.ndarray, np.ndarray]:
+def _row_moments(v: np.ndarray, n: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's mean and sample variance (ddof = 1); with ``n``, only the first ``n[i]`` entries of
+    row i count (the rest is padding)."""
+    if n is None:
+        return v.mean(1), v.var(1, ddof=1)
+    filled = np.where(np.isnan(v), 0.0, v)
+    mean = filled.sum(1) / n
+    dev = np.where(np.isnan(v), 0.0, v - mean[:, None])
+    return mean, (dev * dev).sum(1) / (n - 1)
+
+
+def one_sided_pvalues(q_removed: np.ndarray, q_ref: np.ndarray, test: str,
+                      n: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """p-values of (removal lowers q, removal raises q), one pair per row.
 
     ``q_removed`` and ``q_ref`` are (groups, n) arrays (a 1-D array is one group); the
-    tests run row-wise in one vectorised scipy call. A row with no difference at all
+    tests run row-wise in one vectorised scipy call. Rows of different lengths come padded with
+    NaN, with ``n`` their lengths (not for ``"wilcoxon"``). A row with no difference at all
     gets p = 1 both ways; a row whose two samples are each constant gets p = 0 in the
     direction of the difference (an exact, noise-free effect).
     """
     a = np.atleast_2d(np.asarray(q_removed, dtype=np.float64))
     b = np.atleast_2d(np.asarray(q_ref, dtype=np.float64))
     diff = a - b
+    size = np.full(len(a), a.shape[1]) if n is None else np.asarray(n)
+    if n is not None and test == "wilcoxon":
+        raise ValueError("the signed-rank test takes rows of one length")
     with np.errstate(divide="ignore", invalid="ignore"):
+        if test in ("welch", "ztest"):
+            (ma, va), (mb, vb) = _row_moments(a, n), _row_moments(b, n)
+            va, vb = va / size, vb / size
         if test == "welch":
             # Welch's unequal-variance t-test (as scipy.stats.ttest_ind(equal_var=False)),
             # written out so that one unit costs two ufunc calls instead of two scipy wrappers
-            va, vb = a.var(1, ddof=1) / a.shape[1], b.var(1, ddof=1) / b.shape[1]
-            t = (a.mean(1) - b.mean(1)) / np.sqrt(va + vb)
-            df = (va + vb) ** 2 / (va**2 / (a.shape[1] - 1) + vb**2 / (b.shape[1] - 1))
+            t = (ma - mb) / np.sqrt(va + vb)
+            df = (va + vb) ** 2 / (va**2 / (size - 1) + vb**2 / (size - 1))
             lo, hi = stats.t.cdf(t, df), stats.t.sf(t, df)
             degenerate = (va == 0) & (vb == 0)
         elif test == "ztest":
-            se = np.sqrt(a.var(1, ddof=1) / a.shape[1] + b.var(1, ddof=1) / b.shape[1])
-            z = (a.mean(1) - b.mean(1)) / se
+            se = np.sqrt(va + vb)
+            z = (ma - mb) / se
             lo, hi = stats.norm.cdf(z), stats.norm.sf(z)
             degenerate = se == 0
         elif test == "wilcoxon":
@@ -158,18 +187,19 @@ def one_sided_pvalues(q_removed: np.ndarray, q_ref: np.ndarray, test: str) -> tu
             hi = np.array([stats.wilcoxon(d, alternative="greater", zero_method="zsplit").pvalue for d in diff])
             degenerate = np.zeros(len(a), dtype=bool)
         elif test == "paired-t":
-            n = diff.shape[1]
-            t = diff.mean(1) / np.sqrt(diff.var(1, ddof=1) / n)
-            lo, hi = stats.t.cdf(t, n - 1), stats.t.sf(t, n - 1)
-            degenerate = diff.var(1) == 0
+            md, vd = _row_moments(diff, n)
+            t = md / np.sqrt(vd / size)
+            lo, hi = stats.t.cdf(t, size - 1), stats.t.sf(t, size - 1)
+            degenerate = (vd == 0) | (size == 1)
         else:
             raise ValueError(f"test must be one of {TESTS}, got {test!r}")
     lo, hi = np.atleast_1d(lo).astype(np.float64), np.atleast_1d(hi).astype(np.float64)
-    lowered = diff.mean(1) < 0
-    raised = diff.mean(1) > 0
+    shift = diff.mean(1) if n is None else np.where(np.isnan(diff), 0.0, diff).sum(1) / size
+    lowered = shift < 0
+    raised = shift > 0
     lo = np.where(degenerate, np.where(lowered, 0.0, 1.0), lo)
     hi = np.where(degenerate, np.where(raised, 0.0, 1.0), hi)
-    same = np.all(diff == 0, axis=1)
+    same = np.all((diff == 0) | np.isnan(diff), axis=1)
     lo = np.where(same | ~np.isfinite(lo), 1.0, lo)
     hi = np.where(same | ~np.isfinite(hi), 1.0, hi)
     return lo, hi
@@ -223,6 +253,12 @@ def group_pvalues(qn: np.ndarray, q: np.ndarray, groups: list[np.ndarray], test:
     if len({len(g) for g in groups}) == 1:  # equal group sizes: one vectorised call
         idx = np.stack(groups)
         return one_sided_pvalues(qn[idx], q[idx], test)
+    if test != "wilcoxon":  # groups of several sizes (segmentation's classes): padded, still one call
+        size = np.array([len(g) for g in groups])
+        a, b = np.full((len(groups), size.max()), np.nan), np.full((len(groups), size.max()), np.nan)
+        for i, g in enumerate(groups):
+            a[i, : len(g)], b[i, : len(g)] = qn[g], q[g]
+        return one_sided_pvalues(a, b, test, size)
     pairs = [one_sided_pvalues(qn[g], q[g], test) for g in groups]
     return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
 

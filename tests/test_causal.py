@@ -453,3 +453,21 @@ def test_relabel_slider_answers_from_the_table_alone():
     slider.value = 0.01  # re-labels without any model: the table is all it has
     with pytest.raises(ValueError, match="no p-values of test"):
         relabel_slider(table, test="ztest")
+
+
+@pytest.mark.parametrize("test", ["welch", "ztest", "paired-t"])
+def test_groups_of_several_sizes_are_tested_in_one_call_as_one_by_one(test):
+    """Segmentation's classes hold different numbers of samples; their tests run padded in one call and give
+    each group's own p-values (as testing the groups one by one), including constant and identical groups."""
+    rng = np.random.default_rng(0)
+    sizes = [2, 5, 9, 9, 30, 4]
+    q = rng.normal(0.6, 0.1, sum(sizes))
+    qn = q + rng.normal(-0.02, 0.05, len(q))
+    groups = np.split(np.arange(len(q)), np.cumsum(sizes)[:-1])
+    qn[groups[2]] = q[groups[2]]  # no difference at all: p = 1 both ways
+    q[groups[3]], qn[groups[3]] = 0.5, 0.4  # each side constant: an exact effect
+    lo, hi = causal.group_pvalues(qn, q, groups, test)
+    for i, g in enumerate(groups):
+        want_lo, want_hi = causal.one_sided_pvalues(qn[g], q[g], test)
+        assert lo[i] == pytest.approx(want_lo[0], abs=1e-12) and hi[i] == pytest.approx(want_hi[0], abs=1e-12)
+    assert lo[2] == hi[2] == 1.0 and lo[3] == 0.0

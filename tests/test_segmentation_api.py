@@ -194,3 +194,19 @@ def test_ddrnet_fast_engine_reproduces_the_naive_decisions():
     assert parts_seen == set(cs.ddrnet.BRANCHES)
     with pytest.raises(ValueError, match="not a DDRNet module"):
         branch_of("fc")
+
+
+@pytest.mark.parametrize("score", ["prob", "logprob"])
+def test_pixel_scores_survive_logits_far_below_their_image_maximum(score):
+    """The scores shift each image by its largest logit before upsampling; a region whose every class lies
+    ~200 below that maximum would underflow to exp(-200) = 0 and must be scored the safe way."""
+    torch.manual_seed(1)
+    logits = torch.randn(2, 4, 4, 8)
+    logits[0, :, :, :4] -= 200.0  # the left half of image 0: every class far below the right half
+    masks = torch.randint(0, 4, (2, 32, 64))
+    z = F.interpolate(logits, size=(32, 64), mode="bilinear", align_corners=False)
+    want = z.log_softmax(1).gather(1, masks[:, None]).squeeze(1)
+    got = true_class_scores(logits, masks, score)
+    ref = want.flatten(1).mean(1) if score == "logprob" else want.exp().flatten(1).mean(1)
+    assert torch.isfinite(got).all()
+    assert torch.allclose(got, ref, atol=1e-5)
