@@ -6,7 +6,6 @@ by side in one run, and the largest difference of their logits (cswap_nb/layout.
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import time
 
