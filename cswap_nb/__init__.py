@@ -7,14 +7,15 @@
 """
 from . import (causal, cityscapes, compare, config, criteria, data, ddrnet, descent, effects, families, layout, models,
                plots, scenes, session, surgery, training, units, widgets, zoo)
-from .api import PruneResult, load_pruned, prune, select_calibration
+from .api import PruneResult, load_pruned, prune, select_calibration, stream_calibration
 from .config import CSwapConfig
 from .session import PruneSession
 from .metrics import evaluate, evaluate_segmentation
 
 __version__ = "0.1.0"
 
-__all__ = ["prune", "PruneSession", "CSwapConfig", "evaluate", "evaluate_segmentation", "load_pruned", "select_calibration", "PruneResult",
+__all__ = ["prune", "PruneSession", "CSwapConfig", "evaluate", "evaluate_segmentation", "load_pruned", "select_calibration",
+           "stream_calibration", "PruneResult",
            "zoo", "data", "models", "units", "causal", "descent", "surgery", "criteria", "compare",
            "plots", "training", "widgets", "ddrnet", "scenes", "cityscapes", "effects", "families", "config", "session", "layout",
            "__version__"]

@@ -7,8 +7,8 @@ import textwrap
 
 from torch import Tensor, nn
 
-from .calibration import (MIN_CLASS_PIXELS, choose_calibration, correctly_classified, select_calibration,
-                          select_segmentation_calibration)
+from .calibration import (MIN_CLASS_PIXELS, choose_calibration, choose_indices, correctly_classified,
+                          select_calibration, select_segmentation_calibration, stream_calibration)
 from .config import CSwapConfig, options_in_brief
 from .result import PRUNED_FORMAT, PruneResult, load_pruned, model_label
 from .session import PruneSession
@@ -34,7 +34,8 @@ def prune(model: nn.Module, calib, method: str = "cswap", *, config: CSwapConfig
     model : nn.Module
         The trained model.
     calib
-        Calibration data: an ``(x, y)`` tensor pair, a Dataset or a DataLoader. Its correctly
+        Calibration data: an ``(x, y)`` tensor pair, a Dataset or a DataLoader (a Dataset with class labels,
+        e.g. an ImageFolder, is read in batches: :func:`stream_calibration`). Its correctly
         classified samples, ``samples_per_class`` per class, form the calibration set. For
         segmentation ``y`` holds label masks (N, H, W) (255 ignored), the model returns
         (N, C, h, w) logits, images are chosen by :func:`select_segmentation_calibration` and
@@ -89,6 +90,7 @@ prune.__doc__ = prune.__doc__.replace(  # the options' one list (cswap_nb/config
     "{options}.", "\n        ".join(textwrap.wrap(options_in_brief() + ".", 96, break_on_hyphens=False)))
 
 
-__all__ = ["prune", "PruneResult", "load_pruned", "select_calibration", "choose_calibration", "correctly_classified",
+__all__ = ["prune", "PruneResult", "load_pruned", "select_calibration", "choose_calibration", "choose_indices",
+           "correctly_classified", "stream_calibration",
            "select_segmentation_calibration", "MIN_CLASS_PIXELS", "PRUNED_FORMAT", "model_label", "CSwapConfig",
            "UnitLayer"]

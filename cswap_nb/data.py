@@ -479,9 +479,7 @@ def as_tensors(data, max_samples: int | None = None) -> tuple[Tensor, Tensor]:
                 break
         x, y = torch.cat(xs), torch.cat(ys)
     elif isinstance(data, torch.utils.data.Dataset):
-        pairs = [data[i] for i in range(len(data) if max_samples is None else min(len(data), max_samples))]
-        x = torch.stack([torch.as_tensor(np.asarray(p[0]) if not isinstance(p[0], Tensor) else p[0]) for p in pairs])
-        y = _stack_targets([p[1] for p in pairs])
+        x, y = collate_samples([data[i] for i in range(len(data) if max_samples is None else min(len(data), max_samples))])
     else:
         raise TypeError(
             "data must be an (x, y) tensor pair, a torch Dataset or a DataLoader; "
@@ -490,6 +488,41 @@ def as_tensors(data, max_samples: int | None = None) -> tuple[Tensor, Tensor]:
     if max_samples is not None:
         x, y = x[:max_samples], y[:max_samples]
     return x, y
+
+
+def collate_samples(pairs: list) -> tuple[Tensor, Tensor]:
+    """``(x, y)`` tensors from a list of a Dataset's ``(input, target)`` samples (inputs as tensors or
+    arrays; targets as class indices or masks): how :func:`as_tensors` and :func:`iter_batches` stack them."""
+    x = torch.stack([torch.as_tensor(np.asarray(p[0]) if not isinstance(p[0], Tensor) else p[0]) for p in pairs])
+    return x, _stack_targets([p[1] for p in pairs])
+
+
+def stream_source(data) -> tuple[torch.utils.data.Dataset, dict] | None:
+    """The indexable Dataset behind ``data`` and how to batch it, when ``data`` can be read in batches
+    instead of whole; None for tensors, a :class:`Split`, an IterableDataset or a shuffling DataLoader.
+
+    A map-style Dataset (with ``__len__``, e.g. ``torchvision.datasets.ImageFolder``) is batched by
+    :func:`collate_samples`; a DataLoader that reads its dataset in order keeps its ``collate_fn``
+    and ``num_workers``. The dict holds those keyword arguments of :func:`iter_batches`.
+    """
+    if isinstance(data, torch.utils.data.DataLoader):
+        if (isinstance(data.sampler, torch.utils.data.SequentialSampler) and data.batch_size is not None
+                and not isinstance(data.dataset, torch.utils.data.IterableDataset)):
+            return data.dataset, {"collate_fn": data.collate_fn, "num_workers": data.num_workers}
+        return None
+    if (isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset)
+            and hasattr(data, "__len__")):
+        return data, {}
+    return None
+
+
+def iter_batches(dataset, batch_size: int, indices=None, collate_fn=None, num_workers: int = 0):
+    """``(x, y)`` batches of ``dataset`` (or of its samples ``indices``, in that order) through a
+    DataLoader: at most ``batch_size`` samples are held at a time."""
+    if indices is not None:
+        dataset = torch.utils.data.Subset(dataset, [int(i) for i in indices])
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                       collate_fn=collate_fn or collate_samples)
 
 
 def _stack_targets(targets: list) -> Tensor:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from .causal import IGNORE_INDEX, upsample_logits
 from .cityscapes import CITYSCAPES_CLASSES
-from .data import as_tensors
+from .data import as_tensors, iter_batches, stream_source
 from .layout import channels_last_copy
 
 SEGMENTATION_BATCH_SIZE = 16
@@ -29,6 +29,8 @@ def _device(model: nn.Module) -> torch.device:
 def _loader(data, batch_size: int):
     if isinstance(data, torch.utils.data.DataLoader):
         return data
+    if stream_source(data) is not None:  # a Dataset: read in batches, never whole
+        return iter_batches(data, batch_size)
     x, y = as_tensors(data)
     return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(y), batch_size)]
 
@@ -48,7 +50,8 @@ def _logits(out) -> Tensor:
 
 
 def evaluate(model: nn.Module, data, batch_size: int | None = None) -> float:
-    """The model's metric in percent on ``data`` (an ``(x, y)`` pair, Split, Dataset or DataLoader).
+    """The model's metric in percent on ``data`` (an ``(x, y)`` pair, Split, Dataset or DataLoader;
+    a Dataset is read ``batch_size`` samples at a time, never whole).
 
     Labels ``y`` of shape (N,) give top-1 accuracy; masks (N, H, W) give the mean IoU
     (:func:`evaluate_segmentation`'s ``miou``). ``batch_size`` defaults to 256 images for
@@ -63,6 +66,11 @@ def evaluate(model: nn.Module, data, batch_size: int | None = None) -> float:
             raise ValueError("evaluate: the data is empty")
         batches = chain([first], it)
         masks = first[1].ndim == 3
+    elif stream_source(data) is not None:  # a Dataset (e.g. an ImageFolder): read in batches, never whole
+        if len(data) == 0:
+            raise ValueError("evaluate: the data is empty")
+        masks = as_tensors(data, max_samples=1)[1].ndim == 3
+        batches = iter_batches(data, batch_size or (SEGMENTATION_BATCH_SIZE if masks else 256))
     else:
         x, y = as_tensors(data)
         masks = y.ndim == 3

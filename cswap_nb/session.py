@@ -24,11 +24,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import models
-from .calibration import select_calibration, select_segmentation_calibration
+from .calibration import select_calibration, select_segmentation_calibration, stream_calibration
 from .causal import IGNORE_INDEX
 from .config import CSwapConfig, make_config
 from .criteria import CRITERIA, Cost, score_units
-from .data import as_tensors, check_xy
+from .data import as_tensors, check_xy, stream_source
 from .descent import Guard, greedy, progressive, rank_and_prune, visiting_plan
 from .graph import make_engine
 from .layout import to_channels_last, to_default
@@ -128,7 +128,8 @@ class PruneSession:
     model : nn.Module
         The trained model; a copy is pruned.
     calib
-        Calibration data: an ``(x, y)`` tensor pair, a Dataset or a DataLoader. ``y`` holds class
+        Calibration data: an ``(x, y)`` tensor pair, a Dataset or a DataLoader. A Dataset with class labels
+        (e.g. an ImageFolder), or a DataLoader reading one in order, is read in batches (:func:`cswap_nb.calibration.stream_calibration`). ``y`` holds class
         indices (N,), or label masks (N, H, W) for a segmentation model returning (N, C, h, w).
     method : str
         ``"cswap"`` (default), ``"greedy"``, or a criterion of :data:`cswap_nb.criteria.CRITERIA`
@@ -204,15 +205,21 @@ class PruneSession:
         return targets
 
     def _setup(self, model: nn.Module, calib, need: int, ignored_layers) -> None:
-        x, y = as_tensors(calib)
-        check_xy(x, y)
+        streamed = stream_source(calib) is not None  # a Dataset or in-order DataLoader: read in batches
+        if streamed:
+            x, y = as_tensors(calib, max_samples=2)  # the probe's two samples
+            check_xy(x, y)
+            streamed = y.ndim == 1  # segmentation masks: read whole, as tensors
+        if not streamed:
+            x, y = as_tensors(calib)
+            check_xy(x, y)
         work = to_channels_last(copy.deepcopy(model).eval())  # our copy only (cswap_nb/layout.py)
         params_list = list(work.parameters())
         if not params_list:
             raise ValueError("the model has no parameters: nothing to prune")
         device = params_list[0].device
         self.work = work
-        self._pick_calibration(x.to(device), y.to(device).long(), need)
+        self._pick_calibration(x.to(device), y.to(device).long(), need, calib if streamed else None)
         self.example = self.x[:1]
         try:
             self.spec = models.describe(model)
@@ -265,7 +272,9 @@ class PruneSession:
     def engine(self, engine) -> None:
         self._engine = engine
 
-    def _pick_calibration(self, x: Tensor, y: Tensor, need: int) -> None:
+    def _pick_calibration(self, x: Tensor, y: Tensor, need: int, stream=None) -> None:
+        """Choose the calibration set from ``(x, y)``, or from ``stream`` (a Dataset or DataLoader read in
+        batches, :func:`cswap_nb.calibration.stream_calibration`) of which ``(x, y)`` are the first samples."""
         cfg = self.config
         try:
             with torch.inference_mode():
@@ -291,6 +300,12 @@ class PruneSession:
             got = tuple(probe.shape) if isinstance(probe, Tensor) else type(probe).__name__
             raise ValueError(f"expected (N, classes) logits from the model, got {got}; wrap the model so that its "
                              "forward returns one logits tensor")
+        if stream is not None:
+            self.x, self.y = (t.to(x.device) for t in stream_calibration(
+                self.work, stream, cfg.samples_per_class, seed=cfg.seed, min_per_class=need,
+                num_outputs=probe.shape[1]))
+            self.test_y, self.pairs = self.y, None
+            return
         if int(y.min()) < 0 or int(y.max()) >= probe.shape[1]:
             raise ValueError(f"labels must lie in [0, {probe.shape[1] - 1}] for a model with {probe.shape[1]} "
                              f"outputs; got labels from {int(y.min())} to {int(y.max())}")
