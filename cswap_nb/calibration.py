@@ -43,7 +43,7 @@ def choose_indices(y: Tensor, correct: Tensor, samples_per_class: int | None, se
     Per class (in label order) the correct samples are shuffled by a generator seeded with
     ``seed`` and the first ``samples_per_class`` kept (all with None), in their order in ``y``;
     the classes follow each other in label order. A class with fewer than ``samples_per_class``
-    correct samples keeps them all, with one warning naming every such class and its count; a class
+    correct samples (but some) keeps them all, with one warning naming every such class and its count; a class
     left with fewer than ``min_per_class`` is an error naming every such class. Both the in-memory
     (:func:`select_calibration`) and the streamed (:func:`stream_calibration`) selections choose here.
     """
@@ -52,7 +52,7 @@ def choose_indices(y: Tensor, correct: Tensor, samples_per_class: int | None, se
     total = {c: int((y == c).sum()) for c in classes}
     n_correct = {c: int(((y == c) & correct).sum()) for c in classes}
     if samples_per_class is not None:
-        few = [c for c in classes if n_correct[c] < samples_per_class]
+        few = [c for c in classes if 0 < n_correct[c] < samples_per_class]  # none correct: an error below
         if few:
             warnings.warn("; ".join(f"class {c}: only {n_correct[c]} correctly classified samples" for c in few)
                           + f", fewer than samples_per_class={samples_per_class}", stacklevel=4)
