@@ -13,6 +13,8 @@ from .compare import (SAME_COUNTS, SAME_PARAMS, VARIANTS, compare, compare_varia
                       variant_summary, variant_table, verdict_lines)
 from .config import ENGINES, EVALUATIONS, CSwapConfig, add_arguments, from_arguments, positive_int
 from .criteria import CRITERIA
+from .data import image_folder
+from .models import from_state_dict
 from .plots import plot_accuracy_vs_removed, plot_layer_labels, plot_spread
 from .session import PruneSession
 
@@ -52,13 +54,36 @@ def _table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _own_model(args: argparse.Namespace):
+    """``--arch``, ``--weights``, ``--data-dir``: the researcher's model and image folder (read in batches)."""
+    if args.weights is None or args.data_dir is None:
+        raise ValueError("--arch needs --weights FILE (a state dict) and --data-dir DIR (one sub-folder per class)")
+    data = image_folder(args.data_dir, args.image_size)
+    num_classes = args.num_classes or len(data.classes)
+    model = from_state_dict(args.arch, args.weights, num_classes)
+    named = "class indices" if data.target_transform is not None else "sorted folder order"
+    print(f"data: {args.data_dir}, {len(data):,} images in {len(data.classes)} class folders ({named}), "
+          f"{args.image_size} px; model {args.arch} with {num_classes} outputs")
+    return model, data
+
+
 def run_prune(args: argparse.Namespace, out: Path | None) -> dict:
-    model, data = zoo.load(args.model)
-    print(f"data: {data.name}, {data.source}; calibration pool {len(data.calib.y):,}, test {len(data.test.y):,} images")
+    if (args.model is None) == (args.arch is None):
+        raise ValueError("give --model NAME (a shipped checkpoint) or --arch SOURCE:NAME (with --weights and "
+                         "--data-dir), not both")
     config = from_arguments(args)
-    guard = {"guard_data": data.val} if config.max_drop is not None else {}
-    session = PruneSession(model, data.calib, config=config, eval_data=data.test, progress=not args.no_progress,
-                           model_name=args.model, **guard)  # cs.prune in two steps: set up, say the coverage, run
+    if args.arch is not None:
+        model, calib = _own_model(args)
+        data_args = {}
+    else:
+        if args.weights is not None or args.data_dir is not None:
+            raise ValueError("--weights and --data-dir go with --arch, not with --model")
+        model, data = zoo.load(args.model)
+        print(f"data: {data.name}, {data.source}; calibration pool {len(data.calib.y):,}, test {len(data.test.y):,} images")
+        calib = data.calib
+        data_args = {"eval_data": data.test, **({"guard_data": data.val} if config.max_drop is not None else {})}
+    session = PruneSession(model, calib, config=config, progress=not args.no_progress,
+                           model_name=args.model or args.arch, **data_args)  # cs.prune in two steps: set up, say the coverage, run
     print(session.coverage)
     res = session.finish()
     summary = res.summary()
@@ -156,8 +181,18 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out", type=Path, default=Path("cswap_demo_out"), help="folder for pruned.pt and the figure")
     demo.add_argument("--json", type=Path, default=None)
     demo.add_argument("--no-progress", action="store_true")
-    p = sub.add_parser("prune", help="prune a shipped checkpoint with C-SWAP")
-    p.add_argument("--model", required=True, help=f"one of: {', '.join(zoo.names())}")
+    p = sub.add_parser("prune", help="prune a shipped checkpoint, or your own with your images, with C-SWAP")
+    p.add_argument("--model", default=None, help=f"a shipped checkpoint, one of: {', '.join(zoo.names())}")
+    p.add_argument("--arch", default=None, help="instead of --model: your model's architecture, torchvision:NAME or "
+                   "timm:NAME (e.g. torchvision:resnet18), with --weights and --data-dir")
+    p.add_argument("--weights", type=Path, default=None, help="with --arch: a local state dict file")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="with --arch: calibration images, one sub-folder per class (sorted names = class order; "
+                        "folders named 0, 1, 2, ... are those class indices)")
+    p.add_argument("--image-size", type=positive_int, default=224,
+                   help="with --arch: resize to N*256/224, centre crop N (default: 224)")
+    p.add_argument("--num-classes", type=positive_int, default=None,
+                   help="with --arch: the model's outputs (default: the number of class folders)")
     p.add_argument("--out", type=Path, default=None, help="folder for pruned.pt and the figure")
     add_arguments(p)
     _add_common(p)

@@ -497,6 +497,28 @@ def collate_samples(pairs: list) -> tuple[Tensor, Tensor]:
     return x, _stack_targets([p[1] for p in pairs])
 
 
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def image_folder(root, image_size: int = 224):
+    """``torchvision.datasets.ImageFolder(root)`` (one sub-folder per class, in sorted order) with the
+    usual ImageNet evaluation transform: RGB, resize the short side to ``image_size * 256 / 224``,
+    centre crop ``image_size``, scale to [0, 1], normalise with the ImageNet mean and std. Folders all
+    named by integers (``0``, ``1``, ... ``999``) give those labels (a ``target_transform``), so a folder
+    of some of a model's classes keeps the model's class indices."""
+    from torchvision import datasets, transforms
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {str(root)!r} not found")
+    data = datasets.ImageFolder(root, transforms.Compose([
+        transforms.Resize(round(image_size * 256 / 224)), transforms.CenterCrop(image_size), transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]))
+    if all(name.isdigit() for name in data.classes):  # folders named by class index: "10" sorts before "2"
+        data.target_transform = [int(name) for name in data.classes].__getitem__
+    return data
+
+
 def stream_source(data) -> tuple[torch.utils.data.Dataset, dict] | None:
     """The indexable Dataset behind ``data`` and how to batch it, when ``data`` can be read in batches
     instead of whole; None for tensors, a :class:`Split`, an IterableDataset or a shuffling DataLoader.

@@ -157,3 +157,51 @@ def reshape_to(model: nn.Module, shapes: dict[str, list[int]]) -> nn.Module:
             if hasattr(module, "attn_dim"):
                 module.attn_dim = heads * head_dim
     return model
+
+
+ARCH_SOURCES = ("torchvision", "timm")
+
+
+def from_state_dict(arch: str, weights, num_classes: int) -> nn.Module:
+    """A library architecture (``"torchvision:resnet18"`` or ``"timm:resnet18"``) with ``num_classes``
+    outputs and the weights of a local state dict file ``weights`` (read with ``weights_only=True``;
+    a dict holding it under ``"state_dict"`` or ``"model"`` is unwrapped), in eval mode.
+
+    A file for another architecture or class count is an error naming the first key (in the
+    model's order) that is missing, unexpected or of another shape.
+    """
+    source, _, name = arch.partition(":")
+    if source not in ARCH_SOURCES or not name:
+        raise ValueError(f"--arch must be SOURCE:NAME with SOURCE one of {list(ARCH_SOURCES)} "
+                         f"(e.g. torchvision:resnet18), got {arch!r}")
+    try:
+        if source == "torchvision":
+            import torchvision
+
+            model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+        else:
+            import timm
+
+            model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise ValueError(f"cannot build {arch} with {num_classes} classes: {exc}") from exc
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{weights} does not hold a state dict (got {type(state).__name__})")
+    own = model.state_dict()
+    for key, value in own.items():
+        if key not in state:
+            raise ValueError(f"{weights} does not fit {arch} ({num_classes} classes): key {key!r} "
+                             f"{tuple(value.shape)} is missing from the file")
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise ValueError(f"{weights} does not fit {arch} ({num_classes} classes): key {key!r} has shape "
+                             f"{tuple(state[key].shape)} in the file, {tuple(value.shape)} in the model")
+    extra = [k for k in state if k not in own]
+    if extra:
+        raise ValueError(f"{weights} does not fit {arch} ({num_classes} classes): key {extra[0]!r} of the file "
+                         f"is not in the model ({len(extra)} such key(s))")
+    model.load_state_dict(state)
+    return model.eval()

@@ -108,3 +108,79 @@ def test_prune_with_max_drop_uses_the_validation_split(tmp_path, capsys):
     line = f"units cover {s['units_param_share_pct']:.1f}% of the {s['params_before']:,} parameters"
     assert line in printed and printed.index(line) < printed.index("MACs / image")
     assert s["units_param_share_pct"] > 90 and s["units_removable_pct"] >= s["params_removed_pct"]
+
+
+# ------------------------------------------------------------------ your own model and images (--arch)
+
+@pytest.fixture(scope="module")
+def own_model(tmp_path_factory):
+    """A random torchvision resnet18 with 3 classes saved as a state dict, and a folder of 48 px PNG images
+    filed under the class the model predicts for them (so that each is correctly classified)."""
+    import shutil
+
+    import numpy as np
+    import torchvision
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("own")
+    (root / "stage" / "0").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(60):
+        img = np.clip(rng.uniform(0, 255, 3) + rng.normal(0, 40, (48, 48, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(root / "stage" / "0" / f"{i:03d}.png")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=3).eval()
+    staged = cs.data.image_folder(root / "stage", 32)
+    x = torch.stack([staged[i][0] for i in range(len(staged))])
+    with torch.no_grad():
+        model.fc.bias -= model(x).mean(0)  # centred logits: each class predicted for some images
+        pred = model(x).argmax(1)
+    assert int(torch.bincount(pred, minlength=3).min()) >= 3
+    for (path, _), c in zip(staged.samples, pred.tolist()):
+        (root / "images" / str(c)).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, root / "images" / str(c))
+    torch.save(model.state_dict(), root / "weights.pt")
+    return root
+
+
+def test_prune_own_arch_weights_and_image_folder(own_model, tmp_path, capsys):
+    out, summary = tmp_path / "out", tmp_path / "summary.json"
+    assert main(["prune", "--arch", "torchvision:resnet18", "--weights", str(own_model / "weights.pt"),
+                 "--data-dir", str(own_model / "images"), "--image-size", "32", "--samples-per-class", "3",
+                 "--group-size", "64", "--no-progress", "--out", str(out), "--json", str(summary)]) == 0
+    s = json.loads(summary.read_text())
+    assert s["calib_samples"] == 9 and s["model"] == "torchvision:resnet18"
+    assert s["params_after"] < s["params_before"] and s["metric_before"] is None
+    assert "60 images in 3 class folders (class indices), 32 px" in capsys.readouterr().out
+    pruned = cs.load_pruned(out / "pruned.pt")
+    assert pruned(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_prune_arch_errors(own_model, tmp_path, capsys):
+    import torchvision
+
+    args = ["prune", "--arch", "torchvision:resnet18", "--data-dir", str(own_model / "images"), "--image-size", "32"]
+    torch.save(torchvision.models.resnet18(num_classes=5).state_dict(), tmp_path / "five.pt")
+    assert main([*args, "--weights", str(tmp_path / "five.pt")]) == 2
+    assert "key 'fc.weight' has shape (5, 512) in the file, (3, 512) in the model" in capsys.readouterr().err
+    torch.save(torchvision.models.mobilenet_v3_small(num_classes=3).state_dict(), tmp_path / "mobilenet.pt")
+    assert main([*args, "--weights", str(tmp_path / "mobilenet.pt")]) == 2
+    assert "key 'conv1.weight' (64, 3, 7, 7) is missing from the file" in capsys.readouterr().err
+    assert main(args) == 2
+    assert "--arch needs --weights FILE" in capsys.readouterr().err
+    assert main([*args, "--model", "resnet18-digits", "--weights", str(own_model / "weights.pt")]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(["prune", "--model", "resnet18-digits", "--data-dir", str(own_model / "images")]) == 2
+    assert "--weights and --data-dir go with --arch" in capsys.readouterr().err
+    assert main([*args, "--arch", "keras:resnet18", "--weights", str(own_model / "weights.pt")]) == 2
+    assert "--arch must be SOURCE:NAME" in capsys.readouterr().err
+    assert main([*args, "--weights", str(own_model / "weights.pt"), "--num-classes", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "key 'fc.weight' has shape (3, 512) in the file, (2, 512) in the model" in err
+    named = tmp_path / "named"
+    named.mkdir()
+    for c, name in enumerate(["cat", "dog"]):
+        (named / name).symlink_to(own_model / "images" / str(c))
+    assert main([*args[:-4], "--data-dir", str(named), "--image-size", "32", "--weights", str(own_model / "weights.pt"),
+                 "--num-classes", "3"]) == 2
+    assert "the dataset has 2 classes (cat, dog) but the model has 3 outputs" in capsys.readouterr().err
