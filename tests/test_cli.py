@@ -184,3 +184,14 @@ def test_prune_arch_errors(own_model, tmp_path, capsys):
     assert main([*args[:-4], "--data-dir", str(named), "--image-size", "32", "--weights", str(own_model / "weights.pt"),
                  "--num-classes", "3"]) == 2
     assert "the dataset has 2 classes (cat, dog) but the model has 3 outputs" in capsys.readouterr().err
+
+
+def test_from_state_dict_reads_timm_and_wrapped_files(tmp_path):
+    import timm
+
+    torch.manual_seed(0)
+    ref = timm.create_model("resnet18", pretrained=False, num_classes=4).eval()
+    torch.save({"state_dict": ref.state_dict()}, tmp_path / "w.pt")
+    model = cs.models.from_state_dict("timm:resnet18", tmp_path / "w.pt", 4)
+    x = torch.randn(2, 3, 32, 32)
+    assert not model.training and torch.equal(model(x), ref(x))
