@@ -119,7 +119,8 @@ def stream_calibration(model: nn.Module, data, samples_per_class: int | None, se
 
 def _stream_correct(model: nn.Module, batches, num_outputs: int | None, dataset=None) -> tuple[Tensor, Tensor]:
     """Labels (N,) and top-1 correctness (N,) bool of streamed ``(x, y)`` batches; nothing else is kept."""
-    device = next(model.parameters()).device
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
     ys, oks = [], []
     seen = 0
     with torch.inference_mode():

@@ -521,7 +521,8 @@ def image_folder(root, image_size: int = 224):
 
 def stream_source(data) -> tuple[torch.utils.data.Dataset, dict] | None:
     """The indexable Dataset behind ``data`` and how to batch it, when ``data`` can be read in batches
-    instead of whole; None for tensors, a :class:`Split`, an IterableDataset or a shuffling DataLoader.
+    instead of whole; None for tensors, a :class:`Split`, an IterableDataset, or a DataLoader that
+    shuffles or drops its last batch.
 
     A map-style Dataset (with ``__len__``, e.g. ``torchvision.datasets.ImageFolder``) is batched by
     :func:`collate_samples`; a DataLoader that reads its dataset in order keeps its ``collate_fn``
@@ -529,7 +530,7 @@ def stream_source(data) -> tuple[torch.utils.data.Dataset, dict] | None:
     """
     if isinstance(data, torch.utils.data.DataLoader):
         if (isinstance(data.sampler, torch.utils.data.SequentialSampler) and data.batch_size is not None
-                and not isinstance(data.dataset, torch.utils.data.IterableDataset)):
+                and not data.drop_last and not isinstance(data.dataset, torch.utils.data.IterableDataset)):
             return data.dataset, {"collate_fn": data.collate_fn, "num_workers": data.num_workers}
         return None
     if (isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset)

@@ -181,3 +181,29 @@ def test_prune_an_image_folder(tmp_path):
     accuracy = cs.evaluate(model, data, batch_size=16)
     assert data.peak <= 16 + 1 and data.reads == 1 + 80  # evaluate reads a Dataset in batches too
     assert accuracy == cs.evaluate(model, as_tensors(data)) > 80
+
+
+def test_a_dataloader_in_order_streams_and_a_shuffling_one_is_read_whole(fashion_model, folders):
+    data = Counting(_indexed(folders))
+    ref = cs.stream_calibration(fashion_model, data, 3, seed=2)
+    loader = torch.utils.data.DataLoader(data, batch_size=100)
+    data.reads = 0
+    got = cs.stream_calibration(fashion_model, loader, 3, seed=2)
+    assert data.reads == len(data) + 30 and all(torch.equal(a, b) for a, b in zip(got, ref))
+    assert cs.data.stream_source(torch.utils.data.DataLoader(data, batch_size=100, shuffle=True)) is None
+    assert cs.data.stream_source(torch.utils.data.DataLoader(data, batch_size=100, drop_last=True)) is None
+
+
+def test_evaluate_reads_a_segmentation_dataset_in_batches():
+    torch.manual_seed(0)
+    model = nn.Conv2d(3, 4, 1).eval()
+    x = torch.randn(10, 3, 8, 8)
+    masks = torch.randint(0, 4, (10, 8, 8))
+    masks[:, 0] = 255
+    data = _Masks(x, masks)
+    assert cs.evaluate(model, data, batch_size=3) == cs.evaluate(model, (x, masks))
+
+
+class _Masks(_Pairs):
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]  # a (H, W) label mask
