@@ -1,13 +1,24 @@
-"""One C-SWAP analysis (default options) of a shipped checkpoint, as a whole process: what `farm-bench`
-times side by side against another checkout (``--vs``) for before/after figures.
+"""One C-SWAP analysis of a shipped checkpoint, as a whole process: what `farm-bench` times side by side
+against another checkout (``--vs``) for before/after figures.
 
-    python benchmarks/analysis_run.py [NAME] [--eval]
+    python benchmarks/analysis_run.py [NAME] [--eval] [--k K] [--scope internal|all]
+
+``--k`` and ``--scope`` set ``samples_per_class`` and ``scope`` (default: the toolkit's defaults), e.g.
+``ddrnet23slim-roads --k 10 --scope all`` is notebook 05's analysis. To time another checkout with this
+script: ``PYTHONPATH=/path/to/checkout python benchmarks/analysis_run.py ...``.
 """
-import sys
+import argparse
 
 import cswap_nb as cs
 
-name = next((a for a in sys.argv[1:] if not a.startswith("--")), "resnet18-fashion")
-model, data = cs.zoo.load(name)
-res = cs.prune(model, data.calib, progress=False, eval_data=data.test if "--eval" in sys.argv else None)
-print(name, res.summary()["params_after"], round(res.analysis_seconds, 2), res.summary().get("metric_after"))
+p = argparse.ArgumentParser()
+p.add_argument("name", nargs="?", default="resnet18-fashion")
+p.add_argument("--eval", action="store_true")
+p.add_argument("--k", type=int)
+p.add_argument("--scope")
+args = p.parse_args()
+model, data = cs.zoo.load(args.name)
+opts = {k: v for k, v in (("samples_per_class", args.k), ("scope", args.scope)) if v is not None}
+res = cs.prune(model, data.calib, progress=False, eval_data=data.test if args.eval else None, **opts)
+print(args.name, cs.__file__, res.summary()["params_after"], round(res.analysis_seconds, 2),
+      res.summary().get("metric_after"), res.summary()["counts"])
