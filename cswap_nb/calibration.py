@@ -9,9 +9,11 @@ from torch import Tensor, nn
 from .causal import IGNORE_INDEX
 from .data import check_xy, iter_batches, stream_source
 
+PREDICT_BATCH = 512  # samples per forward pass when predicting the calibration pool (both selections)
+
 
 def select_calibration(model: nn.Module, x: Tensor, y: Tensor, samples_per_class: int | None,
-                       seed: int = 0, min_per_class: int = 2, batch_size: int = 512) -> tuple[Tensor, Tensor]:
+                       seed: int = 0, min_per_class: int = 2, batch_size: int = PREDICT_BATCH) -> tuple[Tensor, Tensor]:
     """Keep correctly classified samples, ``samples_per_class`` per class (seeded choice).
 
     Every class present in ``y`` must keep at least ``min_per_class`` samples.
@@ -21,7 +23,7 @@ def select_calibration(model: nn.Module, x: Tensor, y: Tensor, samples_per_class
     return choose_calibration(x, y, correct, samples_per_class, seed, min_per_class)
 
 
-def correctly_classified(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512) -> Tensor:
+def correctly_classified(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = PREDICT_BATCH) -> Tensor:
     """A bool tensor (on the CPU): is ``model``'s top-1 prediction of each sample its label?"""
     with torch.inference_mode():
         pred = torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(y), batch_size)])
@@ -84,9 +86,6 @@ def _too_few_message(short: list, classes: list, kept: dict, n_correct: dict, to
              f"class {c} has only {kept[c]} correctly classified calibration sample(s); "
              f"the chosen test needs at least {need} per class")
     return first if len(short) == 1 else f"{first}. Classes with too few (correct of all): {counts}"
-
-
-PREDICT_BATCH = 512  # samples per forward pass when predicting the calibration pool (both selections)
 
 
 def stream_calibration(model: nn.Module, data, samples_per_class: int | None, seed: int = 0,

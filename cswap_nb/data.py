@@ -493,6 +493,8 @@ def as_tensors(data, max_samples: int | None = None) -> tuple[Tensor, Tensor]:
 def collate_samples(pairs: list) -> tuple[Tensor, Tensor]:
     """``(x, y)`` tensors from a list of a Dataset's ``(input, target)`` samples (inputs as tensors or
     arrays; targets as class indices or masks): how :func:`as_tensors` and :func:`iter_batches` stack them."""
+    if not pairs:
+        raise ValueError("the dataset is empty")
     x = torch.stack([torch.as_tensor(np.asarray(p[0]) if not isinstance(p[0], Tensor) else p[0]) for p in pairs])
     return x, _stack_targets([p[1] for p in pairs])
 
