@@ -36,6 +36,7 @@ updates ``num_heads`` and ``attn_dim`` (``head_dim`` and the softmax scale are u
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -121,7 +122,9 @@ class Coverage:
     ``excluded``: the parameters outside the units, by reason (:data:`EXCLUSION_ORDER`: each
     element is counted under the first reason whose channel groups would remove it; parameters in
     no channel group at all come last);
-    ``scope``: the scope the units were found with.
+    ``scope``: the scope the units were found with;
+    ``footprints``: what removing units costs each parameter (:class:`Footprints`), from the same
+    trace; None when some unit's removal is not a slice of whole rows or columns.
     ``in_units + sum(excluded.values()) == params``.
     """
 
@@ -130,6 +133,7 @@ class Coverage:
     removable: int
     excluded: dict[str, int]
     scope: str = "internal"
+    footprints: dict | None = field(default=None, repr=False, compare=False)
 
     @property
     def share(self) -> float:
@@ -347,7 +351,7 @@ def _survey(model: nn.Module, example: Tensor, scope: str, ignored_layers, cover
             if any(m in ignored for m in (attn, attn.qkv, attn.proj)) or attn.num_heads < 2:
                 continue
             layers.append(_heads_layer(name, attn, order))
-            heads.append(attn)
+            heads.append((name, attn))
         report = _coverage(model, scope, kept, heads, excluded) if coverage else None
     finally:
         model.train(was_training)
@@ -442,7 +446,7 @@ def _layer_from_group(group, graph, names, order) -> tuple[UnitLayer | None, str
     ), None
 
 
-def _coverage(model: nn.Module, scope: str, kept: list, heads: list[nn.Module],
+def _coverage(model: nn.Module, scope: str, kept: list, heads: list[tuple[str, nn.Module]],
               excluded: list[tuple[str, object]]) -> Coverage:
     """:class:`Coverage` from the unit layers' groups, the attention modules with head units and the
     groups set aside (with their reasons). Each parameter has a boolean mask of its removed elements;
@@ -466,12 +470,18 @@ def _coverage(model: nn.Module, scope: str, kept: list, heads: list[nn.Module],
     everything: dict[int, Tensor] = {}
     most: dict[int, Tensor] = {}
     in_units = removable = 0
-    for layer, group in kept:
-        in_units += add(everything, _group_removal(group))
-        removable += add(most, _group_removal(group, keep=0))
-    for attn in heads:
-        in_units += add(everything, _heads_removal(attn))
-        removable += add(most, _heads_removal(attn, keep=0))
+    names = {id(p): name for name, p in model.named_parameters()}
+    slices: dict[str, list[tuple[str, int, int]]] | None = {}
+    sized = [(layer.name, layer.size, group, _group_removal) for layer, group in kept]
+    sized += [(attn_name, attn.num_heads, attn, _heads_removal) for attn_name, attn in heads]
+    for name, size, group, removal in sized:
+        in_units += add(everything, removal(group))
+        spared = list(removal(group, keep=0))
+        removable += add(most, spared)
+        if slices is not None:
+            slices[name] = _slices(spared, size, names)
+            if slices[name] is None:
+                slices = None
     out: dict[str, int] = {}
     for reason in EXCLUSION_ORDER:
         n = sum(add(everything, _group_removal(group)) for why, group in excluded if why == reason)
@@ -480,7 +490,80 @@ def _coverage(model: nn.Module, scope: str, kept: list, heads: list[nn.Module],
     rest = total - in_units - sum(out.values())
     if rest:
         out[NO_GROUP] = rest
-    return Coverage(params=total, in_units=in_units, removable=removable, excluded=out, scope=scope)
+    footprints = None if slices is None else Footprints(
+        {name: tuple(p.shape) for name, p in model.named_parameters()}, slices,
+        {name: size for name, size, *_ in sized})
+    return Coverage(params=total, in_units=in_units, removable=removable, excluded=out, scope=scope,
+                    footprints=footprints)
+
+
+def _slices(removals, size: int, names: dict[int, str]) -> list[tuple[str, int, int]] | None:
+    """How removing a layer's units slices each parameter: ``(parameter name, dim, entries per unit)``,
+    read from the removal of every unit but one (``removals``: (parameter, flat removed mask) pairs).
+    None when a parameter's removed elements are not whole slices along one dimension."""
+    masks: dict[int, Tensor] = {}
+    params: dict[int, Tensor] = {}
+    for p, mask in removals:
+        if id(p) in names:
+            masks[id(p)] = mask if id(p) not in masks else masks[id(p)] | mask
+            params[id(p)] = p
+    out = []
+    for key, mask in masks.items():
+        shaped = mask.view(params[key].shape)
+        if not bool(shaped.any()):
+            continue
+        found = None
+        for dim in range(shaped.ndim):
+            others = [d for d in range(shaped.ndim) if d != dim]
+            along = shaped.any(dim=others) if others else shaped
+            view = [1] * shaped.ndim
+            view[dim] = -1
+            if torch.equal(shaped, along.view(view).expand_as(shaped)):
+                if found is not None or size < 2 or int(along.sum()) % (size - 1):
+                    return None
+                found = (names[key], dim, int(along.sum()) // (size - 1))
+        if found is None:
+            return None
+        out.append(found)
+    return out
+
+
+@dataclass(frozen=True)
+class Footprints:
+    """What removing units costs each parameter, to count a cut's parameters without pruning a copy.
+
+    ``shapes``: every parameter's shape; ``slices[layer]``: ``(parameter, dim, entries per unit)``
+    for each parameter that removing the layer's units slices (a unit's filter rows, its BatchNorm
+    entries, its consumers' input columns; ``head_dim`` rows per attention head); ``sizes``: units
+    per layer. Every unit of a layer slices the same number of entries, so a cut's parameter count
+    follows from how many units it takes from each layer: each dim shrinks by the units removed times
+    their entries, summed over the layers that slice it (a concatenation's input), and a weight
+    sliced by two layers (rows by one, columns by the other) shrinks in both. Read from the same
+    Torch-Pruning handlers as :class:`Coverage`, and equal to counting a pruned copy
+    (``tests/test_units.py``).
+    """
+
+    shapes: dict[str, tuple[int, ...]]
+    slices: dict[str, list[tuple[str, int, int]]]
+    sizes: dict[str, int]
+
+    def params_after(self, cut: dict[str, list[int]]) -> int | None:
+        """The parameter count with the units of ``cut`` removed; None for a cut it cannot count
+        (a layer it does not know, or every unit of a layer removed)."""
+        dims = {}
+        for layer, units in cut.items():
+            n = len(set(units))
+            if not n:
+                continue
+            if layer not in self.slices or n >= self.sizes[layer]:
+                return None
+            for name, dim, per_unit in self.slices[layer]:
+                shape = dims.setdefault(name, list(self.shapes[name]))
+                shape[dim] -= n * per_unit
+        total = 0
+        for name, shape in self.shapes.items():
+            total += math.prod(dims.get(name, shape))
+        return total
 
 
 def _group_removal(group, keep: int | None = None):
@@ -514,7 +597,7 @@ def _removed_elements(dep, idxs: list[int]) -> list[tuple[Tensor, Tensor]]:
         if isinstance(target, nn.Parameter):
             return [(target, _removed_mask(target, dep.handler(_tagged(target), idxs)))]
         own = dict(target.named_parameters())
-        clone = copy.deepcopy(target, {id(p): _tagged(p) for p in own.values()})
+        clone = _tagged_clone(target, own)
         dep.handler(clone, idxs)
     except Exception:
         if len(idxs) < 2:
@@ -522,6 +605,21 @@ def _removed_elements(dep, idxs: list[int]) -> list[tuple[Tensor, Tensor]]:
         return _removed_elements(dep, idxs[:-1]) + _removed_elements(dep, idxs[-1:])
     after = dict(clone.named_parameters())
     return [(p, _removed_mask(p, after.get(name))) for name, p in own.items()]
+
+
+def _tagged_clone(target: nn.Module, own: dict[str, nn.Parameter]) -> nn.Module:
+    """A copy of ``target`` whose parameters are :func:`_tagged` stand-ins, for a handler to slice.
+
+    A layer without submodules (nearly every target) gets a shallow copy with its own parameter and
+    buffer dicts, since a handler replaces tensors by assignment and never writes into them: ~20x
+    cheaper than a deep copy, which copied every buffer and cost most of a session's set-up on
+    DDRNet. Anything else is deep-copied."""
+    if target._modules:
+        return copy.deepcopy(target, {id(p): _tagged(p) for p in own.values()})
+    clone = copy.copy(target)
+    clone._parameters = {name: None if p is None else _tagged(p) for name, p in target._parameters.items()}
+    clone._buffers = dict(target._buffers)
+    return clone
 
 
 def _removed_mask(p: Tensor, kept: Tensor | None) -> Tensor:

@@ -173,3 +173,65 @@ def test_regnet_x_400mf_is_reported_low(own_label_data):
     s = res.summary()
     assert s["units_param_share_pct"] < 1 and s["params_removed_pct"] <= s["units_removable_pct"]
     assert [r["layer"] for r in s["per_layer"]] == ["stem.0"]
+
+
+class ConcatNet(nn.Module):
+    """Two branches concatenated into one conv (DDRNet's DAPPM does this), then a flatten into a linear:
+    the concatenation's input dim is sliced by two unit layers, the flatten's by 16 entries per channel."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.BatchNorm2d(5), nn.ReLU())
+        self.mix = nn.Sequential(nn.Conv2d(11, 7, 1), nn.BatchNorm2d(7), nn.ReLU(), nn.AdaptiveAvgPool2d(4))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(7 * 16, 9), nn.ReLU(), nn.Linear(9, 3))
+
+    def forward(self, x):
+        return self.head(self.mix(torch.cat([self.a(x), self.b(x)], 1)))
+
+
+def _footprint_models(tiny_resnet):
+    from timm.models.vision_transformer import VisionTransformer
+    torch.manual_seed(0)
+    vit = VisionTransformer(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=4, num_classes=4,
+                            mlp_ratio=2.0).eval()
+    return [
+        ("tiny resnet", tiny_resnet, (1, 3, 32, 32)),
+        ("concat + flatten", ConcatNet, (1, 3, 8, 8)),
+        ("vit heads + mlp", lambda: vit, (1, 3, 16, 16)),
+        ("ddrnet", lambda: cs.models.ddrnet23_slim(num_classes=3, width=4).eval(), (1, 3, 64, 64)),
+    ]
+
+
+@pytest.mark.parametrize("scope", ["internal", "all"])
+@pytest.mark.parametrize("which", range(4))
+def test_footprints_count_a_cut_as_pruning_a_copy_does(which, scope, tiny_resnet):
+    """A cut's parameter count from the footprints equals the count of a physically pruned copy, on
+    random cuts: concatenated inputs sliced by two layers, a flatten's 16 columns per channel, heads,
+    weights sliced on both dims, DDRNet's fusions. A footprint that dropped one layer's columns, or
+    counted a concatenation's dim once per layer, would be off by those entries."""
+    import random
+    name, make, shape = _footprint_models(tiny_resnet)[which]
+    model, x = make(), torch.randn(*shape)
+    layers, cov = survey_units(model, x, scope=scope)
+    assert cov.footprints is not None, name
+    rng = random.Random(which)
+    for _ in range(4):
+        cut = {layer.name: rng.sample(range(layer.size), rng.randint(0, layer.size - 1)) for layer in layers}
+        expected = count_params(remove_units(copy.deepcopy(model), x, cut))
+        assert cov.footprints.params_after(cut) == expected, (name, scope, cut)
+    assert cov.footprints.params_after({}) == count_params(model)
+    every = layers[0]
+    assert cov.footprints.params_after({every.name: list(range(every.size))}) is None  # no layer loses its last unit
+    assert cov.footprints.params_after({"no such layer": [0]}) is None
+
+
+def test_session_counts_params_targets_from_footprints(tiny_resnet, own_label_data):
+    """PruneSession.params_after takes the footprints' count, and it is the pruned copy's count."""
+    model = tiny_resnet()
+    x, y = own_label_data(model, n=48)
+    session = PruneSession(model, (x, y), "l1", ratio=0.3, progress=False, samples_per_class=4)
+    cut = {layer.name: list(range(layer.size // 2)) for layer in session.layers}
+    assert session.coverage.footprints is not None
+    assert session.params_after(cut) == count_params(remove_units(copy.deepcopy(session.template), session.example, cut))
