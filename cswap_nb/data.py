@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import inspect
 import os
 import shutil
 from dataclasses import dataclass
@@ -455,16 +456,26 @@ def load_fashion(mode: str | None = None, root=None) -> Dataset:
                    source=f"subset: {shipped_subset_path()}")
 
 
-DATASETS = {"fashion": load_fashion, "digits32": lambda: load_digits(32), "roads": load_road_scenes,
+DATASETS = {"fashion": load_fashion, "digits32": functools.partial(load_digits, 32), "roads": load_road_scenes,
             # the training set of ddrnet23slim-roads: the same scenes as "roads" and 1,800 more
-            "roads-train3000": lambda: load_road_scenes(train=3000)}
+            "roads-train3000": functools.partial(load_road_scenes, train=3000)}
 
 
-def load_dataset(name: str) -> Dataset:
-    """A registered dataset by name: ``fashion``, ``digits32`` (classification) or ``roads`` (segmentation)."""
+def load_dataset(name: str, **options) -> Dataset:
+    """A registered dataset by name: ``fashion``, ``digits32`` (classification) or ``roads`` (segmentation).
+
+    ``options`` go to the loader, e.g. ``load_dataset("roads", train=300)`` draws a calibration pool of
+    300 scenes instead of 1,200 (the test scenes stay the same: see :func:`load_road_scenes`).
+    """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
-    return DATASETS[name]()
+    loader = DATASETS[name]
+    if options:
+        accepted = inspect.signature(loader).parameters
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            raise ValueError(f"dataset {name!r} takes no option(s) {unknown}; it takes {sorted(accepted)}")
+    return loader(**options)
 
 
 def as_tensors(data, max_samples: int | None = None) -> tuple[Tensor, Tensor]:

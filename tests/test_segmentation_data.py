@@ -145,6 +145,11 @@ def test_load_road_scenes_splits_are_disjoint_and_stable():
     bigger = data.load_road_scenes(train=5, test=2, size=SMALL)
     assert torch.equal(bigger.test.x, ds.test.x[:2]) and torch.equal(bigger.train.x[:4], ds.train.x)
     assert data.DATASETS["roads"] is data.load_road_scenes
+    # options reach the loader by name (notebook 05 draws a pool of 300 scenes this way)
+    named = data.load_dataset("roads", train=4, test=3, val=1, size=SMALL)
+    assert torch.equal(named.train.x, ds.train.x) and torch.equal(named.test.y, ds.test.y) and len(named.val.y) == 1
+    with pytest.raises(ValueError, match=r"dataset 'roads' takes no option\(s\) \['pool'\]; it takes \[.*'train'"):
+        data.load_dataset("roads", pool=300)
     with pytest.raises(ValueError, match="train must be a positive number of images, got 0"):
         data.load_road_scenes(train=0, test=1, size=SMALL)
 
