@@ -10,7 +10,7 @@ import time
 
 import cswap_nb as cs
 from cswap_nb.criteria import CRITERIA
-from cswap_nb.metrics import evaluate
+from cswap_nb.core.metrics import evaluate
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
     python benchmarks/explorer_times.py [--model resnet18-fashion] [--alphas 0.05,0.001,0.5,0.01,0.05]
 
-Drives :class:`cswap_nb.widgets.AlphaExplorer` without a browser (``explorer.run()``, what the run button
+Drives :class:`cswap_nb.ui.widgets.AlphaExplorer` without a browser (``explorer.run()``, what the run button
 does in its thread) and prints, per run, the wall time, the analysis time, and the tests reused from the
 score cache or computed.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from cswap_nb.widgets import alpha_explorer
+from cswap_nb.ui.widgets import alpha_explorer
 
 
 def main(argv=None) -> None:

@@ -14,7 +14,7 @@ not independent of the scores' pairing: q(x) and q^n(x) are measured on the same
   analysis of the same checkpoint; printed). A unit with exactly no change gives p = 1 and cannot serve.
 
 For C = 10, 100 and 1,000 and every test and correction, it prints the share of null units labelled
-critical (the decision of :func:`cswap_nb.causal.verdict_of`) next to 1 - (1 - alpha)^C.
+critical (the decision of :func:`cswap_nb.core.causal.verdict_of`) next to 1 - (1 - alpha)^C.
 """
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ import pandas as pd
 import torch
 
 import cswap_nb as cs
-from cswap_nb import descent
-from cswap_nb.causal import CORRECTIONS, CRITICAL, NEUTRAL, TESTS, group_pvalues, verdict_of
-from cswap_nb.session import PruneSession
+from cswap_nb.pruning import descent
+from cswap_nb.core.causal import CORRECTIONS, CRITICAL, NEUTRAL, TESTS, group_pvalues, verdict_of
+from cswap_nb.pruning.session import PruneSession
 
 
 def real_scores(name: str) -> tuple[np.ndarray, float, int]:

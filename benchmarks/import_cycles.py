@@ -1,7 +1,7 @@
-"""Print the package's import cycles (imports inside functions included) and its in-function imports of
-its own modules.
+"""Print the package's import cycles (imports inside functions included), its imports from a higher
+layer (``cswap_nb.LAYERS``, lowest first) and its in-function imports of its own modules.
 
-    python benchmarks/import_cycles.py            # exit status 1 when there is a cycle
+    python benchmarks/import_cycles.py            # exit status 1 when there is a cycle or an upward import
 """
 from __future__ import annotations
 
@@ -77,16 +77,41 @@ def cycles(edges: dict[str, set[str]], nodes) -> list[list[str]]:
     return out
 
 
+LAYERS = ("data", "models", "core", "engines", "criteria", "pruning", "zoo", "experiments", "ui")  # = cswap_nb.LAYERS
+
+
+def layer_of(module: str) -> int | None:
+    """The index in :data:`LAYERS` of a module's layer; None for the package's own ``__init__``/``__main__``."""
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else None
+
+
+def upward(edges: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """Imports of a module from a layer above its own."""
+    out = []
+    for name, targets in edges.items():
+        here = layer_of(name)
+        for target in targets:
+            there = layer_of(target)
+            if here is not None and there is not None and there > here:
+                out.append((name, target))
+    return sorted(out)
+
+
 def main() -> int:
     mods = module_names()
     edges, inner = imports(mods)
     found = cycles(edges, mods)
     for c in found:
         print("cycle:", " <-> ".join(c))
+    up = upward(edges)
+    for name, target in up:
+        print(f"upward: {name} -> {target}")
+    print(f"{len(up)} import(s) from a higher layer (layers, lowest first: {', '.join(LAYERS)})")
     print(f"{len(found)} import cycle(s); {len(inner)} in-function import(s) of the package's own modules:")
     for name, line, target in sorted(inner):
         print(f"  {name}:{line} -> {target}")
-    return 1 if found else 0
+    return 1 if found or up else 0
 
 
 if __name__ == "__main__":

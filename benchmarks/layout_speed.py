@@ -1,5 +1,5 @@
 """Forward-pass time of each shipped checkpoint in the default (NCHW) and the channels-last layout, side
-by side in one run, and the largest difference of their logits (cswap_nb/layout.py).
+by side in one run, and the largest difference of their logits (cswap_nb/core/layout.py).
 
     python benchmarks/layout_speed.py [--images 500] [--repeats 5]
 """
@@ -36,7 +36,7 @@ def main() -> None:
         model, data = cs.zoo.load(name)
         model.eval()
         x = data.calib.x[: args.images]
-        fast = cs.layout.channels_last_copy(model)
+        fast = cs.core.layout.channels_last_copy(model)
         a, b = [], []
         for _ in range(args.repeats):  # alternate the two layouts, so that drift hits both
             a.append(_median_seconds(model, x, 1))

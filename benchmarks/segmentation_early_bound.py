@@ -25,9 +25,9 @@ import collections
 import numpy as np
 
 import cswap_nb as cs
-from cswap_nb import descent
-from cswap_nb.causal import CRITICAL, one_sided_pvalues
-from cswap_nb.session import PruneSession
+from cswap_nb.pruning import descent
+from cswap_nb.core.causal import CRITICAL, one_sided_pvalues
+from cswap_nb.pruning.session import PruneSession
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Time the segmentation score of one calibration batch of ``ddrnet23slim-roads``, as the causal loop
 computes it for every candidate (per (scene, class) pair: the class's probability over its own pixels),
-with this checkout's ``cswap_nb.causal`` and, side by side, with another module given by path.
+with this checkout's ``cswap_nb.core.causal`` and, side by side, with another module given by path.
 
     python benchmarks/segmentation_scores.py [--other OLD_CAUSAL.py] [--rounds 5]
 
@@ -18,9 +18,9 @@ import time
 import torch
 
 import cswap_nb as cs
-from cswap_nb import causal
-from cswap_nb.calibration import select_segmentation_calibration
-from cswap_nb.layout import channels_last_copy
+from cswap_nb.core import causal
+from cswap_nb.core.calibration import select_segmentation_calibration
+from cswap_nb.core.layout import channels_last_copy
 
 
 def _load(path: str):

@@ -1,6 +1,6 @@
 """Rank-and-prune criteria: one importance score per unit, higher = more important.
 
-Every criterion scores exactly the units C-SWAP tests (the :class:`~cswap_nb.units.UnitLayer`
+Every criterion scores exactly the units C-SWAP tests (the :class:`~cswap_nb.core.units.UnitLayer`
 groups) and returns ``{layer name: tensor of shape (layer.size,)}``. Activation-based
 criteria read the unit's output where C-SWAP's mask acts (after BatchNorm); for a coupled
 unit (a residual stream channel) the scores of all its mask points are summed.
@@ -20,11 +20,12 @@ unit (a residual stream channel) the scores of all its mask points are summed.
 
 LRP needs a canonizer for the residual additions (Captum's LRP is wrong on residual
 networks): torchvision ResNets use zennit's ``ResNetCanonizer``; timm's BasicBlock /
-Bottleneck use :class:`cswap_nb.families.resnet.TimmResNetCanonizer`. Other models raise a clear error.
+Bottleneck use :class:`cswap_nb.models.families.resnet.TimmResNetCanonizer`. Other models raise a clear error.
 """
 from __future__ import annotations
 
 import copy
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
@@ -34,13 +35,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .causal import IGNORE_INDEX, upsample_logits
-from .families import family_of
-from .graph import make_engine
-from .layout import to_channels_last
-from .units import Masker, UnitLayer, channels_first, register_output_hook, register_site_hook
+from .core.causal import IGNORE_INDEX, upsample_logits
+from .models.families import family_of
+from .engines.graph import make_engine
+from .core.layout import to_channels_last
+from .core.units import Masker, UnitLayer, channels_first, register_output_hook, register_site_hook
 
 Scores = dict[str, Tensor]
+Criterion = Callable[..., Scores]
+"""A criterion scores every unit once: ``criterion(model, layers, x, y, *, seed, cost) -> {layer name: scores}``
+(one score per unit, higher = more important; ``cost`` counts its forward and backward passes)."""
+
+CRITERIA: dict[str, Criterion] = {}
+"""Every criterion by name, in the order registered (:func:`criterion`)."""
+
+
+def criterion(name: str) -> Callable[[Criterion], Criterion]:
+    """Decorator: register a scoring function under ``name`` in :data:`CRITERIA`, where ``cs.prune(model,
+    data, name, ratio=...)``, the command line's ``--methods`` and the comparisons find it."""
+    def register(fn: Criterion) -> Criterion:
+        if name in CRITERIA:
+            raise ValueError(f"criterion {name!r} is already registered (by {CRITERIA[name].__qualname__})")
+        CRITERIA[name] = fn
+        return fn
+    return register
 
 
 @dataclass
@@ -99,19 +117,23 @@ def _reduce(attr: Tensor) -> Tensor:
     return attr.abs().mean(0)
 
 
+@criterion("l1")
 def score_l1(model, layers, x=None, y=None, **_) -> Scores:
     return {layer.name: layer.magnitude.clone() for layer in layers}
 
 
+@criterion("l2")
 def score_l2(model, layers, x=None, y=None, **_) -> Scores:
     return {layer.name: layer.magnitude_l2.clone() for layer in layers}
 
 
+@criterion("random")
 def score_random(model, layers, x=None, y=None, seed: int = 0, **_) -> Scores:
     g = torch.Generator().manual_seed(seed)
     return {layer.name: torch.rand(layer.size, generator=g) for layer in layers}
 
 
+@criterion("bn-scale")
 def score_bn_scale(model, layers, x=None, y=None, **_) -> Scores:
     modules = _modules(model)
     out = {}
@@ -178,11 +200,13 @@ def _loss(logits: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(logits, y, reduction="sum")
 
 
+@criterion("activation")
 def score_activation(model, layers, x, y, cost: Cost | None = None, **_) -> Scores:
     acts, _ = _activations(model, layers, x, y, grad=False, cost=cost or Cost())
     return {layer.name: _gather(layer, acts) for layer in layers}
 
 
+@criterion("taylor")
 def score_taylor(model, layers, x, y, cost: Cost | None = None, **_) -> Scores:
     _, taylor = _activations(model, layers, x, y, grad=True, cost=cost or Cost())
     return {layer.name: _gather(layer, taylor) for layer in layers}
@@ -270,13 +294,29 @@ def _conductance(model: nn.Module, mods: list[nn.Module], x: Tensor, y: Tensor, 
     return out
 
 
+@criterion("gradxact")
+def score_gradxact(model, layers, x, y, cost: Cost | None = None, **kwargs) -> Scores:
+    return _captum("gradxact", model, layers, x, y, cost=cost, **kwargs)
+
+
+@criterion("conductance")
+def score_conductance(model, layers, x, y, cost: Cost | None = None, **kwargs) -> Scores:
+    return _captum("conductance", model, layers, x, y, cost=cost, **kwargs)
+
+
+@criterion("ig")
+def score_ig(model, layers, x, y, cost: Cost | None = None, **kwargs) -> Scores:
+    return _captum("ig", model, layers, x, y, cost=cost, **kwargs)
+
+
+@criterion("ablation")
 def score_ablation(model, layers, x, y, cost: Cost | None = None, **_) -> Scores:
     """Feature ablation: the drop of the true-class probability when the unit alone is zeroed (every mask
     point of the unit at once) in the dense network, mean over samples; no statistical test.
 
     The same quantity as Captum's ``LayerFeatureAblation`` with a zero baseline and one channel per
     feature (asserted in tests/test_criteria.py for units with one mask point), computed by C-SWAP's
-    scoring engine (:func:`cswap_nb.graph.make_engine`): each ablation runs only the part of the network
+    scoring engine (:func:`cswap_nb.engines.graph.make_engine`): each ablation runs only the part of the network
     after the unit, from cached activations, where Captum reruns the whole network once per channel
     (79 s of a 90 s run on resnet18-fashion).
     """
@@ -313,6 +353,7 @@ def _lrp_canonizers(model: nn.Module) -> list:
     return family_of(model).lrp_canonizers(model)
 
 
+@criterion("lrp")
 def score_lrp(model, layers, x, y, cost: Cost | None = None, batch_size: int = 128, **_) -> Scores:
     from zennit.composites import EpsilonPlusFlat
 
@@ -351,28 +392,11 @@ def score_lrp(model, layers, x, y, cost: Cost | None = None, batch_size: int = 1
     return {layer.name: _gather(layer, {n: v / len(y) for n, v in totals.items()}) for layer in layers}
 
 
-CRITERIA: dict[str, Callable[..., Scores]] = {
-    "l1": score_l1,
-    "l2": score_l2,
-    "random": score_random,
-    "bn-scale": score_bn_scale,
-    "activation": score_activation,
-    "taylor": score_taylor,
-    "gradxact": lambda *a, **k: _captum("gradxact", *a, **k),
-    "conductance": lambda *a, **k: _captum("conductance", *a, **k),
-    "ig": lambda *a, **k: _captum("ig", *a, **k),
-    "ablation": score_ablation,
-    "lrp": score_lrp,
-}
-
-
 def score_units(criterion: str, model: nn.Module, layers: list[UnitLayer], x: Tensor, y: Tensor,
                 seed: int = 0, cost: Cost | None = None) -> Scores:
     """Scores of every unit under ``criterion`` (see the table in the module docstring)."""
     if criterion not in CRITERIA:
         raise ValueError(f"unknown criterion {criterion!r}; known: {', '.join(CRITERIA)}")
-    import time
-
     cost = cost if cost is not None else Cost()
     t0 = time.perf_counter()
     scores = CRITERIA[criterion](model, layers, x, y, seed=seed, cost=cost)

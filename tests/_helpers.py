@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cswap_nb.surgery import remove_units
-from cswap_nb.units import Masker, find_unit_layers
+from cswap_nb.core.surgery import remove_units
+from cswap_nb.core.units import Masker, find_unit_layers
 
 
 def mask_and_remove(model: nn.Module, x: torch.Tensor, scope: str = "internal", fraction: float = 0.4,

@@ -6,6 +6,8 @@ machine, two spinning OpenMP threads make a ResNet-50 forward pass 10-50x slower
 """
 from __future__ import annotations
 
+import copy
+import functools
 import os
 
 # Subprocesses (the CLI tests) inherit this: with two OpenMP threads on a busy two-core
@@ -27,11 +29,26 @@ def digits():
     return cs.data.load_digits()
 
 
+@functools.lru_cache(maxsize=None)
+def _zoo_once(name: str):
+    return cs.zoo.load(name)
+
+
 @pytest.fixture(scope="session")
-def zoo_model():
+def zoo_load():
+    """Factory: ``cs.zoo.load(name)`` read once per test session (checkpoint, sha256 check and data set).
+    Each call returns its own copy of the model, so a test may prune it; the data set is shared, and
+    tests must not modify it."""
+    def load(name: str):
+        model, data = _zoo_once(name)
+        return copy.deepcopy(model), data
+    return load
+
+
+@pytest.fixture(scope="session")
+def zoo_model(zoo_load):
     """The shipped ``resnet18-digits`` checkpoint (eval mode). Tests must not modify it."""
-    model, _ = cs.zoo.load("resnet18-digits")
-    return model
+    return zoo_load("resnet18-digits")[0]
 
 
 def _tiny_resnet(channels=(4, 8, 8, 8), num_classes: int = 4, seed: int = 0, depth: int = 18) -> nn.Module:

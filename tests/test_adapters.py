@@ -7,8 +7,8 @@ import torchvision
 from torch import nn
 
 import cswap_nb as cs
-from cswap_nb import families
-from cswap_nb.engine import sequential_parts
+from cswap_nb.models import families
+from cswap_nb.engines.passes import sequential_parts
 
 
 def _run_parts(model, x):
@@ -93,5 +93,5 @@ def test_mobilenet_adapter_narrows_internal_units_to_the_expansions():
     model = cs.models.mobilenet_v2_digits(width_mult=0.25, num_classes=3).eval()
     expanded = families.family_of(model).internal_units(model)
     assert expanded and all(n.endswith(".conv.0.0") for n in expanded)
-    layers = cs.units.find_unit_layers(model, torch.randn(1, 3, 32, 32), scope="internal")
+    layers = cs.core.units.find_unit_layers(model, torch.randn(1, 3, 32, 32), scope="internal")
     assert {layer.name for layer in layers} == expanded

@@ -10,9 +10,9 @@ import torchvision
 from torch import nn
 
 import cswap_nb as cs
-from cswap_nb.session import PruneSession
-from cswap_nb.surgery import count_params
-from cswap_nb.units import find_unit_layers, unit_coverage
+from cswap_nb.pruning.session import PruneSession
+from cswap_nb.core.surgery import count_params
+from cswap_nb.core.units import find_unit_layers, unit_coverage
 
 pytestmark = pytest.mark.filterwarnings("ignore:Precision loss occurred:RuntimeWarning")
 
@@ -141,7 +141,7 @@ def test_session_stopped_early_finishes_with_what_was_decided(tiny_resnet, own_l
 
 
 def test_options_come_from_one_config(tiny_resnet, own_label_data):
-    from cswap_nb.config import OPTION_NAMES, CSwapConfig
+    from cswap_nb.core.config import OPTION_NAMES, CSwapConfig
 
     model = tiny_resnet()
     x, y = own_label_data(model)
@@ -607,7 +607,7 @@ def test_shipped_model_is_named_without_model_name(zoo_model, digits):
     res = cs.prune(zoo_model, digits.calib, samples_per_class=3, progress=False, layer_order="output-to-input",
                    group_size=64)
     assert res.summary()["model"] == "resnet18-digits"
-    ax = cs.plots.plot_layer_labels(res)
+    ax = cs.ui.plots.plot_layer_labels(res)
     assert "resnet18-digits" in ax.get_title()
     widths = [0.0] * len(res.layers)  # each bar adds up to its layer's width: a tested group counts all its units
     for patch in ax.patches:

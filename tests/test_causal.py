@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import cswap_nb as cs
-from cswap_nb import causal
-from cswap_nb.causal import CRITICAL, DETRIMENTAL, NEUTRAL, TESTS
+from cswap_nb.core import causal
+from cswap_nb.core.causal import CRITICAL, DETRIMENTAL, NEUTRAL, TESTS
 
 # scipy warns about precision loss when both groups are (nearly) identical; that is expected here
 pytestmark = pytest.mark.filterwarnings("ignore:Precision loss occurred:RuntimeWarning")
@@ -425,7 +425,7 @@ def _pvalue_rows(unit: int, lows: list[float], test: str = "welch") -> list[dict
 def test_label_flips_lists_exactly_the_units_whose_label_changes_between_two_levels():
     import pandas as pd
 
-    from cswap_nb.effects import label_flips
+    from cswap_nb.experiments.effects import label_flips
 
     table = pd.DataFrame(_pvalue_rows(0, [0.03, 0.6]) + _pvalue_rows(1, [0.001, 0.5]) + _pvalue_rows(2, [0.2, 0.3])
                          + _pvalue_rows(0, [0.9, 0.9], test="paired-t"))
@@ -444,7 +444,7 @@ def test_label_flips_lists_exactly_the_units_whose_label_changes_between_two_lev
 def test_relabel_slider_answers_from_the_table_alone():
     import pandas as pd
 
-    from cswap_nb.widgets import relabel_slider
+    from cswap_nb.ui.widgets import relabel_slider
 
     table = pd.DataFrame(_pvalue_rows(0, [0.03, 0.6]) + _pvalue_rows(1, [0.001, 0.5]))
     box = relabel_slider(table, reference_alpha=0.05)

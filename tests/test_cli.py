@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import cswap_nb as cs
-from cswap_nb.cli import main
+from cswap_nb.ui.cli import main
 
 JSON_KEYS = {"model", "method", "alpha", "params_before", "params_after", "params_removed_pct", "macs_before",
              "macs_after", "metric_name", "metric_before", "metric_after", "seconds", "counts", "per_layer"}
@@ -70,7 +70,8 @@ def test_flags_are_generated_from_the_config():
     import argparse
     import dataclasses
 
-    from cswap_nb.config import CSwapConfig, add_arguments, from_arguments
+    from cswap_nb.core.config import CSwapConfig
+    from cswap_nb.ui.cli import add_arguments, from_arguments
 
     p = argparse.ArgumentParser()
     add_arguments(p)

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from cswap_nb.compare import SAME_COUNTS, SAME_PARAMS, spread, spread_table, verdict_lines, verdicts
+from cswap_nb.experiments.comparison import SAME_COUNTS, SAME_PARAMS, spread, spread_table, verdict_lines, verdicts
 
 
 def _records(table: dict[str, list[float]], budget: str = SAME_PARAMS) -> list[dict]:

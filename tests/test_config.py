@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cswap_nb.config import OPTION_NAMES, SCORE_OPTIONS, CSwapConfig, make_config, option
+from cswap_nb.core.config import OPTION_NAMES, SCORE_OPTIONS, CSwapConfig, make_config, option
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +62,7 @@ def test_prune_documents_every_option_with_its_default():
     import dataclasses
 
     import cswap_nb as cs
-    from cswap_nb.config import CSwapConfig
+    from cswap_nb.core.config import CSwapConfig
 
     doc = " ".join(cs.prune.__doc__.split())
     for f in dataclasses.fields(CSwapConfig):

@@ -7,7 +7,7 @@ from torch import nn
 
 import cswap_nb as cs
 from cswap_nb.criteria import CRITERIA, Cost, score_units
-from cswap_nb.units import find_unit_layers
+from cswap_nb.core.units import find_unit_layers
 
 
 def planted_cnn() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -98,7 +98,12 @@ def test_cost_counters_are_exact(planted):
         cost = Cost()
         score_units(name, model, layers, x, y, cost=cost)
         assert (cost.forward_passes, cost.backward_passes) == (fwd, bwd), name
-        assert cost.seconds >= 0
+    # seconds add up over calls: a second criterion on the same counter adds its own time
+    cost = Cost()
+    score_units("activation", model, layers, x, y, cost=cost)
+    first = cost.seconds
+    score_units("taylor", model, layers, x, y, cost=cost)
+    assert 0 < first < cost.seconds and (cost.forward_passes, cost.backward_passes) == (2, 1)
 
 
 def test_lrp_on_torchvision_and_timm_resnets_conserves_sign_and_shape():
@@ -121,8 +126,8 @@ def test_unknown_criterion_lists_known_ones(planted):
         score_units("nope", model, layers, x, y)
 
 
-def test_vit_criteria_taylor_works_and_captum_refuses_clearly():
-    model, data = cs.zoo.load("vit-digits")
+def test_vit_criteria_taylor_works_and_captum_refuses_clearly(zoo_load):
+    model, data = zoo_load("vit-digits")
     x, y = cs.select_calibration(model, *data.train, 3)
     layers = find_unit_layers(model, x[:1])
     s = score_units("taylor", model, layers, x, y)
@@ -208,3 +213,27 @@ def test_ablation_equals_captums_layer_feature_ablation(tiny_resnet, randomize_b
         want = a.flatten(2).mean(2).mean(0)[channels]
         torch.testing.assert_close(got[layer.name], want, rtol=1e-4, atol=1e-6)
         assert want.abs().max() > 1e-4
+
+
+def test_a_registered_criterion_is_a_method_of_prune(tiny_resnet, own_label_data):
+    """A scoring function registered with @criterion is a method of cs.prune like the built-in ones: a copy
+    of l1 under a new name prunes the units l1 prunes; a name registered twice is refused."""
+    from cswap_nb.criteria import CRITERIA, criterion, score_l1
+
+    @criterion("l1-copy")
+    def l1_copy(model, layers, x=None, y=None, **_):
+        return score_l1(model, layers)
+
+    try:
+        assert list(CRITERIA)[-1] == "l1-copy"
+        model = tiny_resnet()
+        x, y = own_label_data(model, n=48)
+        copied = cs.prune(model, (x, y), "l1-copy", ratio=0.3, progress=False, samples_per_class=4)
+        plain = cs.prune(model, (x, y), "l1", ratio=0.3, progress=False, samples_per_class=4)
+        assert copied.pruned_units and copied.pruned_units == plain.pruned_units
+        with pytest.raises(ValueError, match="criterion 'l1-copy' is already registered"):
+            criterion("l1-copy")(l1_copy)
+    finally:
+        CRITERIA.pop("l1-copy", None)
+    with pytest.raises(ValueError, match="method must be one of"):
+        cs.prune(model, (x, y), "l1-copy", ratio=0.3, progress=False, samples_per_class=4)

@@ -246,7 +246,7 @@ def test_fashion_full_set_matches_the_shipped_subset(tmp_path, monkeypatch):
 @pytest.mark.skipif(not D.DEBIAN_FASHION_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_fashion_subset_is_redrawn_byte_for_byte(tmp_path):
     """The recipe in data/README.md reproduces the shipped file exactly (same sha256)."""
-    from cswap_nb.resources import sha256_of
+    from cswap_nb.data.resources import sha256_of
 
     path = D.write_fashion_subset(tmp_path / "again.npz")
     assert sha256_of(path) == D.FASHION_SUBSET_SHA256 == sha256_of(D.shipped_subset_path())

@@ -1,4 +1,4 @@
-"""DDRNet-23-slim and DDRNet-23 (cswap_nb.ddrnet): the published weights' layout, and pruning.
+"""DDRNet-23-slim and DDRNet-23 (cswap_nb.models.ddrnet): the published weights' layout, and pruning.
 
 The reference ``tests/data/ddrnet_state_dicts.json`` lists, for the authors' four published
 configurations, every state-dict key with its shape (in order), the parameter count and
@@ -18,9 +18,9 @@ import torch
 import cswap_nb as cs
 from _helpers import mask_and_remove
 from cswap_nb import models
-from cswap_nb.ddrnet import DualResNet, load_weights, strip_aux
-from cswap_nb.surgery import count_params, remove_units
-from cswap_nb.units import Masker, find_unit_layers
+from cswap_nb.models.ddrnet import DualResNet, load_weights, strip_aux
+from cswap_nb.core.surgery import count_params, remove_units
+from cswap_nb.core.units import Masker, find_unit_layers
 
 TOL = 1e-4
 REFERENCE = json.loads((Path(__file__).parent / "data" / "ddrnet_state_dicts.json").read_text())
@@ -283,7 +283,7 @@ def test_pruned_model_reloads_from_spec_and_shapes(scope, randomize_bn, tmp_path
         assert torch.equal(rebuilt.eval()(x), model(x))
     # the file format of PruneResult.save / cs.load_pruned
     path = tmp_path / "pruned.pt"
-    torch.save({"format": cs.api.PRUNED_FORMAT, "spec": spec, "shapes": models.shapes_of(model),
+    torch.save({"format": cs.pruning.api.PRUNED_FORMAT, "spec": spec, "shapes": models.shapes_of(model),
                 "state_dict": model.state_dict(), "summary": {}}, path)
     reloaded = cs.load_pruned(path)
     with torch.no_grad():

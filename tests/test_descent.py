@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import cswap_nb as cs
-from cswap_nb.cli import main
-from cswap_nb.compare import SAME_COUNTS, SAME_PARAMS, compare
+from cswap_nb.ui.cli import main
+from cswap_nb.experiments.comparison import SAME_COUNTS, SAME_PARAMS, compare_methods
 from cswap_nb.data import Dataset, Split
-from cswap_nb.training import Recipe, fit
+from cswap_nb.zoo.training import Recipe, fit
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_targets_are_validated(toy):
 def test_compare_prunes_every_method_to_cswaps_parameter_count(toy):
     model, data = toy
     methods = ["cswap", "l1", "random", "taylor", "activation"]
-    records = compare(model, data, methods, samples_per_class=10, per_layer=True, ratios=[0.3], progress=False)
+    records = compare_methods(model, data, methods, samples_per_class=10, per_layer=True, ratios=[0.3], progress=False)
     ref = records[0]
     assert ref["method"] == "cswap" and ref["params_removed_pct"] > 0
     same = [r for r in records if r["budget"] == SAME_PARAMS]
@@ -102,26 +102,26 @@ def test_compare_reuses_a_given_cswap_result_and_refuses_one_of_other_options(to
     model, data = toy
     res = cs.prune(model, data.calib, samples_per_class=10, eval_data=data.train, progress=False)
     before = res.metric_after
-    fresh = compare(model, data, ["cswap", "l1"], samples_per_class=10, per_layer=True, progress=False)
-    reused = compare(model, data, ["cswap", "l1"], samples_per_class=10, per_layer=True, progress=False, cswap=res)
+    fresh = compare_methods(model, data, ["cswap", "l1"], samples_per_class=10, per_layer=True, progress=False)
+    reused = compare_methods(model, data, ["cswap", "l1"], samples_per_class=10, per_layer=True, progress=False, cswap=res)
     strip = ("seconds", "analysis_seconds", "engine")
     assert [{k: v for k, v in r.items() if k not in strip} for r in reused] == \
         [{k: v for k, v in r.items() if k not in strip} for r in fresh]
     assert res.metric_after == before  # measured on the test split in the records, the caller's copy untouched
     with pytest.raises(ValueError, match="alpha=0.05 \\(here 0.2\\)"):
-        compare(model, data, ["cswap", "l1"], samples_per_class=10, alpha=0.2, progress=False, cswap=res)
-    over_draws = compare(model, data, ["cswap", "l1"], samples_per_class=10, seeds=[1, 0], progress=False, cswap=res)
-    fresh_draws = compare(model, data, ["cswap", "l1"], samples_per_class=10, seeds=[1, 0], progress=False)
+        compare_methods(model, data, ["cswap", "l1"], samples_per_class=10, alpha=0.2, progress=False, cswap=res)
+    over_draws = compare_methods(model, data, ["cswap", "l1"], samples_per_class=10, seeds=[1, 0], progress=False, cswap=res)
+    fresh_draws = compare_methods(model, data, ["cswap", "l1"], samples_per_class=10, seeds=[1, 0], progress=False)
     assert [{k: v for k, v in r.items() if k not in strip} for r in over_draws] == \
         [{k: v for k, v in r.items() if k not in strip} for r in fresh_draws]
     cswap_runs = {r["seed"]: r for r in over_draws if r["method"] == "cswap"}
     assert cswap_runs[0]["analysis_seconds"] == res.summary()["analysis_seconds"]  # seed 0 reused, seed 1 analysed
     assert cswap_runs[1]["analysis_seconds"] != res.summary()["analysis_seconds"]
     with pytest.raises(ValueError, match="seed 0, which is not among the seeds \\[1, 2\\]"):
-        compare(model, data, ["cswap", "l1"], samples_per_class=10, seeds=[1, 2], progress=False, cswap=res)
+        compare_methods(model, data, ["cswap", "l1"], samples_per_class=10, seeds=[1, 2], progress=False, cswap=res)
     with pytest.raises(ValueError, match="C-SWAP run"):
         l1 = cs.prune(model, data.calib, "l1", ratio=0.2, progress=False)
-        compare(model, data, ["cswap", "l1"], samples_per_class=10, progress=False, cswap=l1)
+        compare_methods(model, data, ["cswap", "l1"], samples_per_class=10, progress=False, cswap=l1)
 
 
 def test_compare_cli_with_cswap_alone_over_draws_reports_every_alpha(tmp_path, capsys):
@@ -159,7 +159,7 @@ def test_compare_cli_writes_json_and_plot(tmp_path, capsys):
 def test_the_budget_search_finds_what_bisection_finds_with_fewer_counts_on_a_near_linear_count():
     import random
 
-    from cswap_nb.descent import _first_at_most
+    from cswap_nb.pruning.descent import _first_at_most
 
     def bisect(count, target, n):
         lo, hi = 0, n

@@ -10,9 +10,9 @@ from torchvision.models.resnet import Bottleneck, ResNet
 
 import cswap_nb as cs
 from _helpers import assert_same_decisions
-from cswap_nb.bench import bench_engines
-from cswap_nb.engine import FullEngine, PrefixEngine, sequential_parts
-from cswap_nb.units import Masker, find_unit_layers
+from cswap_nb.experiments.bench import bench_engines
+from cswap_nb.engines.passes import FullEngine, PrefixEngine, sequential_parts
+from cswap_nb.core.units import Masker, find_unit_layers
 
 COLS = ["layer", "unit", "label", "pruned"]
 

@@ -19,11 +19,11 @@ from torch import nn
 import cswap_nb as cs
 from _helpers import mask_and_remove
 from cswap_nb import models
-from cswap_nb.descent import CSwapConfig, visiting_plan
-from cswap_nb.engine import sequential_parts
-from cswap_nb.effects import attention_maps
-from cswap_nb.surgery import count_params, remove_heads, remove_units
-from cswap_nb.units import AUTO_GROUP_SIZE, Masker, find_unit_layers
+from cswap_nb.pruning.descent import CSwapConfig, visiting_plan
+from cswap_nb.engines.passes import sequential_parts
+from cswap_nb.experiments.effects import attention_maps
+from cswap_nb.core.surgery import count_params, remove_heads, remove_units
+from cswap_nb.core.units import AUTO_GROUP_SIZE, Masker, find_unit_layers
 
 TOL = 1e-4
 COLS = ["layer", "unit", "label", "pruned"]
@@ -51,9 +51,9 @@ CHECKPOINTS = ["mobilenetv2-digits", "resnet50-digits", "vit-digits"]
 
 
 @pytest.fixture(scope="module")
-def checkpoints():
+def checkpoints(zoo_load):
     """The shipped checkpoints of this file's families (loaded once; tests deep-copy them)."""
-    return {name: cs.zoo.load(name)[0] for name in CHECKPOINTS}
+    return {name: zoo_load(name)[0] for name in CHECKPOINTS}
 
 
 @pytest.mark.parametrize("name", CHECKPOINTS)
@@ -276,7 +276,7 @@ def test_family_plots_draw_on_the_given_axis():
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from cswap_nb.plots import plot_attention_maps, plot_group_sizes
+    from cswap_nb.ui.plots import plot_attention_maps, plot_group_sizes
 
     maps = attention_maps(_vit(embed_dim=96, depth=1, num_heads=4).eval(), torch.randn(1, 3, 32, 32))[0]
     ax = Figure().add_subplot()

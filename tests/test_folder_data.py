@@ -17,7 +17,7 @@ from torch import nn
 from torchvision import transforms
 
 import cswap_nb as cs
-from cswap_nb.calibration import correctly_classified
+from cswap_nb.core.calibration import correctly_classified
 from cswap_nb.data import FASHION_CLASSES, FASHION_MEAN, FASHION_STD, as_tensors, read_fashion_subset
 
 PER_CLASS = 30  # images per class in the folder: 300 in all
@@ -36,8 +36,8 @@ def _write_folder(root, names: list[str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def fashion_model():
-    model, _ = cs.zoo.load("resnet18-fashion")
+def fashion_model(zoo_load):
+    model, _ = zoo_load("resnet18-fashion")
     return model
 
 
@@ -161,9 +161,9 @@ def test_no_class_can_be_tested():
         cs.stream_calibration(model, data, 2)
 
 
-def test_prune_an_image_folder(tmp_path):
+def test_prune_an_image_folder(tmp_path, zoo_load):
     """End to end: cs.prune on a folder of digits PNGs with the shipped resnet18-digits checkpoint."""
-    model, digits = cs.zoo.load("resnet18-digits")
+    model, digits = zoo_load("resnet18-digits")
     x, y = digits.test
     for c in range(10):
         (tmp_path / str(c)).mkdir()

@@ -10,9 +10,9 @@ from torch import nn
 
 import cswap_nb as cs
 from _helpers import assert_same_decisions
-from cswap_nb.engine import FullEngine
-from cswap_nb.graph import GraphEngine
-from cswap_nb.units import Masker, find_unit_layers
+from cswap_nb.engines.passes import FullEngine
+from cswap_nb.engines.graph import GraphEngine
+from cswap_nb.core.units import Masker, find_unit_layers
 
 COLS = ["layer", "unit", "label", "pruned"]
 
@@ -211,8 +211,8 @@ def test_stacked_candidates_score_each_state_as_a_pass_with_its_own_masks(zoo_mo
     """stack_rows scores the current candidate and speculated ones (it restored, another removed) in one
     pass; each result must equal a real pass of the network with exactly that state's masks (internal
     layers and the coupled residual streams of scope="all", where later mask points refuse stacking)."""
-    from cswap_nb.causal import true_class_scores
-    from cswap_nb.session import PruneSession
+    from cswap_nb.core.causal import true_class_scores
+    from cswap_nb.pruning.session import PruneSession
 
     x, y = cs.data.load_digits().train
     s = PruneSession(zoo_model, (x, y), samples_per_class=5, progress=False, scope="all")

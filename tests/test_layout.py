@@ -1,4 +1,4 @@
-"""The channels-last speed lever (cswap_nb/layout.py): only the toolkit's own copies change layout, the
+"""The channels-last speed lever (cswap_nb/core/layout.py): only the toolkit's own copies change layout, the
 answers stay the same, and results come back in the default layout."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import cswap_nb as cs
-from cswap_nb import layout
+from cswap_nb.core import layout
 
 
 def _strides(model: nn.Module) -> dict[str, tuple[int, ...]]:

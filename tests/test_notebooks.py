@@ -10,8 +10,13 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
-def test_there_are_notebooks():
-    assert len(NOTEBOOKS) >= 4
+def test_notebooks_are_numbered_in_order_and_each_links_to_the_next():
+    """00, 01, ... without gaps, and each notebook's last cell names the next one (the course's path)."""
+    numbers = [int(p.name[:2]) for p in NOTEBOOKS]
+    assert numbers == list(range(len(NOTEBOOKS))) and len(NOTEBOOKS) >= 10
+    for here, after in zip(NOTEBOOKS, NOTEBOOKS[1:]):
+        last = "".join(json.loads(here.read_text())["cells"][-1]["source"])
+        assert after.name in last, f"{here.name} does not link to {after.name} in its last cell"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

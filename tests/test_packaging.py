@@ -53,3 +53,25 @@ def test_every_subpackage_is_listed_for_the_wheel():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "cswap_nb").rglob("__init__.py")}
     assert found <= listed, sorted(found - listed)
+
+
+def test_layers_import_only_downward_without_cycles():
+    """Every module imports only from its own layer and the layers below (cswap_nb.LAYERS, lowest first), with
+    no cycle and no in-function import of the package's own modules. A module moved to the wrong layer, or
+    an import added upward (say, the core reading a widget), fails here."""
+    import importlib.util
+
+    import cswap_nb
+
+    spec = importlib.util.spec_from_file_location("import_cycles", ROOT / "benchmarks" / "import_cycles.py")
+    checker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(checker)
+    assert checker.LAYERS == cswap_nb.LAYERS
+    mods = checker.module_names()
+    assert all(checker.layer_of(m) is not None for m in mods if m not in ("cswap_nb", "cswap_nb.__main__")), \
+        [m for m in mods if checker.layer_of(m) is None]
+    edges, inner = checker.imports(mods)
+    assert checker.cycles(edges, mods) == []
+    assert checker.upward(edges) == []
+    assert inner == []
+    assert checker.upward({"cswap_nb.core.units": {"cswap_nb.ui.widgets"}}) == [("cswap_nb.core.units", "cswap_nb.ui.widgets")]

@@ -48,10 +48,10 @@ def capture() -> dict:
                                          eval_data=vdata.test, progress=False))
     entry = cs.zoo.entry("ddrnet23slim-roads")
     ddr = cs.zoo.load_checkpoint(cs.zoo.data_dir() / entry.file, cs.zoo.read_manifest()[entry.name]["sha256"], entry.spec)
-    x, y = cs.scenes.road_scenes(24, start=5000)
+    x, y = cs.data.scenes.road_scenes(24, start=5000)
     out["ddrnet23slim-roads"] = _digest(cs.prune(ddr, (x, y), alpha=0.05, samples_per_class=2, eval_data=(x[:8], y[:8]),
                                                  progress=False))
-    mlp, digits8 = cs.training.train_digits_mlp(hidden=(12, 12), epochs=5)
+    mlp, digits8 = cs.zoo.training.train_digits_mlp(hidden=(12, 12), epochs=5)
     out["mlp greedy"] = _digest(cs.prune(mlp, digits8.calib, "greedy", ratio=0.2, samples_per_class=5,
                                          eval_data=digits8.test, progress=False))
     return json.loads(json.dumps(out))

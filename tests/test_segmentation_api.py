@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import cswap_nb as cs
-from cswap_nb.api import select_segmentation_calibration
-from cswap_nb.causal import class_pixel_scores, pixel_classes, true_class_scores
-from cswap_nb.compare import curves, retention_auc, tradeoff_scores
+from cswap_nb.pruning.api import select_segmentation_calibration
+from cswap_nb.core.causal import class_pixel_scores, pixel_classes, true_class_scores
+from cswap_nb.experiments.comparison import curves, retention_auc, tradeoff_scores
 
 
 def _scenes(n: int = 40, seed: int = 0, size: int = 16):
@@ -84,7 +84,7 @@ def test_segmentation_calibration_covers_every_class():
     assert len(xs) < 60  # stopped once every class had its images
     # pairs point at (kept image, class) with at least MIN_CLASS_PIXELS pixels of that class
     for i, c in pairs.tolist():
-        assert int((ys[i] == c).sum()) >= cs.api.MIN_CLASS_PIXELS
+        assert int((ys[i] == c).sum()) >= cs.pruning.api.MIN_CLASS_PIXELS
     # all images with None
     xa, _, _ = select_segmentation_calibration(x, y, samples_per_class=None, num_classes=3)
     assert len(xa) == 60
@@ -122,7 +122,7 @@ def test_fast_and_naive_engines_agree_on_a_trained_fcn():
                           nn.Conv2d(12, 12, 3, 1, 1), nn.BatchNorm2d(12), nn.ReLU(), nn.Conv2d(12, 3, 1))
     opt = torch.optim.Adam(model.parameters(), 1e-2)
     for _ in range(60):
-        loss = cs.training.task_loss(model(x), y)
+        loss = cs.zoo.training.task_loss(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -172,13 +172,13 @@ def test_retention_auc_and_tradeoff_scores():
 
 
 def test_ddrnet_fast_engine_reproduces_the_naive_decisions():
-    from cswap_nb.ddrnet import branch_of
+    from cswap_nb.models.ddrnet import branch_of
 
     torch.manual_seed(0)
     model = cs.models.ddrnet23_slim(num_classes=4, width=4).eval()
-    x, y = cs.scenes.road_scenes(10, size=(32, 64), seed=1)
+    x, y = cs.data.scenes.road_scenes(10, size=(32, 64), seed=1)
     y = torch.where(y == 255, y, y % 4)  # 4 coarse classes
-    parts = cs.engine.sequential_parts(model)
+    parts = cs.engines.passes.sequential_parts(model)
     with torch.no_grad():
         chained = x[:2]
         for _, fn, _ in parts:
@@ -191,7 +191,7 @@ def test_ddrnet_fast_engine_reproduces_the_naive_decisions():
     assert runs["fast"].engine["forward_equivalents"] < 0.8 * runs["naive"].engine["forward_equivalents"]
     assert runs["fast"].equivalence_max_abs_diff <= 1e-4
     parts_seen = {branch_of(layer["name"]) for layer in runs["fast"].layers}
-    assert parts_seen == set(cs.ddrnet.BRANCHES)
+    assert parts_seen == set(cs.models.ddrnet.BRANCHES)
     with pytest.raises(ValueError, match="not a DDRNet module"):
         branch_of("fc")
 

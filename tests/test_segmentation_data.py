@@ -8,9 +8,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 import cswap_nb as cs
-from cswap_nb import data, metrics, scenes
+from cswap_nb import data
+from cswap_nb.core import metrics
+from cswap_nb.data import scenes
 from cswap_nb.data import as_tensors, check_xy
-from cswap_nb.metrics import confusion_matrix, evaluate_segmentation, iou_per_class, miou, pixel_accuracy
+from cswap_nb.core.metrics import confusion_matrix, evaluate_segmentation, iou_per_class, miou, pixel_accuracy
 
 SMALL = (32, 64)
 

@@ -1,9 +1,9 @@
 """Masking a unit (the causal intervention) must equal removing it physically.
 
 For real ResNets (timm and torchvision, BasicBlock and Bottleneck, reduced and full
-width) a seeded random subset of units is masked with :class:`cswap_nb.units.Masker`,
+width) a seeded random subset of units is masked with :class:`cswap_nb.core.units.Masker`,
 the masked logits are recorded, the units are removed with
-:func:`cswap_nb.surgery.remove_units`, and the logits must agree. BatchNorm statistics
+:func:`cswap_nb.core.surgery.remove_units`, and the logits must agree. BatchNorm statistics
 and affine parameters are randomized first, so masking before a BN (leaving its shift
 alive) would be caught. The pruned shapes and parameter count are checked against an
 independent, name-based model of ResNet channel coupling.
@@ -19,8 +19,8 @@ import torchvision
 from torch import nn
 
 import cswap_nb as cs
-from cswap_nb.surgery import count_macs, count_params, remove_units
-from cswap_nb.units import Masker, UnitLayer, find_unit_layers
+from cswap_nb.core.surgery import count_macs, count_params, remove_units
+from cswap_nb.core.units import Masker, UnitLayer, find_unit_layers
 
 TOL = 1e-4
 
@@ -376,7 +376,7 @@ def test_attention_macs_are_counted_on_cpu_and_fall_with_each_removed_head():
     lowers the count by exactly that head's share: qkv rows, proj columns and its attention."""
     from timm.models.vision_transformer import VisionTransformer
 
-    from cswap_nb.surgery import remove_heads
+    from cswap_nb.core.surgery import remove_heads
 
     torch.manual_seed(0)
     e, heads, depth, img, patch = 32, 4, 2, 16, 4

@@ -8,7 +8,7 @@ import torch
 
 from cswap_nb.data import Split
 from cswap_nb.models import mlp
-from cswap_nb.training import Recipe, fit
+from cswap_nb.zoo.training import Recipe, fit
 
 
 def test_recipe_dict_written_into_checkpoints_omits_later_default_fields():
@@ -38,7 +38,7 @@ def test_unknown_optimizer_is_refused():
 
 
 def test_hflip_flips_images_and_masks_together(monkeypatch):
-    import cswap_nb.training as training
+    import cswap_nb.zoo.training as training
 
     torch.manual_seed(0)
     x = torch.randn(16, 2, 4, 6)

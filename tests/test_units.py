@@ -1,4 +1,4 @@
-"""Coverage of the units (cswap_nb.units.unit_coverage): which share of the parameters C-SWAP and the
+"""Coverage of the units (cswap_nb.core.units.unit_coverage): which share of the parameters C-SWAP and the
 baselines can test and remove, and why the rest is left out; said by a session before the work."""
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torchvision
 from torch import nn
 
 import cswap_nb as cs
-from cswap_nb.session import LOW_COVERAGE, LowCoverageWarning, PruneSession
-from cswap_nb.surgery import count_params, remove_units
-from cswap_nb.units import (COUPLED_STREAM, GROUPED_CONV, IGNORED_LAYER, OUTPUT_LAYER, STAT_NORM, find_unit_layers,
+from cswap_nb.pruning.session import LOW_COVERAGE, LowCoverageWarning, PruneSession
+from cswap_nb.core.surgery import count_params, remove_units
+from cswap_nb.core.units import (COUPLED_STREAM, GROUPED_CONV, IGNORED_LAYER, OUTPUT_LAYER, STAT_NORM, find_unit_layers,
                             survey_units, unit_coverage)
 
 

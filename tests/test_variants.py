@@ -10,9 +10,9 @@ from scipy import stats
 from torch import nn
 
 import cswap_nb as cs
-from cswap_nb import causal
-from cswap_nb.causal import CORRECTIONS, CRITICAL, NEUTRAL, adjust_pvalues
-from cswap_nb.metrics import evaluate
+from cswap_nb.core import causal
+from cswap_nb.core.causal import CORRECTIONS, CRITICAL, NEUTRAL, adjust_pvalues
+from cswap_nb.core.metrics import evaluate
 
 from test_causal import CRIT, DEAD, DET, planted_data, planted_model
 
@@ -166,7 +166,7 @@ def test_the_guard_stops_at_the_bound_with_the_longest_prefix():
     assert g["restored_units"] == 4
     assert g["checks"] == 1 + int(np.ceil(np.log2(11)))  # one check after the layer, then a binary search
     # one more removal from the visiting order would break the bound
-    one_more = cs.surgery.remove_units(redundant_model(), val[0][:1], {"0": list(range(8))})
+    one_more = cs.core.surgery.remove_units(redundant_model(), val[0][:1], {"0": list(range(8))})
     assert evaluate(one_more, val) < 90.0
     assert res.summary()["guard"] == g
 
@@ -207,7 +207,7 @@ def test_max_drop_needs_a_validation_split():
 def test_cli_flags_for_the_new_options():
     import argparse
 
-    from cswap_nb.config import add_arguments, from_arguments
+    from cswap_nb.ui.cli import add_arguments, from_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -225,7 +225,7 @@ def test_cli_flags_for_the_new_options():
 def blobs():
     """4 Gaussian classes in 10-D, an MLP 10-24-16-4; train / val / test splits."""
     from cswap_nb.data import Dataset, Split
-    from cswap_nb.training import Recipe, fit
+    from cswap_nb.zoo.training import Recipe, fit
 
     g = torch.Generator().manual_seed(0)
     centres = 2.0 * torch.randn(4, 10, generator=g)
@@ -240,7 +240,7 @@ def blobs():
 
 
 def test_compare_variants_measures_on_the_validation_split_and_pairs_the_draws(blobs):
-    from cswap_nb.compare import compare_variants, variant_summary, variant_table
+    from cswap_nb.experiments.comparison import compare_variants, variant_summary, variant_table
 
     model, data = blobs
     rows = compare_variants(model, data, ["default", "correction=holm", "max_drop=1"], seeds=[0, 1],

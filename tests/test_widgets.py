@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 import cswap_nb as cs
-from cswap_nb.widgets import Interrupted, alpha_explorer
+from cswap_nb.ui.widgets import Interrupted, alpha_explorer
 
 COLS = ["layer", "unit", "label", "pruned"]
 
@@ -24,8 +24,8 @@ def test_controls_are_scriptable(explorer):
     assert "resnet18-digits" in explorer.controls["model"].options
 
 
-def test_outputs_follow_alpha_and_cache_equals_fresh_run(explorer):
-    model, data = cs.zoo.load("resnet18-digits")
+def test_outputs_follow_alpha_and_cache_equals_fresh_run(explorer, zoo_load):
+    model, data = zoo_load("resnet18-digits")
     explorer.controls["alpha"].value = 0.05
     first = explorer.run()
     html_first = explorer.counts.value
@@ -116,8 +116,8 @@ def test_figures_are_drawn_without_pyplot_and_handed_to_the_output(explorer):
 
 
 def test_controls_are_generated_from_the_config(explorer):
-    from cswap_nb.config import CSwapConfig, option
-    from cswap_nb.widgets import CONTROLS
+    from cswap_nb.core.config import CSwapConfig, option
+    from cswap_nb.ui.widgets import CONTROLS
 
     defaults = CSwapConfig()
     for name in CONTROLS:
@@ -130,16 +130,16 @@ def test_controls_are_generated_from_the_config(explorer):
     assert set(fresh.values()) >= set(defaults.as_dict())
 
 
-def test_the_pool_and_the_dense_metric_are_computed_once_and_match_a_fresh_run(explorer):
+def test_the_pool_and_the_dense_metric_are_computed_once_and_match_a_fresh_run(explorer, zoo_load):
     """The explorer predicts the calibration pool once per model and keeps the dense model's metric; a run
     still gets exactly prune's calibration set, and its metrics are those of its own models."""
-    from cswap_nb.widgets import evaluation_split
+    from cswap_nb.ui.widgets import evaluation_split
 
-    model, data = cs.zoo.load("resnet18-digits")
+    model, data = zoo_load("resnet18-digits")
     explorer.controls["alpha"].value = 0.01
     res = explorer.run()
     assert "resnet18-digits" in explorer._draws and "resnet18-digits" in explorer._dense
-    from cswap_nb.config import OPTION_NAMES
+    from cswap_nb.core.config import OPTION_NAMES
 
     options = {k: explorer.values()[k] for k in OPTION_NAMES}  # whatever the controls hold now
     fresh = cs.prune(model, data.calib, progress=False, **options)

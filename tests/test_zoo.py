@@ -13,8 +13,8 @@ from torch import nn
 
 import cswap_nb as cs
 from cswap_nb import models, zoo
-from cswap_nb.surgery import count_params, remove_units
-from cswap_nb.units import find_unit_layers
+from cswap_nb.core.surgery import count_params, remove_units
+from cswap_nb.core.units import find_unit_layers
 
 SHIPPED = "resnet18-digits"
 
@@ -194,7 +194,7 @@ def test_aux_training_entry_ships_without_the_aux_head(tmp_path, monkeypatch):
 
 
 def test_shift_batch_translates():
-    from cswap_nb.training import shift_batch
+    from cswap_nb.zoo.training import shift_batch
 
     x = torch.zeros(4, 1, 8, 8)
     x[:, :, 3, 3] = 1.0

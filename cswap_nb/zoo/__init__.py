@@ -16,12 +16,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import models, resources
+from .. import models
+from ..data import resources
 from ..data import Dataset, load_dataset, load_fashion, write_fashion_subset
-from ..ddrnet import strip_aux
-from ..metrics import evaluate, evaluate_segmentation
-from ..resources import sha256_of
-from ..training import Recipe, fit
+from ..models.ddrnet import strip_aux
+from ..core.metrics import evaluate, evaluate_segmentation
+from ..data.resources import sha256_of
+from .training import Recipe, fit
 
 CHECKPOINT_FORMAT = "cswap_nb.checkpoint/1"
 
@@ -130,7 +131,7 @@ ZOO: dict[str, Entry] = {
 
 
 def data_dir() -> Path:
-    """Where checkpoints live: ``$CSWAP_NB_DATA`` or the package data (:mod:`cswap_nb.resources`)."""
+    """Where checkpoints live: ``$CSWAP_NB_DATA`` or the package data (:mod:`cswap_nb.data.resources`)."""
     return resources.data_dir()
 
 
@@ -201,7 +202,7 @@ def load(name: str, **data_options) -> tuple[nn.Module, Dataset]:
         raise FileNotFoundError(f"{path} is missing; rebuild it with `python -m cswap_nb.zoo train {name}`")
     recorded = read_manifest().get(name, {}).get("sha256")
     model = load_checkpoint(path, expected_sha256=recorded, spec=e.spec)
-    model.zoo_name = name  # figures and summaries name the model (cs.api.model_label)
+    model.zoo_name = name  # figures and summaries name the model (cs.pruning.api.model_label)
     return model, load_dataset(e.dataset, **data_options)
 
 

@@ -1,0 +1,193 @@
+"""The options of C-SWAP, defined once: name, default, allowed values and help (cswap_nb/METHOD.md §7).
+
+:class:`CSwapConfig` is the single source. :func:`cswap_nb.prune` and :func:`cswap_nb.experiments.compare_methods`
+take one (``config=``) or its fields as keyword arguments; the command line's flags
+(:func:`cswap_nb.ui.cli.add_arguments`) and the α explorer's controls (:mod:`cswap_nb.ui.widgets`) are generated from
+its fields, so a default written here is the default everywhere.
+"""
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from dataclasses import dataclass, field
+from typing import Any
+
+from .causal import CORRECTIONS, INFERENCES, SCORES, TESTS, min_samples
+
+LAYER_ORDERS = ("output-to-input", "input-to-output")
+UNIT_ORDERS = ("magnitude", "random")
+REFERENCES = ("dense", "current")
+SCOPES = ("internal", "all")
+ENGINES = ("fast", "naive", "parts")
+EVALUATIONS = ("early", "full")
+
+
+def _option(default, help: str, choices: tuple[str, ...] | None = None, scores: bool = True, **extra) -> Any:
+    """A config field; ``scores``: whether the option changes the calibration set or the
+    interventional scores (a cache of scores must not be shared across its values)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "scores": scores, **extra})
+
+
+@dataclass(frozen=True)
+class CSwapConfig:
+    """The options of C-SWAP's causal analysis with their defaults (cswap_nb/METHOD.md §7).
+
+    Immutable; derive variants with ``dataclasses.replace(cfg, alpha=0.01)`` or
+    :func:`make_config`. Invalid values raise when the config is made.
+
+    Parameters
+    ----------
+    alpha : float, default 0.05
+        Level of the one-sided tests, in (0, 1). A larger α rejects "removal does not hurt"
+        more easily: more units are critical and kept.
+    samples_per_class : int or None, default 20
+        k correctly classified calibration samples per class (segmentation: images per class);
+        None takes them all.
+    inference : {"per-class", "general"}
+        One test per class (a unit is critical when any class suffers) or one test over all samples.
+    test : {"welch", "ztest", "wilcoxon", "paired-t"}
+        Welch's unequal-variance t-test (default), the unpaired z-test, or a paired test.
+    score : {"prob", "logit", "ratio", "logprob"}
+        What is compared: the true-class probability (default), its logit, its ratio to the
+        reference probability, or its logarithm.
+    correction : {"none", "holm", "bh"}
+        Adjustment of the per-class p-values for testing C classes at once (cswap_nb/METHOD.md §2):
+        none (default, a harmless unit is flagged critical with probability up to 1 - (1 - α)^C),
+        Holm (family-wise error rate α) or Benjamini–Hochberg (false discovery rate α).
+    reference : {"dense", "current"}
+        Compare with the original model's scores (default) or the current pruned model's.
+    order : {"magnitude", "random"}
+        Visiting order inside a layer: weakest L1 filter norm first (default) or seeded random.
+    layer_order : {"output-to-input", "input-to-output"}
+        Visiting order of the layers.
+    scope : {"internal", "all"}
+        ``"internal"``: channels with a single producer (inside residual blocks, hidden MLP units,
+        heads); ``"all"`` adds coupled groups (residual streams) as one unit per channel.
+    group_size : int or None, default None
+        Neuron groups (cswap_nb/METHOD.md §3): in layers with more than ``group_threshold`` units,
+        ``group_size`` consecutive units of the visiting order are tested and pruned together.
+        None (auto) uses each layer's :attr:`~cswap_nb.core.units.UnitLayer.auto_group`: groups of
+        :data:`~cswap_nb.core.units.AUTO_GROUP_SIZE` in transformer MLP layers wider than
+        :data:`~cswap_nb.core.units.AUTO_GROUP_THRESHOLD` units, single units elsewhere; 1 tests
+        every unit alone.
+    group_threshold : int, default 0
+        Layers with at most this many units are tested unit by unit.
+    seed : int, default 0
+        The calibration draw and the random visiting order.
+    engine : {"fast", "naive", "parts"}
+        How scores are computed (:mod:`cswap_nb.engines.passes`, :mod:`cswap_nb.engines.graph`); identical decisions.
+        ``"parts"`` is the earlier prefix engine (the family's parts only), kept for benchmarks.
+    evaluation : {"early", "full"}
+        ``"early"`` (default): a candidate is evaluated class by class and stops as soon as one class
+        decides it critical (exact: the labels equal a full evaluation's; cswap_nb/METHOD.md §10);
+        ``"full"``: every class is evaluated for every candidate, so every record holds all the
+        per-class evidence. Segmentation, ``inference="general"`` and the ``"naive"`` and ``"parts"``
+        engines always evaluate in full.
+    max_drop : float or None, default None
+        A guard (cswap_nb/METHOD.md §3): after each layer, the metric of the partly pruned network
+        is measured on a validation split (``guard_data=`` of :func:`cswap_nb.prune`); once it is
+        more than ``max_drop`` points below the dense network's, the layer's removals are undone
+        back to the longest prefix within the bound and every unit not yet visited is kept.
+        None: no guard (the paper's loop).
+    """
+
+    alpha: float = _option(0.05, "level of the one-sided tests; a larger alpha flags more units critical "
+                                 "(keeps more)", scores=False, widget="log-slider", minimum=1e-6, maximum=0.8)
+    samples_per_class: int | None = _option(20, "k correctly classified calibration samples per class (None: all)",
+                                            widget="int-slider", minimum=2, maximum=60)
+    inference: str = _option("per-class", "one test per class (critical if any class suffers) or one general test",
+                             INFERENCES, widget="toggle")
+    test: str = _option("welch", "the one-sided test; paired tests flag far more units critical", TESTS, scores=False,
+                        widget="dropdown")
+    score: str = _option("prob", "what is compared: the true-class probability, its logit, its ratio to the "
+                                 "reference's probability, or its logarithm", SCORES)
+    reference: str = _option("dense", "compare with the original model's scores or the current pruned one's",
+                             REFERENCES)
+    order: str = _option("magnitude", "unit visiting order in a layer: weakest L1 filter norm first, or random",
+                         UNIT_ORDERS, widget="toggle")
+    layer_order: str = _option("output-to-input", "layer visiting order", LAYER_ORDERS)
+    scope: str = _option("internal", "internal: channels inside blocks; all: also residual streams and other "
+                                     "coupled groups", SCOPES)
+    group_size: int | None = _option(None, "units tested together (None: auto, groups of 4 in wide transformer "
+                                           "MLP layers)", positive=True)
+    group_threshold: int = _option(0, "layers with at most this many units are tested unit by unit")
+    seed: int = _option(0, "the calibration draw and the random visiting order")
+    correction: str = _option("none", "adjust the per-class p-values for testing several classes: none, Holm "
+                                      "(family-wise) or Benjamini-Hochberg (false discovery rate)", CORRECTIONS,
+                              scores=False, widget="dropdown")
+    max_drop: float | None = _option(None, "guard: stop pruning once the metric on the validation split (guard_data) "
+                                           "falls more than this many points below the dense model's (None: off)",
+                                     scores=False, kind="float-or-none")
+    engine: str = _option("fast", "fast: recompute only what a removal changes (torch.fx graph, cached "
+                                  "intermediates); naive: one full pass per unit; parts: cache before the analysed "
+                                  "part of a known family (identical decisions)", ENGINES, scores=False)
+    evaluation: str = _option("early", "early: evaluate a candidate class by class and stop once one class decides "
+                                       "it critical (exact, same labels); full: every class for every candidate",
+                              EVALUATIONS, scores=False)
+
+    def __post_init__(self):
+        if isinstance(self.samples_per_class, numbers.Integral) and not isinstance(self.samples_per_class, bool):
+            object.__setattr__(self, "samples_per_class", int(self.samples_per_class))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError``/``TypeError`` naming the first option with a value it does not accept."""
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, numbers.Real) or not 0.0 < float(self.alpha) < 1.0:
+            raise ValueError(f"alpha must be a number strictly between 0 and 1, got {self.alpha!r}")
+        for f in dataclasses.fields(self):
+            choices = f.metadata["choices"]
+            if choices is not None and getattr(self, f.name) not in choices:
+                raise ValueError(f"{f.name} must be one of {list(choices)}, got {getattr(self, f.name)!r}")
+        k = self.samples_per_class
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int)):
+            raise TypeError(f"samples_per_class must be an integer or None, got {k!r}")
+        d = self.max_drop
+        if d is not None and (isinstance(d, bool) or not isinstance(d, numbers.Real) or not float(d) >= 0.0):
+            raise ValueError(f"max_drop must be a number of metric points >= 0, or None (no guard), got {d!r}")
+        if self.group_size is not None and int(self.group_size) < 1:
+            raise ValueError(f"group_size must be a positive integer or None (auto), got {self.group_size!r}")
+
+    def check_samples(self) -> int:
+        """The fewest calibration samples per class the test needs at ``alpha``; raise when
+        ``samples_per_class`` is below it."""
+        need = min_samples(self.test, self.alpha)
+        if self.samples_per_class is not None and self.samples_per_class < need:
+            raise ValueError(
+                f"samples_per_class={self.samples_per_class!r} is too small for the {self.test!r} test at "
+                f"alpha={self.alpha}: it needs at least {need} samples per class")
+        return need
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+OPTION_NAMES = tuple(f.name for f in dataclasses.fields(CSwapConfig))
+SCORE_OPTIONS = tuple(f.name for f in dataclasses.fields(CSwapConfig) if f.metadata["scores"])
+"""The options that change the calibration set or the scores (alpha, the test and the engine do not)."""
+
+
+def options_in_brief() -> str:
+    """Every option with its default, ``name`` (default), from :class:`CSwapConfig`'s fields: the one list
+    that the docstrings of :func:`cswap_nb.prune` and :class:`~cswap_nb.pruning.session.PruneSession` show."""
+    return ", ".join(f"``{f.name}`` ({f.default!r})" for f in dataclasses.fields(CSwapConfig))
+
+
+def option(name: str) -> dataclasses.Field:
+    """The field of option ``name`` (its default and metadata)."""
+    for f in dataclasses.fields(CSwapConfig):
+        if f.name == name:
+            return f
+    raise ValueError(f"unknown option {name!r}; options: {', '.join(OPTION_NAMES)}")
+
+
+def make_config(config: CSwapConfig | None = None, **options) -> CSwapConfig:
+    """``config`` (default: all defaults) with the given options replaced, validated.
+
+    Raises ``TypeError`` for a name that is not an option, listing the options.
+    """
+    unknown = sorted(set(options) - set(OPTION_NAMES))
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown}; the options of C-SWAP are: {', '.join(OPTION_NAMES)}")
+    if config is not None and not isinstance(config, CSwapConfig):
+        raise TypeError(f"config must be a CSwapConfig, got {type(config).__name__}")
+    return dataclasses.replace(config or CSwapConfig(), **options)

@@ -1,0 +1,774 @@
+"""Prunable units, found with Torch-Pruning's dependency graph, and the masks that remove them.
+
+A *unit layer* is one group of coupled channels as Torch-Pruning's ``DependencyGraph``
+sees it: removing channel ``i`` of the group's root layer removes channel ``i`` of every
+coupled producer and the matching inputs of every consumer. A *unit* is one index of it.
+
+``scope="internal"`` keeps the groups with a single producer (the channels inside a
+residual block, hidden units of an MLP); ``scope="all"`` adds the coupled groups (the
+residual stream of a ResNet stage, tested as one coupled unit per channel).
+
+The intervention ``do(unit = 0)`` is a forward hook that zeroes the unit's channel at
+every producer's output *after* its BatchNorm (zeroing conv weights would leave BN's
+shift alive), which is exactly what physical removal does.
+
+Per family (cswap_nb/METHOD.md §4):
+
+* ResNets: the channels inside a block (BasicBlock conv1; Bottleneck conv1, conv2).
+* MobileNetV2: the expanded channels of an inverted residual. Torch-Pruning couples the
+  expand 1x1 conv, its BN, the depthwise conv and its BN (and the project conv's inputs)
+  in one group. A depthwise conv maps channel ``i`` to channel ``i`` only, so it is a
+  *pass-through*, not a second producer: the group is one ``"internal"`` unit layer
+  anchored at the expand conv. Both BNs are mask points; masking the first is undone by
+  nothing (ReLU6(0) = 0, the depthwise filter of a zero channel gives 0) and masking the
+  last removes the depthwise BN's shift, so masked == physically pruned.
+* ViT (timm): MLP hidden units (``fc1`` outputs; GELU(0) = 0, so zeroing ``fc1``'s output
+  equals zeroing after the GELU) and whole attention heads (``kind="heads"``, below).
+  Channels normalised by a LayerNorm or GroupNorm (the embedding stream) are never units:
+  removing one changes the norm's statistics, which no mask can reproduce.
+
+Attention heads are not a Torch-Pruning group: unit ``h`` of a ``"heads"`` layer is the
+``q``, ``k`` and ``v`` rows of head ``h`` in ``attn.qkv`` plus the matching input columns of
+``attn.proj``. The mask zeroes that head's slice of the attention output just before
+``proj`` (a forward pre-hook); :func:`cswap_nb.core.surgery.remove_units` slices the weights and
+updates ``num_heads`` and ``attn_dim`` (``head_dim`` and the softmax scale are unchanged).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch_pruning as tp
+from torch import Tensor, nn
+
+from .config import SCOPES
+from ..models.families import family_of
+
+PRODUCERS = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+@dataclass
+class UnitLayer:
+    """One prunable group of channels.
+
+    ``name``: the root module (anchor) whose output channels index the units; for
+    ``kind="heads"`` the attention module whose heads are the units;
+    ``kind``: ``"internal"`` (one producer), ``"coupled"`` (several, e.g. a residual stream)
+    or ``"heads"`` (attention heads);
+    ``points``: module name -> channel index per unit, where the mask is applied (for
+    ``"heads"``: ``{attn.proj: head index per unit}``, applied to ``proj``'s *input*);
+    ``magnitude``: L1 norm of each unit's filters summed over producers (visiting order);
+    ``magnitude_l2``: L2 norm of each unit's filters over all producers;
+    ``position``: execution index of the anchor in a forward pass (layer order);
+    ``head_dim``: channels per head (``"heads"`` layers only, else 0);
+    ``auto_group``: how many units are tested together when ``group_size=None`` (auto,
+    cswap_nb/METHOD.md §3): 4 for wide transformer MLP layers, else 1.
+    """
+
+    name: str
+    kind: str
+    size: int
+    points: dict[str, list[int]]
+    magnitude: Tensor
+    position: int
+    producers: list[str] = field(default_factory=list)
+    magnitude_l2: Tensor | None = None
+    head_dim: int = 0
+    auto_group: int = 1
+
+
+# Neuron groups on by default (group_size=None): transformer MLP layers wider than this
+# test AUTO_GROUP_SIZE consecutive units of the magnitude order at a time.
+AUTO_GROUP_SIZE = 4
+AUTO_GROUP_THRESHOLD = 256
+
+STAT_NORMS = (nn.LayerNorm, nn.GroupNorm)  # a removed channel changes their statistics
+
+# Why a channel group of the dependency graph holds no units (cswap_nb/METHOD.md §4): the keys of
+# Coverage.excluded. EXCLUSION_ORDER is the order in which the parameters outside the units are
+# given a reason, each counted once (a weight whose rows and columns two groups slice goes to the
+# first): first what an option changes (scope=, ignored_layers=), then what no option changes. So
+# the share of the residual streams is exactly what scope="all" adds to the units' share.
+COUPLED_STREAM = "coupled across a residual sum (scope='internal'; scope='all' tests them)"
+FAMILY_SCOPE = "outside the family's internal units (scope='internal'; scope='all' tests them)"
+IGNORED_LAYER = "ignored layer (ignored_layers=)"
+OUTPUT_LAYER = "output layer (the classifier)"
+AUXILIARY_HEAD = "auxiliary head (runs in training only)"
+QKV_ROWS = "attention q/k/v (units only as whole heads)"
+GROUPED_CONV = "feeds a grouped convolution (ResNeXt/RegNet)"
+STAT_NORM = "channels coupled to LayerNorm/GroupNorm"
+NOT_ONE_TO_ONE = "not a one-to-one channel mapping"
+NO_MASK_POINT = "no conv/linear/norm output to mask"
+NO_GROUP = "in no channel group"
+EXCLUSION_ORDER = (COUPLED_STREAM, FAMILY_SCOPE, IGNORED_LAYER, OUTPUT_LAYER, AUXILIARY_HEAD, QKV_ROWS,
+                   GROUPED_CONV, STAT_NORM, NOT_ONE_TO_ONE, NO_MASK_POINT, NO_GROUP)
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Which share of a model's parameters its units cover (:func:`unit_coverage`).
+
+    ``params``: all parameters of the model (as :func:`cswap_nb.core.surgery.count_params` counts them);
+    ``in_units``: the parameters removed if every unit of every unit layer were removed, as
+    Torch-Pruning's dependency graph removes them: a unit's producers' filters (weights, bias, its
+    BatchNorm's affine parameters) and the matching input weights of its consumers; for attention
+    heads the ``qkv`` rows and ``proj`` columns. Each element of a weight is counted once, also when
+    two unit layers slice it (rows by one, columns by the other);
+    ``removable``: the same with one unit kept in every unit layer (no strategy removes a layer's
+    last unit): the most any target can remove;
+    ``excluded``: the parameters outside the units, by reason (:data:`EXCLUSION_ORDER`: each
+    element is counted under the first reason whose channel groups would remove it; parameters in
+    no channel group at all come last);
+    ``scope``: the scope the units were found with;
+    ``footprints``: what removing units costs each parameter (:class:`Footprints`), from the same
+    trace; None when some unit's removal is not a slice of whole rows or columns.
+    ``in_units + sum(excluded.values()) == params``.
+    """
+
+    params: int
+    in_units: int
+    removable: int
+    excluded: dict[str, int]
+    scope: str = "internal"
+    footprints: dict | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def share(self) -> float:
+        """``in_units / params``, in [0, 1]."""
+        return self.in_units / self.params if self.params else 0.0
+
+    @property
+    def removable_share(self) -> float:
+        """``removable / params``, in [0, 1]."""
+        return self.removable / self.params if self.params else 0.0
+
+    @property
+    def reasons(self) -> dict[str, float]:
+        """The share of all parameters outside the units per reason, largest first."""
+        shares = {reason: n / self.params for reason, n in self.excluded.items() if n} if self.params else {}
+        return dict(sorted(shares.items(), key=lambda kv: -kv[1]))
+
+    def as_dict(self) -> dict:
+        """The summary's numbers: the share in units, the most removable, each reason, in percent."""
+        return {"units_param_share_pct": round(100 * self.share, 3),
+                "units_removable_pct": round(100 * self.removable_share, 3),
+                "units_excluded_pct": {reason: round(100 * v, 3) for reason, v in self.reasons.items()}}
+
+    def __str__(self) -> str:
+        """Two lines: the share and the most removable; the reasons for the rest (those of 0.05% or more)."""
+        head = (f"units cover {_pct(self.share)} of the {self.params:,} parameters (scope={self.scope!r}; "
+                f"at most {_pct(self.removable_share)} removable, every layer keeping one unit)")
+        shown = {reason: v for reason, v in self.reasons.items() if v >= 0.0005}
+        if not shown:
+            return head
+        return head + "\noutside the units: " + "; ".join(f"{reason}: {_pct(v)}" for reason, v in shown.items())
+
+
+def _pct(share: float) -> str:
+    """A share as a percentage: one decimal, or two significant digits below 1% (0.058%, not 0.1%)."""
+    pct = 100 * share
+    return f"{pct:.2g}%" if 0 < pct < 1 else f"{pct:.1f}%"
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    """A conv mapping each channel to itself only (MobileNet's depthwise conv)."""
+    return (isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
+            and module.groups == module.in_channels == module.out_channels)
+
+
+def head_attention_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Attention modules whose heads can be pruned exactly: timm's standard ``Attention``.
+
+    Needs ``qkv``/``proj`` linears and an ``attn_dim`` attribute (the forward reshapes by
+    ``attn_dim``, recent timm), no norm before ``proj`` (``scale_norm``; a LayerNorm over the
+    heads would couple them) and no output gate.
+    """
+    try:
+        from timm.layers.attention import Attention
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return {}
+    found = {}
+    for name, m in model.named_modules():
+        if type(m) is not Attention or not hasattr(m, "attn_dim"):
+            continue
+        if not isinstance(getattr(m, "norm", nn.Identity()), nn.Identity) or getattr(m, "gate", None) is not None:
+            continue
+        if m.qkv.out_features != 3 * m.num_heads * m.head_dim or m.proj.in_features != m.num_heads * m.head_dim:
+            continue
+        found[name] = m
+    return found
+
+
+def channel_dim(module: nn.Module) -> int:
+    """The dimension of ``module``'s output that holds its units: the last for a linear layer or a
+    LayerNorm (token layouts), 1 for the rest (channels-first)."""
+    return -1 if isinstance(module, (nn.Linear, nn.LayerNorm)) else 1
+
+
+def execution_order(model: nn.Module, example: Tensor) -> dict[nn.Module, int]:
+    """Index of the first call of each leaf module in one forward pass."""
+    order: dict[nn.Module, int] = {}
+
+    def record(module, inputs, output) -> None:
+        order.setdefault(module, len(order))
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if len(list(m.children())) == 0]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return order
+
+
+def output_layer(model: nn.Module, order: dict[nn.Module, int]) -> nn.Module:
+    """The last conv/linear executed: the classifier, never pruned."""
+    producers = [m for m in order if isinstance(m, PRODUCERS)]
+    if not producers:
+        raise ValueError("the model has no Conv or Linear layer: nothing to prune")
+    return max(producers, key=order.__getitem__)
+
+
+def build_graph(model: nn.Module, example: Tensor) -> tp.DependencyGraph:
+    """Torch-Pruning's dependency graph. A model with a ``forward_all`` method (DDRNet with its
+    auxiliary head) is traced through it, so heads that only run in training are resized too."""
+    forward_all = getattr(model, "forward_all", None)
+    forward_fn = (lambda m, x: m.forward_all(x)) if callable(forward_all) else None
+    return tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False, forward_fn=forward_fn)
+
+
+def _auxiliary_producers(model: nn.Module) -> list[nn.Module]:
+    """Convs/linears of heads outside the eval-mode output: resized with their inputs, never units."""
+    return [m for h in family_of(model).auxiliary_heads(model) for m in h.modules() if isinstance(m, PRODUCERS)]
+
+
+def find_unit_layers(
+    model: nn.Module,
+    example: Tensor,
+    scope: str = "internal",
+    ignored_layers: list[nn.Module] | None = None,
+) -> list[UnitLayer]:
+    """All prunable unit layers of ``model``, in execution order of their anchors.
+
+    ``example`` is one input batch (e.g. ``x[:1]``). The classifier (last conv/linear
+    executed) and ``ignored_layers`` are never pruned. With ``scope="internal"`` a family's
+    adapter may narrow the units (:meth:`cswap_nb.models.families.Family.internal_units`): for a
+    torchvision MobileNetV2 the expanded channels of the inverted residuals (expand 1x1 +
+    depthwise + BN, cswap_nb/METHOD.md §4); ``scope="all"`` adds the stem, the block outputs
+    and the last 1x1 conv. :func:`survey_units` also says which share of the parameters these
+    units cover, from the same trace.
+    """
+    return _survey(model, example, scope, ignored_layers, coverage=False)[0]
+
+
+def survey_units(
+    model: nn.Module,
+    example: Tensor,
+    scope: str = "internal",
+    ignored_layers: list[nn.Module] | None = None,
+) -> tuple[list[UnitLayer], Coverage]:
+    """:func:`find_unit_layers` and :func:`unit_coverage` from one trace of the model.
+
+    Returns the unit layers (as :func:`find_unit_layers` gives them) and their :class:`Coverage`.
+    """
+    return _survey(model, example, scope, ignored_layers, coverage=True)
+
+
+def unit_coverage(
+    model: nn.Module,
+    example: Tensor,
+    scope: str = "internal",
+    ignored_layers: list[nn.Module] | None = None,
+) -> Coverage:
+    """Which share of ``model``'s parameters lies in testable units, and why the rest does not.
+
+    Takes the arguments of :func:`find_unit_layers`. The share is *exact*: it counts the
+    parameters that Torch-Pruning would delete if every unit of every unit layer were removed
+    (each element of a weight counted once, however many groups slice it); see :class:`Coverage`.
+    A ``ratio=`` of a baseline counts units, so a model whose units cover a small share (a RegNet,
+    whose blocks feed grouped convolutions) loses few parameters at any ratio.
+    """
+    return _survey(model, example, scope, ignored_layers, coverage=True)[1]
+
+
+def _survey(model: nn.Module, example: Tensor, scope: str, ignored_layers, coverage: bool):
+    """The unit layers and, with ``coverage``, their :class:`Coverage`: every channel group of the
+    dependency graph is either a unit layer or set aside for one of :data:`EXCLUSION_ORDER`'s reasons."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {list(SCOPES)}, got {scope!r}")
+    was_training = model.training
+    model.eval()
+    try:
+        order = execution_order(model, example)
+        head = output_layer(model, order)
+        names = {m: n for n, m in model.named_modules()}
+        graph = build_graph(model, example)
+        user_ignored = list(ignored_layers or [])
+        auxiliary = _auxiliary_producers(model)
+        ignored = [head] + user_ignored + auxiliary
+        attentions = head_attention_modules(model)
+        skip = {m.qkv for m in attentions.values()}  # q/k/v rows are pruned as whole heads
+        ignored_qkv = {m.qkv for m in attentions.values() if any(x in user_ignored for x in (m, m.qkv, m.proj))}
+        expanded = family_of(model).internal_units(model) if scope == "internal" else None
+        layers: list[UnitLayer] = []
+        kept: list[tuple[UnitLayer, object]] = []  # (unit layer, its group)
+        excluded: list[tuple[str, object]] = []  # (reason, group)
+        # Every group, ignored ones included, so that coverage can say what each reason costs. Torch-Pruning
+        # drops a group if an ignored module's outputs are in it; the other groups are the same as with
+        # ignored_layers= (the same partition of the channels, rooted at the first producer of each).
+        for group in graph.get_all_groups(ignored_layers=[], root_module_types=PRODUCERS):
+            outs = [item.dep.target.module for item in group if _is_out_pruning(item.dep)]
+            if any(m is head for m in outs):
+                reason = OUTPUT_LAYER
+            elif any(m in auxiliary for m in outs):
+                reason = AUXILIARY_HEAD
+            elif any(m in user_ignored or m in ignored_qkv for m in outs):
+                reason = IGNORED_LAYER
+            elif any(m in skip for m in outs):
+                reason = QKV_ROWS
+            else:
+                layer, reason = _layer_from_group(group, graph, names, order)
+                if layer is not None and any(item.dep.target.module in skip for item in group):
+                    reason = QKV_ROWS  # channels read by q/k/v, e.g. an embedding stream without norms
+                elif layer is not None and scope == "internal" and layer.kind != "internal":
+                    reason = COUPLED_STREAM
+                elif layer is not None and expanded is not None and layer.name not in expanded:
+                    reason = FAMILY_SCOPE
+                elif layer is not None:
+                    if attentions and isinstance(model.get_submodule(layer.name), nn.Linear) \
+                            and layer.size > AUTO_GROUP_THRESHOLD:
+                        layer.auto_group = AUTO_GROUP_SIZE  # a wide transformer MLP layer
+                    layers.append(layer)
+                    kept.append((layer, group))
+                    continue
+            excluded.append((reason, group))
+        heads = []
+        for name, attn in attentions.items():
+            if any(m in ignored for m in (attn, attn.qkv, attn.proj)) or attn.num_heads < 2:
+                continue
+            layers.append(_heads_layer(name, attn, order))
+            heads.append((name, attn))
+        report = _coverage(model, scope, kept, heads, excluded) if coverage else None
+    finally:
+        model.train(was_training)
+    layers.sort(key=lambda layer: layer.position)
+    return layers, report
+
+
+def _is_out_pruning(dep) -> bool:
+    return "out_channels" in getattr(dep.handler, "__name__", "")
+
+
+def _heads_layer(name: str, attn: nn.Module, order: dict[nn.Module, int]) -> UnitLayer:
+    """The heads of one attention module as a unit layer (see the module docstring)."""
+    h, d = attn.num_heads, attn.head_dim
+    w_qkv = attn.qkv.weight.detach().reshape(3, h, d, -1).permute(1, 0, 2, 3).reshape(h, -1)
+    w_proj = attn.proj.weight.detach().reshape(-1, h, d).permute(1, 0, 2).reshape(h, -1)
+    w = torch.cat([w_qkv, w_proj], dim=1)
+    return UnitLayer(
+        name=name, kind="heads", size=h, points={f"{name}.proj": list(range(h))},
+        magnitude=w.abs().sum(1), position=order.get(attn.qkv, len(order)),
+        producers=[f"{name}.qkv"], magnitude_l2=w.pow(2).sum(1).sqrt(), head_dim=d,
+    )
+
+
+def _layer_from_group(group, graph, names, order) -> tuple[UnitLayer | None, str | None]:
+    """The unit layer of one channel group, or ``(None, reason)``: why the group holds no units
+    (one of :data:`EXCLUSION_ORDER`)."""
+    root = group[0].dep.target.module
+    if root not in names or not isinstance(root, PRODUCERS):
+        return None, NO_MASK_POINT
+    if any(isinstance(item.dep.target.module, STAT_NORMS) for item in group):
+        return None, STAT_NORM  # LayerNorm/GroupNorm channels: masking cannot equal removal
+    for item in group:
+        mod = item.dep.target.module
+        if isinstance(mod, nn.modules.conv._ConvNd) and mod.groups > 1:
+            depthwise = mod.groups == mod.in_channels == mod.out_channels
+            if not (depthwise and any(i.dep.target.module is mod and _is_out_pruning(i.dep) for i in group)):
+                return None, GROUPED_CONV  # feeds a grouped conv (ResNeXt): one channel alone cannot be removed
+    size = len(group[0].idxs)
+    producers, norms = [], []
+    for item in group:
+        mod = item.dep.target.module
+        if mod not in names or not _is_out_pruning(item.dep):
+            continue
+        if isinstance(mod, PRODUCERS) and mod not in producers:
+            producers.append(mod)
+        elif isinstance(mod, nn.modules.batchnorm._NormBase) and mod not in norms:
+            norms.append(mod)
+    # Mask a producer's output unless a norm layer of the group directly follows it;
+    # then mask the norm's output instead (so BN's shift is removed as well).
+    followed = set()
+    for prod in producers:
+        node = graph.module2node[prod]
+        if any(out.module in norms for out in node.outputs):
+            followed.add(prod)
+    mask_modules = [m for m in producers if m not in followed] + norms
+    points: dict[str, list[int]] = {}
+    for item in group:
+        mod = item.dep.target.module
+        if mod in mask_modules and _is_out_pruning(item.dep) and names[mod] not in points:
+            per_unit = [-1] * size
+            for idx, root_idx in zip(item.idxs, item.root_idxs):
+                per_unit[int(root_idx)] = int(idx)
+            if -1 in per_unit:
+                return None, NOT_ONE_TO_ONE  # e.g. grouped reshapes: skip
+            points[names[mod]] = per_unit
+    if not points:
+        return None, NO_MASK_POINT
+    magnitude, squares = torch.zeros(size), torch.zeros(size)
+    for item in group:
+        mod = item.dep.target.module
+        if mod in producers and _is_out_pruning(item.dep):
+            w = mod.weight.detach().reshape(mod.weight.shape[0], -1)
+            l1, sq = w.abs().sum(1).cpu(), w.pow(2).sum(1).cpu()
+            for idx, root_idx in zip(item.idxs, item.root_idxs):
+                magnitude[int(root_idx)] += l1[int(idx)]
+                squares[int(root_idx)] += sq[int(idx)]
+    # depthwise convs pass channel i to channel i: they do not make a group "coupled"
+    real = [p for p in producers if not is_depthwise(p)] or producers
+    kind = "internal" if len(real) == 1 else "coupled"
+    anchor = root
+    if kind == "internal" and real[0] is not root:
+        # name the unit layer after its one real producer (MobileNet's expand conv, not the
+        # depthwise conv Torch-Pruning chose as root) when its channels are the root's
+        item = next(i for i in group if i.dep.target.module is real[0] and _is_out_pruning(i.dep))
+        if [int(v) for v in item.idxs] == [int(v) for v in item.root_idxs]:
+            anchor = real[0]
+    return UnitLayer(
+        name=names[anchor], kind=kind, size=size, points=points, magnitude=magnitude,
+        position=order.get(anchor, len(order)), producers=[names[p] for p in producers],
+        magnitude_l2=squares.sqrt(),
+    ), None
+
+
+def _coverage(model: nn.Module, scope: str, kept: list, heads: list[tuple[str, nn.Module]],
+              excluded: list[tuple[str, object]]) -> Coverage:
+    """:class:`Coverage` from the unit layers' groups, the attention modules with head units and the
+    groups set aside (with their reasons). Each parameter has a boolean mask of its removed elements;
+    a group adds the elements its items would delete (:func:`_removed_elements`), so an element two
+    groups remove is counted once."""
+    params = list(model.parameters())
+    total = sum(p.numel() for p in params)
+    known = {id(p) for p in params}
+
+    def add(masks: dict[int, Tensor], removals) -> int:
+        """Mark the elements of ``removals`` in ``masks``; how many were not marked yet."""
+        added = 0
+        for p, mask in removals:
+            if id(p) not in known:
+                continue
+            old = masks.get(id(p))
+            masks[id(p)] = mask if old is None else old | mask
+            added += int(masks[id(p)].sum()) - (0 if old is None else int(old.sum()))
+        return added
+
+    everything: dict[int, Tensor] = {}
+    most: dict[int, Tensor] = {}
+    in_units = removable = 0
+    names = {id(p): name for name, p in model.named_parameters()}
+    slices: dict[str, list[tuple[str, int, int]]] | None = {}
+    sized = [(layer.name, layer.size, group, _group_removal) for layer, group in kept]
+    sized += [(attn_name, attn.num_heads, attn, _heads_removal) for attn_name, attn in heads]
+    for name, size, group, removal in sized:
+        in_units += add(everything, removal(group))
+        spared = list(removal(group, keep=0))
+        removable += add(most, spared)
+        if slices is not None:
+            slices[name] = _slices(spared, size, names)
+            if slices[name] is None:
+                slices = None
+    out: dict[str, int] = {}
+    for reason in EXCLUSION_ORDER:
+        n = sum(add(everything, _group_removal(group)) for why, group in excluded if why == reason)
+        if n:
+            out[reason] = n
+    rest = total - in_units - sum(out.values())
+    if rest:
+        out[NO_GROUP] = rest
+    footprints = None if slices is None else Footprints(
+        {name: tuple(p.shape) for name, p in model.named_parameters()}, slices,
+        {name: size for name, size, *_ in sized})
+    return Coverage(params=total, in_units=in_units, removable=removable, excluded=out, scope=scope,
+                    footprints=footprints)
+
+
+def _slices(removals, size: int, names: dict[int, str]) -> list[tuple[str, int, int]] | None:
+    """How removing a layer's units slices each parameter: ``(parameter name, dim, entries per unit)``,
+    read from the removal of every unit but one (``removals``: (parameter, flat removed mask) pairs).
+    None when a parameter's removed elements are not whole slices along one dimension."""
+    masks: dict[int, Tensor] = {}
+    params: dict[int, Tensor] = {}
+    for p, mask in removals:
+        if id(p) in names:
+            masks[id(p)] = mask if id(p) not in masks else masks[id(p)] | mask
+            params[id(p)] = p
+    out = []
+    for key, mask in masks.items():
+        shaped = mask.view(params[key].shape)
+        if not bool(shaped.any()):
+            continue
+        found = None
+        for dim in range(shaped.ndim):
+            others = [d for d in range(shaped.ndim) if d != dim]
+            along = shaped.any(dim=others) if others else shaped
+            view = [1] * shaped.ndim
+            view[dim] = -1
+            if torch.equal(shaped, along.view(view).expand_as(shaped)):
+                if found is not None or size < 2 or int(along.sum()) % (size - 1):
+                    return None
+                found = (names[key], dim, int(along.sum()) // (size - 1))
+        if found is None:
+            return None
+        out.append(found)
+    return out
+
+
+@dataclass(frozen=True)
+class Footprints:
+    """What removing units costs each parameter, to count a cut's parameters without pruning a copy.
+
+    ``shapes``: every parameter's shape; ``slices[layer]``: ``(parameter, dim, entries per unit)``
+    for each parameter that removing the layer's units slices (a unit's filter rows, its BatchNorm
+    entries, its consumers' input columns; ``head_dim`` rows per attention head); ``sizes``: units
+    per layer. Every unit of a layer slices the same number of entries, so a cut's parameter count
+    follows from how many units it takes from each layer: each dim shrinks by the units removed times
+    their entries, summed over the layers that slice it (a concatenation's input), and a weight
+    sliced by two layers (rows by one, columns by the other) shrinks in both. Read from the same
+    Torch-Pruning handlers as :class:`Coverage`, and equal to counting a pruned copy
+    (``tests/test_units.py``).
+    """
+
+    shapes: dict[str, tuple[int, ...]]
+    slices: dict[str, list[tuple[str, int, int]]]
+    sizes: dict[str, int]
+
+    def params_after(self, cut: dict[str, list[int]]) -> int | None:
+        """The parameter count with the units of ``cut`` removed; None for a cut it cannot count
+        (a layer it does not know, or every unit of a layer removed)."""
+        dims = {}
+        for layer, units in cut.items():
+            n = len(set(units))
+            if not n:
+                continue
+            if layer not in self.slices or n >= self.sizes[layer]:
+                return None
+            for name, dim, per_unit in self.slices[layer]:
+                shape = dims.setdefault(name, list(self.shapes[name]))
+                shape[dim] -= n * per_unit
+        total = 0
+        for name, shape in self.shapes.items():
+            total += math.prod(dims.get(name, shape))
+        return total
+
+
+def _group_removal(group, keep: int | None = None):
+    """(parameter, flat bool mask of the elements deleted) for each item of a full channel group,
+    the group's unit ``keep`` spared (None: every unit removed)."""
+    for item in group:
+        idxs = [int(i) for i, r in zip(item.idxs, item.root_idxs) if keep is None or int(r) != keep]
+        if idxs:
+            yield from _removed_elements(item.dep, idxs)
+
+
+def _tagged(p: Tensor) -> nn.Parameter:
+    """A stand-in for ``p`` whose elements hold their own flat indices (float64: exact below 2**53)."""
+    return nn.Parameter(torch.arange(p.numel(), dtype=torch.float64).view(p.shape))
+
+
+def _removed_elements(dep, idxs: list[int]) -> list[tuple[Tensor, Tensor]]:
+    """Which elements of its target's parameters a Torch-Pruning dependency deletes at ``idxs``:
+    (parameter, flat bool mask) pairs.
+
+    The dependency's own handler runs on a copy of the target whose parameters are :func:`_tagged`
+    stand-ins; the tags that survive are the elements it keeps. So the count follows Torch-Pruning
+    for every layer type it handles (transposed, depthwise and grouped convs, norms, unwrapped
+    ``nn.Parameter``s), and the model is never touched. Some handlers fail when no channel is left
+    (a LayerNorm's); slicing is per index, so all of them are then the last one's elements joined
+    with the rest's.
+    """
+    target = dep.target.module
+    dep.handler.__self__.pruning_dim = dep.target.pruning_dim  # as Dependency.__call__ does
+    try:
+        if isinstance(target, nn.Parameter):
+            return [(target, _removed_mask(target, dep.handler(_tagged(target), idxs)))]
+        own = dict(target.named_parameters())
+        clone = _tagged_clone(target, own)
+        dep.handler(clone, idxs)
+    except Exception:
+        if len(idxs) < 2:
+            return []  # a handler that cannot remove this channel: counted as in no group
+        return _removed_elements(dep, idxs[:-1]) + _removed_elements(dep, idxs[-1:])
+    after = dict(clone.named_parameters())
+    return [(p, _removed_mask(p, after.get(name))) for name, p in own.items()]
+
+
+def _tagged_clone(target: nn.Module, own: dict[str, nn.Parameter]) -> nn.Module:
+    """A copy of ``target`` whose parameters are :func:`_tagged` stand-ins, for a handler to slice.
+
+    A layer without submodules (nearly every target) gets a shallow copy with its own parameter and
+    buffer dicts, since a handler replaces tensors by assignment and never writes into them: ~20x
+    cheaper than a deep copy, which copied every buffer and cost most of a session's set-up on
+    DDRNet. Anything else is deep-copied."""
+    if target._modules:
+        return copy.deepcopy(target, {id(p): _tagged(p) for p in own.values()})
+    clone = copy.copy(target)
+    clone._parameters = {name: None if p is None else _tagged(p) for name, p in target._parameters.items()}
+    clone._buffers = dict(target._buffers)
+    return clone
+
+
+def _removed_mask(p: Tensor, kept: Tensor | None) -> Tensor:
+    removed = torch.ones(p.numel(), dtype=torch.bool)
+    if kept is not None:
+        removed[kept.detach().flatten().long()] = False
+    return removed
+
+
+def _heads_removal(attn: nn.Module, keep: int | None = None):
+    """(parameter, removed mask) for the heads of a timm ``Attention`` (:func:`cswap_nb.core.surgery.remove_heads`):
+    the q, k and v rows of ``qkv`` (weight and bias) and the input columns of ``proj``, head ``keep`` spared."""
+    h, d = attn.num_heads, attn.head_dim
+    drop = torch.ones(h, dtype=torch.bool)
+    if keep is not None:
+        drop[keep] = False
+    qkv, proj = attn.qkv, attn.proj
+    yield qkv.weight, drop.view(1, h, 1, 1).expand(3, h, d, qkv.in_features).flatten()
+    if qkv.bias is not None:
+        yield qkv.bias, drop.view(1, h, 1).expand(3, h, d).flatten()
+    yield proj.weight, drop.view(1, h, 1).expand(proj.out_features, h, d).flatten()
+
+
+class Masker:
+    """Forward hooks that zero chosen units; ``remove()`` restores the model exactly.
+
+    ``removed[layer.name]`` is a bool tensor of length ``layer.size`` (True = unit removed).
+    Channel units are zeroed in the output of their mask points; heads in the input of
+    ``attn.proj`` (a forward pre-hook).
+    """
+
+    def __init__(self, model: nn.Module, layers: list[UnitLayer]):
+        self.model = model
+        self.layers = {layer.name: layer for layer in layers}
+        self.removed = {layer.name: torch.zeros(layer.size, dtype=torch.bool) for layer in layers}
+        modules = dict(model.named_modules())
+        self._keep: dict[str, Tensor] = {}
+        self._keep_heads: dict[str, Tensor] = {}
+        self._handles = []
+        for layer in layers:
+            if layer.kind == "heads":
+                for mod_name in layer.points:
+                    if mod_name not in self._keep_heads:
+                        self._keep_heads[mod_name] = torch.ones(layer.size)
+                        self._handles.append(modules[mod_name].register_forward_pre_hook(
+                            self._head_hook(mod_name, layer.head_dim)))
+                continue
+            for mod_name in layer.points:
+                if mod_name in self._keep:
+                    continue
+                mod = modules[mod_name]
+                n = self._width(mod)
+                tensors = list(mod.parameters()) + list(mod.buffers())
+                device = tensors[0].device if tensors else torch.device("cpu")
+                self._keep[mod_name] = torch.ones(n, device=device)
+                self._handles.append(mod.register_forward_hook(self._hook(mod_name, channel_dim(mod))))
+
+    @property
+    def hooked(self) -> set[str]:
+        """The names of the modules whose output (channels) or input (heads) the masker's hooks change."""
+        return set(self._keep) | set(self._keep_heads)
+
+    @staticmethod
+    def _width(mod: nn.Module) -> int:
+        if isinstance(mod, nn.modules.conv._ConvNd):
+            return mod.out_channels
+        if isinstance(mod, nn.Linear):
+            return mod.out_features
+        if isinstance(mod, nn.LayerNorm):
+            return mod.normalized_shape[-1]
+        return mod.num_features
+
+    def _hook(self, mod_name: str, dim: int):
+        def hook(module, inputs, output):
+            keep = self._keep[mod_name]
+            if bool(keep.all()):
+                return output
+            shape = [1] * output.ndim
+            shape[dim] = -1
+            return output * keep.view(shape)
+
+        return hook
+
+    def _head_hook(self, mod_name: str, head_dim: int):
+        def hook(module, inputs):
+            keep = self._keep_heads[mod_name]
+            if bool(keep.all()):
+                return None
+            x = inputs[0]
+            scale = keep.to(x.device, x.dtype).repeat_interleave(head_dim)  # (heads * head_dim,)
+            return (x * scale, *inputs[1:])
+
+        return hook
+
+    def set(self, layer_name: str, units, removed: bool) -> None:
+        """Remove (``removed=True``) or restore units of one layer."""
+        layer = self.layers[layer_name]
+        units = [int(u) for u in (units if hasattr(units, "__iter__") else [units])]
+        self.removed[layer_name][units] = removed
+        keep = self._keep_heads if layer.kind == "heads" else self._keep
+        for mod_name, per_unit in layer.points.items():
+            idx = [per_unit[u] for u in units]
+            keep[mod_name][idx] = 0.0 if removed else 1.0
+
+    def pruned(self) -> dict[str, list[int]]:
+        return {name: mask.nonzero().flatten().tolist() for name, mask in self.removed.items()}
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+def register_site_hook(module: nn.Module, layer: UnitLayer, fn: Callable[[Tensor], None]):
+    """Call ``fn(t)`` with the tensor a mask point of ``layer`` acts on, at every forward pass.
+
+    ``t`` is ``module``'s output for channel units and ``attn.proj``'s input for heads, in
+    its own layout (use :func:`channels_first` to index units); it is the live tensor of the
+    graph, so ``t.retain_grad()`` gives its gradient. The network goes on with a copy of a module's
+    output, so that an in-place operation downstream (timm's ``x += shortcut`` after a block's last
+    BatchNorm) leaves ``t`` as the module computed it. Returns the removable hook handle.
+    For criteria that score units where C-SWAP intervenes.
+    """
+    if layer.kind == "heads":
+        return module.register_forward_pre_hook(lambda m, inputs: fn(inputs[0]))
+    return register_output_hook(module, fn)
+
+
+def register_output_hook(module: nn.Module, fn: Callable[[Tensor], None]):
+    """Call ``fn(output)`` with ``module``'s live output at every forward pass and let the network go on
+    with a copy, so that an in-place operation downstream leaves the tensor ``fn`` kept as the module
+    computed it (its ``retain_grad()`` still gives its gradient). Returns the removable hook handle."""
+    def keep(m, inputs, output):
+        fn(output)
+        return output.clone()
+
+    return module.register_forward_hook(keep)
+
+
+def channels_first(t: Tensor, module: nn.Module, layer: UnitLayer) -> Tensor:
+    """A mask-site tensor as ``(N, channels, positions...)``, channel ``layer.points[...][u]`` of unit ``u``.
+
+    Conv/BN outputs are already channels-first; a Linear's channels are its last dim
+    (tokens of a transformer are positions); for heads, ``(N, tokens, heads * head_dim)``
+    becomes ``(N, heads, tokens * head_dim)``.
+    """
+    if layer.kind == "heads":
+        n = t.shape[0]
+        return t.reshape(n, -1, layer.size, layer.head_dim).permute(0, 2, 1, 3).reshape(n, layer.size, -1)
+    if channel_dim(module) == -1 and t.ndim > 2:
+        return t.movedim(-1, 1)
+    return t

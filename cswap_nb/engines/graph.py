@@ -1,0 +1,514 @@
+"""The general fast engine: the model's ``torch.fx`` graph, a cache of its intermediate values, and a
+linear correction for the first layer after the mask (cswap_nb/METHOD.md §10).
+
+While one unit layer is analysed, only its own masks change. Every node of the traced graph that is
+not downstream of one of the layer's mask points has the same value for every candidate: it is
+computed once on the calibration set and the values the rest of the graph reads are kept (the
+*frontier*). A candidate then runs only the downstream nodes. This needs no knowledge of the family:
+residual adds, concatenations, branches and several heads are just nodes of the graph.
+
+**The correction.** In an internal layer the path from the mask points to the next layer is usually
+a chain of per-channel operations (BatchNorm, activations with ``f(0) = 0``, a depthwise conv)
+ending in a conv or linear layer ``L`` that mixes channels; for attention heads ``L`` is ``proj``
+itself. Removing units ``S`` then changes ``L``'s input only in the channels of ``S``, where it
+becomes 0, so ``L(candidate) = L(current) - L_nobias(input restricted to S)``: a conv or matmul over
+``|S|`` input channels instead of all of them. The chain itself is never recomputed. When the loop
+keeps a removal, the cached input and output of ``L`` are updated by exactly that difference; every
+other cached value is unaffected by construction. A change of any other layer's masks rebuilds the
+cache. Where the per-channel region (it may run through max- or average-pooling) has a consumer that
+is not such a layer (a residual add, a concatenation), that consumer reads the region's cached value
+with the removed units' channels set to zero: a copy instead of a computation.
+
+With early decisions (cswap_nb/METHOD.md §10) a candidate is first scored on a few classes' rows of the
+cached batch; the next candidates of the layer can be scored on those rows in the same pass, as if the
+present one were restored (:meth:`GraphEngine.stack_rows`). A result is handed out only for the exact
+mask state it was scored for, so a wrong speculation costs work, never a decision.
+
+Every layer's plan is checked when the engine is built: its candidate run must reproduce full passes
+(one sample, with and without a removal); a layer that fails, or that no mask point of the graph
+reaches, is analysed with full passes and :attr:`GraphEngine.layer_fallbacks` says why. A model that
+``torch.fx`` cannot trace falls back to the family's parts (:class:`cswap_nb.engines.passes.PrefixEngine`),
+then to full passes, and :func:`make_engine` says why in the engine's ``fallback``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+from torch import Tensor, nn
+
+from ..core.causal import true_class_scores
+from .passes import FullEngine, PrefixEngine, Rows, row_count, take_rows
+from .plan import INPLACE_FUNCTIONS, GraphView, Plan, last_use, node_costs, plan_layer, trace
+from ..core.units import Masker, UnitLayer
+
+@dataclass
+class _Cache:
+    key: tuple
+    values: list[dict]  # per chunk: node -> value (frontier, and corrections' input and output)
+    base: Tensor  # the layer's removed units the cached correction values include
+    last: tuple | None = None  # (units, per chunk {L: candidate output}) of the last candidate
+
+
+class GraphUnavailable(Exception):
+    """The model cannot be run as a traced graph (:func:`make_engine` then uses the family's parts)."""
+
+
+class GraphEngine(FullEngine):
+    """``engine="fast"``: the general engine (module docstring). A layer without a checked plan is
+    analysed with the full passes of :class:`~cswap_nb.engines.passes.FullEngine`; :attr:`layer_fallbacks` maps
+    such layers to the reason. Raises :class:`GraphUnavailable` for a model that ``torch.fx`` cannot
+    trace (:func:`make_engine` falls back to the family's parts, then to full passes).
+    """
+
+    name = "fast"
+    path = "graph"
+
+    def __init__(self, model: nn.Module, masker: Masker, example: Tensor, batch_size: int = 512):
+        super().__init__(model, masker, batch_size)
+        self.layer_fallbacks: dict[str, str] = {}
+        self._plans: dict[str, Plan | None] = {}
+        self._cache: _Cache | None = None
+        self._current: tuple | None = None  # (token, cache, state) of the candidate begun last
+        self._speculation = _Speculation(self)  # candidates scored ahead by stack_rows
+        try:
+            self.graph = trace(model)
+            self.nodes = list(self.graph.nodes)
+            self._first = next(n for n in self.nodes if n.op == "placeholder")
+            self.modules = dict(model.named_modules())
+            self._consts = {n: self._fetch(n.target) for n in self.nodes if n.op == "get_attr"}
+            with torch.inference_mode():
+                got, ref = self._run_all(example), model(example)
+            if not (isinstance(got, Tensor) and got.shape == ref.shape and torch.allclose(got, ref, atol=1e-5, rtol=1e-4)):
+                raise ValueError("the traced graph does not reproduce model(x)")
+        except Exception as exc:  # noqa: BLE001 - any tracing failure means: no graph
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            raise GraphUnavailable(f"torch.fx could not trace {type(model).__name__} ({type(exc).__name__}: "
+                                   f"{reason})") from exc
+        costs, ndim = node_costs(self.nodes, lambda n, env: self._input(n, example) if n.op == "placeholder"
+                                 else self._exec(n, env))
+        self.view = GraphView(self.nodes, self.modules, costs, ndim, masker.hooked)
+        for layer in masker.layers.values():
+            self._plans[layer.name] = self._checked_plan(layer, example)
+        self.forward_equivalents = 0.0  # the checks ran on one or two samples: not the analysis's work
+
+    # -- running the graph -------------------------------------------------------------------
+    def _fetch(self, target: str):
+        obj = self.model
+        for part in target.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def _exec(self, node: fx.Node, env: dict, fresh: set | None = None):
+        args = fx.node.map_arg(node.args, env.__getitem__)
+        kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
+        if fresh is not None and _may_work_in_place(node, self.modules):
+            # a cached value must survive an in-place op of a recomputed node
+            args = tuple(a.clone() if isinstance(a, Tensor) and n not in fresh else a
+                         for a, n in zip(args, _arg_nodes(node.args)))
+        op = node.op
+        if op == "call_module":
+            return self.modules[node.target](*args, **kwargs)
+        if op == "call_function":
+            return node.target(*args, **kwargs)
+        if op == "call_method":
+            return getattr(args[0], node.target)(*args[1:], **kwargs)
+        if op == "get_attr":
+            return self._consts[node]
+        if op == "output":
+            return args[0]
+        raise RuntimeError(f"unexpected node {node.op} {node.target}")
+
+    def _input(self, node: fx.Node, x: Tensor):
+        """The value of a placeholder: the input for the first, its default for any other."""
+        if node is self._first:
+            return x
+        if node.args:
+            return node.args[0]
+        raise ValueError(f"forward takes a second argument without a default ({node.target!r})")
+
+    def _run_nodes(self, order: list[fx.Node], x: Tensor, keep=frozenset(), last: dict | None = None) -> dict:
+        """Run the nodes of ``order`` on ``x``, freeing each value after its last reader there unless
+        it is in ``keep``; the values left (``keep``'s and those no node of ``order`` reads)."""
+        last = last_use(order) if last is None else last
+        env: dict = {}
+        for i, node in enumerate(order):
+            env[node] = self._input(node, x) if node.op == "placeholder" else self._exec(node, env)
+            for a in node.all_input_nodes:
+                if last.get(a) == i and a not in keep:
+                    del env[a]
+        return env
+
+    def _run_all(self, x: Tensor):
+        return self._run_nodes(self.nodes, x)[self.nodes[-1]]  # a graph's output node is its last
+
+    def _checked_plan(self, layer: UnitLayer, example: Tensor) -> Plan | None:
+        try:
+            plan = plan_layer(self.view, layer)
+        except Exception as exc:  # noqa: BLE001
+            self.layer_fallbacks[layer.name] = f"no plan ({type(exc).__name__}: {exc})"
+            return None
+        if plan is None:
+            self.layer_fallbacks[layer.name] = "none of its mask points is a node of the traced graph"
+            return None
+        saved = self.masker.removed[layer.name].clone()
+        try:
+            with torch.inference_mode():
+                for units in ([], [0]):
+                    self.masker.set(layer.name, list(range(layer.size)), False)
+                    self.masker.set(layer.name, units, True)
+                    self._plans[layer.name], self._cache = plan, None
+                    got = self._logits(example, layer)
+                    ref = self.model(example)
+                    if not torch.allclose(got, ref, atol=1e-4, rtol=1e-4):
+                        self.layer_fallbacks[layer.name] = "its cached plan did not reproduce a full pass"
+                        return None
+                try:
+                    self._check_slices(layer, plan, example)
+                except Exception:  # noqa: BLE001 - whole-batch candidates still use the plan
+                    plan.sliceable, plan.batched = False, set()
+                # candidates stack when they differ only in the values they are given: none of the layer's
+                # mask points is recomputed (a coupled group's later points would apply the masks' present
+                # state to every stacked row)
+                plan.stackable = plan.sliceable and plan.shortcut and not any(
+                    n.op == "call_module" and n.target in layer.points for n in plan.dirty)
+        except Exception as exc:  # noqa: BLE001
+            self.layer_fallbacks[layer.name] = f"its cached plan failed ({type(exc).__name__}: {exc})"
+            return None
+        finally:
+            self.masker.set(layer.name, list(range(layer.size)), False)
+            self.masker.set(layer.name, saved.nonzero().flatten().tolist(), True)
+            self._cache = self._current = None
+        return plan
+
+    def _check_slices(self, layer: UnitLayer, plan: Plan, example: Tensor) -> None:
+        """Find the frontier values whose first dimension is the batch (their rows are sliced for a slice
+        of the calibration set; every other value must not depend on the batch) and check that a
+        candidate run on each row of a two-sample batch reproduces that row of the whole run. Sets
+        :attr:`Plan.sliceable`; a plan that fails is still used for whole-batch candidates."""
+        plan.sliceable, plan.batched = False, set()
+        pair = torch.cat([example, example.flip(-1)])
+        with torch.inference_mode():
+            values = []
+            for x in (pair, pair[:1]):
+                self._cache = self._current = None
+                values.append(self._cache_for(layer, plan, x).values[0])
+            for n in plan.frontier:
+                two, one = values[0][n], values[1][n]
+                if (isinstance(two, Tensor) and isinstance(one, Tensor) and two.ndim and two.shape[0] == 2
+                        and one.shape[0] == 1 and two.shape[1:] == one.shape[1:]):
+                    plan.batched.add(n)
+                elif not _same_value(two, one):
+                    return  # a value that depends on the batch size but is not batch-major
+            for units in ([], [0]):
+                self.masker.set(layer.name, list(range(layer.size)), False)
+                self.masker.set(layer.name, units, True)
+                self._cache = self._current = None
+                whole = self._logits(pair, layer)
+                _, cache, given, removed = self._begin(layer, pair)
+                rows = [self._run_chunk(plan, cache.values[0], given[0] if given else None, removed, ((i, i + 1),))
+                        for i in range(2)]
+                if not torch.allclose(torch.cat(rows), whole, atol=1e-4, rtol=1e-4):
+                    return
+        plan.sliceable = True
+
+    # -- the cache -------------------------------------------------------------------------------
+    def _state_key(self, layer: UnitLayer, x: Tensor) -> tuple:
+        others = tuple((name, tuple(m.nonzero().flatten().tolist()))
+                       for name, m in self.masker.removed.items() if name != layer.name)
+        return (layer.name, others, x.data_ptr(), tuple(x.shape))
+
+    def _build(self, layer: UnitLayer, plan: Plan, x: Tensor, key: tuple) -> _Cache:
+        removed = self.masker.removed[layer.name].clone()
+        if plan.shortcut:  # cache the region and L's input and output with none of this layer's units removed
+            self.masker.set(layer.name, removed.nonzero().flatten().tolist(), False)
+        dirty = set(plan.dirty)
+        keep = set(plan.frontier)
+        order = [n for n in self.nodes if n not in dirty]
+        last = last_use(order)
+        values = []
+        try:
+            for i0 in range(0, x.shape[0], self.batch_size):
+                env = self._run_nodes(order, x[i0 : i0 + self.batch_size], keep, last)
+                values.append({n: env[n] for n in plan.frontier})
+        finally:
+            if plan.shortcut:
+                self.masker.set(layer.name, removed.nonzero().flatten().tolist(), True)
+        self.forward_equivalents += plan.build_cost
+        base = torch.zeros_like(removed) if plan.shortcut else removed
+        return _Cache(key, values, base)
+
+    def _cache_for(self, layer: UnitLayer, plan: Plan, x: Tensor) -> _Cache:
+        key = self._state_key(layer, x)
+        c = self._cache
+        now = self.masker.removed[layer.name]
+        if c is not None and c.key == key and plan.shortcut:
+            if c.last is not None:
+                units, outputs = c.last
+                if bool(now[units].all()):  # the last candidate was kept: fold it into the cache
+                    for chunk, out in zip(c.values, outputs):
+                        for corr in plan.corrections:
+                            chunk[corr.node] = out[corr.node]
+                            _zero_channels(chunk[corr.input], [i for u in units for i in corr.channels[u]],
+                                           corr.last_dim)
+                    c.base[units] = True
+                c.last = None
+            if bool((c.base & ~now).any()):  # a cached removal was undone (the guard): rebuild
+                c = None
+        if c is None or c.key != key:
+            c = self._cache = self._build(layer, plan, x, key)
+        return c
+
+    # -- scores ------------------------------------------------------------------------------------
+    def _corrected(self, plan: Plan, chunk: dict, units: list[int]) -> dict:
+        """Each correction's output with ``units`` removed on top of the cached state (whole chunk)."""
+        out = {}
+        for corr, full in zip(plan.corrections, plan.correction_cost):
+            v = chunk[corr.input]
+            if not units:
+                out[corr.node] = chunk[corr.node].clone()
+                continue
+            idx = [i for u in units for i in corr.channels[u]]
+            out[corr.node] = chunk[corr.node] - corr.partial(v, idx)
+            width = v.shape[-1] if corr.last_dim else v.shape[1]
+            self.forward_equivalents += full * len(idx) / width / self._chunks
+        return out
+
+    def _begin(self, layer: UnitLayer, x: Tensor):
+        """Start the candidate the masks describe now: fold the last one into the cache if it was kept,
+        compute the corrections once (each later slice of the batch reads them). Called once per
+        candidate: a second call for the same mask state reuses the first's work."""
+        token = self._token(layer, x)
+        current = self._current
+        if (current is not None and current[0] == token and current[1] is self._cache
+                and (not current[2][2] or (self._cache.last is not None and self._cache.last[1] is current[2][2]))):
+            return current[2]
+        plan = self._plans[layer.name]
+        cache = self._cache_for(layer, plan, x)
+        now = self.masker.removed[layer.name]
+        units = (now & ~cache.base).nonzero().flatten().tolist() if plan.shortcut else []
+        removed = [plan.channels[u] for u in now.nonzero().flatten().tolist()] if plan.materialize else []
+        self._chunks = len(cache.values)
+        given = [self._corrected(plan, chunk, units) for chunk in cache.values] if plan.shortcut else []
+        if plan.shortcut:
+            cache.last = (units, given)
+        state = (plan, cache, given, removed)
+        self._current = (token, cache, state)
+        return state
+
+    def _run_chunk(self, plan: Plan, chunk: dict, given: dict | None, removed: list[int], rows: Rows | None = None):
+        """The logits of one cached chunk (or of its ``rows`` only) for the current candidate."""
+        if rows is None:
+            env = dict(chunk)
+        else:
+            env = {n: (take_rows(v, rows) if n in plan.batched else v) for n, v in chunk.items()}
+        if given:
+            env.update(given if rows is None else {n: take_rows(v, rows) for n, v in given.items()})
+        for r in plan.materialize:  # the region read from the cache with every removed unit zeroed
+            v = chunk[r].clone() if rows is None else take_rows(chunk[r], rows, copy=True)
+            if removed:
+                _zero_channels(v, removed, plan.dim != 1)
+            env[r] = v
+        return self._dirty_run(plan, env)
+
+    def _dirty_run(self, plan: Plan, env: dict):
+        fresh = plan.fresh
+        for node, done in zip(plan.dirty, plan.release):
+            env[node] = self._exec(node, env, fresh)
+            for a in done:
+                del env[a]
+        return env[plan.dirty[-1]]
+
+    def _logits_chunks(self, layer: UnitLayer, x: Tensor):
+        plan, cache, given, removed = self._begin(layer, x)
+        outs = [self._run_chunk(plan, chunk, given[i] if given else None, removed)
+                for i, chunk in enumerate(cache.values)]
+        self.forward_equivalents += plan.cost
+        return outs
+
+    def _logits(self, x: Tensor, layer: UnitLayer) -> Tensor:
+        return torch.cat(self._logits_chunks(layer, x))
+
+    def scores(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer | None = None) -> Tensor:
+        if layer is None or self._plans.get(layer.name) is None:
+            return super().scores(x, y, score)
+        with torch.inference_mode():
+            outs = self._logits_chunks(layer, x)
+            q = [self._score(o, y, i, score) for o, i in zip(outs, range(0, x.shape[0], self.batch_size))]
+        return self._finish(torch.cat(q))
+
+    def _token(self, layer: UnitLayer, x: Tensor, units: list[int] | None = None) -> tuple:
+        """The key of a candidate: the calibration tensor and every layer's removed units (``units``: this
+        layer's, instead of the masks' own)."""
+        state = tuple((name, tuple(sorted(units)) if units is not None and name == layer.name
+                       else tuple(m.nonzero().flatten().tolist())) for name, m in self.masker.removed.items())
+        return (layer.name, x.data_ptr(), tuple(x.shape), state)
+
+    def can_slice(self, layer: UnitLayer, x: Tensor) -> bool:
+        """Whether :meth:`rows_scores` computes only the rows asked for: a graph plan checked on slices
+        whose cache holds ``x`` in one chunk, or a layer analysed with full passes (a pass over the rows)."""
+        plan = self._plans.get(layer.name)
+        if plan is None:
+            return self.masks is None
+        return plan.sliceable and self.masks is None and x.shape[0] <= self.batch_size
+
+    def rows_scores(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer, rows: Rows) -> Tensor:
+        """The scores of the calibration samples in ``rows`` (``(start, stop)`` ranges) for the current
+        candidate; the other rows are not computed. Needs :meth:`can_slice`; several calls for one
+        candidate share its corrections, and a result :meth:`stack_rows` computed for this exact mask
+        state is taken instead of a pass."""
+        if self._plans.get(layer.name) is None:
+            return super().rows_scores(x, y, score, layer, rows)
+        if not self.can_slice(layer, x):
+            raise ValueError(f"layer {layer.name!r} cannot be scored on part of the calibration set")
+        rows = tuple(rows)
+        q = self._speculation.take(self._token(layer, x), rows)
+        if q is not None:
+            return q
+        with torch.inference_mode():
+            plan, cache, given, removed = self._begin(layer, x)
+            logits = self._run_chunk(plan, cache.values[0], given[0] if given else None, removed, rows)
+            q = true_class_scores(logits, take_rows(y, rows), score)
+        self.forward_equivalents += plan.cost * row_count(rows) / x.shape[0]
+        return q
+
+    def can_stack(self, layer: UnitLayer, x: Tensor) -> bool:
+        """Whether :meth:`stack_rows` applies: a sliceable plan that reads the layer's region from the
+        cache and recomputes none of its mask points (every candidate's difference is in its given
+        values, none in the masks' hooks)."""
+        plan = self._plans.get(layer.name)
+        return plan is not None and plan.stackable and self.can_slice(layer, x)
+
+    def stack_rows(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer, others: list[list[int]],
+                   rows: Rows) -> None:
+        """Score ``rows`` for the current candidate and, in the same pass, for the states in which it is
+        restored and each unit group of ``others`` is removed instead: one batch of
+        ``(1 + len(others))`` times the rows. The results wait for :meth:`rows_scores`, which takes one
+        only when the masks are exactly in its state: a speculation that does not come true costs work,
+        never a decision (cswap_nb/METHOD.md §10)."""
+        self._speculation.stack(x, y, score, layer, others, tuple(rows))
+
+    def clear_stacked(self) -> None:
+        """Forget the results :meth:`stack_rows` computed in advance."""
+        self._speculation.clear()
+
+
+class _Speculation:
+    """The graph engine's candidates scored ahead (:meth:`GraphEngine.stack_rows`): each result is kept
+    under the exact mask state it was scored for, by ``(token, rows)``, and handed out once."""
+
+    def __init__(self, engine: GraphEngine):
+        self.engine = engine
+        self.results: dict = {}
+
+    def clear(self) -> None:
+        self.results = {}
+
+    def take(self, token: tuple, rows: Rows) -> Tensor | None:
+        return self.results.pop((token, rows), None) if self.results else None
+
+    def stack(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer, others: list[list[int]], rows: Rows) -> None:
+        e = self.engine
+        with torch.inference_mode():
+            plan, cache, given, _ = e._begin(layer, x)
+            chunk = cache.values[0]
+            now = e.masker.removed[layer.name]
+            current = now.nonzero().flatten().tolist()
+            under_test = set((now & ~cache.base).nonzero().flatten().tolist())
+            kept = [u for u in current if u not in under_test]  # removed before this candidate
+            states = [(current, {n: take_rows(v, rows) for n, v in given[0].items()} if given else {})]
+            for units in others:
+                removed = sorted(set(kept) | set(units))
+                extra = [u for u in removed if not bool(cache.base[u])]
+                states.append((removed, self._corrected_rows(plan, chunk, extra, rows)))
+            env = {n: (torch.cat([take_rows(v, rows)] * len(states)) if n in plan.batched else v)
+                   for n, v in chunk.items()}
+            for corr in plan.corrections:
+                env[corr.node] = torch.cat([g[corr.node] for _, g in states])
+            for r in plan.materialize:
+                parts = []
+                for removed, _ in states:
+                    v = take_rows(chunk[r], rows, copy=True)
+                    if removed:
+                        _zero_channels(v, [plan.channels[u] for u in removed], plan.dim != 1)
+                    parts.append(v)
+                env[r] = torch.cat(parts)
+            logits = e._dirty_run(plan, env)
+            n, ys = row_count(rows), take_rows(y, rows)
+            self.results = {}
+            for i, (removed, _) in enumerate(states):
+                q = true_class_scores(logits[i * n : (i + 1) * n], ys, score)
+                self.results[(e._token(layer, x, removed), rows)] = q
+        e.forward_equivalents += plan.cost * n * len(states) / x.shape[0]
+
+    def _corrected_rows(self, plan: Plan, chunk: dict, units: list[int], rows: Rows) -> dict:
+        """:meth:`GraphEngine._corrected` on ``rows`` only, for a speculated candidate."""
+        out = {}
+        for corr in plan.corrections:
+            base = take_rows(chunk[corr.node], rows)
+            if not units:
+                out[corr.node] = base.clone()
+                continue
+            idx = [i for u in units for i in corr.channels[u]]
+            out[corr.node] = base - corr.partial(take_rows(chunk[corr.input], rows), idx)
+        return out
+
+
+def _zero_channels(v: Tensor, idx: list[int], last_dim: bool) -> None:
+    """Set channels ``idx`` of ``v`` to 0 in place (dim 1, or the last dim for token layouts)."""
+    if last_dim:
+        v[..., idx] = 0
+    else:
+        v[:, idx] = 0
+
+
+
+
+def _same_value(a, b) -> bool:
+    """Whether two cached values are the same (tensors: same shape and elements)."""
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape and bool(torch.equal(a, b))
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - values that cannot be compared are taken as different
+        return False
+
+
+def _arg_nodes(args) -> list:
+    return [a if isinstance(a, fx.Node) else None for a in args]
+
+
+def _may_work_in_place(node: fx.Node, modules: dict) -> bool:
+    if node.op == "call_module":
+        return bool(getattr(modules[node.target], "inplace", False))
+    if node.op == "call_function":
+        return node.target in INPLACE_FUNCTIONS or bool(node.kwargs.get("inplace", False))
+    if node.op == "call_method":
+        return str(node.target).endswith("_")
+    return False
+
+
+
+
+
+
+def make_engine(kind: str, model: nn.Module, masker: Masker, example: Tensor) -> FullEngine:
+    """The scoring engine of the option ``engine`` (cswap_nb/METHOD.md §10): ``"fast"`` (:class:`GraphEngine`;
+    for a model ``torch.fx`` cannot trace, the family's parts or else full passes, with
+    :attr:`~cswap_nb.engines.passes.FullEngine.fallback` saying why), ``"naive"`` (:class:`~cswap_nb.engines.passes.FullEngine`:
+    one full pass per candidate, the reference) or ``"parts"`` (:class:`~cswap_nb.engines.passes.PrefixEngine`,
+    the family's parts only)."""
+    if kind == "naive":
+        return FullEngine(model, masker)
+    if kind == "parts":
+        return PrefixEngine(model, masker, example)
+    if kind != "fast":
+        raise ValueError(f"engine must be one of 'fast', 'naive', 'parts', got {kind!r}")
+    try:
+        return GraphEngine(model, masker, example)
+    except GraphUnavailable as exc:
+        engine = PrefixEngine(model, masker, example)
+        then = "the family's parts" if engine.parts is not None else f"full passes ({engine.fallback})"
+        engine.name, engine.fallback = "fast", f"{exc}; using {then}"
+        return engine

@@ -1,0 +1,270 @@
+"""Planning for the fast engine (cswap_nb/engines/graph.py): what a candidate of one unit layer recomputes.
+
+Reads the traced graph only, runs nothing: which nodes are downstream of the layer's mask points
+(``dirty``), which values they read from the cache (``frontier``), and where the per-channel region
+after the masks ends in a layer that mixes channels, whose output is corrected linearly
+(:class:`Correction`) instead of recomputed (cswap_nb/METHOD.md §10).
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from timm.layers import get_notrace_functions, is_notrace_module
+from torch import Tensor, nn
+
+from ..core.units import UnitLayer, channel_dim, is_depthwise
+
+# per-channel operations with f(0) = 0: a zeroed channel stays zero, the others are untouched
+ZERO_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish, nn.Tanh, nn.LeakyReLU, nn.ELU,
+                nn.Hardtanh, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+ZERO_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.mish, torch.tanh, F.leaky_relu,
+                  F.elu, F.hardtanh, F.dropout}
+ZERO_METHODS = {"relu", "tanh", "relu_"}
+# pooling over positions: per channel (channels-first tensors only), a zero channel pools to zero
+POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+         nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool2d)
+INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, torch.relu_}
+
+
+class _Tracer(fx.Tracer):
+    """``torch.fx``'s tracer, with timm's untraceable layers and functions kept as leaves."""
+
+    def __init__(self):
+        super().__init__(autowrap_functions=tuple(get_notrace_functions()))
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return is_notrace_module(type(m)) or super().is_leaf_module(m, qualname)
+
+
+def trace(model: nn.Module) -> fx.Graph:
+    """The model's forward as a ``torch.fx`` graph (raises if it cannot be traced)."""
+    return _Tracer().trace(model)
+
+
+@dataclass
+class Correction:
+    """``L``'s output for a candidate from its cached output: ``L(current) - L_nobias(input on S)``."""
+
+    node: fx.Node  # L
+    input: fx.Node  # the chain's last node, L's only input
+    channels: list[list[int]]  # per unit: L's input channels it occupies
+    module: nn.Module
+
+    @property
+    def last_dim(self) -> bool:
+        """Whether ``L`` mixes the last dimension (a linear) rather than dim 1 (a conv)."""
+        return isinstance(self.module, nn.Linear)
+
+    def partial(self, v: Tensor, idx: list[int]) -> Tensor:
+        m = self.module
+        if self.last_dim:
+            return F.linear(v[..., idx], m.weight[:, idx])
+        return m._conv_forward(v[:, idx], m.weight[:, idx], None)
+
+
+@dataclass
+class Plan:
+    """What one layer's candidates recompute (``dirty``, in graph order) and what they read."""
+
+    dirty: list[fx.Node]
+    frontier: list[fx.Node]
+    corrections: list[Correction]
+    cost: float  # forward-equivalents of one candidate without the corrections
+    build_cost: float
+    correction_cost: list[float] = field(default_factory=list)  # per correction, for all input channels
+    materialize: list[fx.Node] = field(default_factory=list)  # region nodes read from the cache, units zeroed
+    channels: list[int] = field(default_factory=list)  # the region's channel of each unit
+    dim: int = 1  # the region's channel dimension
+    release: list = field(default_factory=list)  # per dirty node: values no later node reads
+    batched: set = field(default_factory=set)  # frontier nodes whose first dimension is the batch
+    sliceable: bool = False  # whether a candidate can run on a slice of the cached batch (checked)
+    stackable: bool = False  # whether several candidates can run in one batch (set with the layer's plan)
+
+    def __post_init__(self):
+        # values a candidate computes itself and keeps no further: in-place ops may work on them. The
+        # corrections' outputs are not among them: they are kept to fold a removal into the cache.
+        self.fresh = set(self.dirty) | set(self.materialize)
+
+    @property
+    def shortcut(self) -> bool:
+        """Whether candidates read the region or L from the cache (else: masks run with hooks)."""
+        return bool(self.corrections or self.materialize)
+
+
+def node_costs(nodes: list[fx.Node], value_of) -> tuple[dict, dict]:
+    """Each node's share of a forward pass's FLOPs and the number of dimensions of its output, from one
+    pass in which ``value_of(node, env)`` computes each node's value (``env``: the values so far)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    env, costs, ndim = {}, {}, {}
+    with torch.inference_mode():
+        for node in nodes:
+            if node.op == "placeholder":
+                env[node] = value_of(node, env)
+                continue
+            with FlopCounterMode(display=False) as counter:
+                env[node] = value_of(node, env)
+            costs[node] = float(counter.get_total_flops())
+            if isinstance(env[node], Tensor):
+                ndim[node] = env[node].ndim
+    total = sum(costs.values()) or 1.0
+    return {n: c / total for n, c in costs.items()}, ndim
+
+
+@dataclass
+class GraphView:
+    """What planning reads of a traced model: its nodes in order, its modules by name, each node's share
+    of a forward pass's FLOPs and its output's number of dimensions, and the modules a masker hooks."""
+
+    nodes: list[fx.Node]
+    modules: dict[str, nn.Module]
+    costs: dict[fx.Node, float]
+    ndim: dict[fx.Node, int]
+    hooked: set[str]
+
+
+def plan_layer(g: GraphView, layer: UnitLayer) -> Plan | None:
+    """What a candidate of ``layer`` recomputes and reads (None: no mask point of the layer is a node)."""
+    masks = [n for n in g.nodes if n.op == "call_module" and n.target in layer.points]
+    if not masks:
+        return None
+    shortcut = _heads(g, layer, masks) if layer.kind == "heads" else _region(g, layer, masks)
+    corrections, materialize, channels, dim = shortcut if shortcut is not None else ([], [], [], 1)
+    given = {c.node for c in corrections} | set(materialize)  # values a candidate gets without running
+    if shortcut is None:
+        dirty = _downstream(masks) | set(masks)
+    else:
+        exits = {u for r in materialize for u in r.users if u not in given}
+        dirty = (_downstream(given) | exits) - given
+    dirty_list = [n for n in g.nodes if n in dirty]
+    frontier = {i for d in dirty_list for i in d.all_input_nodes if i not in dirty and i not in given}
+    needed = frontier | given | {c.input for c in corrections}
+    cost = sum(g.costs.get(n, 0.0) for n in dirty_list)
+    build = sum(g.costs.get(n, 0.0) for n in g.nodes if n not in dirty)
+    # free each recomputed value after its last use: a run that keeps them all allocates fresh
+    # memory for every op, and page faults then cost as much as the arithmetic (2x on the ViT)
+    release: list[list[fx.Node]] = [[] for _ in dirty_list]
+    for a, i in last_use(dirty_list).items():
+        if a in dirty or a in given:
+            release[i].append(a)
+    return Plan(dirty_list, [n for n in g.nodes if n in needed], corrections, cost, build,
+                [g.costs.get(c.node, 0.0) for c in corrections], materialize, channels, dim, release)
+
+
+def _heads(g: GraphView, layer: UnitLayer, masks: list[fx.Node]):
+    out = []
+    for m in masks:
+        mod = g.modules[m.target]
+        if not (isinstance(mod, nn.Linear) and len(m.args) == 1 and not m.kwargs):
+            return None
+        d, per_unit = layer.head_dim, layer.points[m.target]
+        out.append(Correction(m, m.args[0], [list(range(h * d, (h + 1) * d)) for h in per_unit], mod))
+    return out, [], [], -1
+
+
+def _region(g: GraphView, layer: UnitLayer, masks: list[fx.Node]):
+    """The per-channel region after the layer's first mask points: ``(corrections, materialized
+    nodes, channel per unit, channel dim)``, or None when a candidate must run all downstream nodes.
+
+    A region node's value for a candidate is its cached value with the removed units' channels
+    set to 0 (zero state) or unknown (a BatchNorm or biased depthwise conv after the zero); a
+    consumer outside the region is a linear layer (corrected), or reads the value materialised
+    from the cache (then the region node must be in zero state)."""
+    downstream = _downstream(masks)
+    firsts = [m for m in masks if m not in downstream]
+    per_unit = layer.points[firsts[0].target]
+    if any(layer.points[m.target] != per_unit for m in firsts):
+        return None
+    dim = channel_dim(g.modules[firsts[0].target])
+    zero: dict[fx.Node, bool] = {}
+    for n in g.nodes:
+        if n in firsts:
+            zero[n] = True
+            continue
+        ins = n.all_input_nodes
+        if len(ins) == 1 and ins[0] in zero:
+            step = _per_channel(n, ins[0], g.modules, layer, dim)
+            if step == "mask" and layer.points[n.target] != per_unit:
+                step = None
+            if step is not None:
+                zero[n] = True if step == "mask" else (zero[ins[0]] and step == "zero")
+        corrections, materialize = [], []
+    for r, is_zero in zero.items():
+        exits = [u for u in r.users if u not in zero]
+        if not exits:
+            continue
+        if not is_zero:
+            return None
+        rest = []
+        for u in exits:
+            mod = g.modules.get(u.target) if u.op == "call_module" else None
+            if (mod is not None and _mixes_channels(mod) and u.args == (r,) and not u.kwargs
+                    and u.target not in g.hooked and not mod._forward_hooks and not mod._forward_pre_hooks
+                    and _layout_ok(mod, dim, g.ndim.get(r))):
+                corrections.append(Correction(u, r, [[i] for i in per_unit], mod))
+            else:
+                rest.append(u)
+        if rest:
+            materialize.append(r)
+    return corrections, materialize, per_unit, dim
+
+
+def last_use(order: list) -> dict:
+    """For every node that a node of ``order`` reads, the position in ``order`` of its last reader."""
+    return {a: i for i, n in enumerate(order) for a in n.all_input_nodes}
+
+
+def _downstream(starts) -> set:
+    """Every node that reads, directly or not, one of ``starts``."""
+    seen, stack = set(), list(starts)
+    while stack:
+        n = stack.pop()
+        for u in n.users:
+            if u not in seen:
+                seen.add(u)
+                stack.append(u)
+    return seen
+
+
+def _layout_ok(mod: nn.Module, dim: int, ndim: int | None) -> bool:
+    """Whether ``mod`` mixes the region's channel dimension (a conv: dim 1; a linear: the last)."""
+    if isinstance(mod, nn.Linear):
+        return dim == -1 or ndim == 2
+    return dim == 1
+
+
+def _mixes_channels(mod: nn.Module) -> bool:
+    """A layer the correction applies to: a linear or an ungrouped, zero-padded conv."""
+    if isinstance(mod, nn.Linear):
+        return True
+    return (isinstance(mod, nn.modules.conv._ConvNd) and not mod.transposed and mod.groups == 1
+            and mod.padding_mode == "zeros")
+
+
+def _per_channel(node: fx.Node, prev: fx.Node, modules: dict, layer: UnitLayer, dim: int = 1) -> str | None:
+    """How ``node`` (whose only tensor input is ``prev``) treats a zeroed channel: ``"mask"`` (one of
+    the layer's mask points: zero again), ``"zero"`` (f(0) = 0, per channel), ``"nonzero"`` (per
+    channel, f(0) may differ from 0: a later mask point must zero it), or None (mixes channels or
+    reads anything else: no correction)."""
+    if node.args[:1] != (prev,) or any(isinstance(a, fx.Node) for a in list(node.args[1:]) + list(node.kwargs.values())):
+        return None
+    if node.op == "call_module":
+        mod = modules[node.target]
+        if node.target in layer.points:
+            return "mask" if isinstance(mod, nn.modules.batchnorm._NormBase) or is_depthwise(mod) else None
+        if isinstance(mod, ZERO_MODULES) or (dim == 1 and isinstance(mod, POOLS)):
+            return "zero"
+        if is_depthwise(mod):
+            return "zero" if mod.bias is None and mod.padding_mode == "zeros" else "nonzero"
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            return "nonzero"
+        return None
+    if node.op == "call_function" and node.target in ZERO_FUNCTIONS:
+        return "zero"
+    if node.op == "call_method" and node.target in ZERO_METHODS:
+        return "zero"
+    return None
