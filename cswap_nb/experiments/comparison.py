@@ -411,7 +411,7 @@ def compare_variants(
     with tqdm(total=len(variants), desc="variants", disable=not progress) as bar:
         for name, change in variants.items():
             records = compare_methods(model, data, [baseline], config=make_config(base, **change), seeds=seeds,
-                              eval_data=eval_data, model_name=model_name, progress=False)
+                                      eval_data=eval_data, model_name=model_name, progress=False)
             frames.append(variant_rows(records, name, baseline, change))
             bar.update(1)
     return pd.concat(frames, ignore_index=True)

@@ -166,8 +166,8 @@ def run_compare(args: argparse.Namespace) -> int:
     seeds = list(range(args.seeds))
     print(f"{args.model} on {data.name} ({data.source}); calibration draws (seeds): {seeds}")
     records = compare_methods(model, data, methods, config=from_arguments(args), per_layer=args.per_layer,
-                      ratios=_floats(args.grid), alphas=_floats(args.alphas), model_name=args.model,
-                      progress=not args.no_progress, seeds=seeds)
+                              ratios=_floats(args.grid), alphas=_floats(args.alphas), model_name=args.model,
+                              progress=not args.no_progress, seeds=seeds)
     if args.json is not None:  # first: a long run's records are never lost to a report below
         _write_json(args.json, records)
         print(f"wrote {args.json}")
