@@ -639,3 +639,37 @@ def test_an_error_in_the_loop_leaves_no_progress_bar(tiny_resnet, own_label_data
         for _ in session.steps():
             pass
     assert len(getattr(tqdm, "_instances", ())) == before
+
+
+def test_session_progress_picture_counts_the_records_so_far(tiny_resnet, own_label_data):
+    """The watched loop's picture: after some steps its bars hold exactly the tested units, kept or removed,
+    and the rest as not tested; at the end nothing is untested and the removed units are the result's."""
+    from cswap_nb.ui import plots
+
+    model = tiny_resnet()
+    x, y = own_label_data(model, n=96)
+    session = cs.PruneSession(model, (x, y), alpha=0.05, samples_per_class=4, progress=False)
+    steps = session.steps()
+    for _ in range(5):
+        next(steps)
+
+    def bars(ax):
+        widths = {}
+        for container in ax.containers:
+            widths[container.get_label()] = [int(bar.get_width()) for bar in container]
+        return widths
+
+    ax = plots.plot_session_progress(session)
+    w = bars(ax)
+    removed = sum(r["pruned"] for r in session.records)
+    assert sum(w["tested, kept"]) + sum(w["tested, removed"]) == 5 and sum(w["tested, removed"]) == removed
+    assert [a + b + c for a, b, c in zip(w["tested, kept"], w["tested, removed"], w["not tested yet"])] == \
+        [layer.size for layer in session.layers]
+    for _ in steps:
+        pass
+    result = session.finish()
+    w = bars(plots.plot_session_progress(session))
+    assert sum(w["not tested yet"]) == 0
+    assert dict(zip([layer.name for layer in session.layers], w["tested, removed"])) == \
+        {layer.name: len(result.pruned_units.get(layer.name, [])) for layer in session.layers}
+    assert plots.plot_session_progress(session).get_title().startswith(f"step {len(session.records)} of {session.total_steps}:")

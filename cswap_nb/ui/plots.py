@@ -78,6 +78,35 @@ def plot_layer_labels(result, ax: Axes | None = None) -> Axes:
     return ax
 
 
+def plot_session_progress(session, ax: Axes | None = None) -> Axes:
+    """Where a :class:`cswap_nb.PruneSession` stands: per unit layer, the units tested and kept, tested and
+    removed, and not tested yet, from the records its :meth:`~cswap_nb.PruneSession.steps` has yielded so
+    far. Redraw it while stepping to watch the loop (notebook 01)."""
+    ax = ax or _new_ax((7.5, 0.35 * len(session.layers) + 1.2))
+    names = [layer.name for layer in session.layers]
+    kept = dict.fromkeys(names, 0)
+    removed = dict.fromkeys(names, 0)
+    for record in session.records:
+        n = len(record["unit"]) if isinstance(record["unit"], list) else 1
+        (removed if record["pruned"] else kept)[record["layer"]] += n
+    sizes = {layer.name: layer.size for layer in session.layers}
+    untested = {name: sizes[name] - kept[name] - removed[name] for name in names}
+    left = [0] * len(names)
+    for label, counts, colour in (("tested, kept", kept, LABEL_COLOURS["critical"]),
+                                  ("tested, removed", removed, LABEL_COLOURS["neutral"]),
+                                  ("not tested yet", untested, "white")):
+        values = [counts[name] for name in names]
+        ax.barh(names, values, left=left, color=colour, edgecolor="#4a5568", linewidth=0.4, label=label)
+        left = [a + b for a, b in zip(left, values)]
+    ax.invert_yaxis()
+    ax.set_xlabel("units")
+    total = session.total_steps
+    ax.set_title(f"step {len(session.records)}" + (f" of {total}" if total is not None else "") +
+                 f": {sum(removed.values())} units removed, {sum(kept.values())} kept", fontsize=10)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    return ax
+
+
 def _split_of(records: list[dict], split: str | None) -> str | None:
     """Where the records' metric was measured: ``split`` when given, else a ``"split"`` entry the records
     carry (records of :func:`cswap_nb.experiments.compare_methods` carry none: they are measured on whatever
