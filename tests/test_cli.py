@@ -94,6 +94,7 @@ def test_variants_needs_a_validation_split_and_known_names(capsys):
     assert "unknown variant(s) ['k=7']" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a subprocess run of C-SWAP with its guard: ~26 s
 def test_prune_with_max_drop_uses_the_validation_split(tmp_path, capsys):
     """The guard runs on the checkpoint's validation split and is reported in the JSON."""
     out = tmp_path / "s.json"

@@ -38,7 +38,8 @@ def small_torchvision_bottleneck() -> nn.Module:
     return model
 
 
-@pytest.mark.parametrize("which", ["timm-resnet18-digits", "torchvision-bottleneck"])
+@pytest.mark.parametrize("which", [pytest.param("timm-resnet18-digits", marks=pytest.mark.slow),  # ~21 s
+                                   "torchvision-bottleneck"])
 def test_fast_and_naive_engines_take_identical_decisions(which, zoo_model):
     if which == "timm-resnet18-digits":  # with the coupled residual streams
         model, (x, y), k, scope = zoo_model, cs.data.load_digits().train, 5, "all"

@@ -189,7 +189,7 @@ def test_vit_mlp_layers_are_tested_in_groups_by_default():
     assert all(len(u) == 1 for _, u in visiting_plan(cnn_layers, CSwapConfig()))
 
 
-@pytest.mark.parametrize("name", ["mobilenetv2-digits", "vit-digits"])
+@pytest.mark.parametrize("name", ["mobilenetv2-digits", pytest.param("vit-digits", marks=pytest.mark.slow)])  # vit: ~14 s
 def test_fast_and_naive_engines_agree_on_checkpoints(name, checkpoints, digits):
     model = checkpoints[name]
     assert sequential_parts(model) is not None

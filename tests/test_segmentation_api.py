@@ -171,6 +171,7 @@ def test_retention_auc_and_tradeoff_scores():
     assert np.isfinite(scores["a"]["retention_auc"])
 
 
+@pytest.mark.slow  # two DDRNet analyses: ~21 s
 def test_ddrnet_fast_engine_reproduces_the_naive_decisions():
     from cswap_nb.models.ddrnet import branch_of
 

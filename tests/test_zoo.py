@@ -82,6 +82,7 @@ def test_fashion_specs_round_trip_and_keep_the_last_stage_above_1x1(name):
         assert seen["shape"][-2:] == (2, 2), seen  # not 1x1: spatial units still see a map
 
 
+@pytest.mark.slow  # four Fashion-MNIST evaluations: ~46 s
 @pytest.mark.parametrize("name", FASHION_MODELS)
 def test_fashion_checkpoints_reach_their_targets(name):
     model, data = zoo.load(name)
@@ -164,6 +165,7 @@ def test_train_writes_a_loadable_verified_checkpoint(tmp_path, monkeypatch):
     assert cs.evaluate(model, data.test) == pytest.approx(record["test_accuracy_pct"], abs=1e-3)
 
 
+@pytest.mark.slow  # draws and segments the road scenes: ~36 s
 def test_shipped_segmentation_checkpoint_loads_and_segments():
     model, data = zoo.load("ddrnet23slim-roads")
     record = zoo.read_manifest()["ddrnet23slim-roads"]
