@@ -19,7 +19,10 @@ def explorer():
 
 
 def test_controls_are_scriptable(explorer):
-    assert set(explorer.controls) == {"alpha", "inference", "order", "test", "samples_per_class", "model"}
+    assert set(explorer.controls) == {"alpha", "inference", "order", "test", "samples_per_class", "model", "reference",
+                                      "correction"}
+    assert explorer.controls["reference"].options == ("dense", "current")
+    assert explorer.controls["correction"].value == "none" and "holm" in explorer.controls["correction"].options
     assert explorer.controls["alpha"].continuous_update is False
     assert "resnet18-digits" in explorer.controls["model"].options
 
@@ -58,6 +61,31 @@ def test_other_controls_change_the_result(explorer):
     assert general.summary()["counts"]["critical"] <= per_class.summary()["counts"]["critical"]
 
 
+def test_reference_and_correction_controls_run_what_prune_runs_and_runs_can_be_cleared(explorer, zoo_load):
+    """The reference and correction controls reach the run: its labels are those of cs.prune with the same
+    options on the same calibration draw. Clearing the runs empties the figure's history, not the cache."""
+    from cswap_nb.ui.widgets import evaluation_split
+
+    model, data = zoo_load("resnet18-digits")
+    explorer.controls["alpha"].value = 0.05
+    explorer.controls["reference"].value = "current"
+    explorer.controls["correction"].value = "holm"
+    try:
+        res = explorer.run()
+    finally:
+        explorer.controls["reference"].value = "dense"
+        explorer.controls["correction"].value = "none"
+    assert res.config["reference"] == "current" and res.config["correction"] == "holm"
+    options = {k: v for k, v in res.config.items()}
+    fresh = cs.prune(model, data.calib, progress=False, eval_data=evaluation_split(data)[1], **options)
+    assert res.labels[["layer", "unit", "label", "pruned"]].equals(fresh.labels[["layer", "unit", "label", "pruned"]])
+    cache = explorer.cache()
+    assert explorer.history
+    explorer.clear_history()
+    assert explorer.history == [] and explorer.last_figure is None and "cleared" in explorer.status.value
+    assert explorer.cache() is cache and explorer.last_result is res
+
+
 def test_stop_interrupts_and_leaves_no_result(explorer):
     explorer.controls["samples_per_class"].value = 7  # a new cache: real work to interrupt
     last = explorer.last_result
@@ -81,24 +109,26 @@ def test_own_model_needs_both_model_and_data():
 
 def test_every_score_option_has_its_own_cache(explorer):
     base = explorer.cache()
-    changes = {"samples_per_class": 9, "order": "random", "inference": "general"}
+    changes = {"samples_per_class": 9, "order": "random", "inference": "general", "reference": "current"}
     for name, value in changes.items():
         old = explorer.controls[name].value
         explorer.controls[name].value = value
         assert explorer.cache() is not base, f"changing {name} must not reuse the scores"
         explorer.controls[name].value = old
-    for name, value in {"score": "logit", "reference": "current", "seed": 1, "scope": "all", "group_size": 2}.items():
+    for name, value in {"score": "logit", "seed": 1, "scope": "all", "group_size": 2}.items():
         old = explorer.settings[name]
         explorer.settings[name] = value
         assert explorer.cache() is not base, f"changing {name} must not reuse the scores"
         explorer.settings[name] = old
     assert explorer.cache() is base
     assert set(explorer.SCORE_OPTIONS) <= set(explorer.values())
-    # the level and the test only change decisions: the same scores serve them
+    # the level, the test and the correction only change decisions: the same scores serve them
     explorer.controls["alpha"].value = 0.2
     explorer.controls["test"].value = "ztest"
+    explorer.controls["correction"].value = "holm"
     assert explorer.cache() is base
     explorer.controls["test"].value = "welch"
+    explorer.controls["correction"].value = "none"
 
 
 def test_figures_are_drawn_without_pyplot_and_handed_to_the_output(explorer):

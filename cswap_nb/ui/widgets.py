@@ -1,8 +1,9 @@
 """Interactive α exploration (ipywidgets).
 
 :func:`alpha_explorer` builds an :class:`AlphaExplorer`: an α slider (log scale), the
-options of the causal test, a model dropdown over the shipped checkpoints, a run button
-with a live, interruptible progress bar, and outputs updated in place (units per layer by
+options of the causal test (k, inference, visiting order, test, the reference network and the
+multiple-testing correction), a model dropdown over the shipped checkpoints, a run button
+with a live, interruptible progress bar, a button that clears the runs drawn so far, and outputs updated in place (units per layer by
 label, parameters/MACs removed, accuracy before/after — on the validation split where the
 data has one, since α is a setting being chosen — and accuracy vs % removed with every
 earlier run kept for comparison).
@@ -33,7 +34,7 @@ from .plots import plot_accuracy_vs_removed, plot_layer_labels
 from ..pruning.session import PruneSession
 
 DEFAULT_MODEL = "resnet18-fashion"
-CONTROLS = ("alpha", "samples_per_class", "inference", "order", "test")  # options with a control
+CONTROLS = ("alpha", "samples_per_class", "inference", "order", "test", "reference", "correction")  # options with a control
 
 
 def option_control(name: str):
@@ -157,6 +158,8 @@ class AlphaExplorer:
         }
         self.run_button = W.Button(description="run C-SWAP", button_style="primary", icon="play")
         self.stop_button = W.Button(description="stop", icon="stop", disabled=True)
+        self.clear_button = W.Button(description="clear runs", icon="trash",
+                                     tooltip="forget the runs drawn in the figure (the score cache stays)")
         self.progress = W.IntProgress(value=0, min=0, max=1, description="units")
         self.status = W.HTML("")
         self.counts = W.HTML("")
@@ -175,12 +178,14 @@ class AlphaExplorer:
         self._thread: threading.Thread | None = None
         self.run_button.on_click(lambda _: self.run_in_background())
         self.stop_button.on_click(lambda _: self._stop.set())
+        self.clear_button.on_click(lambda _: self.clear_history())
         self.controls["model"].observe(lambda change: self.history.clear(), names="value")
         box = W.VBox([
             W.HBox([self.controls["model"], self.controls["test"]]),
             self.controls["alpha"], self.controls["samples_per_class"],
             self.controls["inference"], self.controls["order"],
-            W.HBox([self.run_button, self.stop_button, self.progress]),
+            W.HBox([self.controls["reference"], self.controls["correction"]]),
+            W.HBox([self.run_button, self.stop_button, self.clear_button, self.progress]),
             self.status, self.counts, self.figure_out,
         ])
         self.widget = box
@@ -257,6 +262,15 @@ class AlphaExplorer:
         self.counts.value = render_counts(s)
         self._draw(res, split)
         return res
+
+    def clear_history(self) -> None:
+        """Forget the runs drawn so far (the figure starts again with the next run); the score cache, the
+        calibration pools and :attr:`last_result` stay."""
+        self.history.clear()
+        self.figure_out.clear_output()
+        self.last_figure = None
+        self.counts.value = ""
+        self.status.value = "runs cleared: the next run starts a new figure"
 
     def run_in_background(self) -> None:
         """What the run button does: run in a thread so that Stop stays responsive."""
