@@ -5,6 +5,7 @@ Nothing is set globally; without an ``ax`` a new :class:`matplotlib.figure.Figur
 """
 from __future__ import annotations
 
+import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -86,9 +87,11 @@ def plot_session_progress(session, ax: Axes | None = None) -> Axes:
     names = [layer.name for layer in session.layers]
     kept = dict.fromkeys(names, 0)
     removed = dict.fromkeys(names, 0)
-    for record in session.records:
-        n = len(record["unit"]) if isinstance(record["unit"], list) else 1
-        (removed if record["pruned"] else kept)[record["layer"]] += n
+    if session.records:
+        done = pd.DataFrame(session.records)
+        done = done.assign(units=unit_sizes(done)).groupby(["layer", "pruned"]).units.sum()
+        for (layer, pruned), n in done.items():
+            (removed if pruned else kept)[layer] += int(n)
     sizes = {layer.name: layer.size for layer in session.layers}
     untested = {name: sizes[name] - kept[name] - removed[name] for name in names}
     left = [0] * len(names)
