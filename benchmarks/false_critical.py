@@ -14,7 +14,8 @@ not independent of the scores' pairing: q(x) and q^n(x) are measured on the same
   analysis of the same checkpoint; printed). A unit with exactly no change gives p = 1 and cannot serve.
 
 For C = 10, 100 and 1,000 and every test and correction, it prints the share of null units labelled
-critical (the decision of :func:`cswap_nb.core.causal.verdict_of`) next to 1 - (1 - alpha)^C.
+critical (the decision of :func:`cswap_nb.core.causal.verdict_of`) next to 1 - (1 - alpha)^C. The null units and
+their labels come from :func:`cswap_nb.experiments.effects.false_critical_rate` (notebook 02 uses it too).
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ import torch
 
 import cswap_nb as cs
 from cswap_nb.pruning import descent
-from cswap_nb.core.causal import CORRECTIONS, CRITICAL, NEUTRAL, TESTS, group_pvalues, verdict_of
+from cswap_nb.core.causal import CORRECTIONS, NEUTRAL, TESTS
+from cswap_nb.experiments.effects import false_critical_rate
 from cswap_nb.pruning.session import PruneSession
 
 
@@ -69,20 +71,12 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     rows = []
     for c in (10, 100, 1000):
-        groups = [np.arange(i * args.k, (i + 1) * args.k) for i in range(c)]
         for test in TESTS:
             trials = max(20, args.trials // 4) if test == "wilcoxon" else args.trials
-            hits = {corr: 0 for corr in CORRECTIONS}
-            for _ in range(trials):
-                q = rng.choice(pool, size=c * args.k, replace=True)
-                qn = q + rng.normal(0.0, sd, size=q.shape)
-                lows, highs = group_pvalues(qn, q, groups, test)
-                for corr in CORRECTIONS:
-                    v = verdict_of(lows, highs, list(range(c)), args.alpha, corr, float((qn - q).mean()))
-                    hits[corr] += v.label == CRITICAL
+            rates = false_critical_rate(pool, c, sd, test, args.k, trials, args.alpha, CORRECTIONS, rng=rng)
             for corr in CORRECTIONS:
                 rows.append({"C": c, "test": test, "correction": corr, "trials": trials,
-                             "false critical %": 100.0 * hits[corr] / trials,
+                             "false critical %": 100.0 * rates[corr],
                              "independent tests %": 100.0 * (1 - (1 - args.alpha) ** c)})
         print(f"C = {c} done", flush=True)
     table = pd.DataFrame(rows).pivot_table(index=["test", "correction"], columns="C", values="false critical %")

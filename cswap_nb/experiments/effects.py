@@ -3,6 +3,8 @@
 Unlike :func:`cswap_nb.prune`, which tests units progressively on an ever smaller
 network, these functions remove each unit *alone from the dense network*: the right view
 for teaching what one test sees, and cheap to re-label for any α afterwards.
+:func:`false_critical_rate` measures how often the tests label a harmless unit critical (cswap_nb/METHOD.md §2,
+"Many classes, measured").
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.calibration import select_calibration
-from ..core.causal import LABELS, TESTS, one_sided_pvalues, verdict_of
+from ..core.causal import CRITICAL, LABELS, TESTS, group_pvalues, one_sided_pvalues, verdict_of
 from ..data import as_tensors, check_xy
 from ..models.families import family_of
 from ..engines.graph import make_engine
@@ -148,6 +150,47 @@ def flips_between(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
     before, after = before.set_index("unit"), after.set_index("unit")
     out = pd.DataFrame({"p_lower": after.p_lower, "label_before": before.label, "label_after": after.label})
     return out[out.label_before != out.label_after].reset_index().sort_values("p_lower", kind="stable")
+
+
+def null_scores(pool: np.ndarray, n: int, noise_sd: float, rng: np.random.Generator,
+                paired: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The scores ``(q, q_removed)`` of ``n`` calibration images for a harmless unit, built from real scores.
+
+    ``q``: ``n`` reference scores drawn with replacement from ``pool``. ``paired=True``: the unit changes each
+    image's score by zero-mean Gaussian noise of sd ``noise_sd``, ``q_removed = q + e`` (the same images before and
+    after, as in C-SWAP's tests). ``paired=False``: ``q_removed`` is a fresh draw from ``pool`` plus that noise, so
+    the two samples come from different images and only their distributions agree. A unit with exactly no effect
+    (``q_removed == q``) cannot serve as a null: identical samples give p = 1 in both directions."""
+    pool = np.asarray(pool, dtype=float)
+    q = rng.choice(pool, size=n, replace=True)
+    base = q if paired else rng.choice(pool, size=n, replace=True)
+    return q, base + rng.normal(0.0, noise_sd, size=n)
+
+
+def false_critical_rate(pool: np.ndarray, classes: int, noise_sd: float, test: str = "welch", k: int = 20,
+                        trials: int = 400, alpha: float = 0.05, corrections: tuple[str, ...] = ("none",),
+                        paired: bool = True, rng: np.random.Generator | int | None = 0) -> dict[str, float]:
+    """The share of ``trials`` harmless units labelled critical: C = ``classes`` classes of ``k`` images each.
+
+    Each trial builds one null unit with :func:`null_scores` (``classes * k`` images, class i being images
+    ``i*k .. (i+1)*k - 1``), computes its per-class one-sided p-values with
+    :func:`cswap_nb.core.causal.group_pvalues` and labels it with :func:`cswap_nb.core.causal.verdict_of` at
+    ``alpha`` under each of ``corrections``. Returns ``{correction: rate}``. For C independent tests that are
+    calibrated on the samples given, the rate is ``1 - (1 - alpha) ** classes``; the paired t-test on Gaussian
+    noise is such a test, Welch's unpaired test on paired nulls is not (it divides by the spread between images,
+    cswap_nb/METHOD.md §2). ``rng``: a seed or a ``numpy`` Generator, which is advanced (so one generator passed
+    to several calls draws fresh nulls each time)."""
+    rng = np.random.default_rng(rng)
+    groups = [np.arange(i * k, (i + 1) * k) for i in range(classes)]
+    names = list(range(classes))
+    hits = dict.fromkeys(corrections, 0)
+    for _ in range(trials):
+        q, qn = null_scores(pool, classes * k, noise_sd, rng, paired)
+        lows, highs = group_pvalues(qn, q, groups, test)
+        for corr in corrections:
+            verdict = verdict_of(lows, highs, names, alpha, corr, float((qn - q).mean()))
+            hits[corr] += verdict.label == CRITICAL
+    return {corr: hits[corr] / trials for corr in corrections}
 
 
 def attention_maps(model: nn.Module, x: Tensor, block: int = -1) -> Tensor:
