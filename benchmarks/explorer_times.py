@@ -1,37 +1,68 @@
-"""How long the α explorer takes to answer: the first run, then each change of α right after.
+"""How long the α explorer takes to answer: the first run, then each change of α right after; then, on a
+fresh explorer, the same after its background precomputation of the slider's stops has finished.
 
     python benchmarks/explorer_times.py [--model resnet18-fashion] [--alphas 0.05,0.001,0.5,0.01,0.05]
+                                        [--after 0.001,0.5,0.01,0.1,0.00316,0.0501] [--lowest 1e-4] [--skip-plain]
 
 Drives :class:`cswap_nb.ui.widgets.AlphaExplorer` without a browser (``explorer.run()``, what the run button
-does in its thread) and prints, per run, the wall time, the analysis time, and the tests reused from the
-score cache or computed.
+does in its thread; ``explorer.prefetch()``, what it starts after each run) and prints, per run, the wall
+time, the analysis time, and the tests reused from the score cache or computed. ``--after`` values are
+rounded to the slider's stops (10^(0.1 j)), as the browser's slider would set them.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 from cswap_nb.ui.widgets import alpha_explorer
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="resnet18-fashion")
-    p.add_argument("--alphas", default="0.05,0.001,0.5,0.01,0.05")
-    args = p.parse_args(argv)
-    explorer = alpha_explorer()
-    explorer.controls["model"].value = args.model
-    explorer._model_and_data()  # load the checkpoint before timing: the first run measures the analysis
-    print(f"{'alpha':>8s}{'wall s':>9s}{'analysis s':>12s}{'reused':>8s}{'computed':>10s}{'removed %':>11s}")
-    for a in (float(v) for v in args.alphas.split(",")):
+def timed_runs(explorer, alphas) -> None:
+    print(f"{'alpha':>10s}{'wall s':>9s}{'analysis s':>12s}{'reused':>8s}{'computed':>10s}{'removed %':>11s}")
+    for a in alphas:
         explorer.controls["alpha"].value = a
         cache = explorer.cache()
         hits, misses = cache.hits, cache.misses
         t0 = time.perf_counter()
         res = explorer.run()
         wall = time.perf_counter() - t0
-        print(f"{a:>8g}{wall:>9.2f}{res.analysis_seconds:>12.2f}{cache.hits - hits:>8d}{cache.misses - misses:>10d}"
-              f"{res.params_removed_pct:>11.1f}")
+        how = "done before" if "done before" in explorer.status.value else f"{cache.hits - hits:>8d}{cache.misses - misses:>10d}"
+        print(f"{a:>10.4g}{wall:>9.2f}{res.analysis_seconds:>12.2f}{how:>18s}{res.params_removed_pct:>11.1f}")
+
+
+def fresh(model: str):
+    explorer = alpha_explorer()
+    explorer.controls["model"].value = model
+    explorer._model_and_data()  # load the checkpoint before timing: the first run measures the analysis
+    return explorer
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="resnet18-fashion")
+    p.add_argument("--alphas", default="0.05,0.001,0.5,0.01,0.05", help="without precomputation: first run, then changes")
+    p.add_argument("--after", default="0.001,0.5,0.01,0.1,0.00316,0.0501",
+                   help="changes of alpha once the precomputation has finished")
+    p.add_argument("--lowest", type=float, default=1e-4, help="the smallest stop precomputed")
+    p.add_argument("--skip-plain", action="store_true", help="only the run with precomputation")
+    args = p.parse_args(argv)
+    alphas = [float(v) for v in args.alphas.split(",")]
+    if not args.skip_plain:
+        print("== changes of alpha right after the first run (nothing precomputed)")
+        timed_runs(fresh(args.model), alphas)
+    print(f"\n== a fresh explorer: first run at alpha = {alphas[0]:g}, then the slider's stops from {args.lowest:g} "
+          "precomputed in the background")
+    explorer = fresh(args.model)
+    timed_runs(explorer, alphas[:1])
+    stops = explorer.prefetch_alphas(lowest=args.lowest)
+    t0 = time.perf_counter()
+    explorer.prefetch(stops, wait=True)
+    print(f"precomputed {len(stops)} stops in {time.perf_counter() - t0:.1f} s "
+          f"({(time.perf_counter() - t0) / max(1, len(stops)):.1f} s a stop)")
+    c = explorer.controls["alpha"]
+    after = [c.base ** (round(math.log(float(v), c.base) / c.step) * c.step) for v in args.after.split(",")]
+    timed_runs(explorer, after)
 
 
 if __name__ == "__main__":

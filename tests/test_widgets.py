@@ -1,6 +1,9 @@
 """The α explorer: driven programmatically (no browser), outputs follow the controls, cache == fresh run."""
 from __future__ import annotations
 
+import math
+import time
+
 import pytest
 
 import cswap_nb as cs
@@ -178,3 +181,66 @@ def test_the_pool_and_the_dense_metric_are_computed_once_and_match_a_fresh_run(e
     _, held_out = evaluation_split(data)
     assert res.metric_before == cs.evaluate(model, held_out)
     assert res.metric_after == cs.evaluate(res.model, held_out)
+
+
+def test_a_run_whose_scores_are_all_cached_builds_no_engine_and_decides_the_same(explorer):
+    explorer.controls["alpha"].value = 0.05
+    first = explorer.run()
+    explorer._results.clear()  # forget the finished runs: the next one replays the score cache
+    cache = explorer.cache()
+    misses = cache.misses
+    again = explorer.run()
+    assert cache.misses == misses and again is not first
+    assert again.engine["forward_passes"] == 0  # no engine was built: every score came from the cache
+    assert again.engine["path"] == first.engine["path"] and again.engine["name"] == first.engine["name"]
+    assert again.labels[COLS].equals(first.labels[COLS])
+    assert again.metric_after == first.metric_after and again.params_after == first.params_after
+
+
+def test_precomputed_alphas_answer_with_the_run_prune_gives(explorer, zoo_load):
+    from cswap_nb.ui.widgets import evaluation_split
+
+    model, data = zoo_load("resnet18-digits")
+    explorer.controls["alpha"].value = 0.05
+    explorer.run()
+    explorer.prefetch([0.3, 0.005], wait=True)
+    assert "precomputed 2 of 2" in explorer.prefetch_status.value
+    cache = explorer.cache()
+    for alpha in (0.3, 0.005):
+        explorer.controls["alpha"].value = alpha
+        misses = cache.misses
+        res = explorer.run()
+        assert cache.misses == misses and "done before" in explorer.status.value
+        assert res.config["alpha"] == alpha
+        fresh = cs.prune(model, data.calib, alpha=alpha, progress=False, eval_data=evaluation_split(data)[1],
+                         samples_per_class=explorer.controls["samples_per_class"].value)
+        assert res.labels[COLS].equals(fresh.labels[COLS])
+        assert res.metric_after == pytest.approx(fresh.metric_after)
+    explorer.controls["alpha"].value = 0.05
+
+
+def test_a_run_stops_the_precomputation_and_keeps_what_it_computed(explorer):
+    explorer.controls["alpha"].value = 0.05
+    explorer.run()
+    cache = explorer.cache()
+    stored = len(cache.store)
+    thread = explorer.prefetch([0.41, 0.0007, 0.0009])
+    time.sleep(0.5)
+    explorer.controls["alpha"].value = 0.03
+    res = explorer.run()  # gives way at once: the precomputation stops at its next test
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert res.config["alpha"] == 0.03 and len(cache.store) > stored
+    explorer.controls["alpha"].value = 0.05
+
+
+def test_prefetch_alphas_are_slider_stops_coarse_to_fine(explorer):
+    c = explorer.controls["alpha"]
+    stops = explorer.prefetch_alphas(around=0.05, lowest=1e-3)
+    exps = [math.log10(a) for a in stops]
+    assert all(abs(e / c.step - round(e / c.step)) < 1e-6 for e in exps)  # on the slider's grid
+    assert min(stops) == pytest.approx(1e-3) and max(stops) <= c.base ** c.max * (1 + 1e-9)
+    assert len(stops) == len(set(round(e, 6) for e in exps))
+    assert [round(e, 6) for e in exps[:4]] == [-1.0, -2.0, -0.3, -3.0]  # powers of ten and ~0.5, near 0.05 first
+    assert all(abs(2 * e - round(2 * e)) < 1e-6 for e in exps[4:7])  # then the half-decades
+    assert all(abs(e - math.log10(0.05)) > 1e-3 for e in exps)

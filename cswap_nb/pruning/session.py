@@ -284,11 +284,19 @@ class PruneSession:
         tracing and checking the model's graph. Assigning replaces it (e.g. by a caching wrapper).
         """
         if self._engine is None:
-            with full_float32():
-                self._engine = make_engine(self.config.engine, self.work, self.masker, self.example)
-                if self.segmentation:
-                    self._engine.segmentation(self.y, self.pairs if self.config.inference == "per-class" else None)
+            self._engine = self.build_engine()
         return self._engine
+
+    def build_engine(self):
+        """A new scoring engine of :attr:`config` on the working copy (what :attr:`engine` holds once asked).
+
+        A wrapper that may never need one (the α explorer's score cache, when every score of a run was
+        computed before) takes this method and calls it on its first miss."""
+        with full_float32():
+            engine = make_engine(self.config.engine, self.work, self.masker, self.example)
+            if self.segmentation:
+                engine.segmentation(self.y, self.pairs if self.config.inference == "per-class" else None)
+        return engine
 
     @engine.setter
     def engine(self, engine) -> None:

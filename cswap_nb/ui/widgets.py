@@ -8,10 +8,14 @@ label, parameters/MACs removed, accuracy before/after — on the validation spli
 data has one, since α is a setting being chosen — and accuracy vs % removed with every
 earlier run kept for comparison).
 
-Re-running at another α is cheap: the interventional scores are cached by (network state,
-tested unit), so the progressive descent replays every step up to the first decision that
-differs without a single forward pass (see :class:`ScoreCache`). The explorer is scriptable:
-``explorer.controls[name].value = ...``, ``explorer.run()``, ``explorer.last_result``.
+A change of α answers as fast as three things allow. A run with options already run is shown again
+(every finished run is kept). The interventional scores are cached by (network state, tested unit), so
+the progressive descent replays every step up to the first decision that differs without a single
+forward pass (see :class:`ScoreCache`), and a run whose scores are all cached builds no engine. After
+each run started with the button, the slider's other stops are computed in a background thread
+(:meth:`AlphaExplorer.prefetch`, the *precompute other α* box), which gives way to any run. The
+explorer is scriptable: ``explorer.controls[name].value = ...``, ``explorer.run()``,
+``explorer.prefetch(alphas, wait=True)``, ``explorer.last_result``.
 """
 from __future__ import annotations
 
@@ -73,27 +77,78 @@ class ScoreCache:
     model, calibration set and visiting order, two runs at different α pass through the
     same states until their first differing decision, so everything up to it is reused.
     Scores are kept class by class, so a candidate decided early (cswap_nb/METHOD.md §10) at one
-    α reuses the classes it evaluated when another α needs more of them.
+    α reuses the classes it evaluated when another α needs more of them. :attr:`facts` keeps what
+    the engine said of the model (which layers it scores on part of the calibration set, its name),
+    so that a run whose every score is stored never builds an engine.
     """
 
     def __init__(self):
         self.store: dict[tuple, Tensor] = {}
+        self.facts: dict[tuple, object] = {}
         self.hits = 0
         self.misses = 0
 
-    def wrap(self, engine: FullEngine) -> "CachedEngine":
-        return CachedEngine(engine, self)
+    def wrap(self, engine, masker=None, kind: str | None = None) -> "CachedEngine":
+        """A :class:`CachedEngine` over ``engine``: an engine, or a function that builds one on the first
+        miss (then give the session's ``masker`` and the engine option ``kind``, e.g.
+        ``cache.wrap(session.build_engine, session.masker, session.config.engine)``)."""
+        return CachedEngine(engine, self, masker, kind)
 
 
 class CachedEngine:
-    """A score engine whose results come from a :class:`ScoreCache` when they were computed before;
-    every other attribute is the wrapped engine's."""
+    """A score engine whose results come from a :class:`ScoreCache` when they were computed before; the
+    engine itself is built only when a score is missing. Its other attributes are the engine's."""
 
-    def __init__(self, engine: FullEngine, cache: ScoreCache):
-        self.inner, self.cache = engine, cache
+    def __init__(self, engine, cache: ScoreCache, masker=None, kind: str | None = None):
+        built = isinstance(engine, FullEngine)
+        self._inner, self._build = (engine, None) if built else (None, engine)
+        self.cache = cache
+        self._rows: dict[tuple, list] = {}
+        self.masker = engine.masker if built else masker
+        self.kind = kind if kind is not None else (engine.name if built else None)
+        if self.masker is None:
+            raise ValueError("a CachedEngine built on first use needs the session's masker")
+
+    @property
+    def inner(self) -> FullEngine:
+        """The wrapped engine, built now if it was not."""
+        if self._inner is None:
+            self._inner = self._build()
+        return self._inner
+
+    @property
+    def built(self) -> bool:
+        return self._inner is not None
 
     def __getattr__(self, name):
+        if name.startswith("__") or name in ("_inner", "_build", "_rows"):
+            raise AttributeError(name)
+        if name in ("name", "path", "fallback", "layer_fallbacks", "masks"):
+            return self._fact((name,), lambda: getattr(self.inner, name, {} if name == "layer_fallbacks" else None))
         return getattr(self.inner, name)
+
+    @property
+    def forward_equivalents(self) -> float:
+        """The forward passes this run computed (0 when every score came from the cache)."""
+        return self._inner.forward_equivalents if self._inner is not None else 0.0
+
+    def _fact(self, key: tuple, compute):
+        """What the engine answers for ``key``, asked once per cache (the answers depend on the model and
+        the engine option, not on the network's state)."""
+        facts, key = self.cache.facts, (self.kind, *key)
+        if key not in facts:
+            facts[key] = compute()
+        return facts[key]
+
+    def can_slice(self, layer, x: Tensor) -> bool:
+        return self._fact(("can_slice", layer.name, tuple(x.shape)), lambda: self.inner.can_slice(layer, x))
+
+    def can_stack(self, layer, x: Tensor) -> bool:
+        return self._fact(("can_stack", layer.name, tuple(x.shape)), lambda: self.inner.can_stack(layer, x))
+
+    def clear_stacked(self) -> None:
+        if self._inner is not None:
+            self._inner.clear_stacked()
 
     def _cached(self, key: tuple, rows, compute) -> Tensor:
         """Scores of ``rows`` (sample ranges; None: every sample) from the store, else computed and
@@ -111,17 +166,20 @@ class CachedEngine:
         return value
 
     def _key(self, score: str, layer) -> tuple:
-        state = tuple((name, tuple(m.nonzero().flatten().tolist())) for name, m in self.inner.masker.removed.items())
+        state = tuple((name, tuple(m.nonzero().flatten().tolist())) for name, m in self.masker.removed.items())
         return (score, layer.name if layer is not None else None, state)
 
     def _class_rows(self, y: Tensor, rows) -> list[tuple[int, int]]:
         """``rows`` cut at class boundaries (classification), so that runs deciding at different α share
         their classes' scores."""
-        out = []
-        for a, b in rows:
-            ranges = class_ranges(y[a:b]) if getattr(self.inner, "masks", None) is None else None
-            out.extend([(a, b)] if ranges is None else sorted((a + s, a + e) for _, s, e in ranges))
-        return out
+        memo = (y.data_ptr(), tuple(y.shape), tuple(rows))  # the same labels and rows every step of a run
+        if memo not in self._rows:
+            out = []
+            for a, b in rows:
+                ranges = class_ranges(y[a:b]) if self.masks is None else None
+                out.extend([(a, b)] if ranges is None else sorted((a + s, a + e) for _, s, e in ranges))
+            self._rows[memo] = out
+        return self._rows[memo]
 
     def scores(self, x: Tensor, y: Tensor, score: str, layer=None) -> Tensor:
         rows = self._class_rows(y, [(0, len(y))]) if layer is not None else [(0, len(y))]
@@ -161,12 +219,17 @@ class AlphaExplorer:
         self.clear_button = W.Button(description="clear runs", icon="trash",
                                      tooltip="forget the runs drawn in the figure (the score cache stays)")
         self.progress = W.IntProgress(value=0, min=0, max=1, description="units")
+        self.controls_prefetch = W.Checkbox(value=True, description="precompute other α", indent=False,
+                                            tooltip="after each run, compute the runs at the slider's other stops "
+                                                    "in the background, so that moving α answers at once")
+        self.prefetch_status = W.HTML("")
         self.status = W.HTML("")
         self.counts = W.HTML("")
         self.figure_out = W.Output()
         # options without a control, at their defaults: set them here (``explorer.settings["scope"] = "all"``)
         self.settings: dict = {k: v for k, v in CSwapConfig().as_dict().items() if k not in CONTROLS}
         self.last_figure = None  # the matplotlib Figure shown last
+        self._places: dict[str, list] = {}  # model -> its figure's axes positions (the layout solved once)
         self.history: list[dict] = []
         self.last_result: PruneResult | None = None
         self._caches: dict[tuple, ScoreCache] = {}
@@ -174,21 +237,31 @@ class AlphaExplorer:
         # per model: the calibration pool predicted once (each run selects from it) and the dense metric
         self._draws: dict[str, object] = {}
         self._dense: dict[str, float] = {}
+        self._metrics: dict[tuple, float] = {}  # (model, split, removed units) -> metric of that pruned network
         self._stop = threading.Event()
+        self._busy = threading.Event()  # set while a run is going: a precomputation waits
+        self._generation = 0  # bumped by every run and model change: a precomputation of older options stops
+        self._prefetcher: threading.Thread | None = None
+        self._results: dict[tuple, PruneResult] = {}  # every option (α to 10 digits) -> its run
         self._thread: threading.Thread | None = None
         self.run_button.on_click(lambda _: self.run_in_background())
         self.stop_button.on_click(lambda _: self._stop.set())
         self.clear_button.on_click(lambda _: self.clear_history())
-        self.controls["model"].observe(lambda change: self.history.clear(), names="value")
+        self.controls["model"].observe(lambda change: self._model_changed(), names="value")
         box = W.VBox([
             W.HBox([self.controls["model"], self.controls["test"]]),
             self.controls["alpha"], self.controls["samples_per_class"],
             self.controls["inference"], self.controls["order"],
             W.HBox([self.controls["reference"], self.controls["correction"]]),
             W.HBox([self.run_button, self.stop_button, self.clear_button, self.progress]),
+            W.HBox([self.controls_prefetch, self.prefetch_status]),
             self.status, self.counts, self.figure_out,
         ])
         self.widget = box
+
+    def _model_changed(self) -> None:
+        self._generation += 1  # a precomputation for the other model stops
+        self.history.clear()
 
     def _ipython_display_(self):
         from IPython.display import display
@@ -222,9 +295,18 @@ class AlphaExplorer:
         """Run C-SWAP synchronously with the current control values and update the outputs.
 
         Drives a :class:`~cswap_nb.pruning.session.PruneSession` step by step: its engine is wrapped by the
-        score cache, the progress bar follows the steps, and Stop ends the run between two steps.
+        score cache, the progress bar follows the steps, and Stop ends the run between two steps. A run
+        with exactly these options done before (by hand, or precomputed by :meth:`prefetch`) is not done
+        again: its result is shown at once.
         """
-        model, data = self._model_and_data()
+        self._generation += 1  # a precomputation in progress gives way (and stops: its scores stay cached)
+        self._busy.set()
+        try:
+            return self._run_here()
+        finally:
+            self._busy.clear()
+
+    def _run_here(self) -> PruneResult:
         v = self.values()
         cache = self.cache()
         hits0, misses0 = cache.hits, cache.misses
@@ -232,6 +314,44 @@ class AlphaExplorer:
         self.progress.value = 0
         t0 = time.perf_counter()
         self.status.value = f"running at α = {v['alpha']:.3g} …"
+        res = self._results.get(self._result_key(v))
+        if res is not None:
+            self.progress.value = self.progress.max
+            how = "done before"
+        else:
+            def step(session, _record):
+                self.progress.max = max(1, session.total_steps)
+                self.progress.value += 1
+                if self._stop.is_set():
+                    self.status.value = "stopped: the model is unchanged; nothing was pruned"
+                    raise Interrupted("stopped by the user")
+
+            res = self._compute(v, step)
+            how = f"{cache.hits - hits0} cached tests reused, {cache.misses - misses0} computed"
+        seconds = time.perf_counter() - t0
+        self.last_result = res
+        s = res.summary()
+        split = evaluation_split(self._model_and_data()[1])[0]
+        metric = f"{split} " + ("mIoU" if s["metric_name"] == "miou_pct" else "accuracy")
+        self.history.append({**s, "budget": f"alpha={v['alpha']:.3g}", "settings": dict(v)})
+        self.status.value = (f"<b>α = {v['alpha']:.3g}</b>: {s['params_removed_pct']:.1f}% of parameters and "
+                             f"{s['macs_removed_pct']:.1f}% of MACs removed; {metric} {s['metric_before']:.2f}% → "
+                             f"{s['metric_after']:.2f}% ({seconds:.1f} s; {how})")
+        self.counts.value = render_counts(s)
+        self._draw(res, split)
+        return res
+
+    @staticmethod
+    def _result_key(v: dict) -> tuple:
+        """A run's options as a key; α to 10 significant digits (the browser's slider computes 10**x itself)."""
+        return tuple((k, f"{v[k]:.10g}" if k == "alpha" else v[k]) for k in sorted(v))
+
+    def _compute(self, v: dict, step) -> PruneResult:
+        """The C-SWAP run of the options ``v`` (scores through the score cache of those options), measured on
+        the evaluation split and kept for a later run with the same options. ``step(session, record)`` is
+        called after every test; it may raise to abandon the run (nothing is kept then)."""
+        model, data = self._model_and_data()
+        cache = self._caches.setdefault(tuple(v[k] for k in self.SCORE_OPTIONS), ScoreCache())
         options = {k: v[k] for k in OPTION_NAMES}
         guard = {"guard_data": getattr(data, "val", None)} if options["max_drop"] is not None else {}
         name, (split, held_out) = str(v["model"]), evaluation_split(data)
@@ -239,29 +359,87 @@ class AlphaExplorer:
             self._draws[name] = calibration_draws(model, data.calib)
         calib = self._draws[name](make_config(None, **options))
         session = PruneSession(model, calib, progress=False, model_name=name, **guard, **options)
-        session.engine = cache.wrap(session.engine)
-        self.progress.max = max(1, session.total_steps)
-        for _ in session.steps():
-            self.progress.value += 1
-            if self._stop.is_set():
-                self.status.value = "stopped: the model is unchanged; nothing was pruned"
-                raise Interrupted("stopped by the user")
+        session.engine = cache.wrap(session.build_engine, session.masker, session.config.engine)
+        for record in session.steps():
+            step(session, record)
         res = session.finish()
         if name not in self._dense:  # the dense model's metric does not change between runs
             self._dense[name] = evaluate(model, held_out)
-        res.metric_before, res.metric_after = self._dense[name], evaluate(res.model, held_out)
-        seconds = time.perf_counter() - t0
-        self.last_result = res
-        s = res.summary()
-        metric = f"{split} " + ("mIoU" if s["metric_name"] == "miou_pct" else "accuracy")
-        self.history.append({**s, "budget": f"alpha={v['alpha']:.3g}", "settings": dict(v)})
-        self.status.value = (f"<b>α = {v['alpha']:.3g}</b>: {s['params_removed_pct']:.1f}% of parameters and "
-                             f"{s['macs_removed_pct']:.1f}% of MACs removed; {metric} {s['metric_before']:.2f}% → "
-                             f"{s['metric_after']:.2f}% ({seconds:.1f} s; {cache.hits - hits0} cached tests reused, "
-                             f"{cache.misses - misses0} computed)")
-        self.counts.value = render_counts(s)
-        self._draw(res, split)
+        # a run that ends in a network measured before (another α, same removals) reuses its metric
+        ending = (name, split, tuple(sorted((k, tuple(u)) for k, u in res.pruned_units.items())))
+        if ending not in self._metrics:
+            self._metrics[ending] = evaluate(res.model, held_out)
+        res.metric_before, res.metric_after = self._dense[name], self._metrics[ending]
+        self._results[self._result_key(v)] = res
         return res
+
+    # -- precomputing other α ---------------------------------------------------------------
+    def prefetch_alphas(self, around: float | None = None, lowest: float = 1e-4) -> list[float]:
+        """The α values :meth:`prefetch` computes: the slider's stops from ``lowest`` up, coarse to fine (the
+        powers of ten and the stop nearest 0.5 first, then the half-decades, then the rest), each level
+        nearest to ``around`` (default: the slider's α) first."""
+        c = self.controls["alpha"]
+        around = c.value if around is None else around
+        count = int(round((c.max - c.min) / c.step))
+        exps = [round(c.min + j * c.step, 6) for j in range(count + 1)]
+        exps = [e for e in exps if c.base**e >= lowest * (1 - 1e-9)]
+        half = min(exps, key=lambda e: abs(c.base**e - 0.5))
+
+        def level(e: float) -> int:
+            if abs(e - round(e)) < 1e-6 or e == half:
+                return 0
+            return 1 if abs(2 * e - round(2 * e)) < 1e-6 else 2
+
+        here = math.log(around, c.base)
+        ordered = sorted(exps, key=lambda e: (level(e), abs(e - here)))
+        return [float(c.base**e) for e in ordered if abs(e - here) > 1e-6]
+
+    def prefetch(self, alphas=None, wait: bool = False) -> threading.Thread:
+        """Precompute, in a background thread, the runs at other α with the present options (default
+        :meth:`prefetch_alphas`): a later run at one of them answers at once (:meth:`run` finds its result),
+        and any run finds their scores cached. The thread gives way to a run (it waits between two tests
+        while one is going) and stops for good when a run starts or the model changes; the run button
+        starts it again after each run when the *precompute* box is ticked. ``wait=True`` returns when it
+        has finished. Returns the thread."""
+        v = self.values()
+        alphas = self.prefetch_alphas(v["alpha"]) if alphas is None else [float(a) for a in alphas]
+        self._generation += 1
+        generation = self._generation
+
+        def step(_session, _record):
+            while self._busy.is_set() and self._generation == generation:
+                time.sleep(0.02)
+            if self._generation != generation:
+                raise Interrupted("a run started: the precomputation stops")
+
+        def target():
+            done = 0
+            for a in alphas:
+                if self._generation != generation:
+                    return
+                if self._result_key({**v, "alpha": a}) not in self._results:
+                    try:
+                        self._compute({**v, "alpha": a}, step)
+                    except Interrupted:
+                        return
+                    except Exception as exc:  # shown, not lost in a thread
+                        self.prefetch_status.value = f"<span style='color:#c53030'>precomputing: {exc}</span>"
+                        return
+                done += 1
+                self.prefetch_status.value = (f"precomputed {done} of {len(alphas)} α stops (last α = {a:.3g}); "
+                                              "a run at one of them answers at once")
+
+        self._prefetcher = threading.Thread(target=target, daemon=True, name="cswap-prefetch")
+        self._prefetcher.start()
+        if wait:
+            self._prefetcher.join()
+        return self._prefetcher
+
+    def stop_prefetch(self) -> None:
+        """Stop a precomputation (between two tests); what it computed stays."""
+        self._generation += 1
+        if self._prefetcher is not None:
+            self._prefetcher.join()
 
     def clear_history(self) -> None:
         """Forget the runs drawn so far (the figure starts again with the next run); the score cache, the
@@ -281,6 +459,8 @@ class AlphaExplorer:
             self.run_button.disabled, self.stop_button.disabled = True, False
             try:
                 self.run()
+                if self.controls_prefetch.value:
+                    self.prefetch()
             except Interrupted:
                 pass
             except Exception as exc:  # shown to the user instead of lost in a thread
@@ -300,8 +480,12 @@ class AlphaExplorer:
 
         from matplotlib.figure import Figure
 
-        fig = Figure(figsize=(13, 4.2), layout="constrained")
+        # the constrained layout (0.4 s) is solved on a model's first figure; later ones reuse its axes' places
+        places = self._places.get(res.model_name)
+        fig = Figure(figsize=(13, 4.2), layout="constrained" if places is None else None)
         axes = fig.subplots(1, 2)
+        for ax, place in zip(axes, places or ()):
+            ax.set_position(place)
         plot_layer_labels(res, ax=axes[0])
         records = [{**h, "method": "cswap"} for h in self.history]
         plot_accuracy_vs_removed(records, ax=axes[1], split=split)
@@ -310,6 +494,8 @@ class AlphaExplorer:
                              textcoords="offset points", xytext=(4, -12), fontsize=7)
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=90)
+        if places is None:
+            self._places[res.model_name] = [ax.get_position() for ax in axes]
         self.last_figure = fig
         self.figure_out.outputs = ({"output_type": "display_data", "metadata": {},
                                     "data": {"image/png": base64.b64encode(buf.getvalue()).decode("ascii"),
