@@ -189,6 +189,30 @@ def test_vit_mlp_layers_are_tested_in_groups_by_default():
     assert all(len(u) == 1 for _, u in visiting_plan(cnn_layers, CSwapConfig()))
 
 
+def test_wide_dense_layers_are_tested_in_groups_by_default():
+    """A fully connected layer of thousands of units (a VGG classifier's) is tested in groups that leave it
+    at most AUTO_DENSE_TESTS tests; at the threshold and in convolutions, units stay single."""
+    from cswap_nb.core.units import AUTO_DENSE_TESTS, AUTO_DENSE_THRESHOLD
+
+    torch.manual_seed(0)
+    wide, edge = 2048, AUTO_DENSE_THRESHOLD
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, wide), nn.ReLU(), nn.Linear(wide, edge), nn.ReLU(),
+                          nn.Linear(edge, 10)).eval()
+    layers = {layer.name: layer for layer in find_unit_layers(model, torch.randn(1, 1, 8, 8))}
+    assert layers["1"].auto_group == -(-wide // AUTO_DENSE_TESTS) == 8 and layers["3"].auto_group == 1
+    plan = visiting_plan(list(layers.values()), CSwapConfig())
+    first = [units for layer, units in plan if layer.name == "1"]
+    assert len(first) == AUTO_DENSE_TESTS and sorted(u for g in first for u in g) == list(range(wide))
+    x = torch.randn(400, 1, 8, 8)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # its own predictions: every sample correct
+    res = cs.prune(model, (x, y), samples_per_class=4, progress=False, alpha=0.05)
+    assert res.equivalence_max_abs_diff < 1e-4 and len(res.labels) == AUTO_DENSE_TESTS + edge
+    wide_conv = nn.Sequential(nn.Conv2d(1, 2048, 3), nn.ReLU(), nn.Conv2d(2048, 4, 1), nn.ReLU(),
+                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)).eval()
+    assert all(layer.auto_group == 1 for layer in find_unit_layers(wide_conv, torch.randn(1, 1, 8, 8)))
+
+
 @pytest.mark.parametrize("name", ["mobilenetv2-digits", pytest.param("vit-digits", marks=pytest.mark.slow)])  # vit: ~14 s
 def test_fast_and_naive_engines_agree_on_checkpoints(name, checkpoints, digits):
     model = checkpoints[name]

@@ -68,7 +68,9 @@ class CSwapConfig:
         ``group_size`` consecutive units of the visiting order are tested and pruned together.
         None (auto) uses each layer's :attr:`~cswap_nb.core.units.UnitLayer.auto_group`: groups of
         :data:`~cswap_nb.core.units.AUTO_GROUP_SIZE` in transformer MLP layers wider than
-        :data:`~cswap_nb.core.units.AUTO_GROUP_THRESHOLD` units, single units elsewhere; 1 tests
+        :data:`~cswap_nb.core.units.AUTO_GROUP_THRESHOLD` units, groups that leave at most
+        :data:`~cswap_nb.core.units.AUTO_DENSE_TESTS` tests in other fully connected layers wider than
+        :data:`~cswap_nb.core.units.AUTO_DENSE_THRESHOLD` units, single units elsewhere; 1 tests
         every unit alone.
     group_threshold : int, default 0
         Layers with at most this many units are tested unit by unit.
@@ -109,7 +111,7 @@ class CSwapConfig:
     scope: str = _option("internal", "internal: channels inside blocks; all: also residual streams and other "
                                      "coupled groups", SCOPES)
     group_size: int | None = _option(None, "units tested together (None: auto, groups of 4 in wide transformer "
-                                           "MLP layers)", positive=True)
+                                           "MLP layers, at most 256 tests in other dense layers over 1,024 units)", positive=True)
     group_threshold: int = _option(0, "layers with at most this many units are tested unit by unit")
     seed: int = _option(0, "the calibration draw and the random visiting order")
     correction: str = _option("none", "adjust the per-class p-values for testing several classes: none, Holm "

@@ -65,7 +65,8 @@ class UnitLayer:
     ``position``: execution index of the anchor in a forward pass (layer order);
     ``head_dim``: channels per head (``"heads"`` layers only, else 0);
     ``auto_group``: how many units are tested together when ``group_size=None`` (auto,
-    cswap_nb/METHOD.md §3): 4 for wide transformer MLP layers, else 1.
+    cswap_nb/METHOD.md §3, :func:`auto_group_size`): 4 for wide transformer MLP layers, enough for at most 256
+    tests in other fully connected layers wider than 1,024 units, else 1.
     """
 
     name: str
@@ -84,6 +85,22 @@ class UnitLayer:
 # test AUTO_GROUP_SIZE consecutive units of the magnitude order at a time.
 AUTO_GROUP_SIZE = 4
 AUTO_GROUP_THRESHOLD = 256
+# Any other fully connected layer wider than AUTO_DENSE_THRESHOLD units (a VGG or AlexNet classifier's 4,096
+# hidden units) is tested in groups that leave it at most AUTO_DENSE_TESTS tests: one by one, such a layer alone
+# would cost thousands of tests (issue "any model").
+AUTO_DENSE_THRESHOLD = 1024
+AUTO_DENSE_TESTS = 256
+
+
+def auto_group_size(module: nn.Module, size: int, in_transformer: bool) -> int:
+    """How many units of a unit layer whose anchor is ``module`` are tested together by default."""
+    if not isinstance(module, nn.Linear):
+        return 1
+    if in_transformer and size > AUTO_GROUP_THRESHOLD:
+        return AUTO_GROUP_SIZE
+    if size > AUTO_DENSE_THRESHOLD:
+        return -(-size // AUTO_DENSE_TESTS)
+    return 1
 
 STAT_NORMS = (nn.LayerNorm, nn.GroupNorm)  # a removed channel changes their statistics
 
@@ -339,9 +356,7 @@ def _survey(model: nn.Module, example: Tensor, scope: str, ignored_layers, cover
                 elif layer is not None and expanded is not None and layer.name not in expanded:
                     reason = FAMILY_SCOPE
                 elif layer is not None:
-                    if attentions and isinstance(model.get_submodule(layer.name), nn.Linear) \
-                            and layer.size > AUTO_GROUP_THRESHOLD:
-                        layer.auto_group = AUTO_GROUP_SIZE  # a wide transformer MLP layer
+                    layer.auto_group = auto_group_size(model.get_submodule(layer.name), layer.size, bool(attentions))
                     layers.append(layer)
                     kept.append((layer, group))
                     continue
