@@ -19,7 +19,7 @@ def prune(model: nn.Module, calib, method: str = "cswap", *, config: CSwapConfig
           ratio: float | None = None, params: int | None = None, counts: dict[str, int] | None = None,
           scores: dict[str, Tensor] | None = None, eval_data=None, guard_data=None,
           ignored_layers: list[nn.Module] | None = None, progress: bool = True, model_name: str | None = None,
-          **options) -> PruneResult:
+          distributed=False, **options) -> PruneResult:
     """Prune a copy of ``model`` in one call (the caller's model is never modified).
 
     ``method="cswap"`` (default) runs C-SWAP's progressive causal descent (cswap_nb/METHOD.md
@@ -64,6 +64,9 @@ def prune(model: nn.Module, calib, method: str = "cswap", *, config: CSwapConfig
         Show a progress bar.
     model_name : str, optional
         The name in summaries and figures (default: a shipped checkpoint's name, else the class).
+    distributed : bool or ProcessGroup
+        Share the analysis among the ranks of an initialised ``torch.distributed`` process group (True: the
+        default group); every rank calls ``prune`` alike and gets the same result (cswap_nb/METHOD.md §10).
     **options
         Any field of :class:`~cswap_nb.core.config.CSwapConfig` (its docstring says what each means), replacing
         those of ``config``; each with its default:
@@ -82,8 +85,7 @@ def prune(model: nn.Module, calib, method: str = "cswap", *, config: CSwapConfig
     """
     return PruneSession(model, calib, method, config=config, ratio=ratio, params=params, counts=counts,
                         scores=scores, eval_data=eval_data, guard_data=guard_data, ignored_layers=ignored_layers,
-                        progress=progress,
-                        model_name=model_name, **options).finish()
+                        progress=progress, model_name=model_name, distributed=distributed, **options).finish()
 
 
 prune.__doc__ = prune.__doc__.replace(  # the options' one list (cswap_nb/core/config.py), not a copy

@@ -32,6 +32,7 @@ from ..criteria import CRITERIA, Cost, score_units
 from ..data import as_tensors, check_xy, stream_source
 from .descent import Guard, greedy, progressive, rank_and_prune, visiting_plan
 from ..engines.graph import make_engine
+from ..engines.sharded import ShardedEngine
 from ..core.layout import to_channels_last, to_default
 from ..core.metrics import evaluate
 from ..core.result import PruneResult, model_label
@@ -168,6 +169,11 @@ class PruneSession:
         Show a progress bar while stepping.
     model_name : str, optional
         The name in summaries and figures (default: a shipped checkpoint's name, else the class name).
+    distributed : bool or ProcessGroup
+        Share the causal analysis among the ranks of an initialised ``torch.distributed`` process group
+        (True: the default group; launched with ``torchrun --nproc-per-node N``): every rank runs the same
+        session and gets the same result, each scores its shard of the calibration set
+        (:class:`cswap_nb.engines.sharded.ShardedEngine`, cswap_nb/METHOD.md §10). Only rank 0 shows progress.
     **options
         Fields of :class:`~cswap_nb.core.config.CSwapConfig` (``alpha=``, ``samples_per_class=``, ...),
         replacing those of ``config``.
@@ -184,7 +190,7 @@ class PruneSession:
                  ratio: float | None = None, params: int | None = None, counts: dict[str, int] | None = None,
                  scores: dict[str, Tensor] | None = None, eval_data=None, guard_data=None,
                  ignored_layers: list[nn.Module] | None = None, progress: bool = True, model_name: str | None = None,
-                 **options):
+                 distributed=False, **options):
         self.t_start = time.perf_counter()
         self.strategy = strategy_of(method)
         self.method, self.config = method, make_config(config, **options)
@@ -195,6 +201,9 @@ class PruneSession:
         if method == "cswap" and self.config.max_drop is not None and guard_data is None:
             raise ValueError(f"max_drop={self.config.max_drop} needs guard_data=, a validation split (e.g. the zoo's "
                              "data.val) on which the guard measures the pruned network; not the test set")
+        self.distributed, self.group = _check_distributed(distributed)
+        if self.distributed and torch.distributed.get_rank(self.group) != 0:
+            progress = False  # one bar for the whole group
         self.model, self.scores, self.eval_data, self.progress = model, scores, eval_data, progress
         self.guard_data = guard_data if method == "cswap" else None
         self.guard = None
@@ -282,9 +291,13 @@ class PruneSession:
 
         Rank-and-prune criteria score the units without it, so a baseline's run does not pay for
         tracing and checking the model's graph. Assigning replaces it (e.g. by a caching wrapper).
+        With ``distributed=``, the engine is wrapped in a :class:`~cswap_nb.engines.sharded.ShardedEngine`.
         """
         if self._engine is None:
-            self._engine = self.build_engine()
+            engine = self.build_engine()
+            if self.distributed:
+                engine = ShardedEngine(engine, self.group)
+            self._engine = engine
         return self._engine
 
     def build_engine(self):
@@ -455,6 +468,17 @@ def _engine_summary(engine, name: str) -> dict:
     return {"name": engine.name, "path": engine.path, "fallback": engine.fallback,
             "layers_on_full_passes": dict(getattr(engine, "layer_fallbacks", {})),
             "forward_equivalents": round(engine.forward_equivalents, 3)}
+
+
+def _check_distributed(distributed) -> tuple[bool, object]:
+    """``distributed=`` (False, True or a process group) as (whether the analysis is sharded, the process
+    group: None for the default one)."""
+    if distributed is False or distributed is None:
+        return False, None
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        raise ValueError("distributed= needs an initialised torch.distributed process group: launch with "
+                         "torchrun --nproc-per-node N and call torch.distributed.init_process_group() first")
+    return True, None if distributed is True else distributed
 
 
 def _same_modules(original: nn.Module, copy_: nn.Module, modules: list[nn.Module] | None) -> list[nn.Module]:
