@@ -61,8 +61,12 @@ def _child(rank: int, world: int, port: int, out: str) -> None:
     ``ok`` (a sharded run), ``raise`` (rank 1's fifth scoring call raises), ``die`` (rank 1 ends its process
     in its fifth scoring call). The report goes to ``out``/rank.json after each scenario."""
     torch.set_num_threads(1)
-    import torch.distributed as dist
+    import threading
 
+    import torch.distributed as dist
+    import tqdm
+
+    tqdm.tqdm.set_lock(threading.RLock())  # not tqdm's multiprocessing lock: rank 1 ends itself and would leak it
     report: dict = {"started": time.time()}
     path = Path(out, f"{rank}.json")
     try:
@@ -165,6 +169,7 @@ def test_gathered_parts_come_back_in_the_rows_order():
             assert max(counts) - min(counts) <= 1
 
 
+@pytest.mark.slow  # the three share one spawn of two ranks: 27-43 s here (imports ~16 s)
 def test_sharded_run_takes_the_single_process_decisions(ranks):
     reports, codes, wall = ranks
     torch.set_num_threads(1)
@@ -190,6 +195,7 @@ def test_sharded_run_takes_the_single_process_decisions(ranks):
           f"{[round(r['ok']['forward_equivalents'], 1) for r in reports]} per rank")
 
 
+@pytest.mark.slow  # the three share one spawn of two ranks: 27-43 s here (imports ~16 s)
 def test_a_rank_that_raises_stops_the_other(ranks):
     reports, codes, _ = ranks
     assert all(c is not None for c in codes), f"a rank hung: exit codes {codes}"
@@ -198,8 +204,10 @@ def test_a_rank_that_raises_stops_the_other(ranks):
     assert first.get("error") == "RankLostError", first
     assert "rank 1 of 2 failed while scoring" in first["message"]
     assert first["seconds"] < 60
+    print(f"\nrank 0 raised {first['seconds']:.1f} s after its session started (set-up included)")
 
 
+@pytest.mark.slow  # the three share one spawn of two ranks: 27-43 s here (imports ~16 s)
 def test_a_rank_that_dies_stops_the_other(ranks):
     reports, codes, _ = ranks
     assert codes == [0, 3], f"exit codes {codes} (rank 1 ends itself with 3; None: hung)"
@@ -208,3 +216,4 @@ def test_a_rank_that_dies_stops_the_other(ranks):
     assert first.get("error") == "RankLostError", first
     assert "another rank died or stopped answering" in first["message"]
     assert first["seconds"] < 70  # the process group's 60 s timeout at most
+    print(f"\nrank 0 raised {first['seconds']:.1f} s after its session started (set-up included)")
