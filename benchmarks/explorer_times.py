@@ -60,6 +60,7 @@ def main(argv=None) -> None:
     explorer.prefetch(stops, wait=True)
     print(f"precomputed {len(stops)} stops in {time.perf_counter() - t0:.1f} s "
           f"({(time.perf_counter() - t0) / max(1, len(stops)):.1f} s a stop)")
+    print("ready after (s): " + ", ".join(f"{a:.3g}: {t:.0f}" for a, t in explorer.prefetch_log[:8]) + ", ...")
     c = explorer.controls["alpha"]
     after = [c.base ** (round(math.log(float(v), c.base) / c.step) * c.step) for v in args.after.split(",")]
     timed_runs(explorer, after)

@@ -242,6 +242,7 @@ class AlphaExplorer:
         self._busy = threading.Event()  # set while a run is going: a precomputation waits
         self._generation = 0  # bumped by every run and model change: a precomputation of older options stops
         self._prefetcher: threading.Thread | None = None
+        self.prefetch_log: list[tuple[float, float]] = []  # the last precomputation: (alpha, seconds) per stop ready
         self._results: dict[tuple, PruneResult] = {}  # every option (α to 10 digits) -> its run
         self._thread: threading.Thread | None = None
         self.run_button.on_click(lambda _: self.run_in_background())
@@ -269,10 +270,11 @@ class AlphaExplorer:
         display(self.widget)
 
     # -- state ----------------------------------------------------------------------------
-    def _model_and_data(self):
+    def _model_and_data(self, name: str | None = None):
+        """The model and data of the dropdown's checkpoint (or of ``name``), loaded once; your own if given."""
         if self._given is not None:
             return self._given
-        name = self.controls["model"].value
+        name = self.controls["model"].value if name is None else name
         if name not in self._loaded:
             self._loaded[name] = zoo.load(name)
         return self._loaded[name]
@@ -331,7 +333,7 @@ class AlphaExplorer:
         seconds = time.perf_counter() - t0
         self.last_result = res
         s = res.summary()
-        split = evaluation_split(self._model_and_data()[1])[0]
+        split = evaluation_split(self._model_and_data(str(v["model"]))[1])[0]
         metric = f"{split} " + ("mIoU" if s["metric_name"] == "miou_pct" else "accuracy")
         self.history.append({**s, "budget": f"alpha={v['alpha']:.3g}", "settings": dict(v)})
         self.status.value = (f"<b>α = {v['alpha']:.3g}</b>: {s['params_removed_pct']:.1f}% of parameters and "
@@ -350,7 +352,7 @@ class AlphaExplorer:
         """The C-SWAP run of the options ``v`` (scores through the score cache of those options), measured on
         the evaluation split and kept for a later run with the same options. ``step(session, record)`` is
         called after every test; it may raise to abandon the run (nothing is kept then)."""
-        model, data = self._model_and_data()
+        model, data = self._model_and_data(str(v["model"]))
         cache = self._caches.setdefault(tuple(v[k] for k in self.SCORE_OPTIONS), ScoreCache())
         options = {k: v[k] for k in OPTION_NAMES}
         guard = {"guard_data": getattr(data, "val", None)} if options["max_drop"] is not None else {}
@@ -412,8 +414,10 @@ class AlphaExplorer:
             if self._generation != generation:
                 raise Interrupted("a run started: the precomputation stops")
 
+        self.prefetch_log = []  # (alpha, seconds since the start) of each stop ready
+
         def target():
-            done = 0
+            done, t0 = 0, time.perf_counter()
             for a in alphas:
                 if self._generation != generation:
                     return
@@ -426,6 +430,7 @@ class AlphaExplorer:
                         self.prefetch_status.value = f"<span style='color:#c53030'>precomputing: {exc}</span>"
                         return
                 done += 1
+                self.prefetch_log.append((a, time.perf_counter() - t0))
                 self.prefetch_status.value = (f"precomputed {done} of {len(alphas)} α stops (last α = {a:.3g}); "
                                               "a run at one of them answers at once")
 
