@@ -10,6 +10,7 @@ independent, name-based model of ResNet channel coupling.
 """
 from __future__ import annotations
 
+import copy
 import re
 
 import pytest
@@ -392,3 +393,29 @@ def test_attention_macs_are_counted_on_cpu_and_fall_with_each_removed_head():
     before = count_macs(model, x)
     remove_heads(model.blocks[0].attn, [1])
     assert count_macs(model, x) == before - (3 * d * e + d * e) * n - 2 * n * n * d
+
+
+def test_stage_profile_adds_up_to_the_model_and_sees_what_a_cut_removes():
+    """Per stage: parameters add up to the model's, MACs to count_macs; a cut of one stage's channels shows
+    in that stage's parameters and MACs (and in its consumers'), nowhere else."""
+    from torch import nn
+
+    from cswap_nb.core.surgery import count_macs, remove_units
+    from cswap_nb.experiments.bench import stage_profile
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)).eval()
+    x = torch.randn(4, 3, 16, 16)
+    dense = stage_profile(model, x, repeats=2)
+    assert list(dense.stage) == [str(i) for i in range(8)]
+    assert dense.params.sum() == sum(p.numel() for p in model.parameters())
+    assert dense.macs.sum() == count_macs(model, x[:1])
+    assert dense.loc[0, "macs"] == 8 * 3 * 9 * 16 * 16 and dense.loc[3, "macs"] == 16 * 8 * 9 * 8 * 8
+    assert tuple(dense.loc[2, "output"]) == (8, 8, 8) and (dense.ms >= 0).all()
+    for col in ("params_pct", "macs_pct", "ms_pct"):
+        assert abs(dense[col].sum() - 100) < 1e-6
+    cut = remove_units(copy.deepcopy(model), x[:1], {"0": [0, 1, 2, 3]})  # half of the first conv's channels
+    after = stage_profile(cut, x, repeats=2)
+    assert after.loc[0, "macs"] == dense.loc[0, "macs"] // 2 and after.loc[3, "macs"] == dense.loc[3, "macs"] // 2
+    assert (after.params[4:] == dense.params[4:]).all() and (after.macs[4:] == dense.macs[4:]).all()

@@ -43,6 +43,66 @@ def latency(model: nn.Module, x: torch.Tensor, repeats: int) -> float:
     return statistics.median(times)
 
 
+def stage_profile(model: nn.Module, x: torch.Tensor, repeats: int = 10) -> "pd.DataFrame":
+    """Where a model's parameters, MACs and time go, per top-level child module (a "stage": the stem, each
+    ResNet ``layerN``, the head, ...), on the batch ``x``.
+
+    Columns: ``stage``, ``output`` (the stage's output shape for one sample), ``params``, ``macs`` (per
+    sample, torch's FLOP counter / 2, as :func:`~cswap_nb.core.surgery.count_macs`), ``ms`` (the median
+    over ``repeats`` passes of the stage's wall time on the whole batch, read between forward hooks) and
+    each as a share of the model's total (``params_pct``, ``macs_pct``, ``ms_pct``). Stages without
+    parameters or time (an identity) are kept, so the shares add up to 100.
+    """
+    import pandas as pd
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ..core.surgery import EXTRA_FLOP_FORMULAS
+
+    model.eval()
+    children = list(model.named_children())
+    shapes, starts, spent = {}, {}, {name: [] for name, _ in children}
+    def before(name):
+        def hook(_module, _args):
+            starts[name] = time.perf_counter()
+        return hook
+
+    def after(name):
+        def hook(_module, _args, out):  # returns None: the output is left as it is
+            spent[name].append(time.perf_counter() - starts[name])
+            shapes[name] = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else None
+        return hook
+
+    handles = []
+    for name, child in children:
+        handles.append(child.register_forward_pre_hook(before(name)))
+        handles.append(child.register_forward_hook(after(name)))
+    try:
+        with torch.inference_mode():
+            with FlopCounterMode(display=False, custom_mapping=EXTRA_FLOP_FORMULAS) as counter:
+                model(x[:1])
+            for name in spent:
+                spent[name].clear()
+            for _ in range(repeats + 2):
+                model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    flops = counter.get_flop_counts()  # keyed by "<model class>.<child>[.<grandchild>...]", and "Global"
+    rows = []
+    for name, child in children:
+        times = spent[name][2:] or [0.0]
+        rows.append({"stage": name, "output": shapes.get(name),
+                     "params": sum(p.numel() for p in child.parameters()),
+                     "macs": sum(next((v for k, v in flops.items() if k.count(".") == 1
+                                       and k.split(".", 1)[1] == name), {}).values()) // 2,
+                     "ms": 1e3 * statistics.median(times)})
+    table = pd.DataFrame(rows)
+    for col in ("params", "macs", "ms"):
+        total = table[col].sum()
+        table[f"{col}_pct"] = 100 * table[col] / total if total else 0.0
+    return table
+
+
 def compare_latency(dense: nn.Module, pruned: nn.Module, x: torch.Tensor, repeats: int) -> dict:
     """Dense vs pruned latency, alternating the two models between rounds."""
     rounds = 5
