@@ -197,3 +197,17 @@ def test_from_state_dict_reads_timm_and_wrapped_files(tmp_path):
     model = cs.models.from_state_dict("timm:resnet18", tmp_path / "w.pt", 4)
     x = torch.randn(2, 3, 32, 32)
     assert not model.training and torch.equal(model(x), ref(x))
+
+
+@pytest.mark.slow  # ~25 s: five figures from four analyses of the digits checkpoint
+def test_gallery_draws_every_figure_from_its_own_run(tmp_path, zoo_load):
+    out = tmp_path / "gallery"
+    assert main(["gallery", "--model", "resnet18-digits", "--fast", "--out", str(out), "--no-progress"]) == 0
+    index = (out / "index.md").read_text()
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == sorted(["images.png", "layer_labels.png", "accuracy_vs_removed.png", "alpha.png", "stages.png"])
+    for name in pngs:
+        assert f"]({name})" in index and (out / name).read_bytes()[:4] == b"\x89PNG"
+    model, data = zoo_load("resnet18-digits")
+    res = cs.prune(model, data.calib, alpha=0.05, samples_per_class=10, progress=False)
+    assert f"{res.params_removed_pct:.1f}% of the parameters" in index  # the caption's number is the run's

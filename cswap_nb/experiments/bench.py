@@ -8,12 +8,14 @@ from __future__ import annotations
 import statistics
 import time
 
+import pandas as pd
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from .. import zoo
 from ..pruning.api import prune
-from ..core.surgery import count_macs
+from ..core.surgery import EXTRA_FLOP_FORMULAS, count_macs
 
 
 def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
@@ -43,7 +45,7 @@ def latency(model: nn.Module, x: torch.Tensor, repeats: int) -> float:
     return statistics.median(times)
 
 
-def stage_profile(model: nn.Module, x: torch.Tensor, repeats: int = 10) -> "pd.DataFrame":
+def stage_profile(model: nn.Module, x: torch.Tensor, repeats: int = 10) -> pd.DataFrame:
     """Where a model's parameters, MACs and time go, per top-level child module (a "stage": the stem, each
     ResNet ``layerN``, the head, ...), on the batch ``x``.
 
@@ -53,11 +55,6 @@ def stage_profile(model: nn.Module, x: torch.Tensor, repeats: int = 10) -> "pd.D
     each as a share of the model's total (``params_pct``, ``macs_pct``, ``ms_pct``). Stages without
     parameters or time (an identity) are kept, so the shares add up to 100.
     """
-    import pandas as pd
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from ..core.surgery import EXTRA_FLOP_FORMULAS
-
     model.eval()
     children = list(model.named_children())
     shapes, starts, spent = {}, {}, {name: [] for name, _ in children}

@@ -1,4 +1,4 @@
-"""Command line: ``python -m cswap_nb {demo,prune,compare,variants,models,bench}``."""
+"""Command line: ``python -m cswap_nb {demo,prune,compare,variants,models,gallery,bench}``."""
 from __future__ import annotations
 
 import argparse
@@ -16,6 +16,7 @@ from ..core.config import ENGINES, EVALUATIONS, OPTION_NAMES, CSwapConfig, make_
 from ..criteria import CRITERIA
 from ..data import image_folder
 from ..models import from_state_dict
+from .gallery import make_gallery
 from .plots import plot_accuracy_vs_removed, plot_layer_labels, plot_spread
 from ..pruning.session import PruneSession
 
@@ -264,6 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--seeds", type=positive_int, default=3, help="calibration draws (seeds 0..N-1, default 3)")
     add_arguments(v)
     _add_common(v)
+    g = sub.add_parser("gallery", help="the course's key figures, drawn from a fresh run, as PNGs and an index.md")
+    g.add_argument("--model", default=DEMO_MODEL, help=f"a shipped classification checkpoint (default {DEMO_MODEL})")
+    g.add_argument("--out", type=Path, default=Path("cswap_gallery"), help="folder for the figures and index.md")
+    g.add_argument("--fast", action="store_true", help="k = 10 and 1,000 test images (else k = 20, the test split)")
+    g.add_argument("--no-progress", action="store_true")
     b = sub.add_parser("bench", help="naive vs fast analysis engine, dense vs pruned latency")
     b.add_argument("--model", default="resnet18-digits", help=f"one of: {', '.join(zoo.names())}")
     b.add_argument("--rounds", type=int, default=2, help="alternating rounds per engine (median is reported)")
@@ -283,6 +289,12 @@ def main(argv: list[str] | None = None) -> int:
             return run_compare(args)
         if args.cmd == "variants":
             return run_variants(args)
+        if args.cmd == "gallery":
+            made = make_gallery(args.out, args.model, fast=args.fast, progress=not args.no_progress)
+            for name, caption in made["figures"]:
+                print(f"{args.out / name}: {caption}")
+            print(f"wrote {len(made['figures'])} figures and {args.out / 'index.md'} in {made['seconds']:.0f} s")
+            return 0
         if args.cmd == "bench":
             engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
             unknown = [e for e in engines if e.partition("-")[0] not in ENGINES or e.partition("-")[2] not in ("", *EVALUATIONS)]

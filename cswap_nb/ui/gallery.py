@@ -1,0 +1,120 @@
+"""The key figures of the course, drawn from one fresh run: ``python -m cswap_nb gallery``.
+
+A teacher who wants pictures for slides or a handout, and a reader who wants to see what the notebooks
+show before running them, get the same figures the notebooks draw, computed now on a shipped checkpoint
+(nothing is pasted): the images, where C-SWAP's cuts fell, C-SWAP against ``l1`` and ``random`` at equal
+size and along their curves, what α does to the size, and where the parameters, MACs and time of the
+network go. :func:`make_gallery` writes one PNG per figure and an ``index.md`` that captions each with
+the numbers of this run; the teacher's guide (``notebooks/README.md``) shows the copies kept in
+``notebooks/gallery/``.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from .. import zoo
+from ..experiments.bench import compare_latency, stage_profile
+from ..experiments.comparison import SAME_PARAMS, compare_methods
+from ..pruning.api import prune
+from .plots import plot_accuracy_vs_removed, plot_images, plot_layer_labels
+
+ALPHAS = (0.01, 0.05, 0.5)
+
+
+def _save(fig: Figure, out: Path, name: str) -> str:
+    fig.savefig(out / name, dpi=100)
+    return name
+
+
+def make_gallery(out: Path, model_name: str = "resnet18-fashion", fast: bool = False, progress: bool = True) -> dict:
+    """Draw the gallery of ``model_name`` (a shipped classification checkpoint) into the folder ``out``.
+
+    ``fast``: k = 10 calibration images per class and the first 1,000 test images (else k = 20 and the whole
+    test split). Returns ``{"figures": [(file, caption), ...], "seconds": ...}``; ``out/index.md`` lists
+    the same.
+    """
+    t0 = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, data = zoo.load(model_name)
+    if data.test.y.ndim != 1:
+        raise ValueError(f"the gallery draws classification figures; {model_name!r} is a segmentation checkpoint")
+    k = 10 if fast else 20
+    test = data.test.head(1000) if fast else data.test
+    figures: list[tuple[str, str]] = []
+
+    fig = plot_images(data.test, data.classes)
+    figures.append((_save(fig, out, "images.png"),
+                    f"The data: one test image of each of the {len(data.classes)} classes ({data.source})."))
+
+    runs = {a: prune(model, data.calib, alpha=a, samples_per_class=k, eval_data=test, progress=progress,
+                     model_name=model_name) for a in ALPHAS}
+    res = runs[0.05]
+    s = res.summary()
+    fig = Figure(figsize=(8, 0.3 * len(res.layers) + 1.8), layout="constrained")
+    plot_layer_labels(res, ax=fig.add_subplot())
+    figures.append((_save(fig, out, "layer_labels.png"),
+                    f"Where C-SWAP's cuts fell (α = 0.05, k = {k}): {s['params_removed_pct']:.1f}% of the parameters "
+                    f"and {s['macs_removed_pct']:.1f}% of the MACs removed, test accuracy {s['metric_before']:.2f}% -> "
+                    f"{s['metric_after']:.2f}%, no fine-tuning. Critical units are kept; neutral and detrimental "
+                    "ones are removed."))
+
+    records = compare_methods(model, data, ["l1", "random"], ratios=(0.2, 0.4, 0.6), alphas=[0.01, 0.5],
+                              eval_data=test, samples_per_class=k, progress=progress, cswap=res,
+                              model_name=model_name)
+    fig = Figure(figsize=(7.5, 4.6), layout="constrained")
+    plot_accuracy_vs_removed(records, ax=fig.add_subplot(), split="test")
+    same = {r["method"]: r["metric_after"] for r in records if r["budget"] == SAME_PARAMS}
+    figures.append((_save(fig, out, "accuracy_vs_removed.png"),
+                    "C-SWAP (stars: α = 0.01, 0.05, 0.5) against `l1` and `random` (curves: 20, 40, 60% of the units "
+                    f"removed) on one calibration draw. At C-SWAP's size (α = 0.05): C-SWAP {same.get('cswap', 0):.2f}%, "
+                    f"`l1` {same.get('l1', 0):.2f}%, `random` {same.get('random', 0):.2f}%. One draw is an anecdote: "
+                    "notebooks 03 and 09 repeat it over draws and say which differences exceed the spread."))
+
+    fig = Figure(figsize=(11, 3.6), layout="constrained")
+    axes = fig.subplots(1, len(ALPHAS), sharex=True)
+    for ax, a in zip(axes, ALPHAS):
+        plot_layer_labels(runs[a], ax=ax)
+        r = runs[a].summary()
+        ax.set_title(f"α = {a}: {r['params_removed_pct']:.1f}% removed, {r['metric_after']:.2f}%", fontsize=9)
+        if ax is not axes[0]:
+            ax.set_yticklabels([])
+        legend = ax.get_legend()
+        if legend is not None and ax is not axes[-1]:
+            legend.remove()
+    removed = ", ".join(f"α = {a}: {runs[a].params_removed_pct:.1f}%" for a in ALPHAS)
+    sizes = [runs[a].params_removed_pct for a in ALPHAS]
+    monotone = all(x >= y for x, y in zip(sizes, sizes[1:]))
+    figures.append((_save(fig, out, "alpha.png"),
+                    f"What α does: a larger α flags more units critical, so less is removed ({removed} of the "
+                    "parameters" + (")." if monotone else "; here the order breaks: what a run removes early is part "
+                                    "of every later test, the path effect of notebook 09).")))
+
+    x = data.test.x[:64]
+    prof = stage_profile(model, x, 5 if fast else 20)
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    ax = fig.add_subplot()
+    prof.set_index("stage")[["params_pct", "macs_pct", "ms_pct"]].rename(
+        columns={"params_pct": "parameters", "macs_pct": "MACs", "ms_pct": "time (batch 64)"}).plot.bar(ax=ax, rot=0)
+    ax.set_ylabel("% of the dense model's total")
+    ax.set_title(f"{model_name}: where the parameters, MACs and time go, stage by stage", fontsize=10)
+    most = {col: prof.loc[prof[col].idxmax(), "stage"] for col in ("params", "macs", "ms")}
+    speed = compare_latency(model, res.model, x, 10 if fast else 30)["speedup"]
+    figures.append((_save(fig, out, "stages.png"),
+                    f"Parameters, MACs and latency are three different things: most parameters sit in {most['params']}, "
+                    f"most MACs in {most['macs']}, most time in {most['ms']} (measured on this machine). C-SWAP's "
+                    f"{s['params_removed_pct']:.1f}% of the parameters bought a {speed:.2f}x faster forward pass at "
+                    "batch 64 (notebook 00)."))
+
+    seconds = time.perf_counter() - t0
+    lines = [f"# Gallery: {model_name}", "",
+             f"Drawn by `python -m cswap_nb gallery --model {model_name}{' --fast' if fast else ''}` in "
+             f"{seconds:.0f} s ({'FAST: ' if fast else ''}k = {k} calibration images per class, "
+             f"{len(test.y):,} test images). Every number below comes from that run.", ""]
+    for name, caption in figures:
+        lines += [f"![{name}]({name})", "", caption, ""]
+    (out / "index.md").write_text("\n".join(lines))
+    return {"figures": figures, "seconds": seconds}
