@@ -26,6 +26,35 @@ def test_notebook_committed_without_outputs(path):
     assert not dirty, f"{path.name}: cells {dirty} carry outputs; clear them before committing"
 
 
+def test_each_notebook_tags_one_key_figure_and_the_gallery_keeps_it(tmp_path):
+    """One cell per notebook is tagged for the gallery (python -m cswap_nb gallery --notebooks); the gallery runs
+    a notebook and saves exactly that cell's figure, captioned with the notebook's title and what it printed."""
+    import nbformat
+
+    from cswap_nb.ui.gallery import KEY_TAG, notebook_key_figures
+
+    for path in NOTEBOOKS:
+        tagged = [c for c in json.loads(path.read_text())["cells"] if KEY_TAG in c["metadata"].get("tags", [])]
+        assert len(tagged) == 1 and tagged[0]["cell_type"] == "code", path.name
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# 99 · A tiny lesson\n\ntext"),
+                nbformat.v4.new_code_cell("import matplotlib.pyplot as plt\n%matplotlib inline\nplt.plot([0, 1], [1, 0])"),
+                nbformat.v4.new_code_cell("fig, ax = plt.subplots(figsize=(2, 2))\nax.bar([0, 1], [3, 4])\n"
+                                          "print('the answer is 42')")]
+    nb.cells[2].metadata["tags"] = [KEY_TAG]
+    path = tmp_path / "99_tiny.ipynb"
+    nbformat.write(nb, path)
+    (name, caption), = notebook_key_figures([path], tmp_path / "out", fast=True)
+    png = (tmp_path / "out" / name).read_bytes()
+    assert name == "99_tiny.png" and png[:4] == b"\x89PNG"
+    assert "99 · A tiny lesson" in caption and "the answer is 42" in caption and "FAST" in caption
+    untagged = tmp_path / "98_untagged.ipynb"
+    nb.cells[2].metadata["tags"] = []
+    nbformat.write(nb, untagged)
+    with pytest.raises(ValueError, match="tag exactly one"):
+        notebook_key_figures([untagged], tmp_path / "out")
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_listed_in_readme(path):
     assert path.name in (ROOT / "README.md").read_text(), f"{path.name} is not listed in README.md"

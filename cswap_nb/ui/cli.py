@@ -269,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--model", default=DEMO_MODEL, help=f"a shipped classification checkpoint (default {DEMO_MODEL})")
     g.add_argument("--out", type=Path, default=Path("cswap_gallery"), help="folder for the figures and index.md")
     g.add_argument("--fast", action="store_true", help="k = 10 and 1,000 test images (else k = 20, the test split)")
+    g.add_argument("--notebooks", type=Path, default=None,
+                   help="also run the numbered notebooks of this folder (e.g. notebooks/) and keep each one's key figure")
     g.add_argument("--no-progress", action="store_true")
     b = sub.add_parser("bench", help="naive vs fast analysis engine, dense vs pruned latency")
     b.add_argument("--model", default="resnet18-digits", help=f"one of: {', '.join(zoo.names())}")
@@ -290,7 +292,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "variants":
             return run_variants(args)
         if args.cmd == "gallery":
-            made = make_gallery(args.out, args.model, fast=args.fast, progress=not args.no_progress)
+            notebooks = sorted(args.notebooks.glob("[0-9][0-9]_*.ipynb")) if args.notebooks is not None else None
+            if notebooks is not None and not notebooks:
+                raise ValueError(f"no numbered notebooks (NN_name.ipynb) in {args.notebooks}")
+            made = make_gallery(args.out, args.model, fast=args.fast, progress=not args.no_progress, notebooks=notebooks)
             for name, caption in made["figures"]:
                 print(f"{args.out / name}: {caption}")
             print(f"wrote {len(made['figures'])} figures and {args.out / 'index.md'} in {made['seconds']:.0f} s")

@@ -10,10 +10,14 @@ the numbers of this run; the teacher's guide (``notebooks/README.md``) shows the
 """
 from __future__ import annotations
 
+import base64
+import os
 import time
 from pathlib import Path
 
+import nbformat
 from matplotlib.figure import Figure
+from nbclient import NotebookClient
 
 from .. import zoo
 from ..experiments.bench import compare_latency, stage_profile
@@ -22,6 +26,7 @@ from ..pruning.api import prune
 from .plots import plot_accuracy_vs_removed, plot_images, plot_layer_labels
 
 ALPHAS = (0.01, 0.05, 0.5)
+KEY_TAG = "key-figure"  # the cell tag that marks a notebook's key figure
 
 
 def _save(fig: Figure, out: Path, name: str) -> str:
@@ -29,11 +34,57 @@ def _save(fig: Figure, out: Path, name: str) -> str:
     return name
 
 
-def make_gallery(out: Path, model_name: str = "resnet18-fashion", fast: bool = False, progress: bool = True) -> dict:
+def notebook_key_figures(notebooks: list[Path], out: Path, fast: bool = False) -> list[tuple[str, str]]:
+    """Run each notebook top to bottom (``fast``: with ``CSWAP_NB_FAST=1``, as the test suite does) and save the
+    figure of its cell tagged :data:`KEY_TAG` as ``out/<notebook>.png``. Returns ``(file, caption)`` pairs: the
+    notebook's title, the mode, and what that cell printed."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    saved = {k: os.environ.get(k) for k in ("CSWAP_NB_FAST", "MPLBACKEND")}
+    os.environ["MPLBACKEND"] = "Agg"
+    if fast:
+        os.environ["CSWAP_NB_FAST"] = "1"
+    else:
+        os.environ.pop("CSWAP_NB_FAST", None)
+    figures = []
+    try:
+        for path in notebooks:
+            path = Path(path)
+            nb = nbformat.read(path, as_version=4)
+            tagged = [c for c in nb.cells if KEY_TAG in c.get("metadata", {}).get("tags", [])]
+            if len(tagged) != 1:
+                raise ValueError(f"{path.name}: {len(tagged)} cells are tagged {KEY_TAG!r}; tag exactly one")
+            NotebookClient(nb, timeout=3600, kernel_name="python3",
+                           resources={"metadata": {"path": str(path.parent.resolve())}}).execute()
+            cell = tagged[0]
+            images = [o["data"]["image/png"] for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+            if not images:
+                raise ValueError(f"{path.name}: the cell tagged {KEY_TAG!r} drew no figure")
+            name = f"{path.stem}.png"
+            (out / name).write_bytes(base64.b64decode(images[-1]))
+            title = next((c.source.splitlines()[0].lstrip("# ").strip() for c in nb.cells
+                          if c.cell_type == "markdown" and c.source.strip()), path.stem)
+            printed = " ".join("".join(o.get("text", "")) for o in cell.get("outputs", [])
+                               if o.get("output_type") == "stream").strip()
+            caption = (f"[{title}]({path.name}), its key figure ({'FAST' if fast else 'full'} mode)"
+                       + (f": {printed[:400]}" if printed else "."))
+            figures.append((name, caption))
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return figures
+
+
+def make_gallery(out: Path, model_name: str = "resnet18-fashion", fast: bool = False, progress: bool = True,
+                 notebooks: list[Path] | None = None) -> dict:
     """Draw the gallery of ``model_name`` (a shipped classification checkpoint) into the folder ``out``.
 
     ``fast``: k = 10 calibration images per class and the first 1,000 test images (else k = 20 and the whole
-    test split). Returns ``{"figures": [(file, caption), ...], "seconds": ...}``; ``out/index.md`` lists
+    test split); ``notebooks``: also run these notebooks and keep each one's key figure
+    (:func:`notebook_key_figures`, in FAST mode with ``fast``). Returns ``{"figures": [(file, caption), ...], "seconds": ...}``; ``out/index.md`` lists
     the same.
     """
     t0 = time.perf_counter()
@@ -109,9 +160,13 @@ def make_gallery(out: Path, model_name: str = "resnet18-fashion", fast: bool = F
                     f"{s['params_removed_pct']:.1f}% of the parameters bought a {speed:.2f}x faster forward pass at "
                     "batch 64 (notebook 00)."))
 
+    if notebooks:
+        figures += notebook_key_figures(notebooks, out, fast)
     seconds = time.perf_counter() - t0
+    command = (f"python -m cswap_nb gallery --model {model_name}{' --fast' if fast else ''}"
+               + (f" --notebooks {Path(notebooks[0]).parent}" if notebooks else ""))
     lines = [f"# Gallery: {model_name}", "",
-             f"Drawn by `python -m cswap_nb gallery --model {model_name}{' --fast' if fast else ''}` in "
+             f"Drawn by `{command}` in "
              f"{seconds:.0f} s ({'FAST: ' if fast else ''}k = {k} calibration images per class, "
              f"{len(test.y):,} test images). Every number below comes from that run.", ""]
     for name, caption in figures:
