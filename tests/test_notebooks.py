@@ -40,13 +40,17 @@ def test_each_notebook_tags_one_key_figure_and_the_gallery_keeps_it(tmp_path):
     nb.cells = [nbformat.v4.new_markdown_cell("# 99 · A tiny lesson\n\ntext"),
                 nbformat.v4.new_code_cell("import matplotlib.pyplot as plt\n%matplotlib inline\nplt.plot([0, 1], [1, 0])"),
                 nbformat.v4.new_code_cell("fig, ax = plt.subplots(figsize=(2, 2))\nax.bar([0, 1], [3, 4])\n"
-                                          "print('the answer is 42')")]
+                                          "print('the answer is 42')"),
+                nbformat.v4.new_code_cell("fig, ax = plt.subplots(figsize=(5, 1))\nax.plot([0, 1])")]
     nb.cells[2].metadata["tags"] = [KEY_TAG]
     path = tmp_path / "99_tiny.ipynb"
     nbformat.write(nb, path)
     (name, caption), = notebook_key_figures([path], tmp_path / "out", fast=True)
     png = (tmp_path / "out" / name).read_bytes()
     assert name == "99_tiny.png" and png[:4] == b"\x89PNG"
+    import struct
+    width, height = struct.unpack(">II", png[16:24])
+    assert width < 2 * height  # the tagged 2x2-inch figure, not the wide one drawn after it
     assert "99 · A tiny lesson" in caption and "the answer is 42" in caption and "FAST" in caption
     untagged = tmp_path / "98_untagged.ipynb"
     nb.cells[2].metadata["tags"] = []

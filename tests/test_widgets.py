@@ -46,6 +46,7 @@ def test_outputs_follow_alpha_and_cache_equals_fresh_run(explorer, zoo_load):
     assert len(explorer.history) == 2 and "α = 0.5" in explorer.status.value
     # the cached re-run gives exactly the decisions of a fresh, uncached run
     explorer.controls["alpha"].value = 0.05
+    explorer._results.clear()  # forget the finished runs: the re-run replays the score cache
     misses_before = explorer.cache().misses
     again = explorer.run()
     assert explorer.cache().misses == misses_before  # nothing recomputed
@@ -183,12 +184,19 @@ def test_the_pool_and_the_dense_metric_are_computed_once_and_match_a_fresh_run(e
     assert res.metric_after == cs.evaluate(res.model, held_out)
 
 
-def test_a_run_whose_scores_are_all_cached_builds_no_engine_and_decides_the_same(explorer):
+def test_a_run_whose_scores_are_all_cached_builds_no_engine_and_decides_the_same(explorer, monkeypatch):
+    from cswap_nb.pruning.session import PruneSession
+
     explorer.controls["alpha"].value = 0.05
     first = explorer.run()
     explorer._results.clear()  # forget the finished runs: the next one replays the score cache
     cache = explorer.cache()
     misses = cache.misses
+
+    def no_engine(self):
+        raise AssertionError("a run whose scores are all cached built an engine")
+
+    monkeypatch.setattr(PruneSession, "build_engine", no_engine)
     again = explorer.run()
     assert cache.misses == misses and again is not first
     assert again.engine["forward_passes"] == 0  # no engine was built: every score came from the cache
@@ -224,13 +232,17 @@ def test_a_run_stops_the_precomputation_and_keeps_what_it_computed(explorer):
     explorer.run()
     cache = explorer.cache()
     stored = len(cache.store)
-    thread = explorer.prefetch([0.41, 0.0007, 0.0009])
-    time.sleep(0.5)
+    alphas = [0.41, 0.0007, 0.0009]
+    v = explorer.values()
+    thread = explorer.prefetch(alphas)
+    while len(cache.store) == stored:  # the precomputation has begun scoring
+        time.sleep(0.01)
     explorer.controls["alpha"].value = 0.03
-    res = explorer.run()  # gives way at once: the precomputation stops at its next test
-    thread.join(timeout=30)
+    res = explorer.run()  # the precomputation stops at its next test; the run starts once it has
     assert not thread.is_alive()
-    assert res.config["alpha"] == 0.03 and len(cache.store) > stored
+    assert res.config["alpha"] == 0.03
+    done = [a for a in alphas if explorer._result_key({**v, "alpha": a}) in explorer._results]
+    assert done == [] and explorer.prefetch_log == []  # it stopped inside its first run: nothing finished
     explorer.controls["alpha"].value = 0.05
 
 

@@ -53,8 +53,12 @@ def stage_profile(model: nn.Module, x: torch.Tensor, repeats: int = 10) -> pd.Da
     sample, torch's FLOP counter / 2, as :func:`~cswap_nb.core.surgery.count_macs`), ``ms`` (the median
     over ``repeats`` passes of the stage's wall time on the whole batch, read between forward hooks) and
     each as a share of the model's total (``params_pct``, ``macs_pct``, ``ms_pct``). Stages without
-    parameters or time (an identity) are kept, so the shares add up to 100.
+    parameters or time (an identity) are kept, and what belongs to the model itself rather than to a child
+    (a ViT's position embedding and class token, an operation written in its ``forward``) is the row
+    ``"(model itself)"``, so parameters and MACs add up to the model's (its ``ms`` is the whole pass's time
+    outside the children). The model's train/eval mode is restored.
     """
+    was_training = model.training
     model.eval()
     children = list(model.named_children())
     shapes, starts, spent = {}, {}, {name: [] for name, _ in children}
@@ -73,6 +77,7 @@ def stage_profile(model: nn.Module, x: torch.Tensor, repeats: int = 10) -> pd.Da
     for name, child in children:
         handles.append(child.register_forward_pre_hook(before(name)))
         handles.append(child.register_forward_hook(after(name)))
+    whole = []
     try:
         with torch.inference_mode():
             with FlopCounterMode(display=False, custom_mapping=EXTRA_FLOP_FORMULAS) as counter:
@@ -80,10 +85,13 @@ def stage_profile(model: nn.Module, x: torch.Tensor, repeats: int = 10) -> pd.Da
             for name in spent:
                 spent[name].clear()
             for _ in range(repeats + 2):
+                t0 = time.perf_counter()
                 model(x)
+                whole.append(time.perf_counter() - t0)
     finally:
         for h in handles:
             h.remove()
+        model.train(was_training)
     flops = counter.get_flop_counts()  # keyed by "<model class>.<child>[.<grandchild>...]", and "Global"
     rows = []
     for name, child in children:
@@ -93,6 +101,12 @@ def stage_profile(model: nn.Module, x: torch.Tensor, repeats: int = 10) -> pd.Da
                      "macs": sum(next((v for k, v in flops.items() if k.count(".") == 1
                                        and k.split(".", 1)[1] == name), {}).values()) // 2,
                      "ms": 1e3 * statistics.median(times)})
+    own_params = sum(p.numel() for p in model.parameters()) - sum(r["params"] for r in rows)
+    own_macs = sum(flops.get("Global", {}).values()) // 2 - sum(r["macs"] for r in rows)
+    own_ms = 1e3 * statistics.median(whole[2:] or [0.0]) - sum(r["ms"] for r in rows)
+    if own_params or own_macs:
+        rows.append({"stage": "(model itself)", "output": None, "params": own_params, "macs": own_macs,
+                     "ms": max(own_ms, 0.0)})
     table = pd.DataFrame(rows)
     for col in ("params", "macs", "ms"):
         total = table[col].sum()

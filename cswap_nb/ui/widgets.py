@@ -100,7 +100,7 @@ class CachedEngine:
     engine itself is built only when a score is missing. Its other attributes are the engine's."""
 
     def __init__(self, engine, cache: ScoreCache, masker=None, kind: str | None = None):
-        built = isinstance(engine, FullEngine)
+        built = hasattr(engine, "scores")  # an engine (or a wrapper of one); else a function that builds one
         self._inner, self._build = (engine, None) if built else (None, engine)
         self.cache = cache
         self._rows: dict[tuple, list] = {}
@@ -239,8 +239,8 @@ class AlphaExplorer:
         self._dense: dict[str, float] = {}
         self._metrics: dict[tuple, float] = {}  # (model, split, removed units) -> metric of that pruned network
         self._stop = threading.Event()
-        self._busy = threading.Event()  # set while a run is going: a precomputation waits
-        self._generation = 0  # bumped by every run and model change: a precomputation of older options stops
+        self._lock = threading.Lock()  # reading the options and bumping the generation happen together
+        self._generation = 0  # bumped by every run and option change: a precomputation of older options stops
         self._prefetcher: threading.Thread | None = None
         self.prefetch_log: list[tuple[float, float]] = []  # the last precomputation: (alpha, seconds) per stop ready
         self._results: dict[tuple, PruneResult] = {}  # every option (α to 10 digits) -> its run
@@ -249,6 +249,9 @@ class AlphaExplorer:
         self.stop_button.on_click(lambda _: self._stop.set())
         self.clear_button.on_click(lambda _: self.clear_history())
         self.controls["model"].observe(lambda change: self._model_changed(), names="value")
+        for name in CONTROLS:  # another setting: what is being precomputed is no longer what the next run needs
+            if name != "alpha":
+                self.controls[name].observe(lambda change: self._bump(), names="value")
         box = W.VBox([
             W.HBox([self.controls["model"], self.controls["test"]]),
             self.controls["alpha"], self.controls["samples_per_class"],
@@ -260,8 +263,14 @@ class AlphaExplorer:
         ])
         self.widget = box
 
+    def _bump(self) -> int:
+        """A new generation: a precomputation of an older one stops at its next test."""
+        with self._lock:
+            self._generation += 1
+            return self._generation
+
     def _model_changed(self) -> None:
-        self._generation += 1  # a precomputation for the other model stops
+        self._bump()  # a precomputation for the other model stops
         self.history.clear()
 
     def _ipython_display_(self):
@@ -287,9 +296,9 @@ class AlphaExplorer:
     # is shared only by runs that agree on all of them (alpha and the test only change decisions)
     SCORE_OPTIONS = ("model", *SCORE_OPTIONS)
 
-    def cache(self) -> ScoreCache:
-        """The score cache of the current :data:`SCORE_OPTIONS` values."""
-        v = self.values()
+    def cache(self, v: dict | None = None) -> ScoreCache:
+        """The score cache of the current :data:`SCORE_OPTIONS` values (or of the options ``v``)."""
+        v = self.values() if v is None else v
         return self._caches.setdefault(tuple(v[k] for k in self.SCORE_OPTIONS), ScoreCache())
 
     # -- running --------------------------------------------------------------------------
@@ -301,16 +310,15 @@ class AlphaExplorer:
         with exactly these options done before (by hand, or precomputed by :meth:`prefetch`) is not done
         again: its result is shown at once.
         """
-        self._generation += 1  # a precomputation in progress gives way (and stops: its scores stay cached)
-        self._busy.set()
-        try:
-            return self._run_here()
-        finally:
-            self._busy.clear()
+        self._bump()  # a precomputation in progress stops at its next test (its scores stay cached) ...
+        worker = self._prefetcher
+        if worker is not None and worker is not threading.current_thread():
+            worker.join()  # ... and the run starts once it has: one analysis at a time, counts of this run only
+        return self._run_here()
 
     def _run_here(self) -> PruneResult:
         v = self.values()
-        cache = self.cache()
+        cache = self.cache(v)
         hits0, misses0 = cache.hits, cache.misses
         self._stop.clear()
         self.progress.value = 0
@@ -321,7 +329,9 @@ class AlphaExplorer:
             self.progress.value = self.progress.max
             how = "done before"
         else:
-            def step(session, _record):
+            def step(session, record):
+                if record is None:  # the steps are done
+                    return
                 self.progress.max = max(1, session.total_steps)
                 self.progress.value += 1
                 if self._stop.is_set():
@@ -353,7 +363,7 @@ class AlphaExplorer:
         the evaluation split and kept for a later run with the same options. ``step(session, record)`` is
         called after every test; it may raise to abandon the run (nothing is kept then)."""
         model, data = self._model_and_data(str(v["model"]))
-        cache = self._caches.setdefault(tuple(v[k] for k in self.SCORE_OPTIONS), ScoreCache())
+        cache = self.cache(v)
         options = {k: v[k] for k in OPTION_NAMES}
         guard = {"guard_data": getattr(data, "val", None)} if options["max_drop"] is not None else {}
         name, (split, held_out) = str(v["model"]), evaluation_split(data)
@@ -364,6 +374,7 @@ class AlphaExplorer:
         session.engine = cache.wrap(session.build_engine, session.masker, session.config.engine)
         for record in session.steps():
             step(session, record)
+        step(session, None)  # a precomputation that must stop does not pay for the removal and evaluation
         res = session.finish()
         if name not in self._dense:  # the dense model's metric does not change between runs
             self._dense[name] = evaluate(model, held_out)
@@ -403,16 +414,17 @@ class AlphaExplorer:
         while one is going) and stops for good when a run starts or the model changes; the run button
         starts it again after each run when the *precompute* box is ticked. ``wait=True`` returns when it
         has finished. Returns the thread."""
-        v = self.values()
+        with self._lock:  # the options read and the generation they belong to, together
+            v = self.values()
+            self._generation += 1
+            generation = self._generation
         alphas = self.prefetch_alphas(v["alpha"]) if alphas is None else [float(a) for a in alphas]
-        self._generation += 1
-        generation = self._generation
+        if self._prefetcher is not None and self._prefetcher is not threading.current_thread():
+            self._prefetcher.join()  # an older precomputation stops at its next test (its generation is past)
 
         def step(_session, _record):
-            while self._busy.is_set() and self._generation == generation:
-                time.sleep(0.02)
             if self._generation != generation:
-                raise Interrupted("a run started: the precomputation stops")
+                raise Interrupted("a run started or an option changed: the precomputation stops")
 
         self.prefetch_log = []  # (alpha, seconds since the start) of each stop ready
 
@@ -429,6 +441,8 @@ class AlphaExplorer:
                     except Exception as exc:  # shown, not lost in a thread
                         self.prefetch_status.value = f"<span style='color:#c53030'>precomputing: {exc}</span>"
                         return
+                if self._generation != generation:
+                    return
                 done += 1
                 self.prefetch_log.append((a, time.perf_counter() - t0))
                 self.prefetch_status.value = (f"precomputed {done} of {len(alphas)} α stops (last α = {a:.3g}); "
@@ -442,8 +456,8 @@ class AlphaExplorer:
 
     def stop_prefetch(self) -> None:
         """Stop a precomputation (between two tests); what it computed stays."""
-        self._generation += 1
-        if self._prefetcher is not None:
+        self._bump()
+        if self._prefetcher is not None and self._prefetcher is not threading.current_thread():
             self._prefetcher.join()
 
     def clear_history(self) -> None:
