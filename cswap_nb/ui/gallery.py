@@ -64,10 +64,14 @@ def notebook_key_figures(notebooks: list[Path], out: Path, fast: bool = False) -
             (out / name).write_bytes(base64.b64decode(images[-1]))
             title = next((c.source.splitlines()[0].lstrip("# ").strip() for c in nb.cells
                           if c.cell_type == "markdown" and c.source.strip()), path.stem)
-            printed = " ".join("".join(o.get("text", "")) for o in cell.get("outputs", [])
-                               if o.get("output_type") == "stream").strip()
-            caption = (f"[{title}]({path.name}), its key figure ({'FAST' if fast else 'full'} mode)"
-                       + (f": {printed[:400]}" if printed else "."))
+            printed = "".join("".join(o.get("text", "")) for o in cell.get("outputs", [])
+                              if o.get("output_type") == "stream").strip()
+            link = Path(os.path.relpath(path.resolve(), out.resolve())).as_posix()  # from the index to the notebook
+            caption = f"[{title}]({link}), its key figure ({'FAST' if fast else 'full'} mode)"
+            if printed:  # what the cell printed, as it printed it
+                caption += ", which printed:\n\n```\n" + "\n".join(printed.splitlines()[:12]) + "\n```"
+            else:
+                caption += "."
             figures.append((name, caption))
     finally:
         for k, v in saved.items():
