@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .. import zoo
 from ..pruning.api import prune
-from ..core.surgery import EXTRA_FLOP_FORMULAS, count_macs
+from ..core.surgery import EXTRA_FLOP_FORMULAS, count_macs, count_params
 
 
 def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
@@ -97,11 +97,11 @@ def stage_profile(model: nn.Module, x: torch.Tensor, repeats: int = 10) -> pd.Da
     for name, child in children:
         times = spent[name][2:] or [0.0]
         rows.append({"stage": name, "output": shapes.get(name),
-                     "params": sum(p.numel() for p in child.parameters()),
+                     "params": count_params(child),
                      "macs": sum(next((v for k, v in flops.items() if k.count(".") == 1
                                        and k.split(".", 1)[1] == name), {}).values()) // 2,
                      "ms": 1e3 * statistics.median(times)})
-    own_params = sum(p.numel() for p in model.parameters()) - sum(r["params"] for r in rows)
+    own_params = count_params(model) - sum(r["params"] for r in rows)
     own_macs = sum(flops.get("Global", {}).values()) // 2 - sum(r["macs"] for r in rows)
     own_ms = 1e3 * statistics.median(whole[2:] or [0.0]) - sum(r["ms"] for r in rows)
     if own_params or own_macs:
@@ -112,6 +112,11 @@ def stage_profile(model: nn.Module, x: torch.Tensor, repeats: int = 10) -> pd.Da
         total = table[col].sum()
         table[f"{col}_pct"] = 100 * table[col] / total if total else 0.0
     return table
+
+
+def heaviest_stages(profile: pd.DataFrame) -> dict[str, str]:
+    """The stage of a :func:`stage_profile` holding the most ``params``, ``macs`` and ``ms``."""
+    return {col: profile.loc[profile[col].idxmax(), "stage"] for col in ("params", "macs", "ms")}
 
 
 def compare_latency(dense: nn.Module, pruned: nn.Module, x: torch.Tensor, repeats: int) -> dict:

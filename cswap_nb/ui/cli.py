@@ -197,6 +197,18 @@ def run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_gallery(args: argparse.Namespace) -> int:
+    """``gallery``: the key figures of one run (and, with ``--notebooks``, of every notebook) into ``--out``."""
+    notebooks = sorted(args.notebooks.glob("[0-9][0-9]_*.ipynb")) if args.notebooks is not None else None
+    if notebooks is not None and not notebooks:
+        raise ValueError(f"no numbered notebooks (NN_name.ipynb) in {args.notebooks}")
+    made = make_gallery(args.out, args.model, fast=args.fast, progress=not args.no_progress, notebooks=notebooks)
+    for name, caption in made["figures"]:
+        print(f"{args.out / name}: {caption}")
+    print(f"wrote {len(made['figures'])} figures and {args.out / 'index.md'} in {made['seconds']:.0f} s")
+    return 0
+
+
 def run_variants(args: argparse.Namespace) -> int:
     names = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else list(VARIANTS)
     model, data = zoo.load(args.model)
@@ -292,14 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "variants":
             return run_variants(args)
         if args.cmd == "gallery":
-            notebooks = sorted(args.notebooks.glob("[0-9][0-9]_*.ipynb")) if args.notebooks is not None else None
-            if notebooks is not None and not notebooks:
-                raise ValueError(f"no numbered notebooks (NN_name.ipynb) in {args.notebooks}")
-            made = make_gallery(args.out, args.model, fast=args.fast, progress=not args.no_progress, notebooks=notebooks)
-            for name, caption in made["figures"]:
-                print(f"{args.out / name}: {caption}")
-            print(f"wrote {len(made['figures'])} figures and {args.out / 'index.md'} in {made['seconds']:.0f} s")
-            return 0
+            return run_gallery(args)
         if args.cmd == "bench":
             engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
             unknown = [e for e in engines if e.partition("-")[0] not in ENGINES or e.partition("-")[2] not in ("", *EVALUATIONS)]

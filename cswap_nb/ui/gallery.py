@@ -20,10 +20,10 @@ from matplotlib.figure import Figure
 from nbclient import NotebookClient
 
 from .. import zoo
-from ..experiments.bench import compare_latency, stage_profile
+from ..experiments.bench import compare_latency, heaviest_stages, stage_profile
 from ..experiments.comparison import SAME_PARAMS, compare_methods
 from ..pruning.api import prune
-from .plots import plot_accuracy_vs_removed, plot_images, plot_layer_labels
+from .plots import plot_accuracy_vs_removed, plot_images, plot_layer_labels, plot_stage_profile
 
 ALPHAS = (0.01, 0.05, 0.5)
 KEY_TAG = "key-figure"  # the cell tag that marks a notebook's key figure
@@ -151,12 +151,9 @@ def make_gallery(out: Path, model_name: str = "resnet18-fashion", fast: bool = F
     x = data.test.x[:64]
     prof = stage_profile(model, x, 5 if fast else 20)
     fig = Figure(figsize=(10, 3.8), layout="constrained")
-    ax = fig.add_subplot()
-    prof.set_index("stage")[["params_pct", "macs_pct", "ms_pct"]].rename(
-        columns={"params_pct": "parameters", "macs_pct": "MACs", "ms_pct": "time (batch 64)"}).plot.bar(ax=ax, rot=0)
-    ax.set_ylabel("% of the dense model's total")
-    ax.set_title(f"{model_name}: where the parameters, MACs and time go, stage by stage", fontsize=10)
-    most = {col: prof.loc[prof[col].idxmax(), "stage"] for col in ("params", "macs", "ms")}
+    plot_stage_profile(prof, ax=fig.add_subplot(),
+                       title=f"{model_name}: where the parameters, MACs and time go, stage by stage")
+    most = heaviest_stages(prof)
     lat = compare_latency(model, res.model, x, 10 if fast else 30)
     figures.append((_save(fig, out, "stages.png"),
                     f"Parameters, MACs and latency are three different things: most parameters sit in {most['params']}, "

@@ -446,3 +446,14 @@ def plot_removed_by_group(result, group_of, ax: Axes | None = None) -> Axes:
     ax.legend(fontsize=8, frameon=False, loc="lower right")
     ax.set_title(f"{result.model_name}: where C-SWAP removed units", fontsize=10)
     return ax
+
+
+def plot_stage_profile(profile, ax: Axes | None = None, title: str = "") -> Axes:
+    """The shares of parameters, MACs and time per stage of a :func:`cswap_nb.experiments.bench.stage_profile`,
+    as grouped bars (notebook 00, the gallery)."""
+    ax = ax or _new_ax((10, 3.8))
+    profile.set_index("stage")[["params_pct", "macs_pct", "ms_pct"]].rename(
+        columns={"params_pct": "parameters", "macs_pct": "MACs", "ms_pct": "time (batch 64)"}).plot.bar(ax=ax, rot=0)
+    ax.set_ylabel("% of the dense model's total")
+    ax.set_title(title or "where the dense model's parameters, MACs and time go, stage by stage", fontsize=10)
+    return ax
