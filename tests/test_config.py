@@ -20,7 +20,8 @@ def test_defaults_and_immutability():
         cfg.alpha = 0.1
     assert make_config(cfg, alpha=0.1).alpha == 0.1 and cfg.alpha == 0.05
     assert CSwapConfig(samples_per_class=np.int64(7)).samples_per_class == 7  # integer-like values accepted
-    assert set(SCORE_OPTIONS) == set(OPTION_NAMES) - {"alpha", "test", "engine", "correction", "max_drop", "evaluation"}
+    assert set(SCORE_OPTIONS) == set(OPTION_NAMES) - {"alpha", "test", "engine", "correction", "max_drop", "evaluation",
+                                                              "compaction"}
 
 
 @pytest.mark.parametrize("kwargs,error,match", [

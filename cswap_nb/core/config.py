@@ -20,6 +20,7 @@ REFERENCES = ("dense", "current")
 SCOPES = ("internal", "all")
 ENGINES = ("fast", "naive", "parts")
 EVALUATIONS = ("early", "full")
+COMPACTIONS = ("on", "off")
 
 
 def _option(default, help: str, choices: tuple[str, ...] | None = None, scores: bool = True, **extra) -> Any:
@@ -85,6 +86,11 @@ class CSwapConfig:
         ``"full"``: every class is evaluated for every candidate, so every record holds all the
         per-class evidence. Segmentation, ``inference="general"`` and the ``"naive"`` and ``"parts"``
         engines always evaluate in full.
+    compaction : {"on", "off"}
+        ``"on"`` (default): with ``engine="fast"``, a layer with many candidates is scored on a copy of the
+        network from which the units already removed in other layers are sliced out (exact up to float
+        reassociation: the same labels; :mod:`cswap_nb.engines.compact`, cswap_nb/METHOD.md §10); ``"off"``:
+        every candidate's pass runs at the dense width, with removed units masked to zero.
     max_drop : float or None, default None
         A guard (cswap_nb/METHOD.md §3): after each layer, the metric of the partly pruned network
         is measured on a validation split (``guard_data=`` of :func:`cswap_nb.prune`); once it is
@@ -126,6 +132,9 @@ class CSwapConfig:
     evaluation: str = _option("early", "early: evaluate a candidate class by class and stop once one class decides "
                                        "it critical (exact, same labels); full: every class for every candidate",
                               EVALUATIONS, scores=False)
+    compaction: str = _option("on", "on: score a layer's candidates on a copy with the other layers' removed units "
+                                    "sliced out (fast engine; exact, same labels); off: masked to zero at full width",
+                              COMPACTIONS, scores=False)
 
     def __post_init__(self):
         if isinstance(self.samples_per_class, numbers.Integral) and not isinstance(self.samples_per_class, bool):

@@ -65,8 +65,10 @@ class GraphEngine(FullEngine):
     name = "fast"
     path = "graph"
 
-    def __init__(self, model: nn.Module, masker: Masker, example: Tensor, batch_size: int = 512):
+    def __init__(self, model: nn.Module, masker: Masker, example: Tensor, batch_size: int = 512,
+                 plan_now: bool = True):
         super().__init__(model, masker, batch_size)
+        self.example = example
         self.layer_fallbacks: dict[str, str] = {}
         self._plans: dict[str, Plan | None] = {}
         self._cache: _Cache | None = None
@@ -89,9 +91,18 @@ class GraphEngine(FullEngine):
         costs, ndim = node_costs(self.nodes, lambda n, env: self._input(n, example) if n.op == "placeholder"
                                  else self._exec(n, env))
         self.view = GraphView(self.nodes, self.modules, costs, ndim, masker.hooked)
-        for layer in masker.layers.values():
-            self._plans[layer.name] = self._checked_plan(layer, example)
+        if plan_now:  # else each layer's plan is traced and checked when the layer is first scored
+            for layer in masker.layers.values():
+                self._plan(layer)
         self.forward_equivalents = 0.0  # the checks ran on one or two samples: not the analysis's work
+
+    def _plan(self, layer: UnitLayer) -> Plan | None:
+        """The checked plan of ``layer`` (None: full passes, :attr:`layer_fallbacks` says why)."""
+        if layer.name not in self._plans:
+            work = self.forward_equivalents  # the checks run on one or two samples: not the analysis's work
+            self._plans[layer.name] = self._checked_plan(layer, self.example)
+            self.forward_equivalents = work
+        return self._plans[layer.name]
 
     # -- running the graph -------------------------------------------------------------------
     def _fetch(self, target: str):
@@ -284,7 +295,7 @@ class GraphEngine(FullEngine):
         if (current is not None and current[0] == token and current[1] is self._cache
                 and (not current[2][2] or (self._cache.last is not None and self._cache.last[1] is current[2][2]))):
             return current[2]
-        plan = self._plans[layer.name]
+        plan = self._plan(layer)
         cache = self._cache_for(layer, plan, x)
         now = self.masker.removed[layer.name]
         units = (now & ~cache.base).nonzero().flatten().tolist() if plan.shortcut else []
@@ -331,7 +342,7 @@ class GraphEngine(FullEngine):
         return torch.cat(self._logits_chunks(layer, x))
 
     def scores(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer | None = None) -> Tensor:
-        if layer is None or self._plans.get(layer.name) is None:
+        if layer is None or self._plan(layer) is None:
             return super().scores(x, y, score)
         with torch.inference_mode():
             outs = self._logits_chunks(layer, x)
@@ -348,7 +359,7 @@ class GraphEngine(FullEngine):
     def can_slice(self, layer: UnitLayer, x: Tensor) -> bool:
         """Whether :meth:`rows_scores` computes only the rows asked for: a graph plan checked on slices
         whose cache holds ``x`` in one chunk, or a layer analysed with full passes (a pass over the rows)."""
-        plan = self._plans.get(layer.name)
+        plan = self._plan(layer)
         if plan is None:
             return self.masks is None
         return plan.sliceable and self.masks is None and x.shape[0] <= self.batch_size
@@ -358,7 +369,7 @@ class GraphEngine(FullEngine):
         candidate; the other rows are not computed. Needs :meth:`can_slice`; several calls for one
         candidate share its corrections, and a result :meth:`stack_rows` computed for this exact mask
         state is taken instead of a pass."""
-        if self._plans.get(layer.name) is None:
+        if self._plan(layer) is None:
             return super().rows_scores(x, y, score, layer, rows)
         if not self.can_slice(layer, x):
             raise ValueError(f"layer {layer.name!r} cannot be scored on part of the calibration set")
@@ -377,7 +388,7 @@ class GraphEngine(FullEngine):
         """Whether :meth:`stack_rows` applies: a sliceable plan that reads the layer's region from the
         cache and recomputes none of its mask points (every candidate's difference is in its given
         values, none in the masks' hooks)."""
-        plan = self._plans.get(layer.name)
+        plan = self._plan(layer)
         return plan is not None and plan.stackable and self.can_slice(layer, x)
 
     def stack_rows(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer, others: list[list[int]],

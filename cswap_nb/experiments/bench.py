@@ -15,6 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .. import zoo
 from ..pruning.api import prune
+from ..core.config import ENGINES, EVALUATIONS
 from ..core.surgery import EXTRA_FLOP_FORMULAS, count_macs, count_params
 
 
@@ -132,10 +133,16 @@ def compare_latency(dense: nn.Module, pruned: nn.Module, x: torch.Tensor, repeat
 
 
 def engine_options(spec: str) -> dict:
-    """The options of an engine spec of ``bench``: ``fast``, ``naive``, ``parts``, or one of them with
-    ``-full`` (every class for every candidate) or ``-early`` (decisions class by class)."""
-    name, _, evaluation = spec.partition("-")
-    return {"engine": name, **({"evaluation": evaluation} if evaluation else {})}
+    """The options of an engine spec of ``bench``: ``fast``, ``naive``, ``parts``, each optionally followed by
+    ``-full`` (every class for every candidate) or ``-early`` (decisions class by class) and by ``-static``
+    (``compaction="off"``: passes at the dense width) or ``-compact``; e.g. ``fast-full-static``.
+    Raises ``ValueError`` for anything else."""
+    name, *tokens = spec.split("-")
+    words = {**{e: ("evaluation", e) for e in EVALUATIONS}, "static": ("compaction", "off"), "compact": ("compaction", "on")}
+    if name not in ENGINES or any(t not in words for t in tokens) or len({words[t][0] for t in tokens}) < len(tokens):
+        raise ValueError(f"an engine spec is one of {', '.join(ENGINES)}, optionally with -{' or -'.join(EVALUATIONS)} "
+                         f"and -static or -compact (e.g. fast-full-static), got {spec!r}")
+    return {"engine": name, **dict(words[t] for t in tokens)}
 
 
 def images_share(result) -> float:

@@ -31,7 +31,8 @@ from ..core.config import CSwapConfig, make_config
 from ..criteria import CRITERIA, Cost, score_units
 from ..data import as_tensors, check_xy, stream_source
 from .descent import Guard, greedy, progressive, rank_and_prune, visiting_plan
-from ..engines.graph import make_engine
+from ..engines.compact import CompactingEngine
+from ..engines.graph import GraphEngine, make_engine
 from ..engines.sharded import ShardedEngine
 from ..core.layout import to_channels_last, to_default
 from ..core.metrics import evaluate
@@ -309,6 +310,8 @@ class PruneSession:
             engine = make_engine(self.config.engine, self.work, self.masker, self.example)
             if self.segmentation:
                 engine.segmentation(self.y, self.pairs if self.config.inference == "per-class" else None)
+            elif self.config.compaction == "on" and isinstance(engine, GraphEngine):
+                engine = CompactingEngine(engine, self.template, self.masker, self.example)
         return engine
 
     @engine.setter
@@ -464,10 +467,12 @@ class PruneSession:
 def _engine_summary(engine, name: str) -> dict:
     """What a result says of its scoring engine; a ranking built none (``engine`` None) and ran no pass."""
     if engine is None:
-        return {"name": name, "path": None, "fallback": None, "layers_on_full_passes": {}, "forward_equivalents": 0.0}
+        return {"name": name, "path": None, "fallback": None, "layers_on_full_passes": {}, "forward_equivalents": 0.0,
+                "compaction": None}
     return {"name": engine.name, "path": engine.path, "fallback": engine.fallback,
             "layers_on_full_passes": dict(getattr(engine, "layer_fallbacks", {})),
-            "forward_equivalents": round(engine.forward_equivalents, 3)}
+            "forward_equivalents": round(engine.forward_equivalents, 3),
+            "compaction": getattr(engine, "compaction", None)}
 
 
 def _check_distributed(distributed) -> tuple[bool, object]:

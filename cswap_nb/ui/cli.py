@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import zoo
-from ..experiments.bench import format_report
+from ..experiments.bench import engine_options, format_report
 from ..experiments.bench import run as run_bench
 from ..experiments.comparison import (SAME_COUNTS, SAME_PARAMS, VARIANTS, compare_methods, compare_variants,
                                       spread_table, table, variant_summary, variant_table, verdict_lines)
@@ -288,8 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--model", default="resnet18-digits", help=f"one of: {', '.join(zoo.names())}")
     b.add_argument("--rounds", type=int, default=2, help="alternating rounds per engine (median is reported)")
     b.add_argument("--engines", default="naive,fast",
-                   help="comma-separated engines, the first is the reference (naive, fast, parts; with -full or "
-                        "-early: every class per candidate, or decisions class by class)")
+                   help="comma-separated engines, the first is the reference (naive, fast, parts; each optionally with "
+                        "-full or -early: every class per candidate, or decisions class by class; and -static: "
+                        "no compaction)")
     b.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -307,10 +308,11 @@ def main(argv: list[str] | None = None) -> int:
             return run_gallery(args)
         if args.cmd == "bench":
             engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
-            unknown = [e for e in engines if e.partition("-")[0] not in ENGINES or e.partition("-")[2] not in ("", *EVALUATIONS)]
-            if len(engines) < 2 or unknown:
+            for e in engines:
+                engine_options(e)  # a ValueError naming the spec it does not accept
+            if len(engines) < 2:
                 raise ValueError(f"--engines takes two or more of {', '.join(ENGINES)} (each optionally with "
-                                 f"-{' or -'.join(EVALUATIONS)}), got {args.engines!r}")
+                                 f"-{' or -'.join(EVALUATIONS)} and -static), got {args.engines!r}")
             report = run_bench(args.model, rounds=args.rounds, engines=engines)
             print(format_report(report))
             if args.json is not None:

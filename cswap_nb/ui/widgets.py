@@ -132,6 +132,11 @@ class CachedEngine:
         """The forward passes this run computed (0 when every score came from the cache)."""
         return self._inner.forward_equivalents if self._inner is not None else 0.0
 
+    @property
+    def compaction(self) -> dict | None:
+        """What the engine's compaction did this run (None when no engine was built)."""
+        return getattr(self._inner, "compaction", None) if self._inner is not None else None
+
     def _fact(self, key: tuple, compute):
         """What the engine answers for ``key``, asked once per cache (the answers depend on the model and
         the engine option, not on the network's state)."""

@@ -1,0 +1,195 @@
+"""Compaction while pruning (cswap_nb/METHOD.md §10): score candidates on a copy of the network from which
+the units already removed in *other* layers are physically sliced out.
+
+A removed unit is masked to zero, so every later candidate's pass still multiplies its channels. Under the
+default ``layer_order="output-to-input"`` the layers downstream of the layer under test were all decided
+before it, and a candidate's pass runs through that final downstream network. :class:`CompactingEngine`
+wraps the engine of the session's (masked) network: when the analysis moves to a new layer with enough
+candidates left, it prunes a copy of the dense network by the removals of every other layer
+(:func:`~cswap_nb.core.surgery.remove_units`, the same surgery as the final result), builds a graph engine
+on that copy and scores the new layer's candidates there. Masked equals pruned (checked on every result),
+so the scores differ from the masked network's only by float reassociation and the labels are the same.
+Whatever it cannot serve exactly from the compact copy (a layer whose own units were sliced out, a removal
+undone by the guard, a model the surgery or the graph engine cannot handle) is scored by the wrapped
+engine.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..core.layout import to_channels_last
+from ..core.surgery import count_macs, remove_units
+from ..core.units import Masker, UnitLayer
+from .graph import GraphEngine, GraphUnavailable
+from .passes import FullEngine, Rows
+
+
+class _Compact:
+    """One compact copy: the network with ``sliced`` (layer name -> removed unit indices) cut out, its
+    graph engine and the masker that masks what was removed since (in layers with nothing sliced)."""
+
+    def __init__(self, template: nn.Module, example: Tensor, layers: dict[str, UnitLayer],
+                 sliced: dict[str, list[int]], macs_share: Callable[[nn.Module], float]):
+        self.sliced = {name: tuple(units) for name, units in sliced.items() if units}
+        model = remove_units(copy.deepcopy(template), example, {n: list(u) for n, u in self.sliced.items()})
+        if any(t.ndim == 4 and t.is_contiguous(memory_format=torch.channels_last) for t in template.parameters()):
+            to_channels_last(model)  # the surgery's new weights are contiguous: keep the template's layout
+        # the layers with nothing sliced keep their unit indices: their masks carry over as they are
+        self.layers = {name: layer for name, layer in layers.items() if name not in self.sliced}
+        self.masker = Masker(model, list(self.layers.values()))
+        self.engine = GraphEngine(model, self.masker, example, plan_now=False)
+        self.share = macs_share(model)  # its MACs over the dense network's: its passes' cost in dense passes
+
+    def serves(self, removed: dict[str, Tensor], layer: UnitLayer | None) -> bool:
+        """Whether the session's masks ``removed`` are this copy plus masks of layers with nothing sliced,
+        and ``layer`` (the layer under test) has nothing sliced."""
+        if layer is not None and layer.name in self.sliced:
+            return False
+        return all(bool(removed[name][list(units)].all()) and int(removed[name].sum()) == len(units)
+                   for name, units in self.sliced.items())
+
+    def sync(self, removed: dict[str, Tensor]) -> None:
+        """Mask in the copy what the session's masks remove in the layers with nothing sliced."""
+        for name in self.layers:
+            now = removed[name]
+            if not torch.equal(now, self.masker.removed[name]):
+                self.masker.set(name, range(now.numel()), False)
+                self.masker.set(name, now.nonzero().flatten().tolist(), True)
+
+
+class CompactingEngine(FullEngine):
+    """``engine="fast"`` with ``compaction="on"``: the wrapped engine, or a compact copy's graph engine for
+    the layers where one pays (module docstring). The decision to build a copy is taken when a layer is
+    first scored: some unit of another layer was removed since the last copy, and the layer has at least
+    :attr:`min_units` units left to test. :attr:`rebuilds` counts the copies built, :attr:`compact_seconds`
+    their cost (surgery, tracing, checks)."""
+
+    min_units = 32
+    """A copy costs a surgery and a traced graph (0.1-0.5 s on the zoo's models): not worth it for a layer
+    with few candidates."""
+
+    def __init__(self, inner: FullEngine, template: nn.Module, masker: Masker, example: Tensor):
+        self.model, self.masker, self.batch_size = inner.model, masker, inner.batch_size
+        self.masks = self.pairs = None
+        self.inner, self.template, self.example = inner, template, example
+        self._compact_work = 0.0
+        self.name, self.path, self.fallback = inner.name, inner.path, inner.fallback
+        self._compact: _Compact | None = None
+        self._layer: str | None = None  # the layer scored last
+        self._use: _Compact | None = None  # the copy that scores it (None: the wrapped engine)
+        self._dense_macs = count_macs(template, example)
+        self.rebuilds, self.compact_seconds = 0, 0.0
+        self.failed: str | None = None  # why no copy could be built (then the wrapped engine scores everything)
+
+    @property
+    def layer_fallbacks(self) -> dict[str, str]:
+        return getattr(self.inner, "layer_fallbacks", {})
+
+    @property
+    def forward_equivalents(self) -> float:
+        """The work so far in dense passes over the calibration set: the wrapped engine's, plus each compact
+        copy's weighted by its MACs over the dense network's."""
+        return self.inner.forward_equivalents + self._compact_work
+
+    @property
+    def compaction(self) -> dict:
+        """What compaction did: the compact copies built, the seconds they cost, why none could be built."""
+        return {"copies": self.rebuilds, "seconds": round(self.compact_seconds, 3), "failed": self.failed}
+
+    def segmentation(self, masks: Tensor, pairs: Tensor | None) -> None:
+        super().segmentation(masks, pairs)
+        self.inner.segmentation(masks, pairs)
+        self.failed = self.failed or "segmentation scores run on the wrapped engine"
+
+    # -- which engine scores a call ------------------------------------------------------------------------
+    def _worth(self, layer: UnitLayer) -> bool:
+        removed = self.masker.removed
+        if int((~removed[layer.name]).sum()) < self.min_units:
+            return False
+        have = self._compact.sliced if self._compact is not None else {}
+        return any(int(m.sum()) > len(have.get(name, ())) for name, m in removed.items() if name != layer.name)
+
+    def _build(self, layer: UnitLayer) -> None:
+        t0 = time.perf_counter()
+        removed = self.masker.removed
+        sliced = {name: m.nonzero().flatten().tolist() for name, m in removed.items() if name != layer.name}
+        try:
+            self._compact = _Compact(self.template, self.example, self.masker.layers, sliced, self._share)
+            self.rebuilds += 1
+        except (GraphUnavailable, RuntimeError, ValueError, KeyError) as exc:
+            self.failed, self._compact = f"no compact copy ({type(exc).__name__}: {exc})"[:300], None
+        self.compact_seconds += time.perf_counter() - t0
+
+    def _share(self, model: nn.Module) -> float:
+        return count_macs(model, self.example) / max(1, self._dense_macs)
+
+    def _engine_for(self, layer: UnitLayer | None) -> FullEngine:
+        if self.failed is not None or layer is None:
+            return self.inner
+        if layer.name != self._layer:  # a new layer: build a copy where one pays, else keep the last if it serves
+            self._layer = layer.name
+            if self._worth(layer):
+                self._build(layer)
+            c = self._compact
+            self._use = c if c is not None and c.serves(self.masker.removed, layer) else None
+            if c is not None and self._use is None:
+                self._compact = None  # a copy that no longer serves never will (its removals were undone)
+        c = self._use
+        if c is None:
+            return self.inner
+        if not c.serves(self.masker.removed, layer):  # the guard undid a sliced removal mid-layer
+            self._use = self._compact = None
+            return self.inner
+        c.sync(self.masker.removed)
+        return c.engine
+
+    def _counted(self, engine: FullEngine, call):
+        """Run ``call(engine, layer)``, adding its work to :attr:`forward_equivalents` in dense passes."""
+        if engine is self.inner:
+            return call(engine)
+        before = engine.forward_equivalents
+        out = call(engine)
+        self._compact_work += (engine.forward_equivalents - before) * self._use.share
+        return out
+
+    def _layer_in(self, engine: FullEngine, layer: UnitLayer) -> UnitLayer:
+        return layer if engine is self.inner else self._use.layers[layer.name]
+
+    # -- the engine interface ------------------------------------------------------------------------------
+    def scores(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer | None = None) -> Tensor:
+        e = self._engine_for(layer)
+        return self._counted(e, lambda e: e.scores(x, y, score, None if layer is None else self._layer_in(e, layer)))
+
+    def can_slice(self, layer: UnitLayer, x: Tensor) -> bool:
+        """The wrapped engine's answer: a copy that cannot score part of the calibration set leaves those
+        calls to the wrapped engine (:meth:`rows_scores`), so the answer does not change with the copies."""
+        return self.inner.can_slice(layer, x)
+
+    def _rows_engine(self, layer: UnitLayer, x: Tensor) -> FullEngine:
+        e = self._engine_for(layer)
+        return e if e is self.inner or e.can_slice(self._layer_in(e, layer), x) else self.inner
+
+    def rows_scores(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer, rows: Rows) -> Tensor:
+        e = self._rows_engine(layer, x)
+        return self._counted(e, lambda e: e.rows_scores(x, y, score, self._layer_in(e, layer), rows))
+
+    def can_stack(self, layer: UnitLayer, x: Tensor) -> bool:
+        return self.inner.can_stack(layer, x)
+
+    def stack_rows(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer, others: list[list[int]],
+                   rows: Rows) -> None:
+        """Score ahead on the engine that scores the layer, where it can (a speculation left out costs no
+        decision: :meth:`rows_scores` then computes the rows)."""
+        e = self._rows_engine(layer, x)
+        if e.can_stack(self._layer_in(e, layer), x):
+            self._counted(e, lambda e: e.stack_rows(x, y, score, self._layer_in(e, layer), others, rows))
+
+    def clear_stacked(self) -> None:
+        self.inner.clear_stacked()
+        if self._compact is not None:
+            self._compact.engine.clear_stacked()

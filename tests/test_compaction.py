@@ -1,0 +1,107 @@
+"""Compaction while pruning (cswap_nb/engines/compact.py): candidates scored on a copy with the other layers'
+removed units sliced out take exactly the decisions of the masked network at full width."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cswap_nb as cs
+from cswap_nb.engines.compact import CompactingEngine
+from cswap_nb.experiments.bench import engine_options
+from cswap_nb.pruning.session import PruneSession
+from test_engine import small_torchvision_bottleneck
+from test_graph_engine import BranchyNet, _random_bn, _tiny_vit
+
+COLS = ["layer", "unit", "label", "pruned", "note"]
+
+MODELS = {  # (model, input size)
+    "branchy": (lambda: _random_bn(BranchyNet(), seed=3), 16),
+    "timm-vit": (_tiny_vit, 16),
+    "torchvision-bottleneck": (small_torchvision_bottleneck, 32),
+}
+
+
+@pytest.fixture
+def every_layer(monkeypatch):
+    """A compact copy for every layer that has a removal to slice (the default waits for 32 units)."""
+    monkeypatch.setattr(CompactingEngine, "min_units", 1)
+
+
+def _on_and_off(model, data, **kwargs):
+    kwargs.setdefault("progress", False)
+    return {c: cs.prune(model, data, compaction=c, **kwargs) for c in ("on", "off")}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_compact_copies_take_the_decisions_of_the_masked_network(name, own_label_data, every_layer):
+    build, size = MODELS[name]
+    model = build()
+    x, y = own_label_data(model, n=80, shape=(3, size, size), min_per_class=4)
+    runs = _on_and_off(model, (x, y), samples_per_class=4, alpha=0.2, group_size=1)
+    on, off = runs["on"], runs["off"]
+    assert on.labels.pruned.any() and (on.labels.label == "critical").any()  # decisions of both kinds
+    assert on.labels[COLS].equals(off.labels[COLS])
+    assert on.labels.classes.equals(off.labels.classes)  # early decisions stopped at the same class
+    assert (on.labels.p_lower - off.labels.p_lower).abs().max() < 1e-4
+    assert on.pruned_units == off.pruned_units and on.params_after == off.params_after
+    assert on.engine["compaction"]["copies"] >= 1 and on.engine["compaction"]["failed"] is None
+    assert off.engine["compaction"] is None
+    # the copies did less work than the masked network at full width
+    assert on.engine["forward_equivalents"] < off.engine["forward_equivalents"]
+
+
+def test_a_compact_copy_scores_like_the_masks_on_random_cuts(own_label_data, every_layer):
+    """The property under the decisions: for random removals in several layers, the compact copy's scores
+    of a candidate equal the masked network's (and a copy that sliced the wrong units would not)."""
+    model = _random_bn(BranchyNet(), seed=3)
+    x, y = own_label_data(model, n=80, shape=(3, 16, 16), min_per_class=4)
+    session = PruneSession(model, (x, y), samples_per_class=4, progress=False)
+    engine = session.engine
+    assert isinstance(engine, CompactingEngine)
+    g = torch.Generator().manual_seed(0)
+    layers = list(session.layers)
+    for trial in range(3):
+        for layer in layers:  # a random cut everywhere
+            session.masker.set(layer.name, range(layer.size), False)
+            cut = torch.randperm(layer.size, generator=g)[: layer.size // 2].tolist()
+            session.masker.set(layer.name, cut, True)
+        under_test = layers[trial % len(layers)]
+        engine._layer = None  # as when a new layer is first scored
+        got = engine.scores(session.x, session.test_y, "prob", under_test)
+        assert engine._use is not None, "no compact copy was used"
+        want = engine.inner.scores(session.x, session.test_y, "prob", under_test)
+        assert torch.allclose(got, want, atol=1e-5), float((got - want).abs().max())
+        # the copy is not the dense network: the scores of a network without the cut differ
+        for layer in layers:
+            if layer is not under_test:
+                session.masker.set(layer.name, range(layer.size), False)
+        uncut = engine.inner.scores(session.x, session.test_y, "prob", under_test)
+        assert not torch.allclose(got, uncut, atol=1e-3)
+
+
+def test_a_removal_undone_under_a_copy_is_scored_on_the_masked_network(own_label_data, every_layer):
+    """A unit sliced out of the copy and then restored (what a guard's roll-back does) cannot be served by
+    that copy: the masked network scores it, and the copy is dropped."""
+    model = _random_bn(BranchyNet(), seed=3)
+    x, y = own_label_data(model, n=80, shape=(3, 16, 16), min_per_class=4)
+    session = PruneSession(model, (x, y), samples_per_class=4, progress=False)
+    engine, layers = session.engine, list(session.layers)
+    under_test, other = layers[0], layers[-1]
+    session.masker.set(other.name, [0, 1], True)
+    engine.scores(session.x, session.test_y, "prob", under_test)
+    assert engine._use is not None and engine._use.sliced == {other.name: (0, 1)}
+    session.masker.set(other.name, [1], False)  # undone while the layer under test is scored
+    got = engine.scores(session.x, session.test_y, "prob", under_test)
+    assert engine._use is None and engine._compact is None
+    want = engine.inner.scores(session.x, session.test_y, "prob", under_test)
+    assert torch.equal(got, want)
+
+
+def test_the_bench_engine_specs_name_the_evaluation_and_compaction():
+    assert engine_options("fast") == {"engine": "fast"}
+    assert engine_options("fast-full") == {"engine": "fast", "evaluation": "full"}
+    assert engine_options("fast-static") == {"engine": "fast", "compaction": "off"}
+    assert engine_options("fast-full-static") == {"engine": "fast", "evaluation": "full", "compaction": "off"}
+    for bad in ("quick", "fast-slow", "fast-full-early", "fast-static-compact"):
+        with pytest.raises(ValueError, match="engine spec"):
+            engine_options(bad)
