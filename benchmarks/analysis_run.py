@@ -1,7 +1,7 @@
 """One C-SWAP analysis of a shipped checkpoint, as a whole process: what `farm-bench` times side by side
 against another checkout (``--vs``) for before/after figures.
 
-    python benchmarks/analysis_run.py [NAME] [--eval] [--k K] [--scope internal|all]
+    python benchmarks/analysis_run.py [NAME] [--eval] [--k K] [--scope internal|all] [--compaction on|off]
 
 ``--k`` and ``--scope`` set ``samples_per_class`` and ``scope`` (default: the toolkit's defaults), e.g.
 ``ddrnet23slim-roads --k 10 --scope all`` is notebook 05's analysis. To time another checkout with this
@@ -16,9 +16,11 @@ p.add_argument("name", nargs="?", default="resnet18-fashion")
 p.add_argument("--eval", action="store_true")
 p.add_argument("--k", type=int)
 p.add_argument("--scope")
+p.add_argument("--compaction")
 args = p.parse_args()
 model, data = cs.zoo.load(args.name)
-opts = {k: v for k, v in (("samples_per_class", args.k), ("scope", args.scope)) if v is not None}
+opts = {k: v for k, v in (("samples_per_class", args.k), ("scope", args.scope),
+                                         ("compaction", args.compaction)) if v is not None}
 res = cs.prune(model, data.calib, progress=False, eval_data=data.test if args.eval else None, **opts)
 print(args.name, cs.__file__, res.summary()["params_after"], round(res.analysis_seconds, 2),
       res.summary().get("metric_after"), res.summary()["counts"])

@@ -34,7 +34,8 @@ class _Compact:
     graph engine and the masker that masks what was removed since (in layers with nothing sliced)."""
 
     def __init__(self, template: nn.Module, example: Tensor, layers: dict[str, UnitLayer],
-                 sliced: dict[str, list[int]], macs_share: Callable[[nn.Module], float]):
+                 sliced: dict[str, list[int]], macs_share: Callable[[nn.Module], float],
+                 segmentation: tuple | None = None):
         self.sliced = {name: tuple(units) for name, units in sliced.items() if units}
         model = remove_units(copy.deepcopy(template), example, {n: list(u) for n, u in self.sliced.items()})
         if any(t.ndim == 4 and t.is_contiguous(memory_format=torch.channels_last) for t in template.parameters()):
@@ -43,6 +44,8 @@ class _Compact:
         self.layers = {name: layer for name, layer in layers.items() if name not in self.sliced}
         self.masker = Masker(model, list(self.layers.values()))
         self.engine = GraphEngine(model, self.masker, example, plan_now=False)
+        if segmentation is not None:
+            self.engine.segmentation(*segmentation)
         self.share = macs_share(model)  # its MACs over the dense network's: its passes' cost in dense passes
 
     def serves(self, removed: dict[str, Tensor], layer: UnitLayer | None) -> bool:
@@ -76,6 +79,7 @@ class CompactingEngine(FullEngine):
     def __init__(self, inner: FullEngine, template: nn.Module, masker: Masker, example: Tensor):
         self.model, self.masker, self.batch_size = inner.model, masker, inner.batch_size
         self.masks = self.pairs = None
+        self._segmentation: tuple | None = None  # (masks, pairs) handed to each copy's engine
         self.inner, self.template, self.example = inner, template, example
         self._compact_work = 0.0
         self.name, self.path, self.fallback = inner.name, inner.path, inner.fallback
@@ -104,7 +108,7 @@ class CompactingEngine(FullEngine):
     def segmentation(self, masks: Tensor, pairs: Tensor | None) -> None:
         super().segmentation(masks, pairs)
         self.inner.segmentation(masks, pairs)
-        self.failed = self.failed or "segmentation scores run on the wrapped engine"
+        self._segmentation = (masks, pairs)
 
     # -- which engine scores a call ------------------------------------------------------------------------
     def _worth(self, layer: UnitLayer) -> bool:
@@ -119,7 +123,8 @@ class CompactingEngine(FullEngine):
         removed = self.masker.removed
         sliced = {name: m.nonzero().flatten().tolist() for name, m in removed.items() if name != layer.name}
         try:
-            self._compact = _Compact(self.template, self.example, self.masker.layers, sliced, self._share)
+            self._compact = _Compact(self.template, self.example, self.masker.layers, sliced, self._share,
+                                     self._segmentation)
             self.rebuilds += 1
         except (GraphUnavailable, RuntimeError, ValueError, KeyError) as exc:
             self.failed, self._compact = f"no compact copy ({type(exc).__name__}: {exc})"[:300], None

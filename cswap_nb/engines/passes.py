@@ -12,6 +12,9 @@
   whenever the network before that part changes. Models whose forward cannot be split
   this way fall back to full passes; :attr:`PrefixEngine.fallback` says why.
 
+With ``compaction="on"`` the graph engine is wrapped in :class:`cswap_nb.engines.compact.CompactingEngine`, which
+scores a layer's candidates on a copy with the other layers' removed units sliced out.
+
 All take the naive engine's decisions: their scores differ only by float reassociation (the same
 modules run on the same inputs; the graph engine's correction subtracts a channel's contribution
 instead of recomputing a layer). ``python -m cswap_nb bench`` compares decisions and times.
