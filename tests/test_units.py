@@ -235,3 +235,18 @@ def test_session_counts_params_targets_from_footprints(tiny_resnet, own_label_da
     cut = {layer.name: list(range(layer.size // 2)) for layer in session.layers}
     assert session.coverage.footprints is not None
     assert session.params_after(cut) == count_params(remove_units(copy.deepcopy(session.template), session.example, cut))
+
+
+def test_a_model_torch_pruning_cannot_graph_is_refused_with_the_reason():
+    import cswap_nb as cs
+    from cswap_nb.core.units import UnsupportedModel
+
+    # torchvision's ShuffleNetV2 at a small width: its channel shuffle (a view that splits the channels into
+    # groups, a transpose, a view back) after a stride-1 block makes Torch-Pruning's index mapping divide by zero
+    torch.manual_seed(0)
+    model = torchvision.models.ShuffleNetV2([3, 1, 1], [24, 48, 96, 192, 64], num_classes=3).eval()
+    x = torch.randn(12, 3, 32, 32)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    with pytest.raises(UnsupportedModel, match="dependency graph of ShuffleNetV2.*reshapes the channel dimension"):
+        cs.prune(model, (x, y), method="l1", ratio=0.3, samples_per_class=None, progress=False)

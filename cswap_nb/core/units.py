@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import copy
 import math
+import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -255,7 +257,24 @@ def build_graph(model: nn.Module, example: Tensor) -> tp.DependencyGraph:
     auxiliary head) is traced through it, so heads that only run in training are resized too."""
     forward_all = getattr(model, "forward_all", None)
     forward_fn = (lambda m, x: m.forward_all(x)) if callable(forward_all) else None
-    return tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False, forward_fn=forward_fn)
+    try:
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False,
+                                                     forward_fn=forward_fn)
+    except (ArithmeticError, IndexError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+        # e.g. a channel shuffle (ShuffleNetV2: a view that splits the channels into groups, a transpose, a
+        # view back), whose index mapping Torch-Pruning 1.x divides by zero: say what failed and what it means
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        raise UnsupportedModel(
+            f"Torch-Pruning could not build the dependency graph of {type(model).__name__} "
+            f"({type(exc).__name__}: {exc}; in {Path(where.filename).name}:{where.lineno} {where.name}). The units "
+            "and their physical removal both come from that graph, so this model cannot be pruned as it is. "
+            + ("Its forward reshapes the channel dimension (a channel shuffle or a split into groups), which is "
+               "the usual cause; " if any(n in str(where.name) for n in ("reshape", "index_mapping")) else "")
+            + "the prunability table (README, 'Which models') lists the torchvision models measured") from exc
+
+
+class UnsupportedModel(ValueError):
+    """A model whose units cannot be found: Torch-Pruning's dependency graph could not be built."""
 
 
 def _auxiliary_producers(model: nn.Module) -> list[nn.Module]:
