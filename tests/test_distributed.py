@@ -23,7 +23,7 @@ from cswap_nb.engines.passes import take_rows
 from cswap_nb.engines.sharded import ShardedEngine, _Shard, shard_pieces
 
 WORLD = 2
-JOIN_TIMEOUT = 90.0  # seconds the parent waits for both children (the process group's timeout is 60 s)
+JOIN_TIMEOUT = 150.0  # seconds the parent waits for both children (the process group's timeout is 60 s)
 OPTIONS = dict(samples_per_class=4)
 
 
@@ -57,8 +57,8 @@ def _fail_at(inner, call: int, how: str) -> None:
 
 
 def _child(rank: int, world: int, port: int, out: str) -> None:
-    """One rank, three scenarios on one process group, each a C-SWAP run on the shipped digits ResNet18:
-    ``ok`` (a sharded run), ``raise`` (rank 1's fifth scoring call raises), ``die`` (rank 1 ends its process
+    """One rank, four scenarios on one process group, each a C-SWAP run on the shipped digits ResNet18:
+    ``ok`` (a sharded run), ``differ`` (rank 1 draws its calibration set with another seed), ``raise`` (rank 1's fifth scoring call raises), ``die`` (rank 1 ends its process
     in its fifth scoring call). The report goes to ``out``/rank.json after each scenario."""
     torch.set_num_threads(1)
     import threading
@@ -73,11 +73,12 @@ def _child(rank: int, world: int, port: int, out: str) -> None:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=60))
         model, data = cs.zoo.load("resnet18-digits")
-        for mode in ("ok", "raise", "die"):
+        for mode in ("ok", "differ", "raise", "die"):
             t0 = time.perf_counter()
             rep = report[mode] = {}
             try:
-                session = cs.PruneSession(model, data.calib, distributed=True, **OPTIONS)
+                seed = {"seed": rank} if mode == "differ" else {}  # rank 1 draws another calibration set
+                session = cs.PruneSession(model, data.calib, distributed=True, **OPTIONS, **seed)
                 engine = session.engine
                 rep.update(progress=session.progress, engine=type(engine).__name__)
                 if mode != "ok" and rank == 1:
@@ -169,7 +170,7 @@ def test_gathered_parts_come_back_in_the_rows_order():
             assert max(counts) - min(counts) <= 1
 
 
-@pytest.mark.slow  # the three share one spawn of two ranks: 27-43 s here (imports ~16 s)
+@pytest.mark.slow  # the scenarios share one spawn of two ranks: 27-43 s here (imports ~16 s)
 def test_sharded_run_takes_the_single_process_decisions(ranks):
     reports, codes, wall = ranks
     torch.set_num_threads(1)
@@ -195,7 +196,21 @@ def test_sharded_run_takes_the_single_process_decisions(ranks):
           f"{[round(r['ok']['forward_equivalents'], 1) for r in reports]} per rank")
 
 
-@pytest.mark.slow  # the three share one spawn of two ranks: 27-43 s here (imports ~16 s)
+@pytest.mark.slow  # the scenarios share one spawn of two ranks: 27-43 s here (imports ~16 s)
+def test_ranks_with_different_calibration_sets_are_refused(ranks):
+    reports, codes, _ = ranks
+    for rank, rep in enumerate(reports):
+        differ = rep["differ"]
+        assert differ.get("error") == "ValueError", (rank, differ)
+        assert "the ranks hold different calibration sets (rank 1 differs from rank 0" in differ["message"]
+
+
+def test_distributed_takes_true_false_or_a_process_group():
+    with pytest.raises(TypeError, match="distributed= takes True"):
+        cs.prune(torch.nn.Linear(2, 2), (torch.randn(4, 2), torch.tensor([0, 1, 0, 1])), distributed="yes")
+
+
+@pytest.mark.slow  # the scenarios share one spawn of two ranks: 27-43 s here (imports ~16 s)
 def test_a_rank_that_raises_stops_the_other(ranks):
     reports, codes, _ = ranks
     assert all(c is not None for c in codes), f"a rank hung: exit codes {codes}"
@@ -207,7 +222,7 @@ def test_a_rank_that_raises_stops_the_other(ranks):
     print(f"\nrank 0 raised {first['seconds']:.1f} s after its session started (set-up included)")
 
 
-@pytest.mark.slow  # the three share one spawn of two ranks: 27-43 s here (imports ~16 s)
+@pytest.mark.slow  # the scenarios share one spawn of two ranks: 27-43 s here (imports ~16 s)
 def test_a_rank_that_dies_stops_the_other(ranks):
     reports, codes, _ = ranks
     assert codes == [0, 3], f"exit codes {codes} (rank 1 ends itself with 3; None: hung)"

@@ -183,9 +183,32 @@ class ShardedEngine:
         local = _merge([(a, b) for a, b, r, _ in pieces if r == self.rank])
         x_local = take_rows(x, local) if local else x[:0]
         y_local = take_rows(y, local) if local else y[:0]
+        self._check_same_set(x, y)
         shard = _Shard(x, y, pieces, local, x_local, y_local)
         self._shards = [*self._shards[-3:], shard]  # a few (x, y) pairs; the session passes one
         return shard
+
+    def _check_same_set(self, x: Tensor, y: Tensor) -> None:
+        """Raise ``ValueError`` on every rank unless all ranks hold the same calibration set: each rank keeps
+        only its shard of the set it was given, so different sets (another seed, another data order) would
+        mix samples that were never chosen together. Compared by a fingerprint (size, sums of the inputs and
+        of their squares, the labels weighted by position), one ``all_gather``."""
+        xs = x.detach().double()
+        pos = torch.arange(1, y.shape[0] + 1, device=y.device, dtype=torch.float64)
+        labels = (y.detach().double().reshape(y.shape[0], -1).sum(1) * pos).sum()
+        mine = torch.stack([torch.tensor(float(x.shape[0]), dtype=torch.float64, device=xs.device),
+                            xs.sum(), (xs * xs).sum(), labels.to(xs.device)]).to(self._device)
+        parts = [torch.empty_like(mine) for _ in range(self.world)]
+        self._collective(lambda: dist.all_gather(parts, mine, group=self.group))
+        ref = parts[0]
+        differ = [r for r, p in enumerate(parts)
+                  if p[0] != ref[0] or p[3] != ref[3] or not torch.allclose(p[1:3], ref[1:3], rtol=1e-9, atol=1e-9)]
+        if differ:
+            raise ValueError(
+                f"the ranks hold different calibration sets ("
+                f"{'ranks ' + ', '.join(map(str, differ)) + ' differ' if len(differ) > 1 else f'rank {differ[0]} differs'}"
+                f" from rank 0; samples per rank {[int(p[0]) for p in parts]}): give "
+                "every rank the same data, options and seed, so that each selects the same calibration set")
 
     def _plan(self, shard: _Shard, rows: Rows) -> tuple:
         """For ``rows`` of the full set: this rank's rows in its shard, the number of rows of each rank,

@@ -480,6 +480,10 @@ def _check_distributed(distributed) -> tuple[bool, object]:
     group: None for the default one)."""
     if distributed is False or distributed is None:
         return False, None
+    group_type = getattr(torch.distributed, "ProcessGroup", None)
+    if distributed is not True and not (group_type is not None and isinstance(distributed, group_type)):
+        raise TypeError(f"distributed= takes True (the default process group), a torch.distributed process group "
+                        f"or False, got {distributed!r}")
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         raise ValueError("distributed= needs an initialised torch.distributed process group: launch with "
                          "torchrun --nproc-per-node N and call torch.distributed.init_process_group() first")
