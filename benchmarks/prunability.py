@@ -11,7 +11,8 @@ models that need it), it records:
 * ``in_units %``: the share of the parameters that removing every unit would delete, and the largest reason
   for the rest (:class:`cswap_nb.core.units.Coverage`); the same share with ``scope="all"``;
 * ``l1 0.3``: ``cs.prune(model, calib, "l1", ratio=0.3)`` (scope "all"): parameters removed, and the
-  largest difference between the masked and the physically pruned model's logits on the calibration images;
+  largest difference between the masked and the physically pruned model's logits on the calibration images,
+  and the largest logit (``max_logit``: float32 rounding grows with it, :func:`cswap_nb.core.result.equivalence_tolerance`);
 * ``C-SWAP tests``: how many causal tests a default analysis would run (its visiting plan), without running it;
 * ``status``: ``ok``, or the first line of the error.
 
@@ -31,6 +32,7 @@ import torchvision
 
 import cswap_nb as cs
 from cswap_nb.core.config import CSwapConfig
+from cswap_nb.core.result import equivalence_tolerance
 from cswap_nb.core.units import survey_units
 from cswap_nb.pruning.descent import visiting_plan
 
@@ -88,6 +90,7 @@ def measure(label: str, build, size: int, max_params: float) -> dict:
         row["in_units_all_pct"] = round(100 * res.coverage.share, 2)
         row["l1_removed_pct"] = round(res.params_removed_pct, 2)
         row["masked_vs_pruned"] = float(f"{res.equivalence_max_abs_diff:.2g}")
+        row["max_logit"] = float(f"{res.equivalence_logit_scale:.2g}")
         row["status"] = "ok"
     except Exception as exc:  # noqa: BLE001 - reported in the table
         row["status"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''}"
@@ -97,7 +100,7 @@ def measure(label: str, build, size: int, max_params: float) -> dict:
 
 def markdown(rows: list[dict]) -> str:
     cols = ["model", "params_M", "unit_layers", "units", "in_units_pct", "left_out_mainly", "in_units_all_pct",
-            "l1_removed_pct", "masked_vs_pruned", "cswap_tests", "seconds", "status"]
+            "l1_removed_pct", "masked_vs_pruned", "max_logit", "cswap_tests", "seconds", "status"]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         out.append("| " + " | ".join("" if r.get(c) is None else str(r.get(c)) for c in cols) + " |")
@@ -124,7 +127,8 @@ def main(argv=None) -> None:
         print(json.dumps(row), flush=True)
     ok = [r for r in rows if r.get("status") == "ok"]
     tried = [r for r in rows if not str(r.get("status", "")).startswith("skipped")]
-    real = [r for r in ok if r.get("l1_removed_pct", 0) >= 5 and r.get("masked_vs_pruned", 1) < 1e-3]
+    real = [r for r in ok if r.get("l1_removed_pct", 0) >= 5
+            and r.get("masked_vs_pruned", 1) <= equivalence_tolerance(r.get("max_logit", 0.0))]
     print(f"\n{len(rows)} models, {len(tried)} tried: {len(ok)} ran, {len(real)} pruned by l1 at ratio 0.3 (>= 5% of "
           f"the parameters removed, masked == pruned to 1e-3)")
     if args.json:

@@ -419,3 +419,31 @@ def test_stage_profile_adds_up_to_the_model_and_sees_what_a_cut_removes():
     after = stage_profile(cut, x, repeats=2)
     assert after.loc[0, "macs"] == dense.loc[0, "macs"] // 2 and after.loc[3, "macs"] == dense.loc[3, "macs"] // 2
     assert (after.params[4:] == dense.params[4:]).all() and (after.macs[4:] == dense.macs[4:]).all()
+
+
+def test_the_equivalence_check_allows_rounding_on_huge_logits_only():
+    """A network whose logits are ~1e9 (a randomly initialised Inception V3's are) differs between masked and
+    pruned by float32 rounding alone: no warning, the scale is reported; the tolerance itself stays at 1e-3
+    for ordinary logits, so a real mismatch on them is still flagged."""
+    import warnings as _w
+
+    import cswap_nb as cs
+    from cswap_nb.core.result import equivalence_tolerance
+
+    assert equivalence_tolerance(0.0) == 1e-3 and equivalence_tolerance(10.0) < 1.2e-3
+    assert equivalence_tolerance(3.2e6) > 1.2  # inception_v3's case in the prunability table
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 32, 3), nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.BatchNorm2d(32),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 3)).eval()
+    with torch.no_grad():
+        model[-1].weight.mul_(1e9)
+    x = torch.randn(30, 3, 12, 12)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    with _w.catch_warnings():
+        _w.simplefilter("error")  # the mismatch warning would fail the test
+        res = cs.prune(model, (x, y), method="l1", ratio=0.3, samples_per_class=None, progress=False)
+    assert res.equivalence_logit_scale > 1e6
+    assert res.equivalence_max_abs_diff > 1e-3, "no rounding to allow for: the model does not test the rule"
+    assert res.equivalence_max_abs_diff <= equivalence_tolerance(res.equivalence_logit_scale)
+    assert res.summary()["equivalence_logit_scale"] == res.equivalence_logit_scale

@@ -16,6 +16,14 @@ from .units import Coverage
 PRUNED_FORMAT = "cswap_nb.pruned/1"
 
 
+def equivalence_tolerance(scale: float, absolute: float = 1e-3) -> float:
+    """How far the masked and the physically pruned model's logits may differ by float32 rounding alone, for
+    logits as large as ``scale``: ``absolute`` plus 1e-5 of the scale (float32 keeps about 7 digits; a long
+    chain of layers loses one or two). A real mismatch (a BatchNorm shift left alive, a wrong index) moves
+    the logits by a share of their own size."""
+    return absolute + 1e-5 * float(scale)
+
+
 @dataclass
 class PruneResult:
     """What :func:`prune` (and :meth:`cswap_nb.pruning.session.PruneSession.finish`) returns.
@@ -38,6 +46,10 @@ class PruneResult:
         The removed units per unit layer.
     equivalence_max_abs_diff : float
         Largest |masked - physically pruned| logit on calibration samples (should be ~1e-6).
+    equivalence_logit_scale : float
+        Largest |logit| of the masked model on those samples: float32 rounding grows with it, so the check
+        allows :func:`equivalence_tolerance` of it (a randomly initialised Inception V3 has logits of 1e9,
+        where removal and masking differ by 1e3 in rounding alone).
     seconds, analysis_seconds : float
         Wall time of the whole run and of the causal analysis (the loop).
     engine : dict
@@ -78,6 +90,7 @@ class PruneResult:
     pruned_units: dict[str, list[int]] = field(default_factory=dict)
     guard: dict | None = None
     coverage: Coverage | None = None
+    equivalence_logit_scale: float = 0.0
 
     @property
     def per_layer(self) -> pd.DataFrame:
@@ -124,6 +137,7 @@ class PruneResult:
             "config": self.config,
             "calib_samples": self.calib_samples,
             "equivalence_max_abs_diff": self.equivalence_max_abs_diff,
+            "equivalence_logit_scale": self.equivalence_logit_scale,
             "engine": self.engine,
             "guard": self.guard,
             **(self.coverage.as_dict() if self.coverage is not None else

@@ -36,7 +36,7 @@ from ..engines.graph import GraphEngine, make_engine
 from ..engines.sharded import ShardedEngine
 from ..core.layout import to_channels_last, to_default
 from ..core.metrics import evaluate
-from ..core.result import PruneResult, model_label
+from ..core.result import PruneResult, equivalence_tolerance, model_label
 from ..core.surgery import count_macs, count_params, remove_units
 from ..core.units import Coverage, Masker, survey_units
 
@@ -433,10 +433,12 @@ class PruneSession:
             work = remove_units(self.work, self.example, pruned_units)
             with torch.inference_mode():
                 diff = float((work(check_x) - masked_logits).abs().max())
+            scale = float(masked_logits.abs().max()) if masked_logits.numel() else 0.0
             to_default(work)  # the caller gets the usual layout back
-            if diff > 1e-3:
-                warnings.warn(f"the physically pruned model differs from the masked one by up to {diff:.3g}; "
-                              "the intervention does not match removal for this architecture", stacklevel=2)
+            if diff > equivalence_tolerance(scale):
+                warnings.warn(f"the physically pruned model differs from the masked one by up to {diff:.3g} (logits "
+                              f"up to {scale:.3g}); the intervention does not match removal for this architecture",
+                              stacklevel=2)
             cfg = self.config
             config = (cfg.as_dict() if self.method == "cswap" else
                       {"samples_per_class": cfg.samples_per_class, "scope": cfg.scope, "seed": cfg.seed,
@@ -451,7 +453,7 @@ class PruneSession:
                 params_before=self.params_before, params_after=count_params(work),
                 macs_before=self.macs_before, macs_after=count_macs(work, self.example), seconds=0.0,
                 layers=[{"name": layer.name, "kind": layer.kind, "size": layer.size} for layer in self.layers],
-                equivalence_max_abs_diff=diff, calib_samples=len(self.y),
+                equivalence_max_abs_diff=diff, equivalence_logit_scale=scale, calib_samples=len(self.y),
                 metric_name="miou_pct" if self.segmentation else "top1_accuracy_pct",
                 model_name=self.model_name or model_label(self.model), method=self.method, spec=self.spec,
                 analysis_seconds=self.analysis_seconds, pruned_units=dict(pruned_units),
