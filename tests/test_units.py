@@ -250,3 +250,20 @@ def test_a_model_torch_pruning_cannot_graph_is_refused_with_the_reason():
         y = model(x).argmax(1)
     with pytest.raises(UnsupportedModel, match="dependency graph of ShuffleNetV2.*reshapes the channel dimension"):
         cs.prune(model, (x, y), method="l1", ratio=0.3, samples_per_class=None, progress=False)
+
+
+def test_a_graph_whose_channels_torch_pruning_cannot_infer_is_refused():
+    """torchvision's Swin Transformer: Torch-Pruning's shape inference gives up (its window partition), and
+    grouping the channels then exhausted 24 GiB (swin_t) or failed on a None count (swin_s, swin_b)."""
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    from cswap_nb.core.units import UnsupportedModel
+
+    torch.manual_seed(0)
+    model = SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[1, 1, 2, 1], num_heads=[2, 2, 2, 2],
+                            window_size=[7, 7], num_classes=3).eval()
+    x = torch.randn(6, 3, 112, 112)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    with pytest.raises(UnsupportedModel, match="could not infer the channel counts of SwinTransformer"):
+        cs.prune(model, (x, y), method="l1", ratio=0.3, samples_per_class=None, progress=False)

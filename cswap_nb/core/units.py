@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import math
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -258,8 +259,23 @@ def build_graph(model: nn.Module, example: Tensor) -> tp.DependencyGraph:
     forward_all = getattr(model, "forward_all", None)
     forward_fn = (lambda m, x: m.forward_all(x)) if callable(forward_all) else None
     try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False,
-                                                     forward_fn=forward_fn)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False,
+                                                          forward_fn=forward_fn)
+        for w in caught:
+            if "Maximum recursive depth" in str(w.message):
+                # its channel counts could not be inferred: the groups would be wrong, and grouping a Swin
+                # Transformer this way filled 24 GiB (swin_t) or failed on a None channel count (swin_s, swin_b)
+                raise UnsupportedModel(
+                    f"Torch-Pruning could not infer the channel counts of {type(model).__name__}'s graph ('{w.message}' "
+                    "in its shape inference): its channel groups would be wrong, and finding them can exhaust memory "
+                    "(torchvision's Swin Transformers do this: their window partition reshapes the spatial positions "
+                    "into the batch). This model cannot be pruned as it is")
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return graph
+    except UnsupportedModel:
+        raise
     except (ArithmeticError, IndexError, KeyError, TypeError, ValueError, RuntimeError) as exc:
         # e.g. a channel shuffle (ShuffleNetV2: a view that splits the channels into groups, a transpose, a
         # view back), whose index mapping Torch-Pruning 1.x divides by zero: say what failed and what it means
