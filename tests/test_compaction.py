@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torchvision.models as tvm
+from torch import nn
 
 import cswap_nb as cs
 from cswap_nb.engines.compact import CompactingEngine
@@ -105,3 +107,52 @@ def test_the_bench_engine_specs_name_the_evaluation_and_compaction():
     for bad in ("quick", "fast-slow", "fast-full-early", "fast-static-compact"):
         with pytest.raises(ValueError, match="engine spec"):
             engine_options(bad)
+
+
+class ConcatNorm(nn.Module):
+    """A norm after a concatenation (DenseNet, DDRNet's DAPPM): its channels belong to several unit layers,
+    so slicing one of them renumbers the others' channels at that norm."""
+
+    def __init__(self, classes: int = 3):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.a = nn.Sequential(nn.Conv2d(8, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(8, 12, 1), nn.BatchNorm2d(12), nn.ReLU())
+        self.norm = nn.BatchNorm2d(24)
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(24, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.fc = nn.Linear(16, classes)
+
+    def forward(self, x):
+        s = self.stem(x)
+        h = self.norm(torch.cat([self.a(s), self.b(s)], dim=1))
+        return self.fc(self.head(h).mean((2, 3)))
+
+
+ORDERS = {  # (model, input size, options): copies reused across layers, norms shared across a concatenation
+    "concat-norm, input-to-output": (lambda: _random_bn(ConcatNorm(), seed=5), 16, {"layer_order": "input-to-output"}),
+    "densenet, input-to-output": (lambda: _random_bn(tvm.DenseNet(growth_rate=8, block_config=(2, 2),
+                                                                  num_init_features=16, num_classes=3)), 32,
+                                  {"layer_order": "input-to-output"}),
+    "branchy, scope all, current reference": (lambda: _random_bn(BranchyNet(), seed=3), 16,
+                                              {"scope": "all", "reference": "current"}),
+}
+
+
+@pytest.mark.parametrize("name", list(ORDERS))
+def test_copies_reused_across_layers_and_shared_norms_take_the_same_decisions(name, own_label_data, every_layer):
+    build, size, options = ORDERS[name]
+    model = build()
+    x, y = own_label_data(model, n=80, shape=(3, size, size), min_per_class=4)
+    runs = _on_and_off(model, (x, y), samples_per_class=4, alpha=0.2, group_size=1, **options)
+    on, off = runs["on"], runs["off"]
+    assert on.labels.pruned.any() and (on.labels.label == "critical").any()
+    assert on.labels[COLS].equals(off.labels[COLS])
+    assert (on.labels.p_lower - off.labels.p_lower).abs().max() < 1e-4
+    assert on.engine["compaction"]["copies"] >= 1 and on.engine["compaction"]["failed"] is None, on.engine
+
+
+def test_the_greedy_strategy_scores_without_copies(own_label_data, every_layer):
+    model = _random_bn(BranchyNet(), seed=3)
+    x, y = own_label_data(model, n=80, shape=(3, 16, 16), min_per_class=4)
+    res = cs.prune(model, (x, y), "greedy", ratio=0.2, samples_per_class=4, progress=False)
+    assert res.engine["compaction"] is None  # a copy per layer and step would cost more than it saves

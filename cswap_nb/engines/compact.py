@@ -15,7 +15,9 @@ engine.
 """
 from __future__ import annotations
 
+import bisect
 import copy
+import dataclasses
 import time
 from typing import Callable
 
@@ -23,10 +25,24 @@ import torch
 from torch import Tensor, nn
 
 from ..core.layout import to_channels_last
+from ..core.result import equivalence_tolerance
 from ..core.surgery import count_macs, remove_units
 from ..core.units import Masker, UnitLayer
-from .graph import GraphEngine, GraphUnavailable
+from .graph import GraphEngine
 from .passes import FullEngine, Rows
+
+
+def _remapped(layer: UnitLayer, gone: dict[str, list[int]]) -> UnitLayer:
+    """``layer`` in a copy from which the channels ``gone`` (module name -> sorted channel indices) were sliced:
+    a mask point shared with a sliced layer (a norm after a concatenation: DenseNet, DAPPM) numbers its
+    channels without them, so each index drops by the removed channels below it."""
+    if layer.kind == "heads" or not any(mod in gone for mod in layer.points):
+        return layer
+    points = {}
+    for mod, per_unit in layer.points.items():
+        cut = gone.get(mod)
+        points[mod] = per_unit if not cut else [c - bisect.bisect_left(cut, c) for c in per_unit]
+    return dataclasses.replace(layer, points=points)
 
 
 class _Compact:
@@ -40,8 +56,15 @@ class _Compact:
         model = remove_units(copy.deepcopy(template), example, {n: list(u) for n, u in self.sliced.items()})
         if any(t.ndim == 4 and t.is_contiguous(memory_format=torch.channels_last) for t in template.parameters()):
             to_channels_last(model)  # the surgery's new weights are contiguous: keep the template's layout
-        # the layers with nothing sliced keep their unit indices: their masks carry over as they are
-        self.layers = {name: layer for name, layer in layers.items() if name not in self.sliced}
+        # the layers with nothing sliced keep their unit indices; their channels are renumbered where they
+        # share a mask point with a sliced layer
+        gone: dict[str, set[int]] = {}
+        for name, units in self.sliced.items():
+            if layers[name].kind != "heads":
+                for mod, per_unit in layers[name].points.items():
+                    gone.setdefault(mod, set()).update(per_unit[u] for u in units)
+        cut = {mod: sorted(chs) for mod, chs in gone.items()}
+        self.layers = {name: _remapped(layer, cut) for name, layer in layers.items() if name not in self.sliced}
         self.masker = Masker(model, list(self.layers.values()))
         self.engine = GraphEngine(model, self.masker, example, plan_now=False)
         if segmentation is not None:
@@ -89,10 +112,23 @@ class CompactingEngine(FullEngine):
         self._dense_macs = count_macs(template, example)
         self.rebuilds, self.compact_seconds = 0, 0.0
         self.failed: str | None = None  # why no copy could be built (then the wrapped engine scores everything)
+        self._copy_fallbacks: dict[str, str] = {}  # layers earlier copies' graphs could not plan
 
     @property
     def layer_fallbacks(self) -> dict[str, str]:
-        return getattr(self.inner, "layer_fallbacks", {})
+        """The wrapped engine's layers on full passes, and those a copy's graph could not plan."""
+        out = dict(getattr(self.inner, "layer_fallbacks", {}))
+        out.update(self._copy_fallbacks)
+        for c in (self._compact, self._use):
+            if c is not None:
+                out.update({name: f"in a compact copy: {why}" for name, why in c.engine.layer_fallbacks.items()})
+        return out
+
+    def _keep_fallbacks(self) -> None:
+        for c in (self._compact, self._use):
+            if c is not None:
+                self._copy_fallbacks.update({name: f"in a compact copy: {why}"
+                                             for name, why in c.engine.layer_fallbacks.items()})
 
     @property
     def forward_equivalents(self) -> float:
@@ -116,19 +152,33 @@ class CompactingEngine(FullEngine):
         if int((~removed[layer.name]).sum()) < self.min_units:
             return False
         have = self._compact.sliced if self._compact is not None else {}
-        return any(int(m.sum()) > len(have.get(name, ())) for name, m in removed.items() if name != layer.name)
+        return any(tuple(m.nonzero().flatten().tolist()) != have.get(name, ())
+                   for name, m in removed.items() if name != layer.name and bool(m.any()))
 
     def _build(self, layer: UnitLayer) -> None:
         t0 = time.perf_counter()
         removed = self.masker.removed
         sliced = {name: m.nonzero().flatten().tolist() for name, m in removed.items() if name != layer.name}
         try:
-            self._compact = _Compact(self.template, self.example, self.masker.layers, sliced, self._share,
-                                     self._segmentation)
+            c = _Compact(self.template, self.example, self.masker.layers, sliced, self._share, self._segmentation)
+            c.sync(removed)
+            # the copy with the present masks must compute what the masked network computes
+            with torch.inference_mode():
+                got, want = c.engine.model(self.example), self.inner.model(self.example)
+            if not torch.allclose(got, want, rtol=1e-4, atol=equivalence_tolerance(float(want.abs().max()), 1e-4)):
+                raise ValueError(f"the copy differs from the masked network by {float((got - want).abs().max()):.3g}")
+            self._keep_fallbacks()
+            self._compact = c
             self.rebuilds += 1
-        except (GraphUnavailable, RuntimeError, ValueError, KeyError) as exc:
-            self.failed, self._compact = f"no compact copy ({type(exc).__name__}: {exc})"[:300], None
+        except Exception as exc:  # noqa: BLE001 - any failure of a copy leaves the scoring to the wrapped engine
+            self._drop(exc)
         self.compact_seconds += time.perf_counter() - t0
+
+    def _drop(self, exc: Exception) -> None:
+        """Score everything from now on with the wrapped engine, saying why (:attr:`compaction`)."""
+        self.failed = f"no compact copy ({type(exc).__name__}: {exc})"[:300]
+        self._keep_fallbacks()
+        self._compact = self._use = None
 
     def _share(self, model: nn.Module) -> float:
         return count_macs(model, self.example) / max(1, self._dense_macs)
@@ -143,14 +193,18 @@ class CompactingEngine(FullEngine):
             c = self._compact
             self._use = c if c is not None and c.serves(self.masker.removed, layer) else None
             if c is not None and self._use is None:
-                self._compact = None  # a copy that no longer serves never will (its removals were undone)
+                self._compact = None  # it slices this layer, or a removal it sliced was undone
         c = self._use
         if c is None:
             return self.inner
         if not c.serves(self.masker.removed, layer):  # the guard undid a sliced removal mid-layer
             self._use = self._compact = None
             return self.inner
-        c.sync(self.masker.removed)
+        try:
+            c.sync(self.masker.removed)
+        except Exception as exc:  # noqa: BLE001
+            self._drop(exc)
+            return self.inner
         return c.engine
 
     def _counted(self, engine: FullEngine, call):

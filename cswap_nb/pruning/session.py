@@ -308,7 +308,8 @@ class PruneSession:
         computed before) takes this method and calls it on its first miss."""
         with full_float32():
             engine = make_engine(self.config.engine, self.work, self.masker, self.example)
-            if self.config.compaction == "on" and isinstance(engine, GraphEngine):
+            # the progressive loop visits each layer once; greedy would want a copy per layer and step
+            if self.config.compaction == "on" and self.strategy == "cswap" and isinstance(engine, GraphEngine):
                 engine = CompactingEngine(engine, self.template, self.masker, self.example)
             if self.segmentation:
                 engine.segmentation(self.y, self.pairs if self.config.inference == "per-class" else None)
