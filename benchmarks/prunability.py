@@ -130,7 +130,7 @@ def main(argv=None) -> None:
     real = [r for r in ok if r.get("l1_removed_pct", 0) >= 5
             and r.get("masked_vs_pruned", 1) <= equivalence_tolerance(r.get("max_logit", 0.0))]
     print(f"\n{len(rows)} models, {len(tried)} tried: {len(ok)} ran, {len(real)} pruned by l1 at ratio 0.3 (>= 5% of "
-          f"the parameters removed, masked == pruned to 1e-3)")
+          f"the parameters removed, masked == pruned to float32 rounding: core.result.equivalence_tolerance)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -83,7 +83,8 @@ def _child(rank: int, world: int, port: int, out: str) -> None:
                 rep.update(progress=session.progress, engine=type(engine).__name__)
                 if mode != "ok" and rank == 1:
                     _fail_at(engine.inner, 5, mode)
-                session.finish()
+                res = session.finish()
+                rep.update(world_size=res.engine["world_size"], local_samples=res.engine["local_samples"])
                 rep.update(_record(session), analysis=session.analysis_seconds, rows_scored=engine.rows_scored,
                            rows_requested=engine.rows_requested, forward_equivalents=engine.forward_equivalents,
                            calibration=len(session.y))
@@ -176,7 +177,8 @@ def test_sharded_run_takes_the_single_process_decisions(ranks):
     torch.set_num_threads(1)
     model, data = cs.zoo.load("resnet18-digits")
     single = cs.PruneSession(model, data.calib, progress=False, **OPTIONS)
-    single.finish()
+    single_result = single.finish()
+    assert single_result.engine["world_size"] == 1 and single_result.engine["local_samples"] == 40
     expected = _record(single)
     for rank, rep in enumerate(reports):
         ok = rep.get("ok", {})
@@ -186,6 +188,7 @@ def test_sharded_run_takes_the_single_process_decisions(ranks):
         assert ok["pruned"] == expected["pruned"], f"rank {rank}"
         # each rank scored half the rows the calls asked for (its 2 of each class's 4 images)
         assert ok["calibration"] == 40
+        assert ok["world_size"] == 2 and ok["local_samples"] == 20  # the result says how it ran
         assert ok["rows_scored"] * 2 == ok["rows_requested"], ok
         assert ok["forward_equivalents"] < 0.6 * single.engine.forward_equivalents
     assert [rep["ok"]["progress"] for rep in reports] == [True, False]  # one progress bar, rank 0's

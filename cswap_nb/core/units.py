@@ -259,38 +259,40 @@ def build_graph(model: nn.Module, example: Tensor) -> tp.DependencyGraph:
     forward_all = getattr(model, "forward_all", None)
     forward_fn = (lambda m, x: m.forward_all(x)) if callable(forward_all) else None
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False,
-                                                          forward_fn=forward_fn)
-        for w in caught:
-            if "Maximum recursive depth" in str(w.message):
-                # its channel counts could not be inferred: the groups would be wrong, and grouping a Swin
-                # Transformer this way filled 24 GiB (swin_t) or failed on a None channel count (swin_s, swin_b)
-                raise UnsupportedModel(
-                    f"Torch-Pruning could not infer the channel counts of {type(model).__name__}'s graph ('{w.message}' "
-                    "in its shape inference): its channel groups would be wrong, and finding them can exhaust memory "
-                    "(torchvision's Swin Transformers do this: their window partition reshapes the spatial positions "
-                    "into the batch). This model cannot be pruned as it is")
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        return graph
-    except UnsupportedModel:
-        raise
-    except (ArithmeticError, IndexError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+        with warnings.catch_warnings():
+            # Torch-Pruning's shape inference gives up with this warning: its channel counts could not be
+            # inferred, the groups would be wrong, and grouping a Swin Transformer this way filled 24 GiB (swin_t)
+            # or failed on a None channel count (swin_s, swin_b). Other warnings pass through untouched.
+            warnings.filterwarnings("error", message="Maximum recursive depth", category=UserWarning)
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False,
+                                                         forward_fn=forward_fn)
+    except UserWarning as w:
+        if "Maximum recursive depth" not in str(w):
+            raise
+        raise UnsupportedModel(
+            f"Torch-Pruning could not infer the channel counts of {type(model).__name__}'s graph ('{w}' in its "
+            "shape inference): its channel groups would be wrong, and finding them can exhaust memory "
+            "(torchvision's Swin Transformers do this: their window partition reshapes the spatial positions "
+            "into the batch). This model cannot be pruned as it is") from w
+    except (ArithmeticError, AttributeError, IndexError, KeyError, TypeError, ValueError, RuntimeError) as exc:
         # e.g. a channel shuffle (ShuffleNetV2: a view that splits the channels into groups, a transpose, a
-        # view back), whose index mapping Torch-Pruning 1.x divides by zero: say what failed and what it means
+        # view back), whose index mapping Torch-Pruning 1.x divides by zero: say what failed and what it means.
+        # Only Torch-Pruning's own failures: an error in the model's forward, or memory, is the user's to see.
         where = traceback.extract_tb(exc.__traceback__)[-1]
+        if "torch_pruning" not in Path(where.filename).parts or "out of memory" in str(exc).lower():
+            raise
         raise UnsupportedModel(
             f"Torch-Pruning could not build the dependency graph of {type(model).__name__} "
             f"({type(exc).__name__}: {exc}; in {Path(where.filename).name}:{where.lineno} {where.name}). The units "
             "and their physical removal both come from that graph, so this model cannot be pruned as it is. "
             + ("Its forward reshapes the channel dimension (a channel shuffle or a split into groups), which is "
-               "the usual cause; " if any(n in str(where.name) for n in ("reshape", "index_mapping")) else "")
+               "the usual cause; " if "reshape" in str(where.name) else "")
             + "the prunability table (README, 'Which models') lists the torchvision models measured") from exc
 
 
 class UnsupportedModel(ValueError):
-    """A model whose units cannot be found: Torch-Pruning's dependency graph could not be built."""
+    """A model whose units cannot be found: Torch-Pruning's dependency graph could not be built, or its shape
+    inference gave up (``from cswap_nb.core.units import UnsupportedModel``)."""
 
 
 def _auxiliary_producers(model: nn.Module) -> list[nn.Module]:

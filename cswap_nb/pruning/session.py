@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import math
 import time
 import warnings
 from typing import Callable, Iterator
@@ -436,7 +437,7 @@ class PruneSession:
                 diff = float((work(check_x) - masked_logits).abs().max())
             scale = float(masked_logits.abs().max()) if masked_logits.numel() else 0.0
             to_default(work)  # the caller gets the usual layout back
-            if diff > equivalence_tolerance(scale):
+            if not math.isfinite(diff) or diff > equivalence_tolerance(scale):
                 warnings.warn(f"the physically pruned model differs from the masked one by up to {diff:.3g} (logits "
                               f"up to {scale:.3g}); the intervention does not match removal for this architecture",
                               stacklevel=2)
@@ -448,6 +449,9 @@ class PruneSession:
             result = PruneResult(
                 model=work, labels=pd.DataFrame(self.records), config=config,
                 engine={**_engine_summary(e, cfg.engine),
+                        "world_size": torch.distributed.get_world_size(self.group) if self.distributed else 1,
+                        "local_samples": (getattr(e, "local_samples", None) if self.distributed else None)
+                        or int(len(self.x)),
                         "scores_per_pass": int(len(self.test_y)),
                         "forward_passes": round(self.cost.forward_passes, 3),
                         "backward_passes": round(self.cost.backward_passes, 3)},
