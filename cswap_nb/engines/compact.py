@@ -54,8 +54,7 @@ class _Compact:
                  segmentation: tuple | None = None):
         self.sliced = {name: tuple(units) for name, units in sliced.items() if units}
         model = remove_units(copy.deepcopy(template), example, {n: list(u) for n, u in self.sliced.items()})
-        if any(t.ndim == 4 and t.is_contiguous(memory_format=torch.channels_last) for t in template.parameters()):
-            to_channels_last(model)  # the surgery's new weights are contiguous: keep the template's layout
+        to_channels_last(model)  # the surgery's new weights are contiguous: the session's layout rule again
         # the layers with nothing sliced keep their unit indices; their channels are renumbered where they
         # share a mask point with a sliced layer
         gone: dict[str, set[int]] = {}
@@ -117,18 +116,14 @@ class CompactingEngine(FullEngine):
     @property
     def layer_fallbacks(self) -> dict[str, str]:
         """The wrapped engine's layers on full passes, and those a copy's graph could not plan."""
-        out = dict(getattr(self.inner, "layer_fallbacks", {}))
-        out.update(self._copy_fallbacks)
-        for c in (self._compact, self._use):
-            if c is not None:
-                out.update({name: f"in a compact copy: {why}" for name, why in c.engine.layer_fallbacks.items()})
-        return out
+        return {**getattr(self.inner, "layer_fallbacks", {}), **self._copy_fallbacks, **self._current_fallbacks()}
+
+    def _current_fallbacks(self) -> dict[str, str]:
+        return {name: f"in a compact copy: {why}" for c in (self._compact, self._use) if c is not None
+                for name, why in c.engine.layer_fallbacks.items()}
 
     def _keep_fallbacks(self) -> None:
-        for c in (self._compact, self._use):
-            if c is not None:
-                self._copy_fallbacks.update({name: f"in a compact copy: {why}"
-                                             for name, why in c.engine.layer_fallbacks.items()})
+        self._copy_fallbacks.update(self._current_fallbacks())
 
     @property
     def forward_equivalents(self) -> float:
@@ -208,7 +203,7 @@ class CompactingEngine(FullEngine):
         return c.engine
 
     def _counted(self, engine: FullEngine, call):
-        """Run ``call(engine, layer)``, adding its work to :attr:`forward_equivalents` in dense passes."""
+        """Run ``call(engine)``, adding a copy's work to :attr:`forward_equivalents` in dense passes."""
         if engine is self.inner:
             return call(engine)
         before = engine.forward_equivalents
