@@ -98,7 +98,8 @@ class CompactingEngine(FullEngine):
     """A copy costs a surgery and a traced graph (0.1-0.5 s on the zoo's models): not worth it for a layer
     with few candidates."""
 
-    def __init__(self, inner: FullEngine, template: nn.Module, masker: Masker, example: Tensor):
+    def __init__(self, inner: FullEngine, template: nn.Module, masker: Masker, example: Tensor,
+                 dense_macs: int | None = None):
         self.model, self.masker, self.batch_size = inner.model, masker, inner.batch_size
         self.masks = self.pairs = None
         self._segmentation: tuple | None = None  # (masks, pairs) handed to each copy's engine
@@ -108,7 +109,8 @@ class CompactingEngine(FullEngine):
         self._compact: _Compact | None = None
         self._layer: str | None = None  # the layer scored last
         self._use: _Compact | None = None  # the copy that scores it (None: the wrapped engine)
-        self._dense_macs = count_macs(template, example)
+        # the dense network's MACs (the session counted them at set-up: ``dense_macs``)
+        self._dense_macs = dense_macs if dense_macs is not None else count_macs(template, example)
         self.rebuilds, self.compact_seconds = 0, 0.0
         self.failed: str | None = None  # why no copy could be built (then the wrapped engine scores everything)
         self._copy_fallbacks: dict[str, str] = {}  # layers earlier copies' graphs could not plan

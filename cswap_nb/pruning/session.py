@@ -311,7 +311,7 @@ class PruneSession:
             engine = make_engine(self.config.engine, self.work, self.masker, self.example)
             # the progressive loop visits each layer once; greedy would want a copy per layer and step
             if self.config.compaction == "on" and self.strategy == "cswap" and isinstance(engine, GraphEngine):
-                engine = CompactingEngine(engine, self.template, self.masker, self.example)
+                engine = CompactingEngine(engine, self.template, self.masker, self.example, self.macs_before)
             if self.segmentation:
                 engine.segmentation(self.y, self.pairs if self.config.inference == "per-class" else None)
         return engine
