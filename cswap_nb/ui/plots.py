@@ -190,8 +190,9 @@ def plot_spread(records: list[dict], budget: str = "same-params", ax: Axes | Non
     return ax
 
 
-def plot_unit_scores(effects, unit: int, ax: Axes | None = None) -> Axes:
-    """Per class: the true-class scores of the calibration samples with (left) and without (right) one unit."""
+def plot_unit_scores(effects, unit: int, ax: Axes | None = None, class_names: list[str] | None = None) -> Axes:
+    """Per class: the true-class scores of the calibration samples with (left) and without (right) one unit;
+    ``class_names`` labels the classes (default: their indices)."""
     import numpy as np
 
     ax = ax or _new_ax((8, 3.8))
@@ -205,7 +206,10 @@ def plot_unit_scores(effects, unit: int, ax: Axes | None = None) -> Axes:
                                        (0.18, effects.q_removed[i].numpy()[idx], "#e53e3e")):
             ax.scatter(k + offset + rng.uniform(-0.06, 0.06, len(idx)), values, s=8, color=colour, alpha=0.7)
             ax.hlines(values.mean(), k + offset - 0.12, k + offset + 0.12, color="black", linewidth=1.2)
-    ax.set_xticks(range(len(classes)), [str(c) for c in classes])
+    if class_names is None:
+        ax.set_xticks(range(len(classes)), [str(c) for c in classes])
+    else:
+        ax.set_xticks(range(len(classes)), [class_names[c] for c in classes], fontsize=8)
     ax.set_xlabel("class")
     ax.set_ylabel("true-class score q(x)")
     ax.scatter([], [], color="#2b6cb0", label="dense model")
