@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -10,6 +11,26 @@ from .causal import IGNORE_INDEX
 from ..data import check_xy, iter_batches, stream_source
 
 PREDICT_BATCH = 512  # samples per forward pass when predicting the calibration pool (both selections)
+
+
+def label_runs(y: Tensor) -> list[tuple[int, int, int]]:
+    """``(label, start, stop)`` of each run of equal labels of a 1-D ``y``, in order (the classes of a
+    calibration set, which the selection orders by class); ``[]`` for an empty or not 1-D ``y``."""
+    if y.ndim != 1 or not len(y):
+        return []
+    yy = y.detach().cpu().numpy()
+    cuts = np.flatnonzero(np.diff(yy)) + 1
+    starts, stops = np.r_[0, cuts], np.r_[cuts, len(yy)]
+    return [(int(yy[a]), int(a), int(b)) for a, b in zip(starts, stops)]
+
+
+def class_ranges(y: Tensor) -> list[tuple[int, int, int]] | None:
+    """``(class, start, stop)`` of each class of ``y``, by class, when each class's samples are contiguous
+    (the calibration selection orders them so), else None."""
+    runs = label_runs(y)
+    if not runs or len({c for c, _, _ in runs}) != len(runs):
+        return None
+    return sorted(runs)
 
 
 def select_calibration(model: nn.Module, x: Tensor, y: Tensor, samples_per_class: int | None,

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..core.calibration import class_ranges  # noqa: F401 (re-exported)
 from ..core.causal import CRITICAL, Verdict, as_compared, decide_unit, group_pvalues, verdict_of
 from ..core.config import LAYER_ORDERS, REFERENCES, UNIT_ORDERS, CSwapConfig  # noqa: F401 (re-exported)
-from ..engines.passes import FullEngine
+from ..engines.base import ScoreEngine
 from ..core.units import Masker, UnitLayer
 
 
@@ -118,18 +119,6 @@ class Guard:
         self.report["restored_units"] = sum(len(units(r)) for r in removed[lo:])
 
 
-def class_ranges(y: Tensor) -> list[tuple[int, int, int]] | None:
-    """``(class, start, stop)`` of each class of ``y`` when its samples are contiguous (the calibration
-    selection orders them so), else None."""
-    yy = y.cpu().numpy()
-    if yy.ndim != 1 or not len(yy):
-        return None
-    cuts = np.flatnonzero(np.diff(yy)) + 1
-    starts, stops = np.r_[0, cuts], np.r_[cuts, len(yy)]
-    out = sorted((int(yy[a]), int(a), int(b)) for a, b in zip(starts, stops))
-    return out if len({c for c, _, _ in out}) == len(out) else None
-
-
 class ClassByClass:
     """Decide a candidate as soon as one class decides it (cswap_nb/METHOD.md §10).
 
@@ -148,20 +137,21 @@ class ClassByClass:
     For a unit decided early, ``p_lower``, ``p_raise`` and ``worst_class`` are computed with the
     classes not evaluated at p = 1, and ``effect`` is the mean over the evaluated samples; the record's
     ``classes`` lists the classes evaluated and ``samples`` how many calibration samples were scored.
-    ``enabled`` is False (every candidate scored whole) with ``evaluation="full"``, the ``"naive"``
-    engine (the reference: one full pass per candidate), ``inference="general"``, segmentation, or a
-    calibration set whose classes are not contiguous.
+    ``enabled`` is False (every candidate scored whole) with ``evaluation="full"``, ``inference="general"``,
+    segmentation, or a calibration set whose classes are not contiguous; an engine that cannot score part of
+    the set (:meth:`~cswap_nb.engines.base.ScoreEngine.can_slice`: the ``"naive"`` reference, the family's
+    parts) scores every candidate whole too.
     """
 
     threshold = 0.3  # the share of candidates decided by their first classes below which none is tried
     max_stack = 8  # candidates scored together on their first classes, at most
     first = 3  # classes scored in the first stage
 
-    def __init__(self, engine: FullEngine, x: Tensor, y: Tensor, cfg: CSwapConfig):
+    def __init__(self, engine: ScoreEngine, x: Tensor, y: Tensor, cfg: CSwapConfig):
         self.engine, self.x, self.y, self.cfg = engine, x, y, cfg
         self.ranges = class_ranges(y) if cfg.inference == "per-class" else None
-        self.enabled = (cfg.evaluation == "early" and cfg.engine != "naive" and self.ranges is not None
-                        and len(self.ranges) > 1 and getattr(engine, "masks", None) is None)
+        self.enabled = (cfg.evaluation == "early" and self.ranges is not None and len(self.ranges) > 1
+                        and not engine.segmenting)
         self.classes = [c for c, _, _ in self.ranges] if self.ranges else []
         self.hint = np.zeros(len(self.classes))  # each class's p_lower when it was last evaluated
         self.first_rate = 0.5  # running share of candidates that their first classes decided
@@ -246,7 +236,7 @@ class ClassByClass:
 
 
 def progressive(
-    engine: FullEngine,
+    engine: ScoreEngine,
     masker: Masker,
     layers: list[UnitLayer],
     x: Tensor,
@@ -422,7 +412,7 @@ def _first_at_most(count: Callable[[int], int], target: int, n_max: int) -> int:
 
 
 def greedy(
-    engine: FullEngine,
+    engine: ScoreEngine,
     masker: Masker,
     layers: list[UnitLayer],
     x: Tensor,

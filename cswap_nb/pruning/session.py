@@ -311,7 +311,7 @@ class PruneSession:
             engine = make_engine(self.config.engine, self.work, self.masker, self.example)
             # the progressive loop visits each layer once; greedy would want a copy per layer and step
             if self.config.compaction == "on" and self.strategy == "cswap" and isinstance(engine, GraphEngine):
-                engine = CompactingEngine(engine, self.template, self.masker, self.example, self.macs_before)
+                engine = CompactingEngine(engine, self.template, self.example, self.macs_before)
             if self.segmentation:
                 engine.segmentation(self.y, self.pairs if self.config.inference == "per-class" else None)
         return engine
@@ -450,7 +450,7 @@ class PruneSession:
                 model=work, labels=pd.DataFrame(self.records), config=config,
                 engine={**_engine_summary(e, cfg.engine),
                         "world_size": torch.distributed.get_world_size(self.group) if self.distributed else 1,
-                        "local_samples": (getattr(e, "local_samples", None) if self.distributed else None)
+                        "local_samples": (e.local_samples if self.distributed and e is not None else None)
                         or int(len(self.x)),
                         "scores_per_pass": int(len(self.test_y)),
                         "forward_passes": round(self.cost.forward_passes, 3),
@@ -477,9 +477,9 @@ def _engine_summary(engine, name: str) -> dict:
         return {"name": name, "path": None, "fallback": None, "layers_on_full_passes": {}, "forward_equivalents": 0.0,
                 "compaction": None}
     return {"name": engine.name, "path": engine.path, "fallback": engine.fallback,
-            "layers_on_full_passes": dict(getattr(engine, "layer_fallbacks", {})),
+            "layers_on_full_passes": dict(engine.layer_fallbacks),
             "forward_equivalents": round(engine.forward_equivalents, 3),
-            "compaction": getattr(engine, "compaction", None)}
+            "compaction": engine.compaction}
 
 
 def _check_distributed(distributed) -> tuple[bool, object]:
