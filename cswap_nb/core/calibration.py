@@ -7,8 +7,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .causal import IGNORE_INDEX
-from ..data import check_xy, iter_batches, stream_source
+from ..data.labels import IGNORE_INDEX
+from ..data import check_xy, iter_batches, stream_source, tensor_batches
 
 PREDICT_BATCH = 512  # samples per forward pass when predicting the calibration pool (both selections)
 
@@ -47,7 +47,7 @@ def select_calibration(model: nn.Module, x: Tensor, y: Tensor, samples_per_class
 def correctly_classified(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = PREDICT_BATCH) -> Tensor:
     """A bool tensor (on the CPU): is ``model``'s top-1 prediction of each sample its label?"""
     with torch.inference_mode():
-        pred = torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(y), batch_size)])
+        pred = torch.cat([model(xb).argmax(1) for (xb,) in tensor_batches(batch_size, x)])
     return pred.cpu() == y.cpu()
 
 

@@ -741,6 +741,14 @@ class Masker:
     def pruned(self) -> dict[str, list[int]]:
         return {name: mask.nonzero().flatten().tolist() for name, mask in self.removed.items()}
 
+    def state(self, exclude: str | None = None, instead: tuple[str, list[int]] | None = None) -> tuple:
+        """The removed units of every layer as a hashable key, ``((layer, (unit, ...)), ...)`` in the layers'
+        order: what a cache of scores or activations is keyed by. ``exclude``: leave that layer out;
+        ``instead``: ``(layer, units)``, that layer's removed units taken as ``units`` (sorted) instead."""
+        return tuple((name, tuple(sorted(instead[1])) if instead is not None and name == instead[0]
+                      else tuple(mask.nonzero().flatten().tolist()))
+                     for name, mask in self.removed.items() if name != exclude)
+
     def remove(self) -> None:
         for h in self._handles:
             h.remove()

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .cityscapes import CITYSCAPES_CLASSES, IGNORE_INDEX, normalize
+from .cityscapes import CITYSCAPES_CLASSES, normalize
+from .labels import IGNORE_INDEX
 from .resources import data_dir, sha256_of
 from .scenes import DEFAULT_SIZE, _check_size, road_scenes
 
@@ -551,6 +552,13 @@ def stream_source(data) -> tuple[torch.utils.data.Dataset, dict] | None:
             and hasattr(data, "__len__")):
         return data, {}
     return None
+
+
+def tensor_batches(batch_size: int, *tensors: Tensor) -> list[tuple[Tensor, ...]]:
+    """The tensors cut into batches along dim 0, together: ``[(x[0:b], y[0:b]), (x[b:2b], y[b:2b]), ...]``
+    (views, no copies). The one batch loop over tensors held in memory."""
+    n = len(tensors[0])
+    return [tuple(t[i : i + batch_size] for t in tensors) for i in range(0, n, batch_size)]
 
 
 def iter_batches(dataset, batch_size: int, indices=None, collate_fn=None, num_workers: int = 0):

@@ -128,8 +128,7 @@ class CachedEngine(EngineWrapper):
         return value
 
     def _key(self, score: str, layer) -> tuple:
-        state = tuple((name, tuple(m.nonzero().flatten().tolist())) for name, m in self.masker.removed.items())
-        return (score, layer.name if layer is not None else None, state)
+        return (score, layer.name if layer is not None else None, self.masker.state())
 
     def _class_rows(self, y: Tensor, rows) -> list[tuple[int, int]]:
         """``rows`` cut at class boundaries (classification), so that runs deciding at different α share

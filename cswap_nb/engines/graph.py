@@ -242,9 +242,7 @@ class GraphEngine(ScoreEngine):
 
     # -- the cache -------------------------------------------------------------------------------
     def _state_key(self, layer: UnitLayer, x: Tensor) -> tuple:
-        others = tuple((name, tuple(m.nonzero().flatten().tolist()))
-                       for name, m in self.masker.removed.items() if name != layer.name)
-        return (layer.name, others, x.data_ptr(), tuple(x.shape))
+        return (layer.name, self.masker.state(exclude=layer.name), x.data_ptr(), tuple(x.shape))
 
     def _build(self, layer: UnitLayer, plan: Plan, x: Tensor, key: tuple) -> _Cache:
         removed = self.masker.removed[layer.name].clone()
@@ -368,8 +366,7 @@ class GraphEngine(ScoreEngine):
     def _token(self, layer: UnitLayer, x: Tensor, units: list[int] | None = None) -> tuple:
         """The key of a candidate: the calibration tensor and every layer's removed units (``units``: this
         layer's, instead of the masks' own)."""
-        state = tuple((name, tuple(sorted(units)) if units is not None and name == layer.name
-                       else tuple(m.nonzero().flatten().tolist())) for name, m in self.masker.removed.items())
+        state = self.masker.state(instead=None if units is None else (layer.name, units))
         return (layer.name, x.data_ptr(), tuple(x.shape), state)
 
     def can_slice(self, layer: UnitLayer, x: Tensor) -> bool:

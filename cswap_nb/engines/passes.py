@@ -178,9 +178,7 @@ class PartsEngine(ScoreEngine):
         start = 0 if layer is None else self.start_of(layer)
         if start == 0:
             return self.full.scores(x, y, score)
-        state = tuple((name, tuple(mask.nonzero().flatten().tolist()))
-                      for name, mask in self.masker.removed.items() if name != layer.name)
-        key = (layer.name, start, state, x.data_ptr(), x.shape[0])
+        key = (layer.name, start, self.masker.state(exclude=layer.name), x.data_ptr(), x.shape[0])
         with torch.inference_mode():
             if self._cache is None or self._cache[0] != key:
                 hidden = [self._run(x[i : i + self.batch_size], 0, start)

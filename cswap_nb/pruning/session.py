@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .. import models
 from ..core.calibration import select_calibration, select_segmentation_calibration, stream_calibration
-from ..core.causal import IGNORE_INDEX
+from ..data.labels import IGNORE_INDEX
 from ..core.config import CSwapConfig, make_config, options_in_brief
 from ..criteria import CRITERIA, Cost, score_units
 from ..data import as_tensors, check_xy, stream_source

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..cityscapes import IGNORE_INDEX, POLE, TRAFFIC_LIGHT, TRAFFIC_SIGN
+from ..cityscapes import POLE, TRAFFIC_LIGHT, TRAFFIC_SIGN
+from ..labels import IGNORE_INDEX
 from .canvas import CLOTHES, CONCRETE, Canvas, _rgb
 from .road_users import bicycle
 from .street import fence, in_cross, plain_shader, tree, wall

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..cityscapes import BICYCLE, BUS, CAR, IGNORE_INDEX, MOTORCYCLE, PERSON, RIDER, TRAIN, TRUCK
+from ..labels import IGNORE_INDEX
+from ..cityscapes import BICYCLE, BUS, CAR, MOTORCYCLE, PERSON, RIDER, TRAIN, TRUCK
 from .canvas import CLOTHES, SKIN, VEHICLE, _NEAR, _frac, _rgb, _segment, Canvas
 from .street import in_cross
 
