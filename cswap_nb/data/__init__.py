@@ -29,7 +29,7 @@ from torch import Tensor
 from .cityscapes import CITYSCAPES_CLASSES, normalize
 from .labels import IGNORE_INDEX
 from .resources import data_dir, sha256_of
-from .scenes import DEFAULT_SIZE, _check_size, road_scenes
+from .scenes import DEFAULT_SIZE, check_size, road_scenes
 
 
 class Split(NamedTuple):
@@ -118,7 +118,7 @@ def load_road_scenes(train: int = 1200, test: int = 200, size: tuple[int, int] =
     1,500 images: 36 s in notebook 05's first cell);
     a process draws each split once and hands out copies afterwards.
     """
-    h, w = _check_size(size)
+    h, w = check_size(size)
     for value, name in ((train, "train"), (test, "test"), (val, "val")):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive number of images, got {value!r}")

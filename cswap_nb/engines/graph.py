@@ -487,8 +487,6 @@ def _zero_channels(v: Tensor, idx: list[int], last_dim: bool) -> None:
         v[:, idx] = 0
 
 
-
-
 def _same_value(a, b) -> bool:
     """Whether two cached values are the same (tensors: same shape and elements)."""
     if isinstance(a, Tensor) or isinstance(b, Tensor):

@@ -121,15 +121,15 @@ def _run_rank(session: "PruneSession") -> Iterator[dict]:
                    "score": float(session.scores[layer.name][unit]), "pruned": unit in chosen}
 
 
-
-
 def strategy_of(method: str) -> str:
-    """The :data:`STRATEGIES` key of a ``method``: itself, or ``"rank"`` for a criterion."""
-    if method in ("cswap", "greedy"):
+    """The :data:`STRATEGIES` key of a ``method``: itself for a registered search strategy, ``"rank"`` for a
+    criterion (rank-and-prune)."""
+    searches = [name for name in STRATEGIES if name != "rank"]
+    if method in searches:
         return method
     if method in CRITERIA:
         return "rank"
-    raise ValueError(f"method must be one of {['cswap', 'greedy', *CRITERIA]}, got {method!r}")
+    raise ValueError(f"method must be one of {[*searches, *CRITERIA]}, got {method!r}")
 
 
 SESSION_PARAMETERS = """Parameters
