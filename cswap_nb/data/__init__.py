@@ -115,7 +115,7 @@ def load_road_scenes(train: int = 1200, test: int = 200, size: tuple[int, int] =
     ``x`` (N, 3, H, W) is normalised with ``cityscapes.SCENE_MEAN``/``SCENE_STD``; ``y`` (N, H, W)
     int64 holds trainIds 0-18 and 255 (ignored). As for the digits, ``calib`` is the train split.
     Drawing takes about 24 ms per 64x128 image on one core of this project's 2-core machine (the default
-    1,500 images: 36 s in notebook 05's first cell);
+    1,500 images: 36 s; notebook 05 asks for 300 training scenes, which its first cell draws in about 10 s);
     a process draws each split once and hands out copies afterwards.
     """
     h, w = check_size(size)
