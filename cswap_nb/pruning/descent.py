@@ -194,12 +194,13 @@ class ClassByClass:
             q = engine.scores(x, y, cfg.score, layer)
             verdict = decide_unit(q, q_ref, y, cfg.alpha, cfg.test, cfg.inference, cfg.score, cfg.correction)
             return verdict, q, list(self.classes) or sorted({int(c) for c in y.unique().tolist()}), len(y)
-        samples = 0
+        samples, first = 0, None
         if self.first_rate >= self.threshold:
             picked = self._first_classes(layer, list(units), list(upcoming))
             rows = self._rows(picked)
             qn = engine.rows_scores(x, y, cfg.score, layer, rows)
             samples += int(qn.shape[0])
+            first = (rows, qn)
             a, b = as_compared(qn, torch.cat([q_ref[s:e] for s, e in rows]), cfg.score)
             bounds = np.cumsum([0] + [e - s for s, e in rows])
             lo, hi = group_pvalues(a, b, [np.arange(bounds[i], bounds[i + 1]) for i in range(len(rows))], cfg.test)
@@ -211,11 +212,14 @@ class ClassByClass:
                 return verdict, None, [self.classes[i] for i in picked], samples
         else:
             picked = self._promising()
-        q = engine.rows_scores(x, y, cfg.score, layer, ((0, len(y)),))
-        samples += len(y)
+        if first is None:
+            q = engine.rows_scores(x, y, cfg.score, layer, ((0, len(y)),))
+        else:  # the other classes only: the first ones' scores are kept
+            q = self._with_the_rest(layer, picked, *first)
+        samples += len(y) - (0 if first is None else int(first[1].shape[0]))
         a, b = as_compared(q, q_ref, cfg.score)
         lows, highs = group_pvalues(a, b, [np.arange(s, e) for _, s, e in self.ranges], cfg.test)
-        if samples == len(y):  # scored whole at once: would the first classes alone have decided?
+        if first is None:  # scored whole at once: would the first classes alone have decided?
             self._learn(self._decided(picked, lows[picked], highs[picked], 0.0) is not None)
         self.hint[:] = lows
         verdict = verdict_of(lows, highs, self.classes, cfg.alpha, cfg.correction, float((a - b).mean()))
@@ -224,6 +228,25 @@ class ClassByClass:
             self._spec = None  # removed: the states speculated on (this one restored) will not come
         order = [self.classes[i] for i in picked] + [c for i, c in enumerate(self.classes) if i not in picked]
         return verdict, q, order, samples
+
+    def _with_the_rest(self, layer: UnitLayer, picked: list[int], rows, qn: Tensor) -> Tensor:
+        """The scores of every sample: ``qn`` of the first classes' ``rows``, and the other classes scored now
+        (their rows merged into runs in sample order)."""
+        chosen = set(picked)
+        rest: list[list[int]] = []
+        for i, (_, a, b) in enumerate(self.ranges):
+            if i in chosen:
+                continue
+            if rest and rest[-1][1] == a:
+                rest[-1][1] = b
+            else:
+                rest.append([a, b])
+        rest_rows = tuple((a, b) for a, b in rest)
+        q_rest = self.engine.rows_scores(self.x, self.y, self.cfg.score, layer, rest_rows)
+        q = q_rest.new_empty((len(self.y),) + tuple(q_rest.shape[1:]))
+        for part, ranges in ((qn, rows), (q_rest, rest_rows)):
+            q[torch.cat([torch.arange(a, b) for a, b in ranges]).to(q.device)] = part
+        return q
 
     def _decided(self, picked: list[int], low, high, effect: float) -> Verdict | None:
         """The verdict if the classes ``picked`` alone (every other class at p = 1) decide it."""
