@@ -35,7 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .core.causal import IGNORE_INDEX, upsample_logits
+from .data import tensor_batches
+from .core.causal import upsample_logits
+from .data.labels import IGNORE_INDEX
 from .models.families import family_of
 from .engines.graph import make_engine
 from .core.layout import to_channels_last
@@ -170,8 +172,7 @@ def _activations(model: nn.Module, layers: list[UnitLayer], x: Tensor, y: Tensor
     handles = [register_site_hook(modules[n], layer_of[n], hook(n)) for n in names]
     try:
         with count_passes(model, len(y), cost):
-            for i in range(0, len(y), batch_size):
-                xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+            for xb, yb in tensor_batches(batch_size, x, y):
                 with torch.set_grad_enabled(grad):
                     logits = model(xb)
                     if grad:
@@ -240,8 +241,7 @@ def _captum(kind: str, model, layers, x, y, cost: Cost | None = None, n_steps: i
         totals[name] = per_channel if totals[name].numel() == 0 else totals[name] + per_channel
 
     with count_passes(model, len(y), cost):
-        for i in range(0, len(y), batch_size):
-            xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+        for xb, yb in tensor_batches(batch_size, x, y):
             zero = torch.zeros_like(xb)
             if kind in ("gradxact", "ig"):
                 if kind == "gradxact":
@@ -375,9 +375,8 @@ def score_lrp(model, layers, x, y, cost: Cost | None = None, batch_size: int = 1
     with composite.context(model) as modified, count_passes(model, len(y), cost):
         handles = [modules[n].register_forward_hook(hook(n)) for n in names]
         try:
-            for i in range(0, len(y), batch_size):
-                xb = x[i : i + batch_size].clone().requires_grad_(True)
-                yb = y[i : i + batch_size]
+            for xb, yb in tensor_batches(batch_size, x, y):
+                xb = xb.clone().requires_grad_(True)
                 out = modified(xb)
                 seed = torch.zeros_like(out).scatter_(1, yb[:, None], 1.0) * out.detach()
                 out.backward(seed)

@@ -1,4 +1,4 @@
-"""The command line: the demo's outputs and the JSON contract of DESIGN.md."""
+"""The command line: the demo's outputs and the JSON contract of its ``--json`` files (README, "Command line")."""
 from __future__ import annotations
 
 import json

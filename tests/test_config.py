@@ -48,23 +48,39 @@ def test_unknown_option_lists_the_options():
         option("k")
 
 
-def test_readme_option_table_is_the_config():
-    """The README's table lists every option with the config's default (so it cannot drift)."""
+def test_readme_option_table_is_generated_from_the_config():
+    """The README's table of the options is the one the config's fields give (name, default, help), so a
+    changed default or help text cannot leave the README behind."""
+    from cswap_nb.core.config import options_table
+
     text = (ROOT / "README.md").read_text()
-    table = text[text.index("### Method options"):]
-    rows = dict(re.findall(r"^\| `(\w+)` \| `([^`]*)` \|", table, flags=re.M))
-    assert set(rows) == set(OPTION_NAMES)
-    for name, shown in rows.items():
-        assert shown == str(getattr(CSwapConfig(), name)), name
+    assert options_table() in text, "README.md's option table differs from core.config.options_table()"
 
 
-def test_prune_documents_every_option_with_its_default():
-    """prune's docstring lists the options from CSwapConfig itself, so a new option cannot be left out."""
-    import dataclasses
-
-    import cswap_nb as cs
-    from cswap_nb.core.config import CSwapConfig
-
-    doc = " ".join(cs.prune.__doc__.split())
+def test_method_md_table_gives_the_config_defaults_and_every_option():
+    """METHOD.md §7's rationale table names every option with the config's default."""
+    text = (ROOT / "cswap_nb" / "METHOD.md").read_text()
+    rows = dict(re.findall(r"^\| `(\w+)` \| `([^`]*)`", text, flags=re.M))
     for f in dataclasses.fields(CSwapConfig):
-        assert f"``{f.name}`` ({f.default!r})" in doc, f.name
+        assert f.name in rows, f"METHOD.md §7 has no row for {f.name}"
+        shown = rows[f.name].strip('"')
+        assert shown == ("None" if f.default is None else str(f.default)), (f.name, shown)
+
+
+def test_the_docs_of_prune_the_session_and_the_config_come_from_one_place():
+    """prune and PruneSession show the same Parameters section; the config's docstring documents every field
+    with its allowed values and default; the evaluation option's help names the number of classes the loop
+    really scores first."""
+    import cswap_nb as cs
+    from cswap_nb.pruning.descent import ClassByClass
+    from cswap_nb.pruning.session import SESSION_PARAMETERS, PruneSession
+
+    flat = " ".join(SESSION_PARAMETERS.split())
+    assert flat in " ".join(cs.prune.__doc__.split()) and flat in " ".join(PruneSession.__doc__.split())
+    for f in dataclasses.fields(CSwapConfig):
+        assert f"``{f.name}`` ({f.default!r})" in flat, f.name
+        choices = f.metadata["choices"]
+        head = f"{f.name} : " + ("{" + ", ".join(f'"{c}"' for c in choices) + "}" if choices else "")
+        assert head in CSwapConfig.__doc__ and f"default {f.default!r}" in CSwapConfig.__doc__, f.name
+    words = {1: "one", 2: "two", 3: "three", 4: "four"}
+    assert f"on the {words[ClassByClass.first]} classes" in option("evaluation").metadata["help"]

@@ -11,7 +11,8 @@ from torchvision.models.resnet import Bottleneck, ResNet
 import cswap_nb as cs
 from _helpers import assert_same_decisions
 from cswap_nb.experiments.bench import bench_engines
-from cswap_nb.engines.passes import FullEngine, PrefixEngine, sequential_parts
+from cswap_nb.engines.graph import make_engine
+from cswap_nb.engines.passes import FullPasses, PartsEngine, PartsUnavailable, sequential_parts
 from cswap_nb.core.units import Masker, find_unit_layers
 
 COLS = ["layer", "unit", "label", "pruned"]
@@ -59,20 +60,21 @@ def test_fast_and_naive_engines_take_identical_decisions(which, zoo_model):
     assert naive.engine["forward_equivalents"] == len(naive.labels) + 1
 
 
-def test_prefix_engine_scores_equal_full_passes_with_masks_everywhere(zoo_model):
+def test_parts_engine_scores_equal_full_passes_with_masks_everywhere(zoo_model):
     work = copy.deepcopy(zoo_model)
     x, y = cs.data.load_digits().train
     x, y = x[:40], y[:40]
     layers = find_unit_layers(work, x[:1], scope="all")
     masker = Masker(work, layers)
-    engine = PrefixEngine(work, masker, x[:1])
+    engine = PartsEngine(work, masker, x[:1])
+    full_passes = FullPasses(work, masker)
     g = torch.Generator().manual_seed(0)
     try:
         for layer in layers:  # masks spread over the whole network, then one layer analysed
             masker.set(layer.name, torch.randperm(layer.size, generator=g)[: layer.size // 3], True)
         for layer in layers:
             fast = engine.scores(x, y, "prob", layer)
-            full = FullEngine.scores(engine, x, y, "prob")
+            full = full_passes.scores(x, y, "prob")
             assert torch.allclose(fast, full, atol=1e-6), layer.name
     finally:
         masker.remove()
@@ -92,7 +94,7 @@ def test_sequential_models_are_split_into_their_children():
     assert [name for name, _, _ in sequential_parts(model)] == ["0", "1", "2", "3"]
 
 
-def test_a_model_without_parts_gets_full_passes_from_the_prefix_engine_and_the_graph_from_fast():
+def test_a_model_without_parts_gets_full_passes_from_the_parts_option_and_the_graph_from_fast():
     torch.manual_seed(0)
     model = TwoLayer().eval()
     assert sequential_parts(model) is None
@@ -102,7 +104,11 @@ def test_a_model_without_parts_gets_full_passes_from_the_prefix_engine_and_the_g
     layers = find_unit_layers(model, x[:1])
     masker = Masker(model, layers)
     try:
-        assert "not a supported" in PrefixEngine(model, masker, x[:1]).fallback
+        with pytest.raises(PartsUnavailable, match="not a supported"):
+            PartsEngine(model, masker, x[:1])
+        engine = make_engine("parts", model, masker, x[:1])  # the option falls back to full passes, saying why
+        assert isinstance(engine, FullPasses) and engine.name == "parts" and "not a supported" in engine.fallback
+        assert engine.can_slice(layers[0], x) and not make_engine("naive", model, masker, x[:1]).can_slice(layers[0], x)
     finally:
         masker.remove()
     res = cs.prune(model, (x, y), samples_per_class=None, progress=False)

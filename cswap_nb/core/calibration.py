@@ -3,13 +3,34 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .causal import IGNORE_INDEX
-from ..data import check_xy, iter_batches, stream_source
+from ..data.labels import IGNORE_INDEX
+from ..data import check_xy, iter_batches, stream_source, tensor_batches
 
 PREDICT_BATCH = 512  # samples per forward pass when predicting the calibration pool (both selections)
+
+
+def label_runs(y: Tensor) -> list[tuple[int, int, int]]:
+    """``(label, start, stop)`` of each run of equal labels of a 1-D ``y``, in order (the classes of a
+    calibration set, which the selection orders by class); ``[]`` for an empty or not 1-D ``y``."""
+    if y.ndim != 1 or not len(y):
+        return []
+    yy = y.detach().cpu().numpy()
+    cuts = np.flatnonzero(np.diff(yy)) + 1
+    starts, stops = np.r_[0, cuts], np.r_[cuts, len(yy)]
+    return [(int(yy[a]), int(a), int(b)) for a, b in zip(starts, stops)]
+
+
+def class_ranges(y: Tensor) -> list[tuple[int, int, int]] | None:
+    """``(class, start, stop)`` of each class of ``y``, by class, when each class's samples are contiguous
+    (the calibration selection orders them so), else None."""
+    runs = label_runs(y)
+    if not runs or len({c for c, _, _ in runs}) != len(runs):
+        return None
+    return sorted(runs)
 
 
 def select_calibration(model: nn.Module, x: Tensor, y: Tensor, samples_per_class: int | None,
@@ -26,7 +47,7 @@ def select_calibration(model: nn.Module, x: Tensor, y: Tensor, samples_per_class
 def correctly_classified(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = PREDICT_BATCH) -> Tensor:
     """A bool tensor (on the CPU): is ``model``'s top-1 prediction of each sample its label?"""
     with torch.inference_mode():
-        pred = torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(y), batch_size)])
+        pred = torch.cat([model(xb).argmax(1) for (xb,) in tensor_batches(batch_size, x)])
     return pred.cpu() == y.cpu()
 
 

@@ -14,7 +14,6 @@ testing C classes at once before they are compared with ``alpha`` (cswap_nb/METH
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -25,14 +24,11 @@ from scipy import special, stats
 from torch import Tensor
 
 from ..data.labels import IGNORE_INDEX  # pixels of no class: skipped by the scores
+from .config import CORRECTIONS, INFERENCES, SCORES, TESTS, min_samples  # noqa: F401 (the options' values, one place)
 
 
 CRITICAL, NEUTRAL, DETRIMENTAL = "critical", "neutral", "detrimental"
 LABELS = (CRITICAL, NEUTRAL, DETRIMENTAL)
-TESTS = ("welch", "ztest", "wilcoxon", "paired-t")
-SCORES = ("prob", "logit", "ratio", "logprob")
-INFERENCES = ("per-class", "general")
-CORRECTIONS = ("none", "holm", "bh")
 
 
 def upsample_logits(logits: Tensor, size) -> Tensor:
@@ -126,14 +122,6 @@ def class_pixel_scores(logits: Tensor, masks: Tensor, score: str = "prob", index
     labels, pixels = index.labels, index.pixels.to(own.dtype)
     total = torch.zeros(n, c + 1, dtype=own.dtype, device=own.device).scatter_add_(1, labels, own)[:, :c]
     return torch.where(pixels > 0, total / pixels.clamp(min=1), torch.full_like(total, float("nan")))
-
-
-def min_samples(test: str, alpha: float) -> int:
-    """Smallest number of samples per tested group for which ``test`` can reject at ``alpha``."""
-    if test == "wilcoxon":
-        # the exact signed-rank test's smallest one-sided p-value with n pairs is 2**-n
-        return max(2, math.floor(math.log2(1.0 / alpha)) + 1)
-    return 2
 
 
 def _row_moments(v: np.ndarray, n: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

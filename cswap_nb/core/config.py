@@ -8,12 +8,17 @@ its fields, so a default written here is the default everywhere.
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
-from .causal import CORRECTIONS, INFERENCES, SCORES, TESTS, min_samples
-
+# the allowed values of every option with a fixed set of them (the fields below name them)
+TESTS = ("welch", "ztest", "wilcoxon", "paired-t")
+SCORES = ("prob", "logit", "ratio", "logprob")
+INFERENCES = ("per-class", "general")
+CORRECTIONS = ("none", "holm", "bh")
 LAYER_ORDERS = ("output-to-input", "input-to-output")
 UNIT_ORDERS = ("magnitude", "random")
 REFERENCES = ("dense", "current")
@@ -23,10 +28,22 @@ EVALUATIONS = ("early", "full")
 COMPACTIONS = ("on", "off")
 
 
-def _option(default, help: str, choices: tuple[str, ...] | None = None, scores: bool = True, **extra) -> Any:
-    """A config field; ``scores``: whether the option changes the calibration set or the
-    interventional scores (a cache of scores must not be shared across its values)."""
-    return field(default=default, metadata={"help": help, "choices": choices, "scores": scores, **extra})
+def min_samples(test: str, alpha: float) -> int:
+    """Smallest number of samples per tested group for which ``test`` can reject at ``alpha``."""
+    if test == "wilcoxon":
+        # the exact signed-rank test's smallest one-sided p-value with n pairs is 2**-n
+        return max(2, math.floor(math.log2(1.0 / alpha)) + 1)
+    return 2
+
+
+def _option(default, help: str, choices: tuple[str, ...] | None = None, scores: bool = True, doc: str | None = None,
+            **extra) -> Any:
+    """A config field. ``help``: one line, for the command line, the explorer's controls and the README's
+    table; ``doc``: the longer text of the class docstring (default: ``help``); ``scores``: whether the option
+    changes the calibration set or the interventional scores (a cache of scores must not be shared across
+    its values)."""
+    return field(default=default, metadata={"help": help, "doc": doc or help, "choices": choices, "scores": scores,
+                                            **extra})
 
 
 @dataclass(frozen=True)
@@ -34,107 +51,83 @@ class CSwapConfig:
     """The options of C-SWAP's causal analysis with their defaults (cswap_nb/METHOD.md §7).
 
     Immutable; derive variants with ``dataclasses.replace(cfg, alpha=0.01)`` or
-    :func:`make_config`. Invalid values raise when the config is made.
-
-    Parameters
-    ----------
-    alpha : float, default 0.05
-        Level of the one-sided tests, in (0, 1). A larger α rejects "removal does not hurt"
-        more easily: more units are critical and kept.
-    samples_per_class : int or None, default 20
-        k correctly classified calibration samples per class (segmentation: images per class);
-        None takes them all.
-    inference : {"per-class", "general"}
-        One test per class (a unit is critical when any class suffers) or one test over all samples.
-    test : {"welch", "ztest", "wilcoxon", "paired-t"}
-        Welch's unequal-variance t-test (default), the unpaired z-test, or a paired test.
-    score : {"prob", "logit", "ratio", "logprob"}
-        What is compared: the true-class probability (default), its logit, its ratio to the
-        reference probability, or its logarithm.
-    correction : {"none", "holm", "bh"}
-        Adjustment of the per-class p-values for testing C classes at once (cswap_nb/METHOD.md §2):
-        none (default, a harmless unit is flagged critical with probability up to 1 - (1 - α)^C),
-        Holm (family-wise error rate α) or Benjamini–Hochberg (false discovery rate α).
-    reference : {"dense", "current"}
-        Compare with the original model's scores (default) or the current pruned model's.
-    order : {"magnitude", "random"}
-        Visiting order inside a layer: weakest L1 filter norm first (default) or seeded random.
-    layer_order : {"output-to-input", "input-to-output"}
-        Visiting order of the layers.
-    scope : {"internal", "all"}
-        ``"internal"``: channels with a single producer (inside residual blocks, hidden MLP units,
-        heads); ``"all"`` adds coupled groups (residual streams) as one unit per channel.
-    group_size : int or None, default None
-        Neuron groups (cswap_nb/METHOD.md §3): in layers with more than ``group_threshold`` units,
-        ``group_size`` consecutive units of the visiting order are tested and pruned together.
-        None (auto) uses each layer's :attr:`~cswap_nb.core.units.UnitLayer.auto_group`: groups of
-        :data:`~cswap_nb.core.units.AUTO_GROUP_SIZE` in transformer MLP layers wider than
-        :data:`~cswap_nb.core.units.AUTO_GROUP_THRESHOLD` units, groups that leave at most
-        :data:`~cswap_nb.core.units.AUTO_DENSE_TESTS` tests in other fully connected layers wider than
-        :data:`~cswap_nb.core.units.AUTO_DENSE_THRESHOLD` units, single units elsewhere; 1 tests
-        every unit alone.
-    group_threshold : int, default 0
-        Layers with at most this many units are tested unit by unit.
-    seed : int, default 0
-        The calibration draw and the random visiting order.
-    engine : {"fast", "naive", "parts"}
-        How scores are computed (:mod:`cswap_nb.engines.passes`, :mod:`cswap_nb.engines.graph`); identical decisions.
-        ``"parts"`` is the earlier prefix engine (the family's parts only), kept for benchmarks.
-    evaluation : {"early", "full"}
-        ``"early"`` (default): a candidate is evaluated class by class and stops as soon as one class
-        decides it critical (exact: the labels equal a full evaluation's; cswap_nb/METHOD.md §10);
-        ``"full"``: every class is evaluated for every candidate, so every record holds all the
-        per-class evidence. Segmentation, ``inference="general"`` and the ``"naive"`` and ``"parts"``
-        engines always evaluate in full.
-    compaction : {"on", "off"}
-        ``"on"`` (default): with ``engine="fast"``, a layer with many candidates is scored on a copy of the
-        network from which the units already removed in other layers are sliced out (exact up to float
-        reassociation: the same labels; :mod:`cswap_nb.engines.compact`, cswap_nb/METHOD.md §10); ``"off"``:
-        every candidate's pass runs at the dense width, with removed units masked to zero.
-    max_drop : float or None, default None
-        A guard (cswap_nb/METHOD.md §3): after each layer, the metric of the partly pruned network
-        is measured on a validation split (``guard_data=`` of :func:`cswap_nb.prune`); once it is
-        more than ``max_drop`` points below the dense network's, the layer's removals are undone
-        back to the longest prefix within the bound and every unit not yet visited is kept.
-        None: no guard (the paper's loop).
+    :func:`make_config`. Invalid values raise when the config is made. Each option's name, default, allowed
+    values and help are written once, in its field below; the Parameters section is generated from them,
+    as are the command line's flags, the explorer's controls and the README's table.
     """
 
-    alpha: float = _option(0.05, "level of the one-sided tests; a larger alpha flags more units critical "
-                                 "(keeps more)", scores=False, widget="log-slider", minimum=1e-6, maximum=0.8)
-    samples_per_class: int | None = _option(20, "k correctly classified calibration samples per class (None: all)",
-                                            widget="int-slider", minimum=2, maximum=60)
-    inference: str = _option("per-class", "one test per class (critical if any class suffers) or one general test",
-                             INFERENCES, widget="toggle")
-    test: str = _option("welch", "the one-sided test; paired tests flag far more units critical", TESTS, scores=False,
-                        widget="dropdown")
+    alpha: float = _option(
+        0.05, "level of the one-sided tests, in (0, 1); a larger alpha flags more units critical (keeps more)",
+        scores=False, widget="log-slider", minimum=1e-6, maximum=0.8)
+    samples_per_class: int | None = _option(
+        20, "k correctly classified calibration samples per class (None: all)",
+        doc="k correctly classified calibration samples per class (segmentation: images per class); None takes "
+            "them all.", widget="int-slider", minimum=2, maximum=60, kind="int-or-none")
+    inference: str = _option("per-class", "one test per class (critical if any class suffers) or one general test "
+                                          "over all samples", INFERENCES, widget="toggle")
+    test: str = _option("welch", "the one-sided test: welch, ztest (unpaired), wilcoxon, paired-t (paired tests flag "
+                                 "far more units critical)", TESTS, scores=False, widget="dropdown")
     score: str = _option("prob", "what is compared: the true-class probability, its logit, its ratio to the "
                                  "reference's probability, or its logarithm", SCORES)
     reference: str = _option("dense", "compare with the original model's scores or the current pruned one's",
                              REFERENCES)
-    order: str = _option("magnitude", "unit visiting order in a layer: weakest L1 filter norm first, or random",
-                         UNIT_ORDERS, widget="toggle")
+    order: str = _option("magnitude", "unit visiting order in a layer: weakest L1 filter norm first, or random "
+                                      "(seeded)", UNIT_ORDERS, widget="toggle")
     layer_order: str = _option("output-to-input", "layer visiting order", LAYER_ORDERS)
-    scope: str = _option("internal", "internal: channels inside blocks; all: also residual streams and other "
-                                     "coupled groups", SCOPES)
-    group_size: int | None = _option(None, "units tested together (None: auto, groups of 4 in wide transformer "
-                                           "MLP layers, at most 256 tests in other dense layers over 1,024 units)", positive=True)
+    scope: str = _option("internal", "internal: channels with a single producer (inside residual blocks, hidden "
+                                     "MLP units, heads); all: also residual streams and other coupled groups",
+                         SCOPES)
+    group_size: int | None = _option(
+        None, "units tested together (None: auto, groups of 4 in transformer MLP layers wider than 256 units, at "
+              "most 256 tests in other dense layers over 1,024 units)",
+        doc="Neuron groups (cswap_nb/METHOD.md §3): in layers with more than ``group_threshold`` units, "
+            "``group_size`` consecutive units of the visiting order are tested and pruned together. None (auto) "
+            "uses each layer's :attr:`~cswap_nb.core.units.UnitLayer.auto_group`: groups of "
+            ":data:`~cswap_nb.core.units.AUTO_GROUP_SIZE` in transformer MLP layers wider than "
+            ":data:`~cswap_nb.core.units.AUTO_GROUP_THRESHOLD` units, groups that leave at most "
+            ":data:`~cswap_nb.core.units.AUTO_DENSE_TESTS` tests in other fully connected layers wider than "
+            ":data:`~cswap_nb.core.units.AUTO_DENSE_THRESHOLD` units, single units elsewhere; 1 tests every unit "
+            "alone.", positive=True)
     group_threshold: int = _option(0, "layers with at most this many units are tested unit by unit")
     seed: int = _option(0, "the calibration draw and the random visiting order")
-    correction: str = _option("none", "adjust the per-class p-values for testing several classes: none, Holm "
-                                      "(family-wise) or Benjamini-Hochberg (false discovery rate)", CORRECTIONS,
-                              scores=False, widget="dropdown")
-    max_drop: float | None = _option(None, "guard: stop pruning once the metric on the validation split (guard_data) "
-                                           "falls more than this many points below the dense model's (None: off)",
-                                     scores=False, kind="float-or-none")
-    engine: str = _option("fast", "fast: recompute only what a removal changes (torch.fx graph, cached "
-                                  "intermediates); naive: one full pass per unit; parts: cache before the analysed "
-                                  "part of a known family (identical decisions)", ENGINES, scores=False)
-    evaluation: str = _option("early", "early: evaluate a candidate class by class and stop once one class decides "
-                                       "it critical (exact, same labels); full: every class for every candidate",
-                              EVALUATIONS, scores=False)
-    compaction: str = _option("on", "on: score a layer's candidates on a copy with the other layers' removed units "
-                                    "sliced out (fast engine; exact, same labels); off: masked to zero at full width",
-                              COMPACTIONS, scores=False)
+    correction: str = _option(
+        "none", "adjust the per-class p-values for testing several classes: none, holm (family-wise) or bh "
+                "(Benjamini-Hochberg, false discovery rate)", CORRECTIONS, scores=False, widget="dropdown",
+        doc="Adjustment of the per-class p-values for testing C classes at once (cswap_nb/METHOD.md §2): none "
+            "(default; for calibrated, independent tests a harmless unit would be flagged critical with probability "
+            "up to 1 - (1 - α)^C, the default Welch test stays far below that), Holm (family-wise error rate α) or "
+            "Benjamini–Hochberg (false discovery rate α).")
+    max_drop: float | None = _option(
+        None, "guard: stop pruning once the metric on the validation split (guard_data) falls more than this many "
+              "points below the dense model's (None: off)", scores=False, kind="float-or-none",
+        doc="A guard (cswap_nb/METHOD.md §3): after each layer, the metric of the partly pruned network is measured "
+            "on a validation split (``guard_data=`` of :func:`cswap_nb.prune`); once it is more than ``max_drop`` "
+            "points below the dense network's, the layer's removals are undone back to the longest prefix within "
+            "the bound and every unit not yet visited is kept. None: no guard (the paper's loop).")
+    engine: str = _option(
+        "fast", "fast: recompute only what a removal changes (torch.fx graph, cached intermediates); naive: one "
+                "full pass per unit on every sample; parts: cache before the analysed part of a known family "
+                "(identical decisions)", ENGINES, scores=False,
+        doc="How scores are computed (:mod:`cswap_nb.engines`); identical decisions. ``\"fast\"``: the traced graph "
+            "(:class:`~cswap_nb.engines.graph.GraphEngine`), else the family's parts, else full passes; "
+            "``\"naive\"``: one full pass per candidate on every sample, the reference; ``\"parts\"``: the earlier "
+            "prefix engine (the family's parts only), kept for benchmarks.")
+    evaluation: str = _option(
+        "early", "early: score a candidate on the three classes most likely to decide it first, and on the rest "
+                 "only when they do not decide it critical (exact: the same labels); full: every class for every "
+                 "candidate", EVALUATIONS, scores=False,
+        doc="``\"early\"``: a candidate is scored first on the three classes with the smallest recent p-values, and "
+            "on every class only when they do not decide it critical (exact: the labels equal a full evaluation's; "
+            "cswap_nb/METHOD.md §10); ``\"full\"``: every class is evaluated for every candidate, so every record "
+            "holds all the per-class evidence. Segmentation, ``inference=\"general\"`` and the ``\"naive\"`` and "
+            "``\"parts\"`` engines always evaluate in full.")
+    compaction: str = _option(
+        "on", "on: score a layer's candidates on a copy with the other layers' removed units sliced out (fast "
+              "engine; exact, same labels); off: masked to zero at full width", COMPACTIONS, scores=False,
+        doc="``\"on\"``: with ``engine=\"fast\"``, a layer with many candidates is scored on a copy of the network "
+            "from which the units already removed in other layers are sliced out (exact up to float "
+            "reassociation: the same labels; :mod:`cswap_nb.engines.compact`, cswap_nb/METHOD.md §10); "
+            "``\"off\"``: every candidate's pass runs at the dense width, with removed units masked to zero.")
 
     def __post_init__(self):
         if isinstance(self.samples_per_class, numbers.Integral) and not isinstance(self.samples_per_class, bool):
@@ -173,6 +166,34 @@ class CSwapConfig:
 
 
 OPTION_NAMES = tuple(f.name for f in dataclasses.fields(CSwapConfig))
+
+
+def _kind(f: dataclasses.Field) -> str:
+    """What an option takes, for its docs: its allowed values, else its type."""
+    if f.metadata["choices"] is not None:
+        return "{" + ", ".join(f'"{c}"' for c in f.metadata["choices"]) + "}"
+    return str(f.type).replace(" | None", " or None")
+
+
+def parameters_section() -> str:
+    """The numpydoc Parameters section of :class:`CSwapConfig`, from its fields."""
+    lines = ["Parameters", "----------"]
+    for f in dataclasses.fields(CSwapConfig):
+        lines.append(f"{f.name} : {_kind(f)}, default {f.default!r}")
+        lines.extend("    " + line for line in textwrap.wrap(f.metadata["doc"], 100, break_on_hyphens=False))
+    return "\n".join(lines)
+
+
+def options_table() -> str:
+    """The README's table of the options (``| option | default | meaning |``), from the fields."""
+    rows = ["| option | default | meaning |", "|---|---|---|"]
+    for f in dataclasses.fields(CSwapConfig):
+        default = "None" if f.default is None else str(f.default)
+        rows.append(f"| `{f.name}` | `{default}` | {f.metadata['help']} |")
+    return "\n".join(rows)
+
+
+CSwapConfig.__doc__ = CSwapConfig.__doc__.rstrip() + "\n\n    " + parameters_section().replace("\n", "\n    ") + "\n"
 SCORE_OPTIONS = tuple(f.name for f in dataclasses.fields(CSwapConfig) if f.metadata["scores"])
 """The options that change the calibration set or the scores (alpha, the test and the engine do not)."""
 

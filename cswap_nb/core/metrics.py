@@ -10,9 +10,10 @@ from itertools import chain
 import torch
 from torch import Tensor, nn
 
-from .causal import IGNORE_INDEX, upsample_logits
+from ..data.labels import IGNORE_INDEX
+from .causal import upsample_logits
 from ..data.cityscapes import CITYSCAPES_CLASSES
-from ..data import as_tensors, iter_batches, stream_source
+from ..data import as_tensors, iter_batches, stream_source, tensor_batches
 from .layout import channels_last_copy
 
 SEGMENTATION_BATCH_SIZE = 16
@@ -31,8 +32,7 @@ def _loader(data, batch_size: int):
         return data
     if stream_source(data) is not None:  # a Dataset: read in batches, never whole
         return iter_batches(data, batch_size)
-    x, y = as_tensors(data)
-    return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(y), batch_size)]
+    return tensor_batches(batch_size, *as_tensors(data))
 
 
 def _logits(out) -> Tensor:
@@ -74,8 +74,7 @@ def evaluate(model: nn.Module, data, batch_size: int | None = None) -> float:
     else:
         x, y = as_tensors(data)
         masks = y.ndim == 3
-        size = batch_size or (SEGMENTATION_BATCH_SIZE if masks else 256)
-        batches = [(x[i : i + size], y[i : i + size]) for i in range(0, len(y), size)]
+        batches = tensor_batches(batch_size or (SEGMENTATION_BATCH_SIZE if masks else 256), x, y)
     if masks:
         return miou(_confusion(model, batches, None, IGNORE_INDEX))
     model = channels_last_copy(model)  # faster on the CPU; the caller's model keeps its layout (layout.py)

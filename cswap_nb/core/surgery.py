@@ -6,38 +6,8 @@ import torch_pruning as tp
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from .units import build_graph, head_attention_modules
-
-
-def remove_heads(attn: nn.Module, heads: list[int]) -> nn.Module:
-    """Delete whole heads of a timm ``Attention`` in place.
-
-    Slices the heads' q, k and v rows out of ``qkv`` (weight and bias) and their input
-    columns out of ``proj``, then sets ``num_heads`` and ``attn_dim``; ``head_dim`` and the
-    softmax scale stay as they are, and the embedding width is unchanged.
-    """
-    h, d = attn.num_heads, attn.head_dim
-    drop = sorted({int(i) for i in heads})
-    if any(i < 0 or i >= h for i in drop):
-        raise ValueError(f"head indices must lie in [0, {h - 1}], got {drop}")
-    keep = [i for i in range(h) if i not in set(drop)]
-    if not keep:
-        raise ValueError("cannot remove every head of an attention module")
-    idx = torch.tensor(keep)
-    qkv, proj = attn.qkv, attn.proj
-    with torch.no_grad():
-        w = qkv.weight.reshape(3, h, d, qkv.in_features)[:, idx].reshape(3 * len(keep) * d, qkv.in_features)
-        qkv.weight = nn.Parameter(w.clone(), requires_grad=qkv.weight.requires_grad)
-        if qkv.bias is not None:
-            b = qkv.bias.reshape(3, h, d)[:, idx].reshape(-1)
-            qkv.bias = nn.Parameter(b.clone(), requires_grad=qkv.bias.requires_grad)
-        pw = proj.weight.reshape(proj.out_features, h, d)[:, idx].reshape(proj.out_features, len(keep) * d)
-        proj.weight = nn.Parameter(pw.clone(), requires_grad=proj.weight.requires_grad)
-    qkv.out_features = w.shape[0]
-    proj.in_features = pw.shape[1]
-    attn.num_heads = len(keep)
-    attn.attn_dim = len(keep) * d
-    return attn
+from ..models.families.attention import head_attention_modules, remove_heads  # noqa: F401 (re-exported)
+from .units import build_graph
 
 
 def remove_units(model: nn.Module, example: Tensor, pruned: dict[str, list[int]]) -> nn.Module:

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from .config import SCOPES
 from ..models.families import family_of
+from ..models.families.attention import head_attention_modules, head_removal, head_weights  # noqa: F401 (re-exported)
 
 PRODUCERS = (nn.modules.conv._ConvNd, nn.Linear)
 
@@ -197,29 +198,6 @@ def is_depthwise(module: nn.Module) -> bool:
     """A conv mapping each channel to itself only (MobileNet's depthwise conv)."""
     return (isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
             and module.groups == module.in_channels == module.out_channels)
-
-
-def head_attention_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Attention modules whose heads can be pruned exactly: timm's standard ``Attention``.
-
-    Needs ``qkv``/``proj`` linears and an ``attn_dim`` attribute (the forward reshapes by
-    ``attn_dim``, recent timm), no norm before ``proj`` (``scale_norm``; a LayerNorm over the
-    heads would couple them) and no output gate.
-    """
-    try:
-        from timm.layers.attention import Attention
-    except ImportError:  # pragma: no cover - timm is a dependency
-        return {}
-    found = {}
-    for name, m in model.named_modules():
-        if type(m) is not Attention or not hasattr(m, "attn_dim"):
-            continue
-        if not isinstance(getattr(m, "norm", nn.Identity()), nn.Identity) or getattr(m, "gate", None) is not None:
-            continue
-        if m.qkv.out_features != 3 * m.num_heads * m.head_dim or m.proj.in_features != m.num_heads * m.head_dim:
-            continue
-        found[name] = m
-    return found
 
 
 def channel_dim(module: nn.Module) -> int:
@@ -418,9 +396,7 @@ def _is_out_pruning(dep) -> bool:
 def _heads_layer(name: str, attn: nn.Module, order: dict[nn.Module, int]) -> UnitLayer:
     """The heads of one attention module as a unit layer (see the module docstring)."""
     h, d = attn.num_heads, attn.head_dim
-    w_qkv = attn.qkv.weight.detach().reshape(3, h, d, -1).permute(1, 0, 2, 3).reshape(h, -1)
-    w_proj = attn.proj.weight.detach().reshape(-1, h, d).permute(1, 0, 2).reshape(h, -1)
-    w = torch.cat([w_qkv, w_proj], dim=1)
+    w = head_weights(attn)
     return UnitLayer(
         name=name, kind="heads", size=h, points={f"{name}.proj": list(range(h))},
         magnitude=w.abs().sum(1), position=order.get(attn.qkv, len(order)),
@@ -525,7 +501,7 @@ def _coverage(model: nn.Module, scope: str, kept: list, heads: list[tuple[str, n
     names = {id(p): name for name, p in model.named_parameters()}
     slices: dict[str, list[tuple[str, int, int]]] | None = {}
     sized = [(layer.name, layer.size, group, _group_removal) for layer, group in kept]
-    sized += [(attn_name, attn.num_heads, attn, _heads_removal) for attn_name, attn in heads]
+    sized += [(attn_name, attn.num_heads, attn, head_removal) for attn_name, attn in heads]
     for name, size, group, removal in sized:
         in_units += add(everything, removal(group))
         spared = list(removal(group, keep=0))
@@ -681,20 +657,6 @@ def _removed_mask(p: Tensor, kept: Tensor | None) -> Tensor:
     return removed
 
 
-def _heads_removal(attn: nn.Module, keep: int | None = None):
-    """(parameter, removed mask) for the heads of a timm ``Attention`` (:func:`cswap_nb.core.surgery.remove_heads`):
-    the q, k and v rows of ``qkv`` (weight and bias) and the input columns of ``proj``, head ``keep`` spared."""
-    h, d = attn.num_heads, attn.head_dim
-    drop = torch.ones(h, dtype=torch.bool)
-    if keep is not None:
-        drop[keep] = False
-    qkv, proj = attn.qkv, attn.proj
-    yield qkv.weight, drop.view(1, h, 1, 1).expand(3, h, d, qkv.in_features).flatten()
-    if qkv.bias is not None:
-        yield qkv.bias, drop.view(1, h, 1).expand(3, h, d).flatten()
-    yield proj.weight, drop.view(1, h, 1).expand(proj.out_features, h, d).flatten()
-
-
 class Masker:
     """Forward hooks that zero chosen units; ``remove()`` restores the model exactly.
 
@@ -778,6 +740,14 @@ class Masker:
 
     def pruned(self) -> dict[str, list[int]]:
         return {name: mask.nonzero().flatten().tolist() for name, mask in self.removed.items()}
+
+    def state(self, exclude: str | None = None, instead: tuple[str, list[int]] | None = None) -> tuple:
+        """The removed units of every layer as a hashable key, ``((layer, (unit, ...)), ...)`` in the layers'
+        order: what a cache of scores or activations is keyed by. ``exclude``: leave that layer out;
+        ``instead``: ``(layer, units)``, that layer's removed units taken as ``units`` (sorted) instead."""
+        return tuple((name, tuple(sorted(instead[1])) if instead is not None and name == instead[0]
+                      else tuple(mask.nonzero().flatten().tolist()))
+                     for name, mask in self.removed.items() if name != exclude)
 
     def remove(self) -> None:
         for h in self._handles:

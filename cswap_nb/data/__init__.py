@@ -26,9 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .cityscapes import CITYSCAPES_CLASSES, IGNORE_INDEX, normalize
+from .cityscapes import CITYSCAPES_CLASSES, normalize
+from .labels import IGNORE_INDEX
 from .resources import data_dir, sha256_of
-from .scenes import DEFAULT_SIZE, _check_size, road_scenes
+from .scenes import DEFAULT_SIZE, check_size, road_scenes
 
 
 class Split(NamedTuple):
@@ -114,10 +115,10 @@ def load_road_scenes(train: int = 1200, test: int = 200, size: tuple[int, int] =
     ``x`` (N, 3, H, W) is normalised with ``cityscapes.SCENE_MEAN``/``SCENE_STD``; ``y`` (N, H, W)
     int64 holds trainIds 0-18 and 255 (ignored). As for the digits, ``calib`` is the train split.
     Drawing takes about 24 ms per 64x128 image on one core of this project's 2-core machine (the default
-    1,500 images: 36 s in notebook 05's first cell);
+    1,500 images: 36 s; notebook 05 asks for 300 training scenes, which its first cell draws in about 10 s);
     a process draws each split once and hands out copies afterwards.
     """
-    h, w = _check_size(size)
+    h, w = check_size(size)
     for value, name in ((train, "train"), (test, "test"), (val, "val")):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive number of images, got {value!r}")
@@ -551,6 +552,13 @@ def stream_source(data) -> tuple[torch.utils.data.Dataset, dict] | None:
             and hasattr(data, "__len__")):
         return data, {}
     return None
+
+
+def tensor_batches(batch_size: int, *tensors: Tensor) -> list[tuple[Tensor, ...]]:
+    """The tensors cut into batches along dim 0, together: ``[(x[0:b], y[0:b]), (x[b:2b], y[b:2b]), ...]``
+    (views, no copies). The one batch loop over tensors held in memory."""
+    n = len(tensors[0])
+    return [tuple(t[i : i + batch_size] for t in tensors) for i in range(0, n, batch_size)]
 
 
 def iter_batches(dataset, batch_size: int, indices=None, collate_fn=None, num_workers: int = 0):

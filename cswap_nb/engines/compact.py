@@ -29,7 +29,7 @@ from ..core.result import equivalence_tolerance
 from ..core.surgery import count_macs, remove_units
 from ..core.units import Masker, UnitLayer
 from .graph import GraphEngine
-from .passes import FullEngine, Rows
+from .base import EngineWrapper, Rows, ScoreEngine
 
 
 def _remapped(layer: UnitLayer, gone: dict[str, list[int]]) -> UnitLayer:
@@ -87,7 +87,7 @@ class _Compact:
                 self.masker.set(name, now.nonzero().flatten().tolist(), True)
 
 
-class CompactingEngine(FullEngine):
+class CompactingEngine(EngineWrapper):
     """``engine="fast"`` with ``compaction="on"``: the wrapped engine, or a compact copy's graph engine for
     the layers where one pays (module docstring). The decision to build a copy is taken when a layer is
     first scored: some unit of another layer was removed since the last copy, and the layer has at least
@@ -98,14 +98,11 @@ class CompactingEngine(FullEngine):
     """A copy costs a surgery and a traced graph (0.1-0.5 s on the zoo's models): not worth it for a layer
     with few candidates."""
 
-    def __init__(self, inner: FullEngine, template: nn.Module, masker: Masker, example: Tensor,
-                 dense_macs: int | None = None):
-        self.model, self.masker, self.batch_size = inner.model, masker, inner.batch_size
-        self.masks = self.pairs = None
+    def __init__(self, inner: ScoreEngine, template: nn.Module, example: Tensor, dense_macs: int | None = None):
+        super().__init__(inner)
         self._segmentation: tuple | None = None  # (masks, pairs) handed to each copy's engine
-        self.inner, self.template, self.example = inner, template, example
+        self.template, self.example = template, example
         self._compact_work = 0.0
-        self.name, self.path, self.fallback = inner.name, inner.path, inner.fallback
         self._compact: _Compact | None = None
         self._layer: str | None = None  # the layer scored last
         self._use: _Compact | None = None  # the copy that scores it (None: the wrapped engine)
@@ -118,7 +115,7 @@ class CompactingEngine(FullEngine):
     @property
     def layer_fallbacks(self) -> dict[str, str]:
         """The wrapped engine's layers on full passes, and those a copy's graph could not plan."""
-        return {**getattr(self.inner, "layer_fallbacks", {}), **self._copy_fallbacks, **self._current_fallbacks()}
+        return {**self.inner.layer_fallbacks, **self._copy_fallbacks, **self._current_fallbacks()}
 
     def _current_fallbacks(self) -> dict[str, str]:
         return {name: f"in a compact copy: {why}" for c in (self._compact, self._use) if c is not None
@@ -139,7 +136,6 @@ class CompactingEngine(FullEngine):
         return {"copies": self.rebuilds, "seconds": round(self.compact_seconds, 3), "failed": self.failed}
 
     def segmentation(self, masks: Tensor, pairs: Tensor | None) -> None:
-        super().segmentation(masks, pairs)
         self.inner.segmentation(masks, pairs)
         self._segmentation = (masks, pairs)
 
@@ -180,7 +176,7 @@ class CompactingEngine(FullEngine):
     def _share(self, model: nn.Module) -> float:
         return count_macs(model, self.example) / max(1, self._dense_macs)
 
-    def _engine_for(self, layer: UnitLayer | None) -> FullEngine:
+    def _engine_for(self, layer: UnitLayer | None) -> ScoreEngine:
         if self.failed is not None or layer is None:
             return self.inner
         if layer.name != self._layer:  # a new layer: build a copy where one pays, else keep the last if it serves
@@ -204,7 +200,7 @@ class CompactingEngine(FullEngine):
             return self.inner
         return c.engine
 
-    def _counted(self, engine: FullEngine, call):
+    def _counted(self, engine: ScoreEngine, call):
         """Run ``call(engine)``, adding a copy's work to :attr:`forward_equivalents` in dense passes."""
         if engine is self.inner:
             return call(engine)
@@ -213,7 +209,7 @@ class CompactingEngine(FullEngine):
         self._compact_work += (engine.forward_equivalents - before) * self._use.share
         return out
 
-    def _layer_in(self, engine: FullEngine, layer: UnitLayer) -> UnitLayer:
+    def _layer_in(self, engine: ScoreEngine, layer: UnitLayer) -> UnitLayer:
         return layer if engine is self.inner else self._use.layers[layer.name]
 
     # -- the engine interface ------------------------------------------------------------------------------
@@ -226,7 +222,7 @@ class CompactingEngine(FullEngine):
         calls to the wrapped engine (:meth:`rows_scores`), so the answer does not change with the copies."""
         return self.inner.can_slice(layer, x)
 
-    def _rows_engine(self, layer: UnitLayer, x: Tensor) -> FullEngine:
+    def _rows_engine(self, layer: UnitLayer, x: Tensor) -> ScoreEngine:
         e = self._engine_for(layer)
         return e if e is self.inner or e.can_slice(self._layer_in(e, layer), x) else self.inner
 

@@ -27,8 +27,9 @@ mask state it was scored for, so a wrong speculation costs work, never a decisio
 Every layer's plan is checked when the engine is built: its candidate run must reproduce full passes
 (one sample, with and without a removal); a layer that fails, or that no mask point of the graph
 reaches, is analysed with full passes and :attr:`GraphEngine.layer_fallbacks` says why. A model that
-``torch.fx`` cannot trace falls back to the family's parts (:class:`cswap_nb.engines.passes.PrefixEngine`),
-then to full passes, and :func:`make_engine` says why in the engine's ``fallback``.
+``torch.fx`` cannot trace gets the family's parts instead (:class:`cswap_nb.engines.passes.PartsEngine`),
+else full passes (:class:`cswap_nb.engines.passes.FullPasses`), and :func:`make_engine` says why in the
+engine's ``fallback``.
 """
 from __future__ import annotations
 
@@ -39,9 +40,11 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from ..core.causal import true_class_scores
-from .passes import FullEngine, PrefixEngine, Rows, row_count, take_rows
-from .plan import INPLACE_FUNCTIONS, GraphView, Plan, last_use, node_costs, plan_layer, trace
+from ..core.config import ENGINES
 from ..core.units import Masker, UnitLayer
+from .base import Rows, ScoreEngine
+from .passes import FullPasses, PartsEngine, PartsUnavailable, row_count, take_rows
+from .plan import INPLACE_FUNCTIONS, GraphView, Plan, last_use, node_costs, plan_layer, trace
 
 @dataclass
 class _Cache:
@@ -55,21 +58,21 @@ class GraphUnavailable(Exception):
     """The model cannot be run as a traced graph (:func:`make_engine` then uses the family's parts)."""
 
 
-class GraphEngine(FullEngine):
+class GraphEngine(ScoreEngine):
     """``engine="fast"``: the general engine (module docstring). A layer without a checked plan is
-    analysed with the full passes of :class:`~cswap_nb.engines.passes.FullEngine`; :attr:`layer_fallbacks` maps
-    such layers to the reason. Raises :class:`GraphUnavailable` for a model that ``torch.fx`` cannot
-    trace (:func:`make_engine` falls back to the family's parts, then to full passes).
+    analysed by :attr:`full`, a :class:`~cswap_nb.engines.passes.FullPasses` on the same model;
+    :attr:`layer_fallbacks` maps such layers to the reason. Raises :class:`GraphUnavailable` for a model that
+    ``torch.fx`` cannot trace (:func:`make_engine` then tries the family's parts, then full passes).
     """
 
-    name = "fast"
     path = "graph"
 
     def __init__(self, model: nn.Module, masker: Masker, example: Tensor, batch_size: int = 512,
-                 plan_now: bool = True):
-        super().__init__(model, masker, batch_size)
+                 plan_now: bool = True, name: str = "fast"):
+        super().__init__(model, masker, batch_size, name)
+        self.full = FullPasses(model, masker, batch_size, name)
         self.example = example
-        self.layer_fallbacks: dict[str, str] = {}
+        self._layer_fallbacks: dict[str, str] = {}
         self._plans: dict[str, Plan | None] = {}
         self._cache: _Cache | None = None
         self._current: tuple | None = None  # (token, cache, state) of the candidate begun last
@@ -94,14 +97,27 @@ class GraphEngine(FullEngine):
         if plan_now:  # else each layer's plan is traced and checked when the layer is first scored
             for layer in masker.layers.values():
                 self._plan(layer)
-        self.forward_equivalents = 0.0  # the checks ran on one or two samples: not the analysis's work
+        self._work = 0.0  # the checks ran on one or two samples: not the analysis's work
+
+    @property
+    def forward_equivalents(self) -> float:
+        return self._work + self.full.forward_equivalents
+
+    @property
+    def layer_fallbacks(self) -> dict[str, str]:
+        """The layers analysed with full passes (no checked plan), with the reason."""
+        return self._layer_fallbacks
+
+    def segmentation(self, masks: Tensor, pairs: Tensor | None) -> None:
+        super().segmentation(masks, pairs)
+        self.full.segmentation(masks, pairs)
 
     def _plan(self, layer: UnitLayer) -> Plan | None:
         """The checked plan of ``layer`` (None: full passes, :attr:`layer_fallbacks` says why)."""
         if layer.name not in self._plans:
-            work = self.forward_equivalents  # the checks run on one or two samples: not the analysis's work
+            work = self._work  # the checks run on one or two samples: not the analysis's work
             self._plans[layer.name] = self._checked_plan(layer, self.example)
-            self.forward_equivalents = work
+            self._work = work
         return self._plans[layer.name]
 
     # -- running the graph -------------------------------------------------------------------
@@ -158,10 +174,10 @@ class GraphEngine(FullEngine):
         try:
             plan = plan_layer(self.view, layer)
         except Exception as exc:  # noqa: BLE001
-            self.layer_fallbacks[layer.name] = f"no plan ({type(exc).__name__}: {exc})"
+            self._layer_fallbacks[layer.name] = f"no plan ({type(exc).__name__}: {exc})"
             return None
         if plan is None:
-            self.layer_fallbacks[layer.name] = "none of its mask points is a node of the traced graph"
+            self._layer_fallbacks[layer.name] = "none of its mask points is a node of the traced graph"
             return None
         saved = self.masker.removed[layer.name].clone()
         try:
@@ -173,7 +189,7 @@ class GraphEngine(FullEngine):
                     got = self._logits(example, layer)
                     ref = self.model(example)
                     if not torch.allclose(got, ref, atol=1e-4, rtol=1e-4):
-                        self.layer_fallbacks[layer.name] = "its cached plan did not reproduce a full pass"
+                        self._layer_fallbacks[layer.name] = "its cached plan did not reproduce a full pass"
                         return None
                 try:
                     self._check_slices(layer, plan, example)
@@ -185,7 +201,7 @@ class GraphEngine(FullEngine):
                 plan.stackable = plan.sliceable and plan.shortcut and not any(
                     n.op == "call_module" and n.target in layer.points for n in plan.dirty)
         except Exception as exc:  # noqa: BLE001
-            self.layer_fallbacks[layer.name] = f"its cached plan failed ({type(exc).__name__}: {exc})"
+            self._layer_fallbacks[layer.name] = f"its cached plan failed ({type(exc).__name__}: {exc})"
             return None
         finally:
             self.masker.set(layer.name, list(range(layer.size)), False)
@@ -226,9 +242,7 @@ class GraphEngine(FullEngine):
 
     # -- the cache -------------------------------------------------------------------------------
     def _state_key(self, layer: UnitLayer, x: Tensor) -> tuple:
-        others = tuple((name, tuple(m.nonzero().flatten().tolist()))
-                       for name, m in self.masker.removed.items() if name != layer.name)
-        return (layer.name, others, x.data_ptr(), tuple(x.shape))
+        return (layer.name, self.masker.state(exclude=layer.name), x.data_ptr(), tuple(x.shape))
 
     def _build(self, layer: UnitLayer, plan: Plan, x: Tensor, key: tuple) -> _Cache:
         removed = self.masker.removed[layer.name].clone()
@@ -246,7 +260,7 @@ class GraphEngine(FullEngine):
         finally:
             if plan.shortcut:
                 self.masker.set(layer.name, removed.nonzero().flatten().tolist(), True)
-        self.forward_equivalents += plan.build_cost
+        self._work += plan.build_cost
         base = torch.zeros_like(removed) if plan.shortcut else removed
         return _Cache(key, values, base)
 
@@ -283,7 +297,7 @@ class GraphEngine(FullEngine):
             idx = [i for u in units for i in corr.channels[u]]
             out[corr.node] = chunk[corr.node] - corr.partial(v, idx)
             width = v.shape[-1] if corr.last_dim else v.shape[1]
-            self.forward_equivalents += full * len(idx) / width / self._chunks
+            self._work += full * len(idx) / width / self._chunks
         return out
 
     def _begin(self, layer: UnitLayer, x: Tensor):
@@ -335,7 +349,7 @@ class GraphEngine(FullEngine):
         plan, cache, given, removed = self._begin(layer, x)
         outs = [self._run_chunk(plan, chunk, given[i] if given else None, removed)
                 for i, chunk in enumerate(cache.values)]
-        self.forward_equivalents += plan.cost
+        self._work += plan.cost
         return outs
 
     def _logits(self, x: Tensor, layer: UnitLayer) -> Tensor:
@@ -343,7 +357,7 @@ class GraphEngine(FullEngine):
 
     def scores(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer | None = None) -> Tensor:
         if layer is None or self._plan(layer) is None:
-            return super().scores(x, y, score)
+            return self.full.scores(x, y, score)
         with torch.inference_mode():
             outs = self._logits_chunks(layer, x)
             q = [self._score(o, y, i, score) for o, i in zip(outs, range(0, x.shape[0], self.batch_size))]
@@ -352,8 +366,7 @@ class GraphEngine(FullEngine):
     def _token(self, layer: UnitLayer, x: Tensor, units: list[int] | None = None) -> tuple:
         """The key of a candidate: the calibration tensor and every layer's removed units (``units``: this
         layer's, instead of the masks' own)."""
-        state = tuple((name, tuple(sorted(units)) if units is not None and name == layer.name
-                       else tuple(m.nonzero().flatten().tolist())) for name, m in self.masker.removed.items())
+        state = self.masker.state(instead=None if units is None else (layer.name, units))
         return (layer.name, x.data_ptr(), tuple(x.shape), state)
 
     def can_slice(self, layer: UnitLayer, x: Tensor) -> bool:
@@ -361,7 +374,7 @@ class GraphEngine(FullEngine):
         whose cache holds ``x`` in one chunk, or a layer analysed with full passes (a pass over the rows)."""
         plan = self._plan(layer)
         if plan is None:
-            return self.masks is None
+            return self.full.can_slice(layer, x)
         return plan.sliceable and self.masks is None and x.shape[0] <= self.batch_size
 
     def rows_scores(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer, rows: Rows) -> Tensor:
@@ -370,7 +383,7 @@ class GraphEngine(FullEngine):
         candidate share its corrections, and a result :meth:`stack_rows` computed for this exact mask
         state is taken instead of a pass."""
         if self._plan(layer) is None:
-            return super().rows_scores(x, y, score, layer, rows)
+            return self.full.rows_scores(x, y, score, layer, rows)
         if not self.can_slice(layer, x):
             raise ValueError(f"layer {layer.name!r} cannot be scored on part of the calibration set")
         rows = tuple(rows)
@@ -381,7 +394,7 @@ class GraphEngine(FullEngine):
             plan, cache, given, removed = self._begin(layer, x)
             logits = self._run_chunk(plan, cache.values[0], given[0] if given else None, removed, rows)
             q = true_class_scores(logits, take_rows(y, rows), score)
-        self.forward_equivalents += plan.cost * row_count(rows) / x.shape[0]
+        self._work += plan.cost * row_count(rows) / x.shape[0]
         return q
 
     def can_stack(self, layer: UnitLayer, x: Tensor) -> bool:
@@ -451,7 +464,7 @@ class _Speculation:
             for i, (removed, _) in enumerate(states):
                 q = true_class_scores(logits[i * n : (i + 1) * n], ys, score)
                 self.results[(e._token(layer, x, removed), rows)] = q
-        e.forward_equivalents += plan.cost * n * len(states) / x.shape[0]
+        e._work += plan.cost * n * len(states) / x.shape[0]
 
     def _corrected_rows(self, plan: Plan, chunk: dict, units: list[int], rows: Rows) -> dict:
         """:meth:`GraphEngine._corrected` on ``rows`` only, for a speculated candidate."""
@@ -472,8 +485,6 @@ def _zero_channels(v: Tensor, idx: list[int], last_dim: bool) -> None:
         v[..., idx] = 0
     else:
         v[:, idx] = 0
-
-
 
 
 def _same_value(a, b) -> bool:
@@ -500,26 +511,27 @@ def _may_work_in_place(node: fx.Node, modules: dict) -> bool:
     return False
 
 
+def make_engine(kind: str, model: nn.Module, masker: Masker, example: Tensor) -> ScoreEngine:
+    """The scoring engine of the option ``engine`` (cswap_nb/METHOD.md §10), composed explicitly:
 
-
-
-
-def make_engine(kind: str, model: nn.Module, masker: Masker, example: Tensor) -> FullEngine:
-    """The scoring engine of the option ``engine`` (cswap_nb/METHOD.md §10): ``"fast"`` (:class:`GraphEngine`;
-    for a model ``torch.fx`` cannot trace, the family's parts or else full passes, with
-    :attr:`~cswap_nb.engines.passes.FullEngine.fallback` saying why), ``"naive"`` (:class:`~cswap_nb.engines.passes.FullEngine`:
-    one full pass per candidate, the reference) or ``"parts"`` (:class:`~cswap_nb.engines.passes.PrefixEngine`,
-    the family's parts only)."""
+    * ``"fast"``: a :class:`GraphEngine`; for a model ``torch.fx`` cannot trace, the family's parts
+      (:class:`~cswap_nb.engines.passes.PartsEngine`), else full passes
+      (:class:`~cswap_nb.engines.passes.FullPasses`), with the engine's ``fallback`` saying why;
+    * ``"naive"``: :class:`~cswap_nb.engines.passes.FullPasses`, one full pass per candidate on every sample
+      (the reference: it takes no early decisions);
+    * ``"parts"``: the family's parts, else full passes.
+    """
+    if kind not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {kind!r}")
     if kind == "naive":
-        return FullEngine(model, masker)
-    if kind == "parts":
-        return PrefixEngine(model, masker, example)
-    if kind != "fast":
-        raise ValueError(f"engine must be one of 'fast', 'naive', 'parts', got {kind!r}")
+        return FullPasses(model, masker, name="naive", slicing=False)
+    why = None
+    if kind == "fast":
+        try:
+            return GraphEngine(model, masker, example)
+        except GraphUnavailable as exc:
+            why = str(exc)
     try:
-        return GraphEngine(model, masker, example)
-    except GraphUnavailable as exc:
-        engine = PrefixEngine(model, masker, example)
-        then = "the family's parts" if engine.parts is not None else f"full passes ({engine.fallback})"
-        engine.name, engine.fallback = "fast", f"{exc}; using {then}"
-        return engine
+        return PartsEngine(model, masker, example, name=kind, fallback=f"{why}; using the family's parts" if why else None)
+    except PartsUnavailable as exc:
+        return FullPasses(model, masker, name=kind, fallback=f"{why}; using full passes ({exc})" if why else str(exc))

@@ -29,7 +29,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .passes import Rows, row_count, take_rows
+from ..core.calibration import label_runs
+from .base import EngineWrapper, Rows, ScoreEngine
+from .passes import row_count, take_rows
 
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _OK, _FAILED = 0.0, 1.0
@@ -50,24 +52,13 @@ class _Shard:
     plans: dict = field(default_factory=dict)  # rows -> (local rows, rows per rank, permutation)
 
 
-def _runs(y: Tensor) -> list[tuple[int, int]]:
-    """The runs of equal labels of a 1-D ``y`` (the classes of a calibration set ordered by class), else
-    the whole set as one run."""
-    n = int(y.shape[0])
-    if y.ndim != 1 or n == 0:
-        return [(0, n)]
-    yy = y.detach().cpu().numpy()
-    cuts = (np.flatnonzero(np.diff(yy)) + 1).tolist()
-    return list(zip([0, *cuts], [*cuts, n]))
-
-
 def shard_pieces(y: Tensor, world: int) -> list[tuple[int, int, int, int]]:
     """How the calibration samples are shared among ``world`` ranks: each run of equal labels cut into
     one contiguous block per rank (rank order), sizes differing by one at most, the extra samples of
     successive runs given to successive ranks. ``(start, stop, rank, start in the rank's shard)`` per
     non-empty block, in the samples' order."""
     pieces, filled, turn = [], [0] * world, 0
-    for a, b in _runs(y):
+    for _, a, b in label_runs(y) or [(0, 0, int(y.shape[0]))]:
         base, extra = divmod(b - a, world)
         start = a
         for r in range(world):
@@ -90,7 +81,7 @@ def _merge(ranges: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
     return tuple((a, b) for a, b in out)
 
 
-class ShardedEngine:
+class ShardedEngine(EngineWrapper):
     """A score engine whose work is shared among the ranks of a ``torch.distributed`` process group (module
     docstring). ``engine``: the wrapped engine (built on this rank's copy of the model); ``group``: the
     process group (default: the world). Its other attributes are the wrapped engine's.
@@ -100,11 +91,12 @@ class ShardedEngine:
     calls asked for (so ``rows_scored / rows_requested`` is about ``1 / world``).
     """
 
-    def __init__(self, engine, group=None):
+    def __init__(self, engine: ScoreEngine, group=None):
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError("ShardedEngine needs an initialised torch.distributed process group "
                                "(torchrun --nproc-per-node N ..., then torch.distributed.init_process_group())")
-        self.inner, self.group = engine, group
+        super().__init__(engine)
+        self.group = group
         self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
         self.rows_scored = 0
         self.rows_requested = 0
@@ -115,16 +107,11 @@ class ShardedEngine:
         self._device = (torch.device("cuda", torch.cuda.current_device()) if backend == "nccl"
                         else torch.device("cpu"))
 
-    def __getattr__(self, name):
-        if name.startswith("__") or name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
     # -- what the loop asks -------------------------------------------------------------------
     @property
     def sharded(self) -> bool:
         """Whether calls are split among the ranks (not for segmentation scores: every rank computes all)."""
-        return self.inner.masks is None
+        return not self.inner.segmenting
 
     @property
     def forward_equivalents(self) -> float:
@@ -139,9 +126,6 @@ class ShardedEngine:
             return None
         shard = self._shards[-1]
         return int((shard.x_local if self.sharded else shard.x).shape[0])
-
-    def segmentation(self, masks: Tensor, pairs: Tensor | None) -> None:
-        self.inner.segmentation(masks, pairs)
 
     def can_slice(self, layer, x: Tensor) -> bool:
         if not self.sharded:
@@ -160,9 +144,6 @@ class ShardedEngine:
 
     def stack_rows(self, x, y, score, layer, others, rows) -> None:
         raise NotImplementedError("a ShardedEngine scores one candidate per pass (can_stack is False)")
-
-    def clear_stacked(self) -> None:
-        self.inner.clear_stacked()
 
     def scores(self, x: Tensor, y: Tensor, score: str, layer=None) -> Tensor:
         if not self.sharded:

@@ -20,6 +20,7 @@ from ..core.calibration import select_calibration
 from ..core.causal import CRITICAL, LABELS, TESTS, group_pvalues, one_sided_pvalues, verdict_of
 from ..data import as_tensors, check_xy
 from ..models.families import family_of
+from ..models.families.attention import attention_weights
 from ..engines.graph import make_engine
 from ..core.units import Masker, find_unit_layers
 
@@ -212,10 +213,8 @@ def attention_maps(model: nn.Module, x: Tensor, block: int = -1) -> Tensor:
         handle.remove()
     with torch.inference_mode():
         t = seen["x"]
-        b, n, _ = t.shape
-        qkv = attn.qkv(t).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
-        weights = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(-1)  # (N, heads, tokens, tokens)
+        b = t.shape[0]
+        weights = attention_weights(attn, t)  # (N, heads, tokens, tokens)
         query = weights[:, :, 0] if model.cls_token is not None else weights.mean(2)
         patches = query[:, :, model.num_prefix_tokens:]
         gh, gw = model.patch_embed.grid_size

@@ -16,6 +16,7 @@ from torch import nn
 from .ddrnet import DualResNet, ddrnet23, ddrnet23_slim  # noqa: F401 (re-exported: cs.models.ddrnet23_slim)
 from .families import ADAPTERS as _ADAPTERS
 from .families import family_for_spec, family_of, stem_conv  # noqa: F401 (stem_conv re-exported)
+from .families.attention import fit_heads_to_qkv
 from .families.vit import VIT_KEYS  # noqa: F401 (re-exported)
 
 Spec = dict[str, Any]
@@ -147,15 +148,7 @@ def reshape_to(model: nn.Module, shapes: dict[str, list[int]]) -> nn.Module:
         for bname, b in list(module.named_buffers(recurse=False)):
             if b is not None and prefix + bname in shapes:
                 module._buffers[bname] = torch.empty(shapes[prefix + bname], dtype=b.dtype)
-    for module in model.modules():  # attention: heads follow the resized qkv
-        qkv, head_dim = getattr(module, "qkv", None), getattr(module, "head_dim", None)
-        if isinstance(qkv, nn.Linear) and isinstance(head_dim, int) and hasattr(module, "num_heads"):
-            heads, rest = divmod(qkv.out_features, 3 * head_dim)
-            if rest:
-                raise ValueError(f"qkv has {qkv.out_features} outputs, not a multiple of 3 x head_dim ({head_dim})")
-            module.num_heads = heads
-            if hasattr(module, "attn_dim"):
-                module.attn_dim = heads * head_dim
+    fit_heads_to_qkv(model)  # attention: heads follow the resized qkv
     return model
 
 

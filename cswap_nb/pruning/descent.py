@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..core.calibration import class_ranges  # noqa: F401 (re-exported)
 from ..core.causal import CRITICAL, Verdict, as_compared, decide_unit, group_pvalues, verdict_of
 from ..core.config import LAYER_ORDERS, REFERENCES, UNIT_ORDERS, CSwapConfig  # noqa: F401 (re-exported)
-from ..engines.passes import FullEngine
+from ..engines.base import ScoreEngine
 from ..core.units import Masker, UnitLayer
 
 
@@ -118,18 +119,6 @@ class Guard:
         self.report["restored_units"] = sum(len(units(r)) for r in removed[lo:])
 
 
-def class_ranges(y: Tensor) -> list[tuple[int, int, int]] | None:
-    """``(class, start, stop)`` of each class of ``y`` when its samples are contiguous (the calibration
-    selection orders them so), else None."""
-    yy = y.cpu().numpy()
-    if yy.ndim != 1 or not len(yy):
-        return None
-    cuts = np.flatnonzero(np.diff(yy)) + 1
-    starts, stops = np.r_[0, cuts], np.r_[cuts, len(yy)]
-    out = sorted((int(yy[a]), int(a), int(b)) for a, b in zip(starts, stops))
-    return out if len({c for c, _, _ in out}) == len(out) else None
-
-
 class ClassByClass:
     """Decide a candidate as soon as one class decides it (cswap_nb/METHOD.md §10).
 
@@ -148,20 +137,21 @@ class ClassByClass:
     For a unit decided early, ``p_lower``, ``p_raise`` and ``worst_class`` are computed with the
     classes not evaluated at p = 1, and ``effect`` is the mean over the evaluated samples; the record's
     ``classes`` lists the classes evaluated and ``samples`` how many calibration samples were scored.
-    ``enabled`` is False (every candidate scored whole) with ``evaluation="full"``, the ``"naive"``
-    engine (the reference: one full pass per candidate), ``inference="general"``, segmentation, or a
-    calibration set whose classes are not contiguous.
+    ``enabled`` is False (every candidate scored whole) with ``evaluation="full"``, ``inference="general"``,
+    segmentation, or a calibration set whose classes are not contiguous; an engine that cannot score part of
+    the set (:meth:`~cswap_nb.engines.base.ScoreEngine.can_slice`: the ``"naive"`` reference, the family's
+    parts) scores every candidate whole too.
     """
 
     threshold = 0.3  # the share of candidates decided by their first classes below which none is tried
     max_stack = 8  # candidates scored together on their first classes, at most
     first = 3  # classes scored in the first stage
 
-    def __init__(self, engine: FullEngine, x: Tensor, y: Tensor, cfg: CSwapConfig):
+    def __init__(self, engine: ScoreEngine, x: Tensor, y: Tensor, cfg: CSwapConfig):
         self.engine, self.x, self.y, self.cfg = engine, x, y, cfg
         self.ranges = class_ranges(y) if cfg.inference == "per-class" else None
-        self.enabled = (cfg.evaluation == "early" and cfg.engine != "naive" and self.ranges is not None
-                        and len(self.ranges) > 1 and getattr(engine, "masks", None) is None)
+        self.enabled = (cfg.evaluation == "early" and self.ranges is not None and len(self.ranges) > 1
+                        and not engine.segmenting)
         self.classes = [c for c, _, _ in self.ranges] if self.ranges else []
         self.hint = np.zeros(len(self.classes))  # each class's p_lower when it was last evaluated
         self.first_rate = 0.5  # running share of candidates that their first classes decided
@@ -204,12 +194,13 @@ class ClassByClass:
             q = engine.scores(x, y, cfg.score, layer)
             verdict = decide_unit(q, q_ref, y, cfg.alpha, cfg.test, cfg.inference, cfg.score, cfg.correction)
             return verdict, q, list(self.classes) or sorted({int(c) for c in y.unique().tolist()}), len(y)
-        samples = 0
+        samples, first = 0, None
         if self.first_rate >= self.threshold:
             picked = self._first_classes(layer, list(units), list(upcoming))
             rows = self._rows(picked)
             qn = engine.rows_scores(x, y, cfg.score, layer, rows)
             samples += int(qn.shape[0])
+            first = (rows, qn)
             a, b = as_compared(qn, torch.cat([q_ref[s:e] for s, e in rows]), cfg.score)
             bounds = np.cumsum([0] + [e - s for s, e in rows])
             lo, hi = group_pvalues(a, b, [np.arange(bounds[i], bounds[i + 1]) for i in range(len(rows))], cfg.test)
@@ -221,11 +212,14 @@ class ClassByClass:
                 return verdict, None, [self.classes[i] for i in picked], samples
         else:
             picked = self._promising()
-        q = engine.rows_scores(x, y, cfg.score, layer, ((0, len(y)),))
-        samples += len(y)
+        if first is None:
+            q = engine.rows_scores(x, y, cfg.score, layer, ((0, len(y)),))
+        else:  # the other classes only: the first ones' scores are kept
+            q = self._with_the_rest(layer, picked, *first)
+        samples += len(y) - (0 if first is None else int(first[1].shape[0]))
         a, b = as_compared(q, q_ref, cfg.score)
         lows, highs = group_pvalues(a, b, [np.arange(s, e) for _, s, e in self.ranges], cfg.test)
-        if samples == len(y):  # scored whole at once: would the first classes alone have decided?
+        if first is None:  # scored whole at once: would the first classes alone have decided?
             self._learn(self._decided(picked, lows[picked], highs[picked], 0.0) is not None)
         self.hint[:] = lows
         verdict = verdict_of(lows, highs, self.classes, cfg.alpha, cfg.correction, float((a - b).mean()))
@@ -234,6 +228,25 @@ class ClassByClass:
             self._spec = None  # removed: the states speculated on (this one restored) will not come
         order = [self.classes[i] for i in picked] + [c for i, c in enumerate(self.classes) if i not in picked]
         return verdict, q, order, samples
+
+    def _with_the_rest(self, layer: UnitLayer, picked: list[int], rows, qn: Tensor) -> Tensor:
+        """The scores of every sample: ``qn`` of the first classes' ``rows``, and the other classes scored now
+        (their rows merged into runs in sample order)."""
+        chosen = set(picked)
+        rest: list[list[int]] = []
+        for i, (_, a, b) in enumerate(self.ranges):
+            if i in chosen:
+                continue
+            if rest and rest[-1][1] == a:
+                rest[-1][1] = b
+            else:
+                rest.append([a, b])
+        rest_rows = tuple((a, b) for a, b in rest)
+        q_rest = self.engine.rows_scores(self.x, self.y, self.cfg.score, layer, rest_rows)
+        q = q_rest.new_empty((len(self.y),) + tuple(q_rest.shape[1:]))
+        for part, ranges in ((qn, rows), (q_rest, rest_rows)):
+            q[torch.cat([torch.arange(a, b) for a, b in ranges]).to(q.device)] = part
+        return q
 
     def _decided(self, picked: list[int], low, high, effect: float) -> Verdict | None:
         """The verdict if the classes ``picked`` alone (every other class at p = 1) decide it."""
@@ -246,7 +259,7 @@ class ClassByClass:
 
 
 def progressive(
-    engine: FullEngine,
+    engine: ScoreEngine,
     masker: Masker,
     layers: list[UnitLayer],
     x: Tensor,
@@ -422,7 +435,7 @@ def _first_at_most(count: Callable[[int], int], target: int, n_max: int) -> int:
 
 
 def greedy(
-    engine: FullEngine,
+    engine: ScoreEngine,
     masker: Masker,
     layers: list[UnitLayer],
     x: Tensor,

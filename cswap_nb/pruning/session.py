@@ -16,6 +16,7 @@ import contextlib
 import copy
 import functools
 import math
+import textwrap
 import time
 import warnings
 from typing import Callable, Iterator
@@ -27,8 +28,8 @@ from tqdm.auto import tqdm
 
 from .. import models
 from ..core.calibration import select_calibration, select_segmentation_calibration, stream_calibration
-from ..core.causal import IGNORE_INDEX
-from ..core.config import CSwapConfig, make_config
+from ..data.labels import IGNORE_INDEX
+from ..core.config import CSwapConfig, make_config, options_in_brief
 from ..criteria import CRITERIA, Cost, score_units
 from ..data import as_tensors, check_xy, stream_source
 from .descent import Guard, greedy, progressive, rank_and_prune, visiting_plan
@@ -120,15 +121,65 @@ def _run_rank(session: "PruneSession") -> Iterator[dict]:
                    "score": float(session.scores[layer.name][unit]), "pruned": unit in chosen}
 
 
-
-
 def strategy_of(method: str) -> str:
-    """The :data:`STRATEGIES` key of a ``method``: itself, or ``"rank"`` for a criterion."""
-    if method in ("cswap", "greedy"):
+    """The :data:`STRATEGIES` key of a ``method``: itself for a registered search strategy, ``"rank"`` for a
+    criterion (rank-and-prune)."""
+    searches = [name for name in STRATEGIES if name != "rank"]
+    if method in searches:
         return method
     if method in CRITERIA:
         return "rank"
-    raise ValueError(f"method must be one of {['cswap', 'greedy', *CRITERIA]}, got {method!r}")
+    raise ValueError(f"method must be one of {[*searches, *CRITERIA]}, got {method!r}")
+
+
+SESSION_PARAMETERS = """Parameters
+----------
+model : nn.Module
+    The trained model; a copy is pruned (the caller's model is never modified).
+calib
+    Calibration data: an ``(x, y)`` tensor pair, a Dataset or a DataLoader. A Dataset with class labels (e.g. an
+    ImageFolder), or a DataLoader reading one in order, is read in batches
+    (:func:`cswap_nb.core.calibration.stream_calibration`). Its correctly classified samples,
+    ``samples_per_class`` per class, form the calibration set. For segmentation ``y`` holds label masks
+    (N, H, W) (255 ignored), the model returns (N, C, h, w) logits, images are chosen by
+    :func:`cswap_nb.core.calibration.select_segmentation_calibration` and the metric is mIoU.
+method : str
+    ``"cswap"`` (default), ``"greedy"``, or a criterion of :data:`cswap_nb.criteria.CRITERIA` (rank-and-prune).
+config : CSwapConfig, optional
+    The options of the analysis (cswap_nb/METHOD.md §7); default :class:`~cswap_nb.core.config.CSwapConfig` ().
+ratio, params, counts
+    The target of a baseline (exactly one; C-SWAP takes none): the fraction of all units removed (global
+    ranking), the parameter count to reach (the closest global cut), or units removed per layer (e.g. C-SWAP's
+    allocation; greedy takes ``ratio`` or ``params`` only).
+scores : dict, optional
+    A criterion's scores from an earlier result (``res.scores``), reused instead of recomputed.
+eval_data : optional
+    Held-out data; the result then holds the metric (accuracy or mIoU) before and after.
+guard_data : optional
+    The validation split on which the ``max_drop`` guard measures the network (cswap_nb/METHOD.md §3; C-SWAP
+    with ``max_drop`` set needs it). Use a split that is neither the calibration pool nor the test set (the
+    zoo's ``data.val``).
+ignored_layers : list of nn.Module, optional
+    Modules of ``model`` whose output channels are never pruned.
+progress : bool
+    Show a progress bar.
+model_name : str, optional
+    The name in summaries and figures (default: a shipped checkpoint's name, else the class name).
+distributed : bool or ProcessGroup
+    Share the causal analysis among the ranks of an initialised ``torch.distributed`` process group (True: the
+    default group; launched with ``torchrun --nproc-per-node N``): every rank runs the same session and gets
+    the same result, each scores its shard of the calibration set
+    (:class:`cswap_nb.engines.sharded.ShardedEngine`, cswap_nb/METHOD.md §10). Only rank 0 shows progress.
+**options
+    Any field of :class:`~cswap_nb.core.config.CSwapConfig` (its docstring says what each means), replacing
+    those of ``config``; each with its default:
+""" + "\n".join("    " + line for line in textwrap.wrap(options_in_brief() + ".", 100, break_on_hyphens=False))
+"""The parameters of :class:`PruneSession` and :func:`cswap_nb.prune`, written once for both docstrings."""
+
+
+def with_parameters(doc: str, indent: str = "    ") -> str:
+    """``doc`` with its ``{parameters}`` line replaced by :data:`SESSION_PARAMETERS`, indented."""
+    return doc.replace("{parameters}", SESSION_PARAMETERS.replace("\n", "\n" + indent))
 
 
 # ------------------------------------------------------------------------------------ the session
@@ -141,44 +192,7 @@ class PruneSession:
     out). Below :data:`LOW_COVERAGE` a C-SWAP run or a ``ratio=``/``params=`` target warns
     (:class:`LowCoverageWarning`); a ``params=`` target that no cut of the units reaches is an error.
 
-    Parameters
-    ----------
-    model : nn.Module
-        The trained model; a copy is pruned.
-    calib
-        Calibration data: an ``(x, y)`` tensor pair, a Dataset or a DataLoader. A Dataset with class labels
-        (e.g. an ImageFolder), or a DataLoader reading one in order, is read in batches (:func:`cswap_nb.core.calibration.stream_calibration`). ``y`` holds class
-        indices (N,), or label masks (N, H, W) for a segmentation model returning (N, C, h, w).
-    method : str
-        ``"cswap"`` (default), ``"greedy"``, or a criterion of :data:`cswap_nb.criteria.CRITERIA`
-        (rank-and-prune).
-    config : CSwapConfig, optional
-        The options (cswap_nb/METHOD.md §7); default :class:`~cswap_nb.core.config.CSwapConfig`.
-    ratio, params, counts
-        The target of a baseline (exactly one; C-SWAP takes none): the fraction of units removed,
-        the parameter count to reach, or units per layer.
-    scores : dict, optional
-        A criterion's scores from an earlier result (``res.scores``), reused instead of recomputed.
-    eval_data : optional
-        Held-out data; the result then holds the metric (accuracy or mIoU) before and after.
-    guard_data : optional
-        The validation split on which the ``max_drop`` guard measures the network (C-SWAP with
-        ``max_drop`` set needs it). Use a split that is neither the calibration pool nor the test
-        set (the zoo's ``data.val``).
-    ignored_layers : list of nn.Module, optional
-        Modules of ``model`` whose output channels are never pruned.
-    progress : bool
-        Show a progress bar while stepping.
-    model_name : str, optional
-        The name in summaries and figures (default: a shipped checkpoint's name, else the class name).
-    distributed : bool or ProcessGroup
-        Share the causal analysis among the ranks of an initialised ``torch.distributed`` process group
-        (True: the default group; launched with ``torchrun --nproc-per-node N``): every rank runs the same
-        session and gets the same result, each scores its shard of the calibration set
-        (:class:`cswap_nb.engines.sharded.ShardedEngine`, cswap_nb/METHOD.md §10). Only rank 0 shows progress.
-    **options
-        Fields of :class:`~cswap_nb.core.config.CSwapConfig` (``alpha=``, ``samples_per_class=``, ...),
-        replacing those of ``config``.
+    {parameters}
 
     Examples
     --------
@@ -311,7 +325,7 @@ class PruneSession:
             engine = make_engine(self.config.engine, self.work, self.masker, self.example)
             # the progressive loop visits each layer once; greedy would want a copy per layer and step
             if self.config.compaction == "on" and self.strategy == "cswap" and isinstance(engine, GraphEngine):
-                engine = CompactingEngine(engine, self.template, self.masker, self.example, self.macs_before)
+                engine = CompactingEngine(engine, self.template, self.example, self.macs_before)
             if self.segmentation:
                 engine.segmentation(self.y, self.pairs if self.config.inference == "per-class" else None)
         return engine
@@ -450,7 +464,7 @@ class PruneSession:
                 model=work, labels=pd.DataFrame(self.records), config=config,
                 engine={**_engine_summary(e, cfg.engine),
                         "world_size": torch.distributed.get_world_size(self.group) if self.distributed else 1,
-                        "local_samples": (getattr(e, "local_samples", None) if self.distributed else None)
+                        "local_samples": (e.local_samples if self.distributed and e is not None else None)
                         or int(len(self.x)),
                         "scores_per_pass": int(len(self.test_y)),
                         "forward_passes": round(self.cost.forward_passes, 3),
@@ -471,15 +485,18 @@ class PruneSession:
         return result
 
 
+PruneSession.__doc__ = with_parameters(PruneSession.__doc__)
+
+
 def _engine_summary(engine, name: str) -> dict:
     """What a result says of its scoring engine; a ranking built none (``engine`` None) and ran no pass."""
     if engine is None:
         return {"name": name, "path": None, "fallback": None, "layers_on_full_passes": {}, "forward_equivalents": 0.0,
                 "compaction": None}
     return {"name": engine.name, "path": engine.path, "fallback": engine.fallback,
-            "layers_on_full_passes": dict(getattr(engine, "layer_fallbacks", {})),
+            "layers_on_full_passes": dict(engine.layer_fallbacks),
             "forward_equivalents": round(engine.forward_equivalents, 3),
-            "compaction": getattr(engine, "compaction", None)}
+            "compaction": engine.compaction}
 
 
 def _check_distributed(distributed) -> tuple[bool, object]:

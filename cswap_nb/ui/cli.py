@@ -53,10 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] = OPTI
             kwargs["type"] = positive_int
         elif meta.get("kind") == "float-or-none":
             kwargs["type"] = _float_or_none
+        elif meta.get("kind") == "int-or-none":
+            kwargs["type"] = _int_or_none
         elif isinstance(default, float):
             kwargs["type"] = float
-        elif name == "samples_per_class":
-            kwargs["type"] = _int_or_none
         else:
             kwargs["type"] = int
         parser.add_argument("--" + name.replace("_", "-"), **kwargs)

@@ -10,6 +10,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ..core.causal import upsample_logits
+from ..data import tensor_batches
 from ..data.cityscapes import colorize, denormalize
 from ..experiments.comparison import at_budget
 from ..core.result import unit_sizes
@@ -403,8 +404,8 @@ def predict_masks(model, x, size=None, batch_size: int = 16):
     out = []
     try:
         with torch.inference_mode():
-            for i in range(0, len(x), batch_size):
-                logits = model(x[i : i + batch_size])
+            for (xb,) in tensor_batches(batch_size, x):
+                logits = model(xb)
                 out.append(upsample_logits(logits, size).argmax(1).cpu())
     finally:
         model.train(was_training)

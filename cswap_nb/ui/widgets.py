@@ -23,16 +23,14 @@ import math
 import threading
 import time
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .. import zoo
 from ..pruning.api import PruneResult
 from ..experiments.comparison import calibration_draws
 from ..core.config import OPTION_NAMES, SCORE_OPTIONS, CSwapConfig, make_config, option
-from ..pruning.descent import class_ranges
 from ..experiments.effects import flips_between, label_from_pvalues, of_test
-from ..engines.passes import FullEngine
+from ..engines.cached import ScoreCache, CachedEngine  # noqa: F401 (re-exported)
 from ..core.metrics import evaluate
 from .plots import plot_accuracy_vs_removed, plot_layer_labels
 from ..pruning.session import PruneSession
@@ -68,138 +66,6 @@ def evaluation_split(data):
     setting to choose, and settings are chosen on validation data), else the test split."""
     val = getattr(data, "val", None)
     return ("validation", val) if val is not None else ("test", data.test)
-
-
-class ScoreCache:
-    """Calibration scores keyed by (network state, layer, tested units, calibration class).
-
-    The state is the set of units already removed when a unit is tested. With the same
-    model, calibration set and visiting order, two runs at different α pass through the
-    same states until their first differing decision, so everything up to it is reused.
-    Scores are kept class by class, so a candidate decided early (cswap_nb/METHOD.md §10) at one
-    α reuses the classes it evaluated when another α needs more of them. :attr:`facts` keeps what
-    the engine said of the model (which layers it scores on part of the calibration set, its name),
-    so that a run whose every score is stored never builds an engine.
-    """
-
-    def __init__(self):
-        self.store: dict[tuple, Tensor] = {}
-        self.facts: dict[tuple, object] = {}
-        self.hits = 0
-        self.misses = 0
-
-    def wrap(self, engine, masker=None, kind: str | None = None) -> "CachedEngine":
-        """A :class:`CachedEngine` over ``engine``: an engine, or a function that builds one on the first
-        miss (then give the session's ``masker`` and the engine option ``kind``, e.g.
-        ``cache.wrap(session.build_engine, session.masker, session.config.engine)``)."""
-        return CachedEngine(engine, self, masker, kind)
-
-
-class CachedEngine:
-    """A score engine whose results come from a :class:`ScoreCache` when they were computed before; the
-    engine itself is built only when a score is missing. Its other attributes are the engine's."""
-
-    def __init__(self, engine, cache: ScoreCache, masker=None, kind: str | None = None):
-        built = hasattr(engine, "scores")  # an engine (or a wrapper of one); else a function that builds one
-        self._inner, self._build = (engine, None) if built else (None, engine)
-        self.cache = cache
-        self._rows: dict[tuple, list] = {}
-        self.masker = engine.masker if built else masker
-        self.kind = kind if kind is not None else (engine.name if built else None)
-        if self.masker is None:
-            raise ValueError("a CachedEngine built on first use needs the session's masker")
-
-    @property
-    def inner(self) -> FullEngine:
-        """The wrapped engine, built now if it was not."""
-        if self._inner is None:
-            self._inner = self._build()
-        return self._inner
-
-    @property
-    def built(self) -> bool:
-        return self._inner is not None
-
-    def __getattr__(self, name):
-        if name.startswith("__") or name in ("_inner", "_build", "_rows"):
-            raise AttributeError(name)
-        if name in ("name", "path", "fallback", "layer_fallbacks", "masks"):
-            return self._fact((name,), lambda: getattr(self.inner, name, {} if name == "layer_fallbacks" else None))
-        return getattr(self.inner, name)
-
-    @property
-    def forward_equivalents(self) -> float:
-        """The forward passes this run computed (0 when every score came from the cache)."""
-        return self._inner.forward_equivalents if self._inner is not None else 0.0
-
-    @property
-    def compaction(self) -> dict | None:
-        """What the engine's compaction did this run (None when no engine was built)."""
-        return getattr(self._inner, "compaction", None) if self._inner is not None else None
-
-    def _fact(self, key: tuple, compute):
-        """What the engine answers for ``key``, asked once per cache (the answers depend on the model and
-        the engine option, not on the network's state)."""
-        facts, key = self.cache.facts, (self.kind, *key)
-        if key not in facts:
-            facts[key] = compute()
-        return facts[key]
-
-    def can_slice(self, layer, x: Tensor) -> bool:
-        return self._fact(("can_slice", layer.name, tuple(x.shape)), lambda: self.inner.can_slice(layer, x))
-
-    def can_stack(self, layer, x: Tensor) -> bool:
-        return self._fact(("can_stack", layer.name, tuple(x.shape)), lambda: self.inner.can_stack(layer, x))
-
-    def clear_stacked(self) -> None:
-        if self._inner is not None:
-            self._inner.clear_stacked()
-
-    def _cached(self, key: tuple, rows, compute) -> Tensor:
-        """Scores of ``rows`` (sample ranges; None: every sample) from the store, else computed and
-        stored range by range."""
-        store = self.cache.store
-        if all((*key, r) in store for r in rows):
-            self.cache.hits += 1
-            return torch.cat([store[(*key, r)] for r in rows])
-        self.cache.misses += 1
-        value = compute()
-        start = 0
-        for a, b in rows:
-            store[(*key, (a, b))] = value[start : start + b - a]
-            start += b - a
-        return value
-
-    def _key(self, score: str, layer) -> tuple:
-        state = tuple((name, tuple(m.nonzero().flatten().tolist())) for name, m in self.masker.removed.items())
-        return (score, layer.name if layer is not None else None, state)
-
-    def _class_rows(self, y: Tensor, rows) -> list[tuple[int, int]]:
-        """``rows`` cut at class boundaries (classification), so that runs deciding at different α share
-        their classes' scores."""
-        memo = (y.data_ptr(), tuple(y.shape), tuple(rows))  # the same labels and rows every step of a run
-        if memo not in self._rows:
-            out = []
-            for a, b in rows:
-                ranges = class_ranges(y[a:b]) if self.masks is None else None
-                out.extend([(a, b)] if ranges is None else sorted((a + s, a + e) for _, s, e in ranges))
-            self._rows[memo] = out
-        return self._rows[memo]
-
-    def scores(self, x: Tensor, y: Tensor, score: str, layer=None) -> Tensor:
-        rows = self._class_rows(y, [(0, len(y))]) if layer is not None else [(0, len(y))]
-        return self._cached(self._key(score, layer), rows, lambda: self.inner.scores(x, y, score, layer))
-
-    def stack_rows(self, x: Tensor, y: Tensor, score: str, layer, others, rows) -> None:
-        """Score ahead (the wrapped engine's :meth:`~cswap_nb.engines.graph.GraphEngine.stack_rows`) unless the
-        present candidate's rows are stored: a re-run then finds the next candidates' rows stored too."""
-        key = self._key(score, layer)
-        if not all((*key, r) in self.cache.store for r in self._class_rows(y, rows)):
-            self.inner.stack_rows(x, y, score, layer, others, rows)
-
-    def rows_scores(self, x: Tensor, y: Tensor, score: str, layer, rows) -> Tensor:
-        split = self._class_rows(y, rows)
-        return self._cached(self._key(score, layer), split, lambda: self.inner.rows_scores(x, y, score, layer, rows))
 
 
 class Interrupted(Exception):

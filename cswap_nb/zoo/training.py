@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.causal import upsample_logits
-from ..core.causal import IGNORE_INDEX
+from ..data.labels import IGNORE_INDEX
 from ..data import Split, load_digits
 from ..models import mlp
 

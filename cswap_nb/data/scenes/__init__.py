@@ -37,7 +37,7 @@ from .street import ground, layout, sky, street_end, street_side
 DEFAULT_SIZE = (64, 128)
 
 
-def _check_size(size) -> tuple[int, int]:
+def check_size(size) -> tuple[int, int]:
     try:
         h, w = (int(s) for s in size)
         ok = (h, w) == tuple(size)
@@ -71,7 +71,7 @@ def road_scenes(n: int, size: tuple[int, int] = DEFAULT_SIZE, seed: int = 0, sta
     n = _check_int(n, "n")
     seed = _check_int(seed, "seed")
     start = _check_int(start, "start")
-    h, w = _check_size(size)
+    h, w = check_size(size)
     rgb = np.empty((n, h, w, 3), dtype=np.float32)
     labels = np.empty((n, h, w), dtype=np.uint8)
     for i in range(n):
@@ -83,7 +83,7 @@ def road_scene(index: int, size: tuple[int, int] = DEFAULT_SIZE, seed: int = 0) 
     """One scene as numpy arrays: RGB (H, W, 3) float32 in [0, 1] and trainIds (H, W) uint8."""
     index = _check_int(index, "index")
     seed = _check_int(seed, "seed")
-    h, w = _check_size(size)
+    h, w = check_size(size)
     return render(Canvas(np.random.default_rng([seed, index]), h, w))
 
 

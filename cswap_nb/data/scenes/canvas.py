@@ -13,7 +13,7 @@ import numpy as np
 
 from ..cityscapes import SKY
 
-_NEAR = 0.5  # near clipping plane (m)
+NEAR_PLANE = 0.5  # near clipping plane (m)
 _FAR = 1e9  # depth of the sky
 
 
@@ -30,27 +30,27 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: float) -> np.n
     return (a * (1 - tx) + b * tx) * (1 - ty) + (c * (1 - tx) + d * tx) * ty
 
 
-def _rgb(*c) -> np.ndarray:
+def rgb_of(*c) -> np.ndarray:
     return np.array(c, dtype=np.float32)
 
 
-SKIN = [_rgb(0.93, 0.75, 0.62), _rgb(0.80, 0.58, 0.44), _rgb(0.55, 0.38, 0.26), _rgb(0.36, 0.24, 0.17)]
-CLOTHES = [_rgb(0.1, 0.1, 0.12), _rgb(0.2, 0.25, 0.45), _rgb(0.6, 0.1, 0.1), _rgb(0.85, 0.85, 0.85),
-           _rgb(0.4, 0.4, 0.42), _rgb(0.15, 0.35, 0.2), _rgb(0.75, 0.6, 0.35), _rgb(0.9, 0.7, 0.1),
-           _rgb(0.45, 0.25, 0.15), _rgb(0.5, 0.55, 0.7)]
-VEHICLE = [_rgb(0.85, 0.85, 0.85), _rgb(0.08, 0.08, 0.09), _rgb(0.55, 0.56, 0.58), _rgb(0.35, 0.36, 0.38),
-           _rgb(0.6, 0.08, 0.08), _rgb(0.1, 0.2, 0.5), _rgb(0.15, 0.3, 0.2), _rgb(0.8, 0.7, 0.2),
-           _rgb(0.3, 0.45, 0.65), _rgb(0.5, 0.4, 0.3), _rgb(0.7, 0.3, 0.1), _rgb(0.42, 0.42, 0.4)]
-FACADE = [_rgb(0.75, 0.7, 0.6), _rgb(0.55, 0.55, 0.55), _rgb(0.85, 0.83, 0.78), _rgb(0.6, 0.32, 0.25),
-          _rgb(0.45, 0.35, 0.3), _rgb(0.85, 0.75, 0.5), _rgb(0.5, 0.55, 0.6), _rgb(0.38, 0.38, 0.4),
-          _rgb(0.7, 0.6, 0.55), _rgb(0.3, 0.3, 0.32)]
-GREENS = [_rgb(0.22, 0.35, 0.12), _rgb(0.3, 0.42, 0.15), _rgb(0.15, 0.25, 0.12), _rgb(0.4, 0.45, 0.2),
-          _rgb(0.45, 0.38, 0.15), _rgb(0.2, 0.3, 0.2)]
-TERRAINS = [_rgb(0.35, 0.45, 0.2), _rgb(0.5, 0.48, 0.3), _rgb(0.45, 0.37, 0.27), _rgb(0.42, 0.5, 0.28)]
-PAVEMENTS = [_rgb(0.6, 0.6, 0.6), _rgb(0.55, 0.45, 0.42), _rgb(0.7, 0.66, 0.58), _rgb(0.5, 0.5, 0.52),
-             _rgb(0.62, 0.55, 0.5)]
-CONCRETE = [_rgb(0.6, 0.6, 0.58), _rgb(0.5, 0.48, 0.45), _rgb(0.65, 0.55, 0.45), _rgb(0.55, 0.3, 0.25),
-            _rgb(0.4, 0.42, 0.45)]
+SKIN = [rgb_of(0.93, 0.75, 0.62), rgb_of(0.80, 0.58, 0.44), rgb_of(0.55, 0.38, 0.26), rgb_of(0.36, 0.24, 0.17)]
+CLOTHES = [rgb_of(0.1, 0.1, 0.12), rgb_of(0.2, 0.25, 0.45), rgb_of(0.6, 0.1, 0.1), rgb_of(0.85, 0.85, 0.85),
+           rgb_of(0.4, 0.4, 0.42), rgb_of(0.15, 0.35, 0.2), rgb_of(0.75, 0.6, 0.35), rgb_of(0.9, 0.7, 0.1),
+           rgb_of(0.45, 0.25, 0.15), rgb_of(0.5, 0.55, 0.7)]
+VEHICLE = [rgb_of(0.85, 0.85, 0.85), rgb_of(0.08, 0.08, 0.09), rgb_of(0.55, 0.56, 0.58), rgb_of(0.35, 0.36, 0.38),
+           rgb_of(0.6, 0.08, 0.08), rgb_of(0.1, 0.2, 0.5), rgb_of(0.15, 0.3, 0.2), rgb_of(0.8, 0.7, 0.2),
+           rgb_of(0.3, 0.45, 0.65), rgb_of(0.5, 0.4, 0.3), rgb_of(0.7, 0.3, 0.1), rgb_of(0.42, 0.42, 0.4)]
+FACADE = [rgb_of(0.75, 0.7, 0.6), rgb_of(0.55, 0.55, 0.55), rgb_of(0.85, 0.83, 0.78), rgb_of(0.6, 0.32, 0.25),
+          rgb_of(0.45, 0.35, 0.3), rgb_of(0.85, 0.75, 0.5), rgb_of(0.5, 0.55, 0.6), rgb_of(0.38, 0.38, 0.4),
+          rgb_of(0.7, 0.6, 0.55), rgb_of(0.3, 0.3, 0.32)]
+GREENS = [rgb_of(0.22, 0.35, 0.12), rgb_of(0.3, 0.42, 0.15), rgb_of(0.15, 0.25, 0.12), rgb_of(0.4, 0.45, 0.2),
+          rgb_of(0.45, 0.38, 0.15), rgb_of(0.2, 0.3, 0.2)]
+TERRAINS = [rgb_of(0.35, 0.45, 0.2), rgb_of(0.5, 0.48, 0.3), rgb_of(0.45, 0.37, 0.27), rgb_of(0.42, 0.5, 0.28)]
+PAVEMENTS = [rgb_of(0.6, 0.6, 0.6), rgb_of(0.55, 0.45, 0.42), rgb_of(0.7, 0.66, 0.58), rgb_of(0.5, 0.5, 0.52),
+             rgb_of(0.62, 0.55, 0.5)]
+CONCRETE = [rgb_of(0.6, 0.6, 0.58), rgb_of(0.5, 0.48, 0.45), rgb_of(0.65, 0.55, 0.45), rgb_of(0.55, 0.3, 0.25),
+            rgb_of(0.4, 0.42, 0.45)]
 
 
 class Canvas:
@@ -147,7 +147,7 @@ class Canvas:
         facing the street centre (u = Z - Z0, v = Y - Y0), 2 the top (u = X - X0, v = Z - Z0).
         ``u`` and ``v`` may be (1, w) or (h, 1) arrays; ``keep`` (None: all) cuts out holes.
         """
-        Z0 = max(Z0, _NEAR)
+        Z0 = max(Z0, NEAR_PLANE)
         if Z1 <= Z0:
             return
         F, vx, h0, Hc = self.F, self.vx, self.h0, self.Hc
@@ -193,7 +193,7 @@ class Canvas:
         Returns ``(reg, a, b, px)``: ``a`` (1, w) metres right of X, ``b`` (h, 1) metres above
         the road, ``px`` metres per pixel; None when off screen or behind the camera.
         """
-        if Z < _NEAR:
+        if Z < NEAR_PLANE:
             return None
         xp, p = self.col(X, Z), self.px(Z)
         hw = max(half_width, 1.5 * p) / p
@@ -230,12 +230,12 @@ class Canvas:
         return np.clip(img, 0, 1, out=img)
 
 
-def _frac(x: np.ndarray) -> np.ndarray:
+def fraction(x: np.ndarray) -> np.ndarray:
     """``x % 1`` (much faster than numpy's float modulo)."""
     return x - np.floor(x)
 
 
-def _segment(a, b, x0, y0, x1, y1, half_width) -> np.ndarray:
+def segment_mask(a, b, x0, y0, x1, y1, half_width) -> np.ndarray:
     """Pixels within ``half_width`` of the segment (x0, y0)-(x1, y1) in metric sprite coordinates."""
     dx, dy = x1 - x0, y1 - y0
     L2 = dx * dx + dy * dy or 1e-9

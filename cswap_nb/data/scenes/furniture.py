@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..cityscapes import IGNORE_INDEX, POLE, TRAFFIC_LIGHT, TRAFFIC_SIGN
-from .canvas import CLOTHES, CONCRETE, Canvas, _rgb
+from ..cityscapes import POLE, TRAFFIC_LIGHT, TRAFFIC_SIGN
+from ..labels import IGNORE_INDEX
+from .canvas import CLOTHES, CONCRETE, Canvas, rgb_of
 from .road_users import bicycle
 from .street import fence, in_cross, plain_shader, tree, wall
 
@@ -57,7 +58,7 @@ def furniture(cv: Canvas) -> None:
 def pole_sprite(cv: Canvas, X, Z, height, arm_to=None, width=None) -> None:
     rng = cv.rng
     width = width or rng.uniform(0.12, 0.3)
-    grey = cv.pick([_rgb(0.45, 0.45, 0.47), _rgb(0.3, 0.32, 0.3), _rgb(0.6, 0.6, 0.6), _rgb(0.2, 0.25, 0.22)])
+    grey = cv.pick([rgb_of(0.45, 0.45, 0.47), rgb_of(0.3, 0.32, 0.3), rgb_of(0.6, 0.6, 0.6), rgb_of(0.2, 0.25, 0.22)])
     sp = cv.sprite(X, Z, width / 2, height)
     if sp is not None:
         reg, a, b, p = sp
@@ -85,7 +86,7 @@ def pole_with_stuff(cv: Canvas, X, Z, side) -> None:
         if sp is not None:
             reg, a, b, p = sp
             m = (np.abs(a) <= max(0.35, p)) & (b <= h) & (b >= h - max(0.3, p))
-            cv.paint(reg, m, cv.pick([_rgb(0.3, 0.3, 0.3), _rgb(0.8, 0.8, 0.75)]), POLE, Z - 0.05)
+            cv.paint(reg, m, cv.pick([rgb_of(0.3, 0.3, 0.3), rgb_of(0.8, 0.8, 0.75)]), POLE, Z - 0.05)
         if rng.random() < 0.3:
             sign(cv, X, Z - 0.05, rng.uniform(2.2, 3.0))
     elif kind == 1:  # sign post
@@ -116,11 +117,11 @@ def sign(cv: Canvas, X, Z, centre, big=False) -> None:
     reg, a, b, p = sp
     s = max(size, 1.5 * p)
     d = b - centre
-    red, white, blue = _rgb(0.8, 0.1, 0.1), _rgb(0.92, 0.92, 0.9), _rgb(0.1, 0.25, 0.65)
+    red, white, blue = rgb_of(0.8, 0.1, 0.1), rgb_of(0.92, 0.92, 0.9), rgb_of(0.1, 0.25, 0.65)
     if big:
         m = (np.abs(a) <= 2 * s) & (np.abs(d) <= s)
         inner = (np.abs(a) <= 2 * s - 0.08) & (np.abs(d) <= s - 0.08)
-        face = cv.pick([_rgb(0.1, 0.4, 0.2), blue, _rgb(0.9, 0.75, 0.1)])
+        face = cv.pick([rgb_of(0.1, 0.4, 0.2), blue, rgb_of(0.9, 0.75, 0.1)])
         lettering = cv.fine[reg[0]:reg[1], reg[2]:reg[3], None] > 1.0
         rgb = np.where(inner[..., None], face * (1 + 0.6 * lettering), white)
     else:
@@ -138,10 +139,10 @@ def sign(cv: Canvas, X, Z, centre, big=False) -> None:
             rgb = np.where(((d >= -0.6 * s) & (np.abs(a) <= (0.7 * s - d) * 0.5))[..., None], white, red)
         elif kind == 3:  # priority road diamond
             m = np.abs(a) + np.abs(d) <= s
-            rgb = np.where((np.abs(a) + np.abs(d) <= 0.65 * s)[..., None], _rgb(0.95, 0.8, 0.1), white)
+            rgb = np.where((np.abs(a) + np.abs(d) <= 0.65 * s)[..., None], rgb_of(0.95, 0.8, 0.1), white)
         else:  # information rectangle, or the grey back of a sign
             m = (np.abs(a) <= 0.8 * s) & (np.abs(d) <= s)
-            rgb = cv.pick([blue, white, _rgb(0.55, 0.55, 0.55)])
+            rgb = cv.pick([blue, white, rgb_of(0.55, 0.55, 0.55)])
     rgb = np.broadcast_to(rgb, m.shape + (3,)) * (1 + cv.tex(reg, 0.04))
     cv.paint(reg, m, rgb, TRAFFIC_SIGN, Z)
 
@@ -155,8 +156,8 @@ def traffic_light(cv: Canvas, X, Z, centre) -> None:
     hw, hh = max(0.22, p), max(0.55, 2.0 * p)
     d = b - centre
     m = (np.abs(a) <= hw) & (np.abs(d) <= hh)
-    housing = cv.pick([_rgb(0.12, 0.12, 0.12), _rgb(0.2, 0.25, 0.2), _rgb(0.75, 0.65, 0.15)])
-    lamps = [_rgb(1.0, 0.15, 0.1), _rgb(1.0, 0.7, 0.1), _rgb(0.2, 1.0, 0.5)]
+    housing = cv.pick([rgb_of(0.12, 0.12, 0.12), rgb_of(0.2, 0.25, 0.2), rgb_of(0.75, 0.65, 0.15)])
+    lamps = [rgb_of(1.0, 0.15, 0.1), rgb_of(1.0, 0.7, 0.1), rgb_of(0.2, 1.0, 0.5)]
     on = rng.integers(3)
     rgb = np.broadcast_to(housing, m.shape + (3,)).copy()
     for k, off in enumerate((0.3, 0.0, -0.3)):

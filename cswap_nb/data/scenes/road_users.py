@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..cityscapes import BICYCLE, BUS, CAR, IGNORE_INDEX, MOTORCYCLE, PERSON, RIDER, TRAIN, TRUCK
-from .canvas import CLOTHES, SKIN, VEHICLE, _NEAR, _frac, _rgb, _segment, Canvas
+from ..labels import IGNORE_INDEX
+from ..cityscapes import BICYCLE, BUS, CAR, MOTORCYCLE, PERSON, RIDER, TRAIN, TRUCK
+from .canvas import CLOTHES, SKIN, VEHICLE, NEAR_PLANE, fraction, rgb_of, segment_mask, Canvas
 from .street import in_cross
 
 
@@ -16,9 +17,9 @@ def vehicle_shader(cv: Canvas, body, facing_front: bool, kind: str, dims, cabin=
     the body only the cabin (between fractions start-end of the length, narrowing upwards) is solid.
     """
     w, length, h = dims
-    glass = cv.jitter(_rgb(0.15, 0.18, 0.22), 0.3)
-    light = _rgb(1.0, 0.95, 0.8) if facing_front else _rgb(0.85, 0.1, 0.1)
-    pal = np.stack([body, _rgb(0.06, 0.06, 0.06), glass, light, _rgb(0.9, 0.9, 0.85)])
+    glass = cv.jitter(rgb_of(0.15, 0.18, 0.22), 0.3)
+    light = rgb_of(1.0, 0.95, 0.8) if facing_front else rgb_of(0.85, 0.1, 0.1)
+    pal = np.stack([body, rgb_of(0.06, 0.06, 0.06), glass, light, rgb_of(0.9, 0.9, 0.85)])
     TYRE, GLASS, LAMP, PLATE = range(1, 5)  # 0 is the body
     clearance = 0.18 if kind not in ("truck", "truck_cab") else 0.45
     wheels_at = (0.18, 0.82) if kind == "car" else (0.12, 0.3, 0.85)
@@ -59,9 +60,9 @@ def vehicle_shader(cv: Canvas, body, facing_front: bool, kind: str, dims, cabin=
                 a0, a1 = f0 * length + slant, f1 * length - slant
                 keep &= ~above | ((u > a0) & (u < a1))
                 part[above & (u > a0 + 0.1) & (u < a1 - 0.1) & (v < h - 0.08)
-                     & (np.abs(_frac((u - a0) / (a1 - a0 + 1e-6) * 2) - 0.5) < 0.44)] = GLASS
+                     & (np.abs(fraction((u - a0) / (a1 - a0 + 1e-6) * 2) - 0.5) < 0.44)] = GLASS
             elif kind in ("bus", "train"):
-                part[(v > 0.42 * h) & (v < 0.85 * h) & (_frac(u / 1.6) < 0.85)] = GLASS
+                part[(v > 0.42 * h) & (v < 0.85 * h) & (fraction(u / 1.6) < 0.85)] = GLASS
             elif kind == "truck_cab":
                 part[(v > 0.55 * h) & (v < 0.85 * h) & (u < 0.6 * length)] = GLASS
             part[wheel] = TYRE
@@ -87,7 +88,7 @@ def big_vehicle(cv: Canvas, X, Z, cls, facing_front) -> None:
     if cls == TRUCK:
         w, h = rng.uniform(2.3, 2.55), rng.uniform(3.0, 3.9)
         cargo_len, cab_len = rng.uniform(5, 9), 2.2
-        body = cv.pick(VEHICLE + [_rgb(0.9, 0.9, 0.9)] * 3)
+        body = cv.pick(VEHICLE + [rgb_of(0.9, 0.9, 0.9)] * 3)
         cab = cv.pick(VEHICLE)
         shadow(cv, X - w / 2, X + w / 2, Z, Z + cargo_len + cab_len)
         if facing_front:  # the cab is nearest
@@ -103,13 +104,13 @@ def big_vehicle(cv: Canvas, X, Z, cls, facing_front) -> None:
         return
     if cls == BUS:
         w, h, length = 2.55, rng.uniform(3.0, 3.4), rng.uniform(10, 14)
-        body = cv.pick([_rgb(0.9, 0.85, 0.2), _rgb(0.85, 0.85, 0.85), _rgb(0.7, 0.1, 0.1), _rgb(0.15, 0.3, 0.6),
-                          _rgb(0.3, 0.55, 0.3)])
+        body = cv.pick([rgb_of(0.9, 0.85, 0.2), rgb_of(0.85, 0.85, 0.85), rgb_of(0.7, 0.1, 0.1), rgb_of(0.15, 0.3, 0.6),
+                          rgb_of(0.3, 0.55, 0.3)])
         kind = "bus"
     else:
         w, h, length = 2.4, rng.uniform(3.3, 3.7), rng.uniform(20, 32)
-        body = cv.pick([_rgb(0.95, 0.85, 0.2), _rgb(0.9, 0.9, 0.92), _rgb(0.75, 0.15, 0.15),
-                          _rgb(0.2, 0.45, 0.7)])
+        body = cv.pick([rgb_of(0.95, 0.85, 0.2), rgb_of(0.9, 0.9, 0.92), rgb_of(0.75, 0.15, 0.15),
+                          rgb_of(0.2, 0.45, 0.7)])
         kind = "train"
     shadow(cv, X - w / 2, X + w / 2, Z, Z + length)
     shader = vehicle_shader(cv, body, facing_front, kind, (w, length, h))
@@ -120,7 +121,7 @@ def shadow(cv: Canvas, X0, X1, Z0, Z1) -> None:
     """Darken the road under a vehicle (labels unchanged)."""
     if not hasattr(cv, "GZ") or Z0 > 40:
         return
-    Z0 = max(Z0, _NEAR)
+    Z0 = max(Z0, NEAR_PLANE)
     reg = cv.region([cv.col(X0 - 0.2, Z0), cv.col(X1 + 0.2, Z0), cv.col(X0, Z1), cv.col(X1, Z1)],
                       [cv.row(0, Z0 - 0.3), cv.row(0, Z1)])
     if reg is None:
@@ -162,20 +163,20 @@ def bicycle(cv: Canvas, X, Z, rider: bool, motor: bool = False) -> None:
             pts = [(-0.55, 0.34), (-0.12, 0.92), (0.0, 0.3), (0.45, 0.86), (0.55, 0.34)]
             for (x0, y0), (x1, y1) in [(pts[0], pts[1]), (pts[1], pts[2]), (pts[2], pts[0]), (pts[2], pts[3]),
                                        (pts[1], pts[3]), (pts[3], pts[4]), ((0.38, 1.0), (0.52, 1.0))]:
-                veh |= _segment(a, b, x0, y0, x1, y1, t)
+                veh |= segment_mask(a, b, x0, y0, x1, y1, t)
         hip, knee, foot = (-0.12, 0.95), (0.18, 0.62), (0.0, 0.3)
         shoulder, hand = (0.2, 1.45), (0.45, 1.0)
     else:
         wheel = (np.abs(a) <= max(0.04 if not motor else 0.08, p)) & (b >= 0) & (b <= 0.7)
         veh |= wheel
         dark |= wheel
-        veh |= _segment(a, b, -0.3, 1.0, 0.3, 1.0, t)
+        veh |= segment_mask(a, b, -0.3, 1.0, 0.3, 1.0, t)
         if motor:
             veh |= (np.abs(a) <= 0.32) & (b >= 0.35) & (b <= 0.95)
         hip, knee, foot = (0.12, 0.95), (0.16, 0.6), (0.15, 0.3)
         shoulder, hand = (0.2, 1.45), (0.3, 1.0)
     cls = MOTORCYCLE if motor else BICYCLE
-    rgb = np.where(dark[..., None], _rgb(0.08, 0.08, 0.08), frame_c)
+    rgb = np.where(dark[..., None], rgb_of(0.08, 0.08, 0.08), frame_c)
     if motor:
         rgb = rgb * (1 + cv.tex(reg, 0.05))
     cv.paint(reg, veh, rgb, cls, Z)
@@ -252,7 +253,7 @@ def person_shape(cv: Canvas, reg, a, b, p, Z, cls, riding=None, side_view=False,
     rng = cv.rng
     a = a * scale_a + 0 * b  # (h, w)
     t = 0.5 * p
-    hair = _rgb(0.1, 0.08, 0.06) if rng.random() < 0.7 else _rgb(0.6, 0.45, 0.2)
+    hair = rgb_of(0.1, 0.08, 0.06) if rng.random() < 0.7 else rgb_of(0.6, 0.45, 0.2)
     pal = np.stack([cv.pick(CLOTHES), cv.pick(CLOTHES), cv.pick(SKIN), cv.jitter(hair)])
     hx = 0.0 if riding is None or not side_view else riding[3][0] * 0.6
     head = ((a - hx) / max(0.1, t)) ** 2 + ((b - 1.63) / max(0.12, t)) ** 2 <= 1
@@ -265,14 +266,14 @@ def person_shape(cv: Canvas, reg, a, b, p, Z, cls, riding=None, side_view=False,
         legs = (b >= 0) & (b < 0.88) & (np.abs(aa - spread) <= max(0.065, t))
     else:
         hip, knee, foot, shoulder, hand = riding
-        upper = _segment(a, b, hip[0] * side_view, hip[1], shoulder[0] * side_view, shoulder[1], max(0.14, t))
-        upper |= _segment(a, b, shoulder[0], shoulder[1] - 0.05, hand[0], hand[1], max(0.045, t))
-        legs = _segment(a, b, hip[0], hip[1], knee[0], knee[1], max(0.07, t)) | \
-            _segment(a, b, knee[0], knee[1], foot[0], foot[1], max(0.06, t))
+        upper = segment_mask(a, b, hip[0] * side_view, hip[1], shoulder[0] * side_view, shoulder[1], max(0.14, t))
+        upper |= segment_mask(a, b, shoulder[0], shoulder[1] - 0.05, hand[0], hand[1], max(0.045, t))
+        legs = segment_mask(a, b, hip[0], hip[1], knee[0], knee[1], max(0.07, t)) | \
+            segment_mask(a, b, knee[0], knee[1], foot[0], foot[1], max(0.06, t))
         if not side_view:
-            upper |= _segment(a, b, -shoulder[0], shoulder[1] - 0.05, -hand[0], hand[1], max(0.045, t))
-            legs |= _segment(a, b, -hip[0], hip[1], -knee[0], knee[1], max(0.07, t)) | \
-                _segment(a, b, -knee[0], knee[1], -foot[0], foot[1], max(0.06, t))
+            upper |= segment_mask(a, b, -shoulder[0], shoulder[1] - 0.05, -hand[0], hand[1], max(0.045, t))
+            legs |= segment_mask(a, b, -hip[0], hip[1], -knee[0], knee[1], max(0.07, t)) | \
+                segment_mask(a, b, -knee[0], knee[1], -foot[0], foot[1], max(0.06, t))
     part = upper.astype(np.intp)  # 0 trousers, 1 top, 2 skin, 3 hair
     part[head] = 2
     part[head & (b > 1.67)] = 3

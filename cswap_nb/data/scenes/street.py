@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from ..cityscapes import BUILDING, FENCE, ROAD, SIDEWALK, TERRAIN, VEGETATION, WALL
-from .canvas import CONCRETE, FACADE, GREENS, PAVEMENTS, TERRAINS, _NEAR, _frac, _rgb, Canvas
+from .canvas import CONCRETE, FACADE, GREENS, PAVEMENTS, TERRAINS, NEAR_PLANE, fraction, rgb_of, Canvas
 
 
 def layout(cv: Canvas) -> None:
@@ -46,12 +46,12 @@ def sky(cv: Canvas) -> None:
     rng = cv.rng
     kind = rng.choice(3, p=[0.5, 0.35, 0.15])
     if kind == 0:
-        top, hor = _rgb(0.25, 0.45, 0.8), _rgb(0.68, 0.8, 0.92)
+        top, hor = rgb_of(0.25, 0.45, 0.8), rgb_of(0.68, 0.8, 0.92)
     elif kind == 1:
         g = rng.uniform(0.6, 0.9)
-        top, hor = _rgb(g, g, g + 0.03), _rgb(g + 0.05, g + 0.05, g + 0.05)
+        top, hor = rgb_of(g, g, g + 0.03), rgb_of(g + 0.05, g + 0.05, g + 0.05)
     else:
-        top, hor = _rgb(0.3, 0.35, 0.6), _rgb(0.95, 0.65, 0.4)
+        top, hor = rgb_of(0.3, 0.35, 0.6), rgb_of(0.95, 0.65, 0.4)
     top, hor = cv.jitter(top, 0.1), cv.jitter(hor, 0.1)
     r1 = min(cv.H, int(math.ceil(cv.h0)) + 1)  # the ground covers the rest
     t = np.minimum(cv.yc[:r1] / max(cv.h0, 1.0), 1)[:, None, None]
@@ -85,23 +85,23 @@ def ground(cv: Canvas) -> None:
     walk &= ~road
     stone_l, stone_r = cv.pick(PAVEMENTS), cv.pick(PAVEMENTS)
     grass, dirt = cv.pick(TERRAINS), cv.pick(TERRAINS)
-    asphalt = cv.jitter(_rgb(*([rng.uniform(0.28, 0.55)] * 3)), 0.08)
+    asphalt = cv.jitter(rgb_of(*([rng.uniform(0.28, 0.55)] * 3)), 0.08)
     mix = np.clip(0.5 + 0.6 * cv.coarse[r0:], 0, 1)[..., None]
     col = grass * mix + dirt * (1 - mix)
     col[walk] = np.where((X < 0)[walk][:, None], stone_l, stone_r)
     col[road] = asphalt
     fine, coarse = cv.fine[r0:], cv.coarse[r0:]
     gain = 1 + np.where(road, 0.05 * fine + 0.06 * coarse, np.where(walk, 0.05 * fine + 0.04 * coarse, 0.15 * fine))
-    grid = (_frac(X * (1 / 0.6)) < 0.12) | (_frac(Z * (1 / 0.6)) < 0.12)
+    grid = (fraction(X * (1 / 0.6)) < 0.12) | (fraction(Z * (1 / 0.6)) < 0.12)
     gain[walk & grid] *= 0.9
     half = np.maximum(0.15, 0.5 * p)
     gain[walk & ((np.abs(X - left["curb"]) < half) | (np.abs(X - right["curb"]) < half))] *= 1.15
     col *= gain[..., None]
 
     # lane markings, painted with their pixel coverage so that far lines fade out
-    paint = _rgb(0.9, 0.9, 0.88) if rng.random() < 0.8 else _rgb(0.9, 0.75, 0.2)
+    paint = rgb_of(0.9, 0.9, 0.88) if rng.random() < 0.8 else rgb_of(0.9, 0.75, 0.2)
     period, duty, phase = rng.uniform(6, 12), rng.uniform(0.3, 0.6), rng.uniform(0, 12)
-    dashed = _frac((Z + phase) / period) < duty
+    dashed = fraction((Z + phase) / period) < duty
     half = np.maximum(0.07, 0.5 * p)
     cover = np.minimum(1.0, 0.07 / half)  # (h, 1)
     lines = [cv.XL + k * cv.lane_w for k in range(1, cv.lanes)]
@@ -113,14 +113,14 @@ def ground(cv: Canvas) -> None:
     marks = np.where(on & road, cover, 0.0)
     if cv.cross is not None and rng.random() < 0.8:
         z0 = cv.cross[0]
-        zebra = (Z > z0 - 4.0) & (Z < z0 - 1.0) & (_frac((X - cv.XL) / 1.1) < 0.5) & road
+        zebra = (Z > z0 - 4.0) & (Z < z0 - 1.0) & (fraction((X - cv.XL) / 1.1) < 0.5) & road
         marks[zebra] = 0.9
     m = marks > 0
     col[m] = col[m] * (1 - marks[m][:, None]) + paint * marks[m][:, None]
     if rng.random() < 0.4:  # a building's shadow over part of the street
         edge = rng.uniform(cv.XL - 3, cv.XL + 0.6 * (cv.XR - cv.XL))
         shadow = (X - edge) * rng.choice([-1, 1]) > 0
-        col[shadow] *= _rgb(0.55, 0.58, 0.68) * rng.uniform(0.8, 1.1)
+        col[shadow] *= rgb_of(0.55, 0.58, 0.68) * rng.uniform(0.8, 1.1)
     cv.img[r0:] = col
     cv.lab[r0:] = lab
     cv.zb[r0:] = cv.GZ
@@ -130,7 +130,7 @@ def building_shader(cv: Canvas, base):
     rng = cv.rng
     floor_h, col_w = rng.uniform(2.8, 3.8), rng.uniform(2.0, 4.0)
     win_w, win_h = rng.uniform(0.3, 0.65) / 2, rng.uniform(0.35, 0.6) / 2
-    glass = cv.jitter(_rgb(0.18, 0.22, 0.28) if rng.random() < 0.7 else _rgb(0.55, 0.62, 0.7), 0.3)
+    glass = cv.jitter(rgb_of(0.18, 0.22, 0.28) if rng.random() < 0.7 else rgb_of(0.55, 0.62, 0.7), 0.3)
     trim = cv.jitter(base * rng.uniform(0.6, 1.3), 0.1)
     pal = np.stack([base, trim, glass])
     shop, phase = rng.random() < 0.5, rng.uniform(0, 100)
@@ -158,7 +158,7 @@ def plain_shader(cv: Canvas, base, amp=0.08, bricks=False):
     def shader(face, u, v, reg):
         c = base * (1 + cv.tex(reg, amp, amp))
         if bricks and face != 2:
-            line = _frac((v + 0 * u) / 0.3) < 0.15
+            line = fraction((v + 0 * u) / 0.3) < 0.15
             c = c * np.where(line, 0.85, 1.0)[..., None]
         return None, c if face != 2 else c * 1.1
 
@@ -180,8 +180,8 @@ def fence_shader(cv: Canvas, base, height):
     post = cv.rng.uniform(1.5, 3.0)
 
     def shader(face, u, v, reg):
-        bar = (_frac(u / post) < 0.08) | (np.abs(v - 0.9 * height) < 0.06) | (np.abs(v - 0.15 * height) < 0.06)
-        mesh = (_frac((u + v) / 0.25) < 0.3) | (_frac((u - v) / 0.25) < 0.3)
+        bar = (fraction(u / post) < 0.08) | (np.abs(v - 0.9 * height) < 0.06) | (np.abs(v - 0.15 * height) < 0.06)
+        mesh = (fraction((u + v) / 0.25) < 0.3) | (fraction((u - v) / 0.25) < 0.3)
         alpha = np.where(bar, 1.0, np.where(mesh, 0.75, 0.45)).astype(np.float32)
         return None, base * (1 + cv.tex(reg, 0.05)), alpha
 
@@ -190,7 +190,7 @@ def fence_shader(cv: Canvas, base, height):
 
 def fence(cv: Canvas, X, Z0, Z1, side) -> None:
     h = cv.rng.uniform(1.0, 2.2)
-    base = cv.pick([_rgb(0.45, 0.45, 0.45), _rgb(0.3, 0.35, 0.3), _rgb(0.55, 0.45, 0.35), _rgb(0.7, 0.7, 0.7)])
+    base = cv.pick([rgb_of(0.45, 0.45, 0.45), rgb_of(0.3, 0.35, 0.3), rgb_of(0.55, 0.45, 0.35), rgb_of(0.7, 0.7, 0.7)])
     X0, X1 = (X - 0.05, X) if side < 0 else (X, X + 0.05)
     cv.box(X0, X1, Z0, Z1, 0.0, h, FENCE, fence_shader(cv, base, h))
 
@@ -200,7 +200,7 @@ def street_side(cv: Canvas, side: int) -> None:
     rng = cv.rng
     s = cv.sides[side]
     line = s["line"]
-    z = _NEAR
+    z = NEAR_PLANE
     while z < cv.Zend:
         if cv.cross is not None and cv.cross[0] - 0.5 <= z < cv.cross[1]:
             z = cv.cross[1]  # the far corner: its facade runs along the cross street
@@ -225,7 +225,7 @@ def street_side(cv: Canvas, side: int) -> None:
                 cv.later(np.inf, fence, line, z, z1, side)
             if not s["park"] or rng.random() < 0.3:
                 back = line + side * rng.uniform(8, 20)
-                cv.later(z, building, back, max(_NEAR, z - 5), z1 + 5, side)
+                cv.later(z, building, back, max(NEAR_PLANE, z - 5), z1 + 5, side)
         else:
             setback = rng.uniform(0, 1.5) if rng.random() < 0.3 else 0.0
             cv.later(z, building, line + side * setback, z, z1, side)
@@ -290,7 +290,7 @@ def tree(cv: Canvas, X, Z, big=False) -> None:
     crown = (a / rx) ** 2 + ((b - cy) / ry) ** 2 < 1 + 0.35 * t
     trunk = (np.abs(a) <= max(0.15, p)) & (b >= 0) & (b <= cy)
     green = cv.pick(GREENS)
-    bark = cv.jitter(_rgb(0.3, 0.22, 0.15))
+    bark = cv.jitter(rgb_of(0.3, 0.22, 0.15))
     light = np.clip((b - cy) / ry, -1, 1)[..., None] * 0.2
     rgb = np.where(crown[..., None], green * (1 + 0.4 * t[..., None] + light), bark)
     cv.paint(reg, crown | trunk, rgb, VEGETATION, Z)
