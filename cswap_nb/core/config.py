@@ -119,8 +119,9 @@ class CSwapConfig:
         doc="``\"early\"``: a candidate is scored first on the three classes with the smallest recent p-values, and "
             "on every class only when they do not decide it critical (exact: the labels equal a full evaluation's; "
             "cswap_nb/METHOD.md §10); ``\"full\"``: every class is evaluated for every candidate, so every record "
-            "holds all the per-class evidence. Segmentation, ``inference=\"general\"`` and the ``\"naive\"`` and "
-            "``\"parts\"`` engines always evaluate in full.")
+            "holds all the per-class evidence. Segmentation, ``inference=\"general\"``, the ``\"naive\"`` engine and "
+            "the family's parts (``\"parts\"``, or ``\"fast\"`` on a model torch.fx cannot trace) always evaluate in "
+            "full; where neither the graph nor the parts apply, full passes over the classes' samples do.")
     compaction: str = _option(
         "on", "on: score a layer's candidates on a copy with the other layers' removed units sliced out (fast "
               "engine; exact, same labels); off: masked to zero at full width", COMPACTIONS, scores=False,
@@ -193,7 +194,8 @@ def options_table() -> str:
     return "\n".join(rows)
 
 
-CSwapConfig.__doc__ = CSwapConfig.__doc__.rstrip() + "\n\n    " + parameters_section().replace("\n", "\n    ") + "\n"
+if CSwapConfig.__doc__:  # None under python -OO
+    CSwapConfig.__doc__ = CSwapConfig.__doc__.rstrip() + "\n\n    " + parameters_section().replace("\n", "\n    ") + "\n"
 SCORE_OPTIONS = tuple(f.name for f in dataclasses.fields(CSwapConfig) if f.metadata["scores"])
 """The options that change the calibration set or the scores (alpha, the test and the engine do not)."""
 

@@ -111,6 +111,7 @@ class GraphEngine(ScoreEngine):
     def segmentation(self, masks: Tensor, pairs: Tensor | None) -> None:
         super().segmentation(masks, pairs)
         self.full.segmentation(masks, pairs)
+        self.full._pixel_index = self._pixel_index  # one index of the masks' pixels for both
 
     def _plan(self, layer: UnitLayer) -> Plan | None:
         """The checked plan of ``layer`` (None: full passes, :attr:`layer_fallbacks` says why)."""

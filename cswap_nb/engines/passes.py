@@ -146,6 +146,12 @@ class PartsEngine(ScoreEngine):
     def segmentation(self, masks: Tensor, pairs: Tensor | None) -> None:
         super().segmentation(masks, pairs)
         self.full.segmentation(masks, pairs)
+        self.full._pixel_index = self._pixel_index  # one index of the masks' pixels for both
+
+    def rows_scores(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer, rows: Rows) -> Tensor:
+        """A pass of the whole network over ``rows`` (:meth:`FullPasses.rows_scores`); the parts' cache holds
+        whole calibration sets (:meth:`can_slice` is False, so the loop does not ask)."""
+        return self.full.rows_scores(x, y, score, layer, rows)
 
     def _run(self, x: Tensor, start: int, stop: int | None = None) -> Tensor:
         for _, fn, _ in self.parts[start:stop]:

@@ -84,7 +84,8 @@ def _merge(ranges: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
 class ShardedEngine(EngineWrapper):
     """A score engine whose work is shared among the ranks of a ``torch.distributed`` process group (module
     docstring). ``engine``: the wrapped engine (built on this rank's copy of the model); ``group``: the
-    process group (default: the world). Its other attributes are the wrapped engine's.
+    process group (default: the world). The engine interface is the wrapped engine's where this class does not
+    redefine it (:class:`~cswap_nb.engines.base.EngineWrapper`); anything else of it is reached through ``inner``.
 
     :attr:`forward_equivalents` counts this rank's work in passes over the whole calibration set;
     :attr:`rows_scored` the calibration samples this rank scored and :attr:`rows_requested` those the

@@ -125,9 +125,9 @@ class ClassByClass:
     A unit is critical as soon as one class's test rejects; the classes not evaluated yet cannot change
     that (:func:`~cswap_nb.core.causal.verdict_of`). So a candidate is first scored on :attr:`first` classes
     alone: those with the smallest p-values of "removal lowers q" when they were last evaluated (the
-    candidates of a layer tend to hurt the same classes). If they do not decide it, it is scored on the whole
-    calibration set and gets exactly the full evaluation's verdict (neutral and detrimental always need
-    every class). The first stage pays only while it often decides: when fewer than
+    candidates of a layer tend to hurt the same classes). If they do not decide it, it is scored on the
+    other classes' samples (the first classes' scores are kept) and gets exactly the full evaluation's
+    verdict (neutral and detrimental always need every class). The first stage pays only while it often decides: when fewer than
     :attr:`threshold` of the recent candidates were decided by their first classes (a running average,
     counted also on candidates scored whole), a candidate is scored whole at once. Where the engine
     can, the first classes of the next candidates of a layer are scored in the same pass, as if the
@@ -231,7 +231,7 @@ class ClassByClass:
 
     def _with_the_rest(self, layer: UnitLayer, picked: list[int], rows, qn: Tensor) -> Tensor:
         """The scores of every sample: ``qn`` of the first classes' ``rows``, and the other classes scored now
-        (their rows merged into runs in sample order)."""
+        (their rows, in class order, merged where they are adjacent)."""
         chosen = set(picked)
         rest: list[list[int]] = []
         for i, (_, a, b) in enumerate(self.ranges):

@@ -179,6 +179,8 @@ distributed : bool or ProcessGroup
 
 def with_parameters(doc: str, indent: str = "    ") -> str:
     """``doc`` with its ``{parameters}`` line replaced by :data:`SESSION_PARAMETERS`, indented."""
+    if not doc:  # None under python -OO
+        return doc
     return doc.replace("{parameters}", SESSION_PARAMETERS.replace("\n", "\n" + indent))
 
 
