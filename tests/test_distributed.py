@@ -235,3 +235,41 @@ def test_a_rank_that_dies_stops_the_other(ranks):
     assert "another rank died or stopped answering" in first["message"]
     assert first["seconds"] < 70  # the process group's 60 s timeout at most
     print(f"\nrank 0 raised {first['seconds']:.1f} s after its session started (set-up included)")
+
+
+@pytest.mark.slow  # two ranks under torchrun plus one process: ~40 s here (imports ~5 s each)
+def test_the_cli_under_torchrun_takes_the_single_process_decisions(tmp_path):
+    """``torchrun --nproc-per-node 2 -m cswap_nb prune ...``: the two ranks share the analysis, rank 0 alone prints
+    and writes the JSON, and its decisions are those of the same command in one process."""
+    import subprocess
+    import sys
+
+    flags = ["--model", "resnet18-digits", "--samples-per-class", "4", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "cswap_nb", "prune", *flags, "--json", str(tmp_path / "one.json")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "cswap_nb", "prune", *flags, "--json", str(tmp_path / "two.json")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert two.returncode == 0, (two.stdout[-2000:], two.stderr[-2000:])
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert b["engine"]["world_size"] == 2 and a["engine"]["world_size"] == 1
+    assert b["engine"]["local_samples"] < a["engine"]["local_samples"]  # each rank scored its shard only
+    for key in ("counts", "params_after", "per_layer"):
+        assert a[key] == b[key], key
+    assert two.stdout.count("masked model == physically pruned model") == 1  # one rank reports the run
+    assert two.stdout.count(f"wrote {tmp_path / 'two.json'}") == 1
+
+
+def test_the_cli_refuses_commands_it_cannot_share_under_torchrun(monkeypatch, capsys):
+    """Under torchrun (WORLD_SIZE > 1) a command other than prune or demo is refused before any process group
+    is needed; WORLD_SIZE 1 or unset is one process."""
+    from cswap_nb.ui import cli
+
+    monkeypatch.setattr(cli, "launched_ranks", lambda: True)
+    assert cli.main(["models"]) == 2
+    assert "only prune and demo" in capsys.readouterr().err
+    monkeypatch.undo()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert cli.launched_ranks() is False

@@ -2,10 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
+import io
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from .. import zoo
 from ..experiments.bench import engine_options, format_report
@@ -116,7 +122,27 @@ def _own_model(args: argparse.Namespace):
     return model, data
 
 
-def run_prune(args: argparse.Namespace, out: Path | None) -> dict:
+def launched_ranks() -> bool:
+    """Whether this process is one of several that ``torchrun`` started (``WORLD_SIZE`` > 1). The process group
+    is then initialised here (``nccl`` with a GPU per rank, else ``gloo``) unless the caller did it."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return False
+    if world <= 1:
+        return False
+    dist = torch.distributed
+    if not dist.is_available():
+        raise ValueError(f"WORLD_SIZE={world}, but this PyTorch has no torch.distributed")
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                                timeout=datetime.timedelta(minutes=30))
+    return True
+
+
+def run_prune(args: argparse.Namespace, out: Path | None, distributed: bool = False) -> dict:
     if (args.model is None) == (args.arch is None):
         raise ValueError("give --model NAME (a shipped checkpoint) or --arch SOURCE:NAME (with --weights and "
                          "--data-dir), not both")
@@ -131,12 +157,14 @@ def run_prune(args: argparse.Namespace, out: Path | None) -> dict:
         print(f"data: {data.name}, {data.source}; calibration pool {len(data.calib.y):,}, test {len(data.test.y):,} images")
         calib = data.calib
         data_args = {"eval_data": data.test, **({"guard_data": data.val} if config.max_drop is not None else {})}
-    session = PruneSession(model, calib, config=config, progress=not args.no_progress,
+    session = PruneSession(model, calib, config=config, progress=not args.no_progress, distributed=distributed,
                            model_name=args.model or args.arch, **data_args)  # cs.prune in two steps: set up, say the coverage, run
     print(session.coverage)
     res = session.finish()
     summary = res.summary()
     print(_table(summary))
+    if distributed and torch.distributed.get_rank() != 0:
+        return summary  # every rank has the same result; rank 0 alone writes it
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         res.save(out / "pruned.pt")
@@ -294,41 +322,59 @@ def main(argv: list[str] | None = None) -> int:
                         "no compaction)")
     b.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-
     try:
-        if args.cmd == "models":
-            manifest = zoo.read_manifest()
-            for name in zoo.names():
-                print(f"{name:20s} {zoo.metric_text(manifest.get(name, {}))}  {zoo.ZOO[name].description}")
-            return 0
-        if args.cmd == "compare":
-            return run_compare(args)
-        if args.cmd == "variants":
-            return run_variants(args)
-        if args.cmd == "gallery":
-            return run_gallery(args)
-        if args.cmd == "bench":
-            engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
-            for e in engines:
-                engine_options(e)  # a ValueError naming the spec it does not accept
-            if len(engines) < 2:
-                raise ValueError(f"--engines takes two or more of {', '.join(ENGINES)} (each optionally with "
-                                 f"-{' or -'.join(EVALUATIONS)} and -static), got {args.engines!r}")
-            report = run_bench(args.model, rounds=args.rounds, engines=engines)
-            print(format_report(report))
-            if args.json is not None:
-                _write_json(args.json, report)
-            return 0
-        if args.cmd == "demo":
-            # the prune command's own defaults, so that demo and prune cannot drift apart
-            defaults = p.parse_args(["--model", DEMO_MODEL])
-            defaults.json, defaults.no_progress = args.json, args.no_progress
-            print(f"C-SWAP demo: shipped {DEMO_MODEL} (timm ResNet18, reduced width) on real Fashion-MNIST images, "
-                  f"alpha={defaults.alpha}")
-            run_prune(defaults, args.out)
-            return 0
-        run_prune(args, args.out)
-        return 0
+        distributed = launched_ranks()
+    except (ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if distributed and args.cmd not in ("prune", "demo"):
+        print(f"error: under torchrun only prune and demo share their analysis among the ranks; run {args.cmd!r} "
+              "as one process", file=sys.stderr)
+        return 2
+    quiet = distributed and torch.distributed.get_rank() != 0  # one rank prints the run; all compute it
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+            return _dispatch(args, p, distributed)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if distributed and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _dispatch(args: argparse.Namespace, p: argparse.ArgumentParser, distributed: bool) -> int:
+    """Run the command ``args.cmd`` (``p``: the prune command's parser, for the demo's defaults)."""
+    if args.cmd == "models":
+        manifest = zoo.read_manifest()
+        for name in zoo.names():
+            print(f"{name:20s} {zoo.metric_text(manifest.get(name, {}))}  {zoo.ZOO[name].description}")
+        return 0
+    if args.cmd == "compare":
+        return run_compare(args)
+    if args.cmd == "variants":
+        return run_variants(args)
+    if args.cmd == "gallery":
+        return run_gallery(args)
+    if args.cmd == "bench":
+        engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
+        for e in engines:
+            engine_options(e)  # a ValueError naming the spec it does not accept
+        if len(engines) < 2:
+            raise ValueError(f"--engines takes two or more of {', '.join(ENGINES)} (each optionally with "
+                             f"-{' or -'.join(EVALUATIONS)} and -static), got {args.engines!r}")
+        report = run_bench(args.model, rounds=args.rounds, engines=engines)
+        print(format_report(report))
+        if args.json is not None:
+            _write_json(args.json, report)
+        return 0
+    if args.cmd == "demo":
+        # the prune command's own defaults, so that demo and prune cannot drift apart
+        defaults = p.parse_args(["--model", DEMO_MODEL])
+        defaults.json, defaults.no_progress = args.json, args.no_progress
+        print(f"C-SWAP demo: shipped {DEMO_MODEL} (timm ResNet18, reduced width) on real Fashion-MNIST images, "
+              f"alpha={defaults.alpha}")
+        run_prune(defaults, args.out, distributed)
+        return 0
+    run_prune(args, args.out, distributed)
+    return 0
