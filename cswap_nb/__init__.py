@@ -21,7 +21,9 @@ before it (``tests/test_packaging.py`` checks this):
 * :mod:`cswap_nb.experiments`: comparisons over calibration draws, the engine benchmark, unit effects;
 * :mod:`cswap_nb.ui`: plots, the α explorer widget and the command line.
 
-``cs.data``, ``cs.models``, ``cs.zoo`` and the other layers are imported when first used.
+``import cswap_nb`` imports the layers up to :mod:`cswap_nb.pruning` (what :func:`prune` needs); ``cs.zoo``,
+``cs.experiments`` and ``cs.ui`` (matplotlib, ipywidgets) are imported when first used. Nearly all of the import
+time is PyTorch, Torch-Pruning, timm and torchvision, not this package's own modules.
 """
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ import copy
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -39,14 +39,18 @@ from .data import tensor_batches
 from .core.causal import upsample_logits
 from .data.labels import IGNORE_INDEX
 from .models.families import family_of
-from .engines.graph import make_engine
+from .engines.build import make_engine
 from .core.layout import to_channels_last
 from .core.units import Masker, UnitLayer, channels_first, register_output_hook, register_site_hook
 
 Scores = dict[str, Tensor]
-Criterion = Callable[..., Scores]
-"""A criterion scores every unit once: ``criterion(model, layers, x, y, *, seed, cost) -> {layer name: scores}``
-(one score per unit, higher = more important; ``cost`` counts its forward and backward passes)."""
+class Criterion(Protocol):
+    """What a criterion is (the extension point of rank-and-prune, registered with :func:`criterion`): it scores
+    every unit once, one score per unit, higher = more important; ``cost`` counts its forward and backward
+    passes."""
+
+    def __call__(self, model: nn.Module, layers: list[UnitLayer], x: Tensor, y: Tensor, *, seed: int = 0,
+                 cost: Cost | None = None) -> Scores: ...
 
 CRITERIA: dict[str, Criterion] = {}
 """Every criterion by name, in the order registered (:func:`criterion`)."""
@@ -316,7 +320,7 @@ def score_ablation(model, layers, x, y, cost: Cost | None = None, **_) -> Scores
 
     The same quantity as Captum's ``LayerFeatureAblation`` with a zero baseline and one channel per
     feature (asserted in tests/test_criteria.py for units with one mask point), computed by C-SWAP's
-    scoring engine (:func:`cswap_nb.engines.graph.make_engine`): each ablation runs only the part of the network
+    scoring engine (:func:`cswap_nb.engines.build.make_engine`): each ablation runs only the part of the network
     after the unit, from cached activations, where Captum reruns the whole network once per channel
     (79 s of a 90 s run on resnet18-fashion).
     """

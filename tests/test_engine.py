@@ -11,7 +11,7 @@ from torchvision.models.resnet import Bottleneck, ResNet
 import cswap_nb as cs
 from _helpers import assert_same_decisions
 from cswap_nb.experiments.bench import bench_engines
-from cswap_nb.engines.graph import make_engine
+from cswap_nb.engines.build import make_engine
 from cswap_nb.engines.passes import FullPasses, PartsEngine, PartsUnavailable, sequential_parts
 from cswap_nb.core.units import Masker, find_unit_layers
 

@@ -111,7 +111,7 @@ class CSwapConfig:
         doc="How scores are computed (:mod:`cswap_nb.engines`); identical decisions. ``\"fast\"``: the traced graph "
             "(:class:`~cswap_nb.engines.graph.GraphEngine`), else the family's parts, else full passes; "
             "``\"naive\"``: one full pass per candidate on every sample, the reference; ``\"parts\"``: the earlier "
-            "prefix engine (the family's parts only), kept for benchmarks.")
+            "engine of the family's parts only, kept for benchmarks.")
     evaluation: str = _option(
         "early", "early: score a candidate on the three classes most likely to decide it first, and on the rest "
                  "only when they do not decide it critical (exact: the same labels); full: every class for every "

@@ -7,7 +7,7 @@ An engine computes the scores ``q(x)`` of the calibration set under the masks se
 cswap_nb/METHOD.md §10). Everything the pruning loop, the criteria and the effects ask of an engine is
 declared here, with the answer of an engine that cannot do more.
 
-The engines are composed, not derived from one another (:func:`cswap_nb.engines.graph.make_engine`):
+The engines are composed, not derived from one another (:func:`cswap_nb.engines.build.make_engine`):
 
 * :class:`~cswap_nb.engines.passes.FullPasses`: one full forward pass per call, the reference;
 * :class:`~cswap_nb.engines.passes.PartsEngine`: the family's parts, with a :class:`FullPasses` for what the

@@ -40,10 +40,9 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from ..core.causal import true_class_scores
-from ..core.config import ENGINES
 from ..core.units import Masker, UnitLayer
 from .base import Rows, ScoreEngine
-from .passes import FullPasses, PartsEngine, PartsUnavailable, row_count, take_rows
+from .passes import FullPasses, row_count, take_rows
 from .plan import INPLACE_FUNCTIONS, GraphView, Plan, last_use, node_costs, plan_layer, trace
 
 @dataclass
@@ -510,29 +509,3 @@ def _may_work_in_place(node: fx.Node, modules: dict) -> bool:
     if node.op == "call_method":
         return str(node.target).endswith("_")
     return False
-
-
-def make_engine(kind: str, model: nn.Module, masker: Masker, example: Tensor) -> ScoreEngine:
-    """The scoring engine of the option ``engine`` (cswap_nb/METHOD.md §10), composed explicitly:
-
-    * ``"fast"``: a :class:`GraphEngine`; for a model ``torch.fx`` cannot trace, the family's parts
-      (:class:`~cswap_nb.engines.passes.PartsEngine`), else full passes
-      (:class:`~cswap_nb.engines.passes.FullPasses`), with the engine's ``fallback`` saying why;
-    * ``"naive"``: :class:`~cswap_nb.engines.passes.FullPasses`, one full pass per candidate on every sample
-      (the reference: it takes no early decisions);
-    * ``"parts"``: the family's parts, else full passes.
-    """
-    if kind not in ENGINES:
-        raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {kind!r}")
-    if kind == "naive":
-        return FullPasses(model, masker, name="naive", slicing=False)
-    why = None
-    if kind == "fast":
-        try:
-            return GraphEngine(model, masker, example)
-        except GraphUnavailable as exc:
-            why = str(exc)
-    try:
-        return PartsEngine(model, masker, example, name=kind, fallback=f"{why}; using the family's parts" if why else None)
-    except PartsUnavailable as exc:
-        return FullPasses(model, masker, name=kind, fallback=f"{why}; using full passes ({exc})" if why else str(exc))

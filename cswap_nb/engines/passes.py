@@ -11,7 +11,7 @@
 * :class:`cswap_nb.engines.graph.GraphEngine` (``engine="fast"``): the model's ``torch.fx`` graph with a
   cache of intermediates and a linear correction (see :mod:`cswap_nb.engines.graph`).
 
-:func:`cswap_nb.engines.graph.make_engine` composes them: the graph, else the parts, else full passes. With
+:func:`cswap_nb.engines.build.make_engine` composes them: the graph, else the parts, else full passes. With
 ``compaction="on"`` the graph engine is wrapped in :class:`cswap_nb.engines.compact.CompactingEngine`, which
 scores a layer's candidates on a copy with the other layers' removed units sliced out.
 

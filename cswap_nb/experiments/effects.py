@@ -21,7 +21,7 @@ from ..core.causal import CRITICAL, LABELS, TESTS, group_pvalues, one_sided_pval
 from ..data import as_tensors, check_xy
 from ..models.families import family_of
 from ..models.families.attention import attention_weights
-from ..engines.graph import make_engine
+from ..engines.build import make_engine
 from ..core.units import Masker, find_unit_layers
 
 

@@ -33,8 +33,7 @@ from ..core.config import CSwapConfig, make_config, options_in_brief
 from ..criteria import CRITERIA, Cost, score_units
 from ..data import as_tensors, check_xy, stream_source
 from .descent import Guard, greedy, progressive, rank_and_prune, visiting_plan
-from ..engines.compact import CompactingEngine
-from ..engines.graph import GraphEngine, make_engine
+from ..engines.build import make_engine
 from ..engines.sharded import ShardedEngine
 from ..core.layout import to_channels_last, to_default
 from ..core.metrics import evaluate
@@ -305,7 +304,7 @@ class PruneSession:
 
     @property
     def engine(self):
-        """The scoring engine of :attr:`config` (:func:`cswap_nb.engines.graph.make_engine`), built on first use.
+        """The scoring engine of :attr:`config` (:func:`cswap_nb.engines.build.make_engine`), built on first use.
 
         Rank-and-prune criteria score the units without it, so a baseline's run does not pay for
         tracing and checking the model's graph. Assigning replaces it (e.g. by a caching wrapper).
@@ -324,10 +323,10 @@ class PruneSession:
         A wrapper that may never need one (the α explorer's score cache, when every score of a run was
         computed before) takes this method and calls it on its first miss."""
         with full_float32():
-            engine = make_engine(self.config.engine, self.work, self.masker, self.example)
-            # the progressive loop visits each layer once; greedy would want a copy per layer and step
-            if self.config.compaction == "on" and self.strategy == "cswap" and isinstance(engine, GraphEngine):
-                engine = CompactingEngine(engine, self.template, self.example, self.macs_before)
+            # compaction: the progressive loop visits each layer once; greedy would want a copy per layer and step
+            compact = self.config.compaction == "on" and self.strategy == "cswap"
+            engine = make_engine(self.config.engine, self.work, self.masker, self.example,
+                                 compact_from=(self.template, self.macs_before) if compact else None)
             if self.segmentation:
                 engine.segmentation(self.y, self.pairs if self.config.inference == "per-class" else None)
         return engine

@@ -1,6 +1,6 @@
 """What is special about each model family, in one adapter per family (cswap_nb/METHOD.md §4).
 
-An adapter knows how to split a model into parts for the prefix engine (:meth:`Family.parts`; the
+An adapter knows how to split a model into parts for the parts engine (:meth:`Family.parts`; the
 fast engine traces any model and falls back to these parts), describe and rebuild it for saving
 (:meth:`Family.describe`, :meth:`Family.build`), which of its units C-SWAP tests with
 ``scope="internal"`` (:meth:`Family.internal_units`), which heads run only in training

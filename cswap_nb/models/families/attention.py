@@ -1,8 +1,10 @@
 """Attention heads as units (cswap_nb/METHOD.md §4): which attention modules have heads that can be tested
 and removed exactly (timm's standard ``Attention``), what one head's weights are, how heads are removed
 from the module, how a rebuilt module's head count follows its resized ``qkv``, and the attention weights
-a head computes (for drawing them). The core's unit finding, masking and surgery ask these functions;
-nothing outside this module reads an attention module's internals."""
+a head computes (for drawing them). The core's unit finding, masking and surgery call these functions for
+what is particular to timm's attention: which modules qualify, how a head's weights are laid out in ``qkv`` and
+``proj``, how heads are removed; the core still names ``qkv`` and ``proj`` where it marks a head's mask point
+and leaves those linears out of the channel search."""
 from __future__ import annotations
 
 from typing import Iterator
