@@ -42,6 +42,9 @@ class ScoreEngine:
     """
 
     path = "full"
+    full: ScoreEngine | None = None
+    """The engine of full passes this one leaves what it cannot serve to (None: it serves everything itself);
+    its work counts in :attr:`forward_equivalents` and it scores the same label masks."""
 
     def __init__(self, model: nn.Module, masker: Masker, batch_size: int = 512, name: str = "naive",
                  fallback: str | None = None):
@@ -55,8 +58,8 @@ class ScoreEngine:
     # -- what an engine says of itself ------------------------------------------------------------------
     @property
     def forward_equivalents(self) -> float:
-        """The work so far, in full forward passes over the calibration set."""
-        return self._work
+        """The work so far, in full forward passes over the calibration set (with :attr:`full`'s)."""
+        return self._work + (self.full.forward_equivalents if self.full is not None else 0.0)
 
     @property
     def layer_fallbacks(self) -> dict[str, str]:
@@ -94,6 +97,9 @@ class ScoreEngine:
         per_image = max(1, masks.shape[-2] * masks.shape[-1])
         self.batch_size = min(self.batch_size, max(1, SEGMENTATION_PIXELS // per_image))
         self._pixel_index = {}  # (batch start, classes) -> pixel_classes
+        if self.full is not None:
+            self.full.segmentation(masks, pairs)
+            self.full._pixel_index = self._pixel_index  # one index of the masks' pixels for both
 
     def _score(self, logits: Tensor, y: Tensor, i: int, score: str) -> Tensor:
         """The scores of the batch of samples ``i, i + 1, ...`` whose logits are ``logits``."""

@@ -47,7 +47,7 @@ class CachedEngine(EngineWrapper):
 
     def __init__(self, engine: ScoreEngine | Callable[[], ScoreEngine], cache: ScoreCache,
                  masker: Masker | None = None, kind: str | None = None):
-        built = isinstance(engine, ScoreEngine) or hasattr(engine, "scores")  # else a function that builds one
+        built = hasattr(engine, "scores")  # an engine (a ScoreEngine or a wrapper); else a function that builds one
         self._inner, self._build = (engine, None) if built else (None, engine)
         self.cache = cache
         self._rows: dict[tuple, list] = {}

@@ -145,13 +145,13 @@ class CompactingEngine(EngineWrapper):
         if int((~removed[layer.name]).sum()) < self.min_units:
             return False
         have = self._compact.sliced if self._compact is not None else {}
-        return any(tuple(m.nonzero().flatten().tolist()) != have.get(name, ())
-                   for name, m in removed.items() if name != layer.name and bool(m.any()))
+        return any(tuple(units) != have.get(name, ())
+                   for name, units in self.masker.pruned().items() if name != layer.name and units)
 
     def _build(self, layer: UnitLayer) -> None:
         t0 = time.perf_counter()
         removed = self.masker.removed
-        sliced = {name: m.nonzero().flatten().tolist() for name, m in removed.items() if name != layer.name}
+        sliced = {name: units for name, units in self.masker.pruned().items() if name != layer.name}
         try:
             c = _Compact(self.template, self.example, self.masker.layers, sliced, self._share, self._segmentation)
             c.sync(removed)

@@ -99,18 +99,9 @@ class GraphEngine(ScoreEngine):
         self._work = 0.0  # the checks ran on one or two samples: not the analysis's work
 
     @property
-    def forward_equivalents(self) -> float:
-        return self._work + self.full.forward_equivalents
-
-    @property
     def layer_fallbacks(self) -> dict[str, str]:
         """The layers analysed with full passes (no checked plan), with the reason."""
         return self._layer_fallbacks
-
-    def segmentation(self, masks: Tensor, pairs: Tensor | None) -> None:
-        super().segmentation(masks, pairs)
-        self.full.segmentation(masks, pairs)
-        self.full._pixel_index = self._pixel_index  # one index of the masks' pixels for both
 
     def _plan(self, layer: UnitLayer) -> Plan | None:
         """The checked plan of ``layer`` (None: full passes, :attr:`layer_fallbacks` says why)."""

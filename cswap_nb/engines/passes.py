@@ -42,6 +42,18 @@ def take_rows(v: Tensor, rows: Rows, copy: bool = False) -> Tensor:
     return torch.cat([v[a:b] for a, b in rows])
 
 
+def merge_rows(ranges) -> Rows:
+    """``ranges`` (``(start, stop)`` pairs, in order) with each range that starts where the previous one stops
+    joined to it."""
+    out: list[list[int]] = []
+    for a, b in ranges:
+        if out and out[-1][1] == a:
+            out[-1][1] = b
+        else:
+            out.append([a, b])
+    return tuple((a, b) for a, b in out)
+
+
 def row_count(rows: Rows) -> int:
     return sum(b - a for a, b in rows)
 
@@ -138,15 +150,6 @@ class PartsEngine(ScoreEngine):
         for i, (_, _, inside) in enumerate(self.parts):
             for n in inside:
                 self._part_of.setdefault(n, i)
-
-    @property
-    def forward_equivalents(self) -> float:
-        return self._work + self.full.forward_equivalents
-
-    def segmentation(self, masks: Tensor, pairs: Tensor | None) -> None:
-        super().segmentation(masks, pairs)
-        self.full.segmentation(masks, pairs)
-        self.full._pixel_index = self._pixel_index  # one index of the masks' pixels for both
 
     def rows_scores(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer, rows: Rows) -> Tensor:
         """A pass of the whole network over ``rows`` (:meth:`FullPasses.rows_scores`); the parts' cache holds

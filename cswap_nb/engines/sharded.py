@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ..core.calibration import label_runs
 from .base import EngineWrapper, Rows, ScoreEngine
-from .passes import row_count, take_rows
+from .passes import merge_rows, row_count, take_rows
 
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _OK, _FAILED = 0.0, 1.0
@@ -69,16 +69,6 @@ def shard_pieces(y: Tensor, world: int) -> list[tuple[int, int, int, int]]:
                 start += size
         turn = (turn + extra) % world
     return pieces
-
-
-def _merge(ranges: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
-    out: list[list[int]] = []
-    for a, b in ranges:
-        if out and out[-1][1] == a:
-            out[-1][1] = b
-        else:
-            out.append([a, b])
-    return tuple((a, b) for a, b in out)
 
 
 class ShardedEngine(EngineWrapper):
@@ -171,7 +161,7 @@ class ShardedEngine(EngineWrapper):
         if y.shape[0] != x.shape[0]:
             raise ValueError(f"x and y hold {x.shape[0]} and {y.shape[0]} samples")
         pieces = shard_pieces(y, self.world)
-        local = _merge([(a, b) for a, b, r, _ in pieces if r == self.rank])
+        local = merge_rows([(a, b) for a, b, r, _ in pieces if r == self.rank])
         x_local = take_rows(x, local) if local else x[:0]
         y_local = take_rows(y, local) if local else y[:0]
         self._check_same_set(x, y)
@@ -225,7 +215,7 @@ class ShardedEngine(EngineWrapper):
             offsets = np.cumsum([0, *counts[:-1]])
             perm = (np.concatenate([np.arange(offsets[r] + i, offsets[r] + i + n) for r, i, n in owner])
                     if owner else np.zeros(0, dtype=np.int64))
-            plans[rows] = (_merge(mine), counts, torch.as_tensor(perm, dtype=torch.long))
+            plans[rows] = (merge_rows(mine), counts, torch.as_tensor(perm, dtype=torch.long))
             if len(plans) > 256:  # rows repeat (the classes scored first): keep the recent plans
                 plans.pop(next(iter(plans)))
         return plans[rows]

@@ -25,6 +25,7 @@ from ..core.calibration import class_ranges  # noqa: F401 (re-exported)
 from ..core.causal import CRITICAL, Verdict, as_compared, decide_unit, group_pvalues, verdict_of
 from ..core.config import LAYER_ORDERS, REFERENCES, UNIT_ORDERS, CSwapConfig  # noqa: F401 (re-exported)
 from ..engines.base import ScoreEngine
+from ..engines.passes import merge_rows
 from ..core.units import Masker, UnitLayer
 
 
@@ -233,15 +234,7 @@ class ClassByClass:
         """The scores of every sample: ``qn`` of the first classes' ``rows``, and the other classes scored now
         (their rows, in class order, merged where they are adjacent)."""
         chosen = set(picked)
-        rest: list[list[int]] = []
-        for i, (_, a, b) in enumerate(self.ranges):
-            if i in chosen:
-                continue
-            if rest and rest[-1][1] == a:
-                rest[-1][1] = b
-            else:
-                rest.append([a, b])
-        rest_rows = tuple((a, b) for a, b in rest)
+        rest_rows = merge_rows((a, b) for i, (_, a, b) in enumerate(self.ranges) if i not in chosen)
         q_rest = self.engine.rows_scores(self.x, self.y, self.cfg.score, layer, rest_rows)
         q = q_rest.new_empty((len(self.y),) + tuple(q_rest.shape[1:]))
         for part, ranges in ((qn, rows), (q_rest, rest_rows)):
