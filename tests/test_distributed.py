@@ -57,8 +57,8 @@ def _fail_at(inner, call: int, how: str) -> None:
 
 
 def _child(rank: int, world: int, port: int, out: str) -> None:
-    """One rank, four scenarios on one process group, each a C-SWAP run on the shipped digits ResNet18:
-    ``ok`` (a sharded run), ``differ`` (rank 1 draws its calibration set with another seed), ``raise`` (rank 1's fifth scoring call raises), ``die`` (rank 1 ends its process
+    """One rank, five scenarios on one process group, each a C-SWAP run on the shipped digits ResNet18:
+    ``ok`` (a sharded run), ``classes`` (sharded by class), ``differ`` (rank 1 draws its calibration set with another seed), ``raise`` (rank 1's fifth scoring call raises), ``die`` (rank 1 ends its process
     in its fifth scoring call). The report goes to ``out``/rank.json after each scenario."""
     torch.set_num_threads(1)
     import threading
@@ -73,18 +73,20 @@ def _child(rank: int, world: int, port: int, out: str) -> None:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=60))
         model, data = cs.zoo.load("resnet18-digits")
-        for mode in ("ok", "differ", "raise", "die"):
+        for mode in ("ok", "classes", "differ", "raise", "die"):
             t0 = time.perf_counter()
             rep = report[mode] = {}
             try:
                 seed = {"seed": rank} if mode == "differ" else {}  # rank 1 draws another calibration set
-                session = cs.PruneSession(model, data.calib, distributed=True, **OPTIONS, **seed)
+                by = {"shard_by": "classes"} if mode == "classes" else {}  # each class whole to one rank
+                session = cs.PruneSession(model, data.calib, distributed=True, **OPTIONS, **seed, **by)
                 engine = session.engine
                 rep.update(progress=session.progress, engine=type(engine).__name__)
-                if mode != "ok" and rank == 1:
+                if mode in ("raise", "die") and rank == 1:
                     _fail_at(engine.inner, 5, mode)
                 res = session.finish()
-                rep.update(world_size=res.engine["world_size"], local_samples=res.engine["local_samples"])
+                rep.update(world_size=res.engine["world_size"], local_samples=res.engine["local_samples"],
+                           shard_by=res.engine["shard_by"])
                 rep.update(_record(session), analysis=session.analysis_seconds, rows_scored=engine.rows_scored,
                            rows_requested=engine.rows_requested, forward_equivalents=engine.forward_equivalents,
                            calibration=len(session.y))
@@ -144,7 +146,19 @@ def test_shard_pieces_balanced_per_class():
         assert [at for _, _, at in mine] == [sum(b - a for a, b, _ in mine[:i]) for i in range(len(mine))]
 
 
-def test_gathered_parts_come_back_in_the_rows_order():
+def test_shard_pieces_by_class_give_each_class_whole_to_the_emptiest_rank():
+    y = torch.tensor([0] * 5 + [1] * 5 + [2] * 1 + [3] * 4 + [4] * 2)
+    pieces = shard_pieces(y, 2, by="classes")
+    assert [(a, b, r) for a, b, r, _ in pieces] == [(0, 5, 0), (5, 10, 1), (10, 11, 0), (11, 15, 1), (15, 17, 0)]
+    assert [at for *_, at in pieces] == [0, 0, 5, 5, 6]  # each rank's pieces are consecutive in its shard
+    three = shard_pieces(y, 3, by="classes")
+    assert sorted({r for _, _, r, _ in three}) == [0, 1, 2]
+    with pytest.raises(ValueError, match="shard_by must be one of"):
+        shard_pieces(y, 2, by="pixels")
+
+
+@pytest.mark.parametrize("by", ["images", "classes"])
+def test_gathered_parts_come_back_in_the_rows_order(by):
     """The reassembly of :meth:`ShardedEngine._gathered` without processes: three ranks, classes of odd sizes,
     requests of whole and partial classes; each rank's part is cut from its shard as the wrapped engine would."""
     world = 3
@@ -154,7 +168,7 @@ def test_gathered_parts_come_back_in_the_rows_order():
     for rank in range(world):
         e = object.__new__(ShardedEngine)
         e.rank, e.world = rank, world
-        pieces = shard_pieces(y, world)
+        pieces = shard_pieces(y, world, by)
         local = tuple((at, at + b - a) for a, b, r, at in pieces if r == rank)
         x_local = torch.cat([x[a:b] for a, b, r, _ in pieces if r == rank])
         engines.append((e, _Shard(x, y, pieces, local, x_local, y)))
@@ -167,7 +181,7 @@ def test_gathered_parts_come_back_in_the_rows_order():
             plans.append((counts, perm.tolist()))
         assert all(p == plans[0] for p in plans)  # every rank reassembles alike
         assert torch.equal(torch.cat(parts)[perm], take_rows(x, rows)), rows
-        if rows == ((0, 21),):
+        if rows == ((0, 21),) and by == "images":
             assert max(counts) - min(counts) <= 1
 
 
@@ -192,6 +206,12 @@ def test_sharded_run_takes_the_single_process_decisions(ranks):
         assert ok["rows_scored"] * 2 == ok["rows_requested"], ok
         assert ok["forward_equivalents"] < 0.6 * single.engine.forward_equivalents
     assert [rep["ok"]["progress"] for rep in reports] == [True, False]  # one progress bar, rank 0's
+    for rank, rep in enumerate(reports):  # sharded by class: the same decisions, each rank scores its 5 classes
+        by = rep.get("classes", {})
+        assert "error" not in by, by.get("traceback")
+        assert by["labels"] == expected["labels"] and by["pruned"] == expected["pruned"], f"rank {rank}"
+        assert by["shard_by"] == "classes" and ok["shard_by"] == "images" and by["local_samples"] == 20
+        assert by["rows_scored"] < by["rows_requested"]
     assert reports[0]["ok"]["rows_requested"] == reports[1]["ok"]["rows_requested"]
     print(f"\nanalysis: one process {single.analysis_seconds:.1f} s, two gloo ranks "
           f"{[round(r['ok']['analysis'], 1) for r in reports]} s; {wall:.1f} s wall for the spawned children "

@@ -1,9 +1,10 @@
 """The causal analysis sharded over processes with ``torch.distributed`` (cswap_nb/METHOD.md §10).
 
 :class:`ShardedEngine` wraps a score engine in an initialised process group. Each rank holds a fixed
-shard of the calibration set: every class's samples (a run of equal labels, the calibration selection
-orders them so) are cut into one contiguous block per rank, of sizes that differ by at most one (the
-extra samples rotate over the ranks). The wrapped engine sees only that shard as its calibration set, so
+shard of the calibration set: by default every class's samples (a run of equal labels, the calibration
+selection orders them so) are cut into one contiguous block per rank, of sizes that differ by at most one (the
+extra samples rotate over the ranks); ``by="classes"`` gives each class whole to one rank instead
+(:func:`shard_pieces`; ``benchmarks/shard_by.py`` measures both). The wrapped engine sees only that shard as its calibration set, so
 its caches (the graph engine's frontier, the parts engine's prefix) are built on the shard too, and any
 call (``scores`` with or without a layer, ``rows_scores`` on some classes' rows) is split: a rank scores
 the requested rows that lie in its shard, and one ``all_gather`` hands every rank exactly the scores the
@@ -52,13 +53,28 @@ class _Shard:
     plans: dict = field(default_factory=dict)  # rows -> (local rows, rows per rank, permutation)
 
 
-def shard_pieces(y: Tensor, world: int) -> list[tuple[int, int, int, int]]:
-    """How the calibration samples are shared among ``world`` ranks: each run of equal labels cut into
-    one contiguous block per rank (rank order), sizes differing by one at most, the extra samples of
-    successive runs given to successive ranks. ``(start, stop, rank, start in the rank's shard)`` per
-    non-empty block, in the samples' order."""
+SHARD_BY = ("images", "classes")
+
+
+def shard_pieces(y: Tensor, world: int, by: str = "images") -> list[tuple[int, int, int, int]]:
+    """How the calibration samples are shared among ``world`` ranks, as ``(start, stop, rank, start in the
+    rank's shard)`` per non-empty block, in the samples' order.
+
+    ``by="images"`` (the default): each run of equal labels is cut into one contiguous block per rank (rank
+    order), sizes differing by one at most, the extra samples of successive runs given to successive ranks,
+    so that every rank holds part of every class and any set of classes (an early-decision stage) is shared
+    evenly. ``by="classes"``: each run goes whole to one rank, the rank with the fewest samples so far (the
+    lowest rank on ties), so that a stage of a few classes is scored by the ranks that hold them while the
+    others wait at the gather."""
+    if by not in SHARD_BY:
+        raise ValueError(f"shard_by must be one of {SHARD_BY}, got {by!r}")
     pieces, filled, turn = [], [0] * world, 0
     for _, a, b in label_runs(y) or [(0, 0, int(y.shape[0]))]:
+        if by == "classes":
+            r = min(range(world), key=lambda i: (filled[i], i))
+            pieces.append((a, b, r, filled[r]))
+            filled[r] += b - a
+            continue
         base, extra = divmod(b - a, world)
         start = a
         for r in range(world):
@@ -74,7 +90,7 @@ def shard_pieces(y: Tensor, world: int) -> list[tuple[int, int, int, int]]:
 class ShardedEngine(EngineWrapper):
     """A score engine whose work is shared among the ranks of a ``torch.distributed`` process group (module
     docstring). ``engine``: the wrapped engine (built on this rank's copy of the model); ``group``: the
-    process group (default: the world). The engine interface is the wrapped engine's where this class does not
+    process group (default: the world); ``by``: how the calibration set is cut (:func:`shard_pieces`). The engine interface is the wrapped engine's where this class does not
     redefine it (:class:`~cswap_nb.engines.base.EngineWrapper`); anything else of it is reached through ``inner``.
 
     :attr:`forward_equivalents` counts this rank's work in passes over the whole calibration set;
@@ -82,12 +98,14 @@ class ShardedEngine(EngineWrapper):
     calls asked for (so ``rows_scored / rows_requested`` is about ``1 / world``).
     """
 
-    def __init__(self, engine: ScoreEngine, group=None):
+    def __init__(self, engine: ScoreEngine, group=None, by: str = "images"):
+        if by not in SHARD_BY:
+            raise ValueError(f"shard_by must be one of {SHARD_BY}, got {by!r}")
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError("ShardedEngine needs an initialised torch.distributed process group "
                                "(torchrun --nproc-per-node N ..., then torch.distributed.init_process_group())")
         super().__init__(engine)
-        self.group = group
+        self.group, self.by = group, by
         self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
         self.rows_scored = 0
         self.rows_requested = 0
@@ -160,7 +178,7 @@ class ShardedEngine(EngineWrapper):
                 return s
         if y.shape[0] != x.shape[0]:
             raise ValueError(f"x and y hold {x.shape[0]} and {y.shape[0]} samples")
-        pieces = shard_pieces(y, self.world)
+        pieces = shard_pieces(y, self.world, self.by)
         local = merge_rows([(a, b) for a, b, r, _ in pieces if r == self.rank])
         x_local = take_rows(x, local) if local else x[:0]
         y_local = take_rows(y, local) if local else y[:0]
@@ -273,4 +291,4 @@ class ShardedEngine(EngineWrapper):
                                 ) from exc
 
 
-__all__ = ["ShardedEngine", "RankLostError", "shard_pieces"]
+__all__ = ["ShardedEngine", "RankLostError", "shard_pieces", "SHARD_BY"]

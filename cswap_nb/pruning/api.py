@@ -17,7 +17,7 @@ def prune(model: nn.Module, calib, method: str = "cswap", *, config: CSwapConfig
           ratio: float | None = None, params: int | None = None, counts: dict[str, int] | None = None,
           scores: dict[str, Tensor] | None = None, eval_data=None, guard_data=None,
           ignored_layers: list[nn.Module] | None = None, progress: bool = True, model_name: str | None = None,
-          distributed=False, **options) -> PruneResult:
+          distributed=False, shard_by: str = "images", **options) -> PruneResult:
     """Prune a copy of ``model`` in one call (the caller's model is never modified).
 
     ``method="cswap"`` (default) runs C-SWAP's progressive causal descent (cswap_nb/METHOD.md
@@ -42,7 +42,8 @@ def prune(model: nn.Module, calib, method: str = "cswap", *, config: CSwapConfig
     """
     return PruneSession(model, calib, method, config=config, ratio=ratio, params=params, counts=counts,
                         scores=scores, eval_data=eval_data, guard_data=guard_data, ignored_layers=ignored_layers,
-                        progress=progress, model_name=model_name, distributed=distributed, **options).finish()
+                        progress=progress, model_name=model_name, distributed=distributed, shard_by=shard_by,
+                        **options).finish()
 
 
 prune.__doc__ = with_parameters(prune.__doc__)  # the same parameters as PruneSession's, written once

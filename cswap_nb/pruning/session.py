@@ -34,7 +34,7 @@ from ..criteria import CRITERIA, Cost, score_units
 from ..data import as_tensors, check_xy, stream_source
 from .descent import Guard, greedy, progressive, rank_and_prune, visiting_plan
 from ..engines.build import make_engine
-from ..engines.sharded import ShardedEngine
+from ..engines.sharded import SHARD_BY, ShardedEngine
 from ..core.layout import to_channels_last, to_default
 from ..core.metrics import evaluate
 from ..core.result import PruneResult, equivalence_tolerance, model_label
@@ -169,6 +169,9 @@ distributed : bool or ProcessGroup
     default group; launched with ``torchrun --nproc-per-node N``): every rank runs the same session and gets
     the same result, each scores its shard of the calibration set
     (:class:`cswap_nb.engines.sharded.ShardedEngine`, cswap_nb/METHOD.md §10). Only rank 0 shows progress.
+shard_by : {"images", "classes"}
+    With ``distributed=``, how the calibration set is cut among the ranks: each class's images shared among all
+    ranks (default; every early-decision stage is shared evenly), or each class given whole to one rank.
 **options
     Any field of :class:`~cswap_nb.core.config.CSwapConfig` (its docstring says what each means), replacing
     those of ``config``; each with its default:
@@ -207,7 +210,7 @@ class PruneSession:
                  ratio: float | None = None, params: int | None = None, counts: dict[str, int] | None = None,
                  scores: dict[str, Tensor] | None = None, eval_data=None, guard_data=None,
                  ignored_layers: list[nn.Module] | None = None, progress: bool = True, model_name: str | None = None,
-                 distributed=False, **options):
+                 distributed=False, shard_by: str = "images", **options):
         self.t_start = time.perf_counter()
         self.strategy = strategy_of(method)
         self.method, self.config = method, make_config(config, **options)
@@ -219,6 +222,9 @@ class PruneSession:
             raise ValueError(f"max_drop={self.config.max_drop} needs guard_data=, a validation split (e.g. the zoo's "
                              "data.val) on which the guard measures the pruned network; not the test set")
         self.distributed, self.group = _check_distributed(distributed)
+        if shard_by not in SHARD_BY:
+            raise ValueError(f"shard_by must be one of {SHARD_BY}, got {shard_by!r}")
+        self.shard_by = shard_by
         if self.distributed and torch.distributed.get_rank(self.group) != 0:
             progress = False  # one bar for the whole group
         self.model, self.scores, self.eval_data, self.progress = model, scores, eval_data, progress
@@ -313,7 +319,7 @@ class PruneSession:
         if self._engine is None:
             engine = self.build_engine()
             if self.distributed:
-                engine = ShardedEngine(engine, self.group)
+                engine = ShardedEngine(engine, self.group, self.shard_by)
             self._engine = engine
         return self._engine
 
@@ -467,6 +473,7 @@ class PruneSession:
                         "world_size": torch.distributed.get_world_size(self.group) if self.distributed else 1,
                         "local_samples": (e.local_samples if self.distributed and e is not None else None)
                         or int(len(self.x)),
+                        "shard_by": self.shard_by if self.distributed else None,
                         "scores_per_pass": int(len(self.test_y)),
                         "forward_passes": round(self.cost.forward_passes, 3),
                         "backward_passes": round(self.cost.backward_passes, 3)},
