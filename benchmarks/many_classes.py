@@ -25,22 +25,9 @@ import time
 
 import torch
 import torch.nn.functional as F
-from sklearn.cluster import KMeans
 from torch import nn
 
 import cswap_nb as cs
-
-
-def fine_labels(x_train, y_train, x_test, y_test, per_class: int, seed: int = 0):
-    """Class c's cluster j becomes fine label c * per_class + j (k-means on 14x14 thumbnails)."""
-    thumbs = lambda x: F.avg_pool2d(x, 2).flatten(1).numpy()  # noqa: E731
-    fine_tr, fine_te = torch.empty_like(y_train), torch.empty_like(y_test)
-    for c in y_train.unique().tolist():
-        tr, te = (y_train == c).nonzero().flatten(), (y_test == c).nonzero().flatten()
-        km = KMeans(per_class, n_init=3, random_state=seed).fit(thumbs(x_train[tr]))
-        fine_tr[tr] = torch.as_tensor(km.labels_, dtype=torch.long) + c * per_class
-        fine_te[te] = torch.as_tensor(km.predict(thumbs(x_test[te])), dtype=torch.long) + c * per_class
-    return fine_tr, fine_te
 
 
 def mlp(classes: int) -> nn.Module:
@@ -81,7 +68,7 @@ def main(argv=None) -> dict:
     x_te, y_te = test_split
     x_tr, x_ho = x_all[:-5000], x_all[-5000:]
     t0 = time.perf_counter()
-    fine_all, fine_te = fine_labels(x_all, y_all, x_te, y_te, args.fine)
+    fine_all, fine_te = cs.data.fine_labels(x_all, y_all, x_te, y_te, args.fine)
     print(f"fine labels: {int(fine_all.max()) + 1} classes, {time.perf_counter() - t0:.1f} s", flush=True)
     to_coarse = torch.arange(int(fine_all.max()) + 1) // args.fine
     report = {}

@@ -250,3 +250,28 @@ def test_fashion_subset_is_redrawn_byte_for_byte(tmp_path):
 
     path = D.write_fashion_subset(tmp_path / "again.npz")
     assert sha256_of(path) == D.FASHION_SUBSET_SHA256 == sha256_of(D.shipped_subset_path())
+
+
+def test_fine_labels_split_each_class_into_its_own_clusters():
+    """cs.data.fine_labels: class c's images get labels c * k .. c * k + k - 1, every cluster used, the test
+    images take a cluster of their own class, the same draw for the same seed; two well-separated blobs per
+    class are found as two clusters."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 2, 1, 28, 28, generator=g) * 3  # class, blob
+    y = torch.arange(3).repeat_interleave(40)
+    blob = torch.arange(40).remainder(2).repeat(3)
+    x = centres[y, blob] + 0.1 * torch.randn(120, 1, 28, 28, generator=g)
+    y_test, blob_test = torch.tensor([0, 1, 2, 2]), torch.tensor([1, 0, 0, 1])
+    x_test = centres[y_test, blob_test]
+    fine, fine_test = cs.data.fine_labels(x, y, x_test, y_test, 2)
+    assert torch.equal(fine // 2, y) and torch.equal(fine_test // 2, y_test)
+    assert sorted(fine.unique().tolist()) == list(range(6))
+    for c in range(3):  # each blob is one cluster
+        for b in range(2):
+            assert fine[(y == c) & (blob == b)].unique().numel() == 1
+    same = fine[(y == 2) & (blob == 1)][0]
+    assert fine_test[3] == same and fine_test[2] != same
+    again, _ = cs.data.fine_labels(x, y, x_test, y_test, 2)
+    assert torch.equal(again, fine)
+    with pytest.raises(ValueError, match="fewer than per_class=50"):
+        cs.data.fine_labels(x, y, x_test, y_test, 50)

@@ -342,6 +342,30 @@ def load_fashion_mnist(split: str = "train", root=None, download: bool = True) -
     return Split(normalize_fashion(images), labels.long())
 
 
+def fine_labels(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, per_class: int,
+                seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Finer classes derived from the images, for experiments with many classes on real data: each class is
+    split into ``per_class`` clusters by k-means (scikit-learn, ``seed``) on 2x2-pooled thumbnails of its
+    ``x_train`` images; class ``c``'s cluster ``j`` becomes label ``c * per_class + j``, and a ``x_test`` image
+    takes the nearest centroid of its own class. Returns the fine labels of both sets; ``fine // per_class``
+    gives the original class back. (``benchmarks/many_classes.py``, notebook 02.)"""
+    from sklearn.cluster import KMeans
+
+    if per_class < 1:
+        raise ValueError(f"per_class must be at least 1, got {per_class}")
+    thumbs = lambda x: F.avg_pool2d(x.float(), 2).flatten(1).numpy()  # noqa: E731
+    fine_train, fine_test = torch.empty_like(y_train), torch.empty_like(y_test)
+    for c in y_train.unique().tolist():
+        tr, te = (y_train == c).nonzero().flatten(), (y_test == c).nonzero().flatten()
+        if len(tr) < per_class:
+            raise ValueError(f"class {c} has {len(tr)} training images, fewer than per_class={per_class} clusters")
+        km = KMeans(per_class, n_init=3, random_state=seed).fit(thumbs(x_train[tr]))
+        fine_train[tr] = torch.as_tensor(km.labels_, dtype=torch.long) + c * per_class
+        if len(te):
+            fine_test[te] = torch.as_tensor(km.predict(thumbs(x_test[te])), dtype=torch.long) + c * per_class
+    return fine_train, fine_test
+
+
 def stratified_indices(labels: Tensor, per_class: int, seed: int, exclude: Tensor | None = None) -> Tensor:
     """``per_class`` indices of each class, drawn without replacement (seeded), sorted; ``exclude``d
     indices are never drawn."""
