@@ -25,6 +25,7 @@ Bottleneck use :class:`cswap_nb.models.families.resnet.TimmResNetCanonizer`. Oth
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -112,7 +113,11 @@ def _gather(layer: UnitLayer, per_point: dict[str, Tensor]) -> Tensor:
     """Sum per-channel scores of every mask point onto the layer's units."""
     out = torch.zeros(layer.size)
     for name, per_unit in layer.points.items():
-        out += per_point[name][per_unit].detach().float().cpu()
+        values = per_point[name].detach().float().cpu()
+        if layer.slots is not None:  # a unit of several channels (a grouped conv's slot): their sum
+            out += torch.stack([values[c].sum() for c in per_unit])
+        else:
+            out += values[per_unit]
     return out
 
 
@@ -148,9 +153,7 @@ def score_bn_scale(model, layers, x=None, y=None, **_) -> Scores:
                if isinstance(modules[n], nn.modules.batchnorm._NormBase) and modules[n].weight is not None}
         if not bns:
             raise ValueError(f"bn-scale: layer {layer.name} is not followed by an affine BatchNorm")
-        out[layer.name] = _gather(UnitLayer(layer.name, layer.kind, layer.size,
-                                            {n: layer.points[n] for n in bns}, layer.magnitude, layer.position),
-                                  bns)
+        out[layer.name] = _gather(dataclasses.replace(layer, points={n: layer.points[n] for n in bns}), bns)
     return out
 
 

@@ -28,9 +28,10 @@ def own_labels(model: nn.Module, n: int = 60, seed: int = 0):
     return x[keep], y[keep]
 
 
-def small_torchvision_bottleneck() -> nn.Module:
+def small_torchvision_bottleneck(groups: int = 1) -> nn.Module:
     torch.manual_seed(1)
-    model = ResNet(Bottleneck, [1, 1, 1, 1], num_classes=3, width_per_group=8).eval()
+    model = ResNet(Bottleneck, [1, 1, 1, 1], num_classes=3, groups=groups, width_per_group=8 // groups * 2
+                   if groups > 1 else 8).eval()
     with torch.no_grad():  # a less degenerate random network: spread the BN statistics
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -40,12 +41,12 @@ def small_torchvision_bottleneck() -> nn.Module:
 
 
 @pytest.mark.parametrize("which", [pytest.param("timm-resnet18-digits", marks=pytest.mark.slow),  # ~21 s
-                                   "torchvision-bottleneck"])
+                                   "torchvision-bottleneck", "torchvision-resnext"])
 def test_fast_and_naive_engines_take_identical_decisions(which, zoo_model):
     if which == "timm-resnet18-digits":  # with the coupled residual streams
         model, (x, y), k, scope = zoo_model, cs.data.load_digits().train, 5, "all"
-    else:  # Bottleneck blocks: two internal layers per block
-        model = small_torchvision_bottleneck()
+    else:  # Bottleneck blocks: two internal layers per block (ResNeXt: units of one slot of the grouped conv)
+        model = small_torchvision_bottleneck(4 if which == "torchvision-resnext" else 1)
         x, y = own_labels(model)
         k, scope = 4, "internal"
     kwargs = dict(samples_per_class=k, progress=False, scope=scope)
@@ -53,6 +54,9 @@ def test_fast_and_naive_engines_take_identical_decisions(which, zoo_model):
     naive = cs.prune(model, (x, y), engine="naive", **kwargs)
     assert fast.engine["fallback"] is None and fast.engine["path"] == "graph"
     assert_same_decisions(fast, naive)
+    if which == "torchvision-resnext":
+        slotted = {"layer1.0.conv1", "layer1.0.conv2"}  # feed / leave the grouped conv2: one slot per unit
+        assert slotted <= set(fast.labels.layer) and fast.labels[fast.labels.layer.isin(slotted)].pruned.any()
     if len(naive.labels.classes.iloc[0]) > 1:
         assert (fast.labels.classes.map(len) < len(naive.labels.classes.iloc[0])).any()  # some decided early
     # the fast engine really skipped work

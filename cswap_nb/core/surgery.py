@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from ..models.families.attention import head_attention_modules, remove_heads  # noqa: F401 (re-exported)
-from .units import build_graph
+from .units import build_graph, grouped_slots
 
 
 def remove_units(model: nn.Module, example: Tensor, pruned: dict[str, list[int]]) -> nn.Module:
@@ -16,7 +16,9 @@ def remove_units(model: nn.Module, example: Tensor, pruned: dict[str, list[int]]
     Each anchor's output channels are removed together with every coupled producer and
     the matching inputs of every consumer, as Torch-Pruning's dependency graph finds them.
     A name of a timm attention module (a ``"heads"`` unit layer) removes those heads with
-    :func:`remove_heads`. Returns ``model`` (now smaller).
+    :func:`remove_heads`. Where the anchor's channels feed or leave a grouped convolution, a unit is a
+    slot of channels (:func:`~cswap_nb.core.units.grouped_slots`, as the unit layer counts them) and all of
+    its channels go. Returns ``model`` (now smaller).
     """
     todo = {name: sorted(set(idx)) for name, idx in pruned.items() if idx}
     if not todo:
@@ -34,6 +36,11 @@ def remove_units(model: nn.Module, example: Tensor, pruned: dict[str, list[int]]
     for name, idxs in todo.items():
         anchor = modules[name]
         fn = tp.prune_linear_out_channels if isinstance(anchor, nn.Linear) else tp.prune_conv_out_channels
+        if any(isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 for m in modules.values()):
+            width = anchor.out_features if isinstance(anchor, nn.Linear) else anchor.out_channels
+            slots = grouped_slots(graph.get_pruning_group(anchor, fn, idxs=list(range(width))))
+            if slots is not None:
+                idxs = sorted(c for u in idxs for c in slots[u])
         group = graph.get_pruning_group(anchor, fn, idxs=idxs)
         group.prune()
     model.train(was_training)

@@ -70,7 +70,10 @@ class UnitLayer:
     ``head_dim``: channels per head (``"heads"`` layers only, else 0);
     ``auto_group``: how many units are tested together when ``group_size=None`` (auto,
     cswap_nb/METHOD.md §3, :func:`auto_group_size`): 4 for wide transformer MLP layers, enough for at most 256
-    tests in other fully connected layers wider than 1,024 units, else 1.
+    tests in other fully connected layers wider than 1,024 units, else 1;
+    ``slots``: for channels that feed (or leave) a grouped convolution, the anchor's channels of each unit
+    (:func:`grouped_slots`: slot *j* of every group, removed together); then each ``points`` entry is the
+    list of that unit's channels. None: one channel per unit, unit *u* is the anchor's channel *u*.
     """
 
     name: str
@@ -83,6 +86,7 @@ class UnitLayer:
     magnitude_l2: Tensor | None = None
     head_dim: int = 0
     auto_group: int = 1
+    slots: list[list[int]] | None = None
 
 
 # Neuron groups on by default (group_size=None): transformer MLP layers wider than this
@@ -119,7 +123,7 @@ IGNORED_LAYER = "ignored layer (ignored_layers=)"
 OUTPUT_LAYER = "output layer (the classifier)"
 AUXILIARY_HEAD = "auxiliary head (runs in training only)"
 QKV_ROWS = "attention q/k/v (units only as whole heads)"
-GROUPED_CONV = "feeds a grouped convolution (ResNeXt/RegNet)"
+GROUPED_CONV = "feeds a grouped convolution with other channels (no whole slots)"
 STAT_NORM = "channels coupled to LayerNorm/GroupNorm"
 NOT_ONE_TO_ONE = "not a one-to-one channel mapping"
 NO_MASK_POINT = "no conv/linear/norm output to mask"
@@ -412,13 +416,13 @@ def _layer_from_group(group, graph, names, order) -> tuple[UnitLayer | None, str
         return None, NO_MASK_POINT
     if any(isinstance(item.dep.target.module, STAT_NORMS) for item in group):
         return None, STAT_NORM  # LayerNorm/GroupNorm channels: masking cannot equal removal
-    for item in group:
-        mod = item.dep.target.module
-        if isinstance(mod, nn.modules.conv._ConvNd) and mod.groups > 1:
-            depthwise = mod.groups == mod.in_channels == mod.out_channels
-            if not (depthwise and any(i.dep.target.module is mod and _is_out_pruning(i.dep) for i in group)):
-                return None, GROUPED_CONV  # feeds a grouped conv (ResNeXt): one channel alone cannot be removed
-    size = len(group[0].idxs)
+    slots = None
+    if any(_cuts_channels(item.dep.target.module, group) for item in group):
+        slots = grouped_slots(group)
+        if slots is None:
+            return None, GROUPED_CONV  # grouped convs that slice these channels differently: no common unit
+    size = len(slots) if slots is not None else len(group[0].idxs)
+    unit_of = ({root: u for u, roots in enumerate(slots) for root in roots} if slots is not None else None)
     producers, norms = [], []
     for item in group:
         mod = item.dep.target.module
@@ -440,6 +444,14 @@ def _layer_from_group(group, graph, names, order) -> tuple[UnitLayer | None, str
     for item in group:
         mod = item.dep.target.module
         if mod in mask_modules and _is_out_pruning(item.dep) and names[mod] not in points:
+            if unit_of is not None:
+                channels: list[list[int]] = [[] for _ in range(size)]
+                for idx, root_idx in zip(item.idxs, item.root_idxs):
+                    channels[unit_of[int(root_idx)]].append(int(idx))
+                if [len(c) for c in channels] != [len(roots) for roots in slots]:
+                    return None, NOT_ONE_TO_ONE
+                points[names[mod]] = [sorted(c) for c in channels]
+                continue
             per_unit = [-1] * size
             for idx, root_idx in zip(item.idxs, item.root_idxs):
                 per_unit[int(root_idx)] = int(idx)
@@ -455,8 +467,9 @@ def _layer_from_group(group, graph, names, order) -> tuple[UnitLayer | None, str
             w = mod.weight.detach().reshape(mod.weight.shape[0], -1)
             l1, sq = w.abs().sum(1).cpu(), w.pow(2).sum(1).cpu()
             for idx, root_idx in zip(item.idxs, item.root_idxs):
-                magnitude[int(root_idx)] += l1[int(idx)]
-                squares[int(root_idx)] += sq[int(idx)]
+                u = int(root_idx) if unit_of is None else unit_of[int(root_idx)]
+                magnitude[u] += l1[int(idx)]
+                squares[u] += sq[int(idx)]
     # depthwise convs pass channel i to channel i: they do not make a group "coupled"
     real = [p for p in producers if not is_depthwise(p)] or producers
     kind = "internal" if len(real) == 1 else "coupled"
@@ -470,8 +483,82 @@ def _layer_from_group(group, graph, names, order) -> tuple[UnitLayer | None, str
     return UnitLayer(
         name=names[anchor], kind=kind, size=size, points=points, magnitude=magnitude,
         position=order.get(anchor, len(order)), producers=[names[p] for p in producers],
-        magnitude_l2=squares.sqrt(),
+        magnitude_l2=squares.sqrt(), slots=slots,
     ), None
+
+
+def _is_grouped(module) -> bool:
+    return isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
+
+
+def _cuts_channels(module, group) -> bool:
+    """Whether ``module`` is a grouped conv that keeps the channels of ``group`` from going one by one: any
+    grouped conv but a depthwise one whose outputs are in the group (it maps channel i to channel i)."""
+    if not _is_grouped(module):
+        return False
+    return not (is_depthwise(module) and any(i.dep.target.module is module and _is_out_pruning(i.dep) for i in group))
+
+
+def grouped_slots(group) -> list[list[int]] | None:
+    """The units of a channel group that grouped convolutions slice: the root's channel indices of each
+    unit, or None when there is no such partition (cswap_nb/METHOD.md §4).
+
+    A conv with ``groups=G`` over ``C`` channels reads (or writes) them in G blocks of ``S = C / G``. One
+    channel alone cannot go: every block must keep the same width. What can go is a *slot*: position *j* of
+    every block, G channels, after which the conv still has G groups of ``S - 1``. This is what Torch-Pruning's
+    handlers do with such indices (a whole block instead would break its grouped-conv handler), and masking a
+    slot's channels equals removing them. When several grouped convs slice the group differently, a unit is
+    the smallest set of channels that is a union of slots for each of them. Every grouped conv must see all
+    its channels in the group (not one input of a concatenation), and at least two units must result. A
+    depthwise conv whose outputs are in the group maps channel *i* to *i* and cuts nothing. Units are
+    ordered by their first root channel."""
+    parent: dict[int, int] = {}
+
+    def find(a: int) -> int:
+        while parent.setdefault(a, a) != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    grouped = False
+    for item in group:
+        mod = item.dep.target.module
+        if not _cuts_channels(mod, group):
+            continue  # not a grouped conv, or a depthwise one: channel i in, channel i out
+        if is_depthwise(mod):
+            return None
+        width = mod.out_channels if _is_out_pruning(item.dep) else mod.in_channels
+        if len(item.idxs) != width or width % mod.groups:
+            return None
+        grouped = True
+        per_block = width // mod.groups
+        first: dict[int, int] = {}
+        for idx, root in zip(item.idxs, item.root_idxs):
+            root = int(root)
+            slot = int(idx) % per_block
+            if slot in first:
+                parent[find(root)] = find(first[slot])
+            else:
+                first[slot] = find(root)
+    if not grouped:
+        return None
+    units: dict[int, list[int]] = {}
+    for root in sorted(int(r) for r in group[0].root_idxs):
+        units.setdefault(find(root), []).append(root)
+    partition = sorted(units.values())
+    return partition if len(partition) > 1 else None
+
+
+def unit_channels(per_unit: list, units) -> list[int]:
+    """The channels of ``units`` at one mask point (``points`` entries: a channel, or a list for a slot)."""
+    out: list[int] = []
+    for u in units:
+        c = per_unit[u]
+        if isinstance(c, list):
+            out.extend(c)
+        else:
+            out.append(c)
+    return out
 
 
 def _coverage(model: nn.Module, scope: str, kept: list, heads: list[tuple[str, nn.Module]],
@@ -500,11 +587,12 @@ def _coverage(model: nn.Module, scope: str, kept: list, heads: list[tuple[str, n
     in_units = removable = 0
     names = {id(p): name for name, p in model.named_parameters()}
     slices: dict[str, list[tuple[str, int, int]]] | None = {}
-    sized = [(layer.name, layer.size, group, _group_removal) for layer, group in kept]
-    sized += [(attn_name, attn.num_heads, attn, head_removal) for attn_name, attn in heads]
-    for name, size, group, removal in sized:
+    sized = [(layer.name, layer.size, group, _group_removal, layer.slots[0] if layer.slots else 0)
+             for layer, group in kept]
+    sized += [(attn_name, attn.num_heads, attn, head_removal, 0) for attn_name, attn in heads]
+    for name, size, group, removal, first in sized:
         in_units += add(everything, removal(group))
-        spared = list(removal(group, keep=0))
+        spared = list(removal(group, keep=first))
         removable += add(most, spared)
         if slices is not None:
             slices[name] = _slices(spared, size, names)
@@ -594,11 +682,12 @@ class Footprints:
         return total
 
 
-def _group_removal(group, keep: int | None = None):
+def _group_removal(group, keep: int | list[int] | None = None):
     """(parameter, flat bool mask of the elements deleted) for each item of a full channel group,
-    the group's unit ``keep`` spared (None: every unit removed)."""
+    the root channel ``keep`` (or the channels of a slot, a list) spared (None: every unit removed)."""
+    spare = set() if keep is None else {keep} if isinstance(keep, int) else set(keep)
     for item in group:
-        idxs = [int(i) for i, r in zip(item.idxs, item.root_idxs) if keep is None or int(r) != keep]
+        idxs = [int(i) for i, r in zip(item.idxs, item.root_idxs) if int(r) not in spare]
         if idxs:
             yield from _removed_elements(item.dep, idxs)
 
@@ -735,7 +824,7 @@ class Masker:
         self.removed[layer_name][units] = removed
         keep = self._keep_heads if layer.kind == "heads" else self._keep
         for mod_name, per_unit in layer.points.items():
-            idx = [per_unit[u] for u in units]
+            idx = unit_channels(per_unit, units)
             keep[mod_name][idx] = 0.0 if removed else 1.0
 
     def pruned(self) -> dict[str, list[int]]:

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from ..core.layout import to_channels_last
 from ..core.result import equivalence_tolerance
 from ..core.surgery import count_macs, remove_units
-from ..core.units import Masker, UnitLayer
+from ..core.units import Masker, UnitLayer, unit_channels
 from .graph import GraphEngine
 from .base import EngineWrapper, Rows, ScoreEngine
 
@@ -41,7 +41,9 @@ def _remapped(layer: UnitLayer, gone: dict[str, list[int]]) -> UnitLayer:
     points = {}
     for mod, per_unit in layer.points.items():
         cut = gone.get(mod)
-        points[mod] = per_unit if not cut else [c - bisect.bisect_left(cut, c) for c in per_unit]
+        points[mod] = per_unit if not cut else [
+            [i - bisect.bisect_left(cut, i) for i in c] if isinstance(c, list) else c - bisect.bisect_left(cut, c)
+            for c in per_unit]
     return dataclasses.replace(layer, points=points)
 
 
@@ -61,7 +63,7 @@ class _Compact:
         for name, units in self.sliced.items():
             if layers[name].kind != "heads":
                 for mod, per_unit in layers[name].points.items():
-                    gone.setdefault(mod, set()).update(per_unit[u] for u in units)
+                    gone.setdefault(mod, set()).update(unit_channels(per_unit, units))
         cut = {mod: sorted(chs) for mod, chs in gone.items()}
         self.layers = {name: _remapped(layer, cut) for name, layer in layers.items() if name not in self.sliced}
         self.masker = Masker(model, list(self.layers.values()))
