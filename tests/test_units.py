@@ -242,7 +242,78 @@ def test_norm_coupled_channels_are_a_reason():
     conv, gn = model[3], model[4]
     assert cov.excluded[STAT_NORM] == conv.bias.numel() + gn.weight.numel() + gn.bias.numel()
     assert cov.in_units == cov.params - cov.excluded[STAT_NORM] - model[11].bias.numel()
-    assert "channels coupled to LayerNorm/GroupNorm" in str(cov)
+    assert "channels coupled to GroupNorm" in str(cov)
+
+
+def tiny_convnext() -> nn.Module:
+    """A ConvNeXt in miniature (torchvision's own blocks): a stem conv and LayerNorm2d, two CNBlocks (depthwise
+    conv, channels-last LayerNorm, MLP, layer scale, residual), a final LayerNorm2d; LayerNorm affine
+    parameters spread so that a wrong statistic would show."""
+    from torchvision.models.convnext import CNBlock, LayerNorm2d
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 4, stride=4), LayerNorm2d(16), CNBlock(16, 0.5, 0.0), CNBlock(16, 0.5, 0.0),
+                          LayerNorm2d(16), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+        for block in (model[2], model[3]):
+            block.block[0].bias.uniform_(-1, 1)  # the depthwise conv's bias reaches the norm at a removed channel
+    return model
+
+
+def test_layernorm_coupled_channels_are_units_whose_norm_is_recomputed(own_label_data):
+    """The residual stream of a ConvNeXt runs through LayerNorms. A mask that zeroes a channel would leave it in
+    the norm's mean and variance; the masker recomputes each LayerNorm over the kept channels instead, so masked
+    equals removed, where plain zeroing does not."""
+    model = tiny_convnext()
+    x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    layers, cov = survey_units(model, x[:1], scope="all")
+    stream = next(layer for layer in layers if layer.name == "0")
+    assert layer_norms(model, stream) == ["1", "2.block.2", "3.block.2", "4"]
+    assert STAT_NORM not in cov.excluded and cov.share > 0.99  # all but the classifier's bias
+    cut = {"0": [1, 4, 9], "2.block.3": [5, 20, 31]}
+    masker = Masker(model, layers)
+    for name, units in cut.items():
+        masker.set(name, units, True)
+    with torch.no_grad():
+        masked = model(x)
+    masker.remove()
+    pruned = remove_units(copy.deepcopy(model), x[:1], cut)
+    with torch.no_grad():
+        assert (pruned(x) - masked).abs().max() < 1e-4
+        assert (model(x) - masked).abs().max() > 1e-2
+    assert pruned[1].normalized_shape == (13,) and cov.footprints.params_after(cut) == count_params(pruned)
+    # zeroing alone would not do: the same cut with the norms' channels only multiplied by 0
+    zeroed = copy.deepcopy(model)
+    keep = torch.ones(16)
+    keep[cut["0"]] = 0
+    for name in ["0", "2.block.5", "3.block.5"]:  # the stream's producers
+        zeroed.get_submodule(name).register_forward_hook(
+            lambda m, i, o: o * (keep.view(1, -1, 1, 1) if o.ndim == 4 and o.shape[1] == 16 else keep))
+    masker = Masker(model, layers)
+    masker.set("2.block.3", cut["2.block.3"], True)
+    with torch.no_grad():
+        assert (pruned(x) - zeroed(x)).abs().max() > 1e-2
+    masker.remove()
+
+
+def test_layernorm_streams_take_the_naive_engines_decisions(own_label_data):
+    from _helpers import assert_same_decisions
+
+    model = tiny_convnext()
+    x, y = own_label_data(model, n=60, shape=(3, 16, 16), min_per_class=4)
+    kwargs = dict(samples_per_class=4, progress=False, scope="all")
+    fast = cs.prune(model, (x, y), engine="fast", **kwargs)
+    naive = cs.prune(model, (x, y), engine="naive", **kwargs)
+    assert_same_decisions(fast, naive)
+    assert "0" in set(fast.labels.layer) and fast.equivalence_max_abs_diff < 1e-4
+
+
+def layer_norms(model: nn.Module, layer) -> list[str]:
+    return [n for n in layer.points if isinstance(model.get_submodule(n), nn.LayerNorm)]
 
 
 def test_plain_resnet_prunes_without_a_coverage_warning(tiny_resnet, own_label_data):

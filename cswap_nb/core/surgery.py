@@ -42,9 +42,31 @@ def remove_units(model: nn.Module, example: Tensor, pruned: dict[str, list[int]]
             if slots is not None:
                 idxs = sorted(c for u in idxs for c in slots[u])
         group = graph.get_pruning_group(anchor, fn, idxs=idxs)
+        norms = _layer_norm_rows(group)
         group.prune()
+        for norm, kept, params in norms:  # Torch-Pruning 1.6.1 may keep a LayerNorm's rows out of order
+            for pname, value in params.items():
+                setattr(norm, pname, nn.Parameter(value[kept], requires_grad=value.requires_grad))
     model.train(was_training)
     return model
+
+
+def _layer_norm_rows(group) -> list[tuple[nn.LayerNorm, list[int], dict[str, Tensor]]]:
+    """The LayerNorms a pruning group slices: each with the channels it keeps, in order, and its affine
+    parameters before. Torch-Pruning 1.6.1's LayerNorm handler builds the kept indices from a set and calls
+    ``Tensor.sort()``, which does not sort in place, so the kept weights can come out permuted (seen on a
+    ConvNeXt stream keeping channels 1, 8, 9, 14); :func:`remove_units` writes them back in order."""
+    out, seen = [], set()
+    for item in group:
+        mod = item.dep.target.module
+        if not isinstance(mod, nn.LayerNorm) or id(mod) in seen or not mod.elementwise_affine:
+            continue
+        seen.add(id(mod))
+        gone = {int(i) for i in item.idxs}
+        kept = [c for c in range(mod.normalized_shape[-1]) if c not in gone]
+        params = {name: p.detach().clone() for name, p in (("weight", mod.weight), ("bias", mod.bias)) if p is not None}
+        out.append((mod, kept, params))
+    return out
 
 
 def count_params(model: nn.Module) -> int:

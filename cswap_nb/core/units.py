@@ -24,8 +24,11 @@ Per family (cswap_nb/METHOD.md §4):
   last removes the depthwise BN's shift, so masked == physically pruned.
 * ViT (timm): MLP hidden units (``fc1`` outputs; GELU(0) = 0, so zeroing ``fc1``'s output
   equals zeroing after the GELU) and whole attention heads (``kind="heads"``, below).
-  Channels normalised by a LayerNorm or GroupNorm (the embedding stream) are never units:
-  removing one changes the norm's statistics, which no mask can reproduce.
+  The embedding stream is read by every block's q/k/v, so it is never a unit layer (only whole heads).
+* Channels normalised by a LayerNorm (a ConvNeXt's residual stream, under ``scope="all"``): zeroing a channel
+  would leave it in the norm's mean and variance, so the masker recomputes each such LayerNorm over the kept
+  channels (:func:`masked_layer_norm`), which equals the smaller norm removal leaves. GroupNorm channels are
+  never units: a removed channel changes which channels share a group.
 
 Attention heads are not a Torch-Pruning group: unit ``h`` of a ``"heads"`` layer is the
 ``q``, ``k`` and ``v`` rows of head ``h`` in ``attn.qkv`` plus the matching input columns of
@@ -124,7 +127,7 @@ OUTPUT_LAYER = "output layer (the classifier)"
 AUXILIARY_HEAD = "auxiliary head (runs in training only)"
 QKV_ROWS = "attention q/k/v (units only as whole heads)"
 GROUPED_CONV = "feeds a grouped convolution with other channels (no whole slots)"
-STAT_NORM = "channels coupled to LayerNorm/GroupNorm"
+STAT_NORM = "channels coupled to GroupNorm (or a LayerNorm of another layout)"
 NOT_ONE_TO_ONE = "not a one-to-one channel mapping"
 NO_MASK_POINT = "no conv/linear/norm output to mask"
 NO_GROUP = "in no channel group"
@@ -206,8 +209,50 @@ def is_depthwise(module: nn.Module) -> bool:
 
 def channel_dim(module: nn.Module) -> int:
     """The dimension of ``module``'s output that holds its units: the last for a linear layer or a
-    LayerNorm (token layouts), 1 for the rest (channels-first)."""
-    return -1 if isinstance(module, (nn.Linear, nn.LayerNorm)) else 1
+    LayerNorm (token layouts), 1 for the rest (channels-first), including a LayerNorm subclass with its own
+    ``forward`` (torchvision's and timm's ``LayerNorm2d`` normalise dim 1 of an NCHW tensor)."""
+    if isinstance(module, nn.LayerNorm):
+        return 1 if type(module).forward is not nn.LayerNorm.forward else -1
+    return -1 if isinstance(module, nn.Linear) else 1
+
+
+def masked_layer_norm(module: nn.LayerNorm, x: Tensor, keep: Tensor, dim: int) -> Tensor:
+    """What ``module`` computes on ``x`` once the channels where ``keep`` is 0 are removed, at full width:
+    mean and variance over the kept channels only, the kept channels normalised with their own weight and
+    bias, the removed ones 0. Equals the LayerNorm Torch-Pruning shrinks, fed the kept channels."""
+    xm = x.movedim(dim, -1) if dim != -1 else x
+    k = keep.to(device=x.device, dtype=x.dtype)
+    n = k.sum()
+    mean = (xm * k).sum(-1, keepdim=True) / n
+    centred = (xm - mean) * k
+    var = (centred * centred).sum(-1, keepdim=True) / n
+    y = centred * torch.rsqrt(var + module.eps)
+    if module.weight is not None:
+        y = y * module.weight
+    if module.bias is not None:
+        y = y + module.bias
+    y = y * k
+    return y.movedim(-1, dim) if dim != -1 else y
+
+
+def _maskable_norm(module: nn.Module) -> bool:
+    """Whether removing a channel of ``module`` can be done by :func:`masked_layer_norm`: a LayerNorm over one
+    dimension whose output, for a random input, equals that formula with every channel kept (so its layout is
+    the one :func:`channel_dim` says). GroupNorm never: a removed channel changes which channels share a group."""
+    if not isinstance(module, nn.LayerNorm) or len(module.normalized_shape) != 1:
+        return False
+    c, dim = module.normalized_shape[0], channel_dim(module)
+    p = next(iter(module.parameters()), None)
+    x = torch.randn((2, 3, c) if dim == -1 else (2, c, 2, 3), generator=torch.Generator().manual_seed(0))
+    if p is not None:
+        x = x.to(p.device, p.dtype)
+    try:
+        with torch.no_grad():
+            expected = module(x)
+            ours = masked_layer_norm(module, x, torch.ones(c), dim)
+    except Exception:  # noqa: BLE001 - a layout the formula does not fit
+        return False
+    return expected.shape == ours.shape and bool(torch.allclose(expected, ours, atol=1e-4, rtol=1e-4))
 
 
 def execution_order(model: nn.Module, example: Tensor) -> dict[nn.Module, int]:
@@ -414,8 +459,9 @@ def _layer_from_group(group, graph, names, order) -> tuple[UnitLayer | None, str
     root = group[0].dep.target.module
     if root not in names or not isinstance(root, PRODUCERS):
         return None, NO_MASK_POINT
-    if any(isinstance(item.dep.target.module, STAT_NORMS) for item in group):
-        return None, STAT_NORM  # LayerNorm/GroupNorm channels: masking cannot equal removal
+    if any(isinstance(item.dep.target.module, STAT_NORMS) and not _maskable_norm(item.dep.target.module)
+           for item in group):
+        return None, STAT_NORM  # GroupNorm channels (or a LayerNorm of another layout): masking cannot equal removal
     slots = None
     if any(_cuts_channels(item.dep.target.module, group) for item in group):
         slots = grouped_slots(group)
@@ -430,8 +476,8 @@ def _layer_from_group(group, graph, names, order) -> tuple[UnitLayer | None, str
             continue
         if isinstance(mod, PRODUCERS) and mod not in producers:
             producers.append(mod)
-        elif isinstance(mod, nn.modules.batchnorm._NormBase) and mod not in norms:
-            norms.append(mod)
+        elif isinstance(mod, (nn.modules.batchnorm._NormBase, nn.LayerNorm)) and mod not in norms:
+            norms.append(mod)  # a LayerNorm is masked by recomputing it over the kept channels (Masker)
     # Mask a producer's output unless a norm layer of the group directly follows it;
     # then mask the norm's output instead (so BN's shift is removed as well).
     followed = set()
@@ -750,8 +796,9 @@ class Masker:
     """Forward hooks that zero chosen units; ``remove()`` restores the model exactly.
 
     ``removed[layer.name]`` is a bool tensor of length ``layer.size`` (True = unit removed).
-    Channel units are zeroed in the output of their mask points; heads in the input of
-    ``attn.proj`` (a forward pre-hook).
+    Channel units are zeroed in the output of their mask points; a LayerNorm mask point is recomputed over
+    its kept channels (:func:`masked_layer_norm`); heads are zeroed in the input of ``attn.proj`` (a forward
+    pre-hook).
     """
 
     def __init__(self, model: nn.Module, layers: list[UnitLayer]):
@@ -778,7 +825,8 @@ class Masker:
                 tensors = list(mod.parameters()) + list(mod.buffers())
                 device = tensors[0].device if tensors else torch.device("cpu")
                 self._keep[mod_name] = torch.ones(n, device=device)
-                self._handles.append(mod.register_forward_hook(self._hook(mod_name, channel_dim(mod))))
+                hook = (self._norm_hook if isinstance(mod, nn.LayerNorm) else self._hook)(mod_name, channel_dim(mod))
+                self._handles.append(mod.register_forward_hook(hook))
 
     @property
     def hooked(self) -> set[str]:
@@ -803,6 +851,17 @@ class Masker:
             shape = [1] * output.ndim
             shape[dim] = -1
             return output * keep.view(shape)
+
+        return hook
+
+    def _norm_hook(self, mod_name: str, dim: int):
+        """A LayerNorm's channels: its output recomputed over the kept channels (:func:`masked_layer_norm`), so
+        that the statistics are those of the smaller norm that removal leaves."""
+        def hook(module, inputs, output):
+            keep = self._keep[mod_name]
+            if bool(keep.all()):
+                return output
+            return masked_layer_norm(module, inputs[0], keep, dim)
 
         return hook
 

@@ -177,8 +177,11 @@ def _region(g: GraphView, layer: UnitLayer, masks: list[fx.Node]):
     downstream = _downstream(masks)
     firsts = [m for m in masks if m not in downstream]
     per_unit = layer.points[firsts[0].target]
-    if any(layer.points[m.target] != per_unit for m in firsts) or layer.slots is not None:
-        return None  # (a unit of several channels, a grouped conv's slot: every downstream node runs)
+    if (any(layer.points[m.target] != per_unit for m in firsts) or layer.slots is not None
+            or any(isinstance(g.modules[m.target], nn.LayerNorm) for m in masks)):
+        # a unit of several channels (a grouped conv's slot), or a LayerNorm mask point (recomputed, not
+        # zeroed, for a candidate): every downstream node runs
+        return None
     dim = channel_dim(g.modules[firsts[0].target])
     zero: dict[fx.Node, bool] = {}
     for n in g.nodes:
