@@ -2,6 +2,7 @@
 
     python benchmarks/prunability.py [--source torchvision|timm|both] [--size 64] [--max-params 150e6]
                                      [--only resnet18,vgg11] [--json PATH] [--markdown PATH]
+                                     [--cswap SECONDS] [--merge PREVIOUS.json]
 
 For every classification architecture of ``torchvision.models`` (and with ``--source timm`` a fixed list of
 common timm families), with random weights, ``num_classes=10`` and ``--size`` x ``--size`` inputs (224 for
@@ -13,7 +14,9 @@ models that need it), it records:
 * ``l1 0.3``: ``cs.prune(model, calib, "l1", ratio=0.3)`` (scope "all"): parameters removed, and the
   largest difference between the masked and the physically pruned model's logits on the calibration images,
   and the largest logit (``max_logit``: float32 rounding grows with it, :func:`cswap_nb.core.result.equivalence_tolerance`);
-* ``C-SWAP tests``: how many causal tests a default analysis would run (its visiting plan), without running it;
+* ``C-SWAP tests``: how many causal tests a default analysis would run (its visiting plan); with ``--cswap S``
+  the analysis also runs (k = 4 on 120 random images labelled by the model, default options), stopped after S
+  seconds: its seconds, the share of the parameters it removed, and ``pruned`` or ``over the limit``;
 * ``status``: ``ok``, or the first line of the error.
 
 The calibration set is 40 random images labelled with the model's own predictions (every sample correctly
@@ -54,7 +57,26 @@ def builders(source: str):
             yield f"timm:{name}", lambda name=name: timm.create_model(name, pretrained=False, num_classes=10)
 
 
-def measure(label: str, build, size: int, max_params: float) -> dict:
+def run_cswap(model, x, y, limit: float) -> dict:
+    """A default C-SWAP analysis at ``samples_per_class=4``, stopped once it has run ``limit`` seconds: its
+    seconds, the share of the parameters removed and the outcome (``pruned``, or ``over the limit``)."""
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        session = cs.PruneSession(model, (x, y), samples_per_class=4, progress=False)
+        done = 0
+        for _ in session.steps():
+            done += 1
+            if time.perf_counter() - t0 > limit:
+                return {"cswap_seconds": round(time.perf_counter() - t0, 1),
+                        "cswap_outcome": f"over the limit: {done} tests in {limit:.0f} s"}
+        res = session.finish()
+    return {"cswap_seconds": round(time.perf_counter() - t0, 1), "cswap_analysis_s": round(res.analysis_seconds, 1),
+            "cswap_removed_pct": round(res.params_removed_pct, 2), "cswap_outcome": "pruned",
+            "cswap_engine": res.engine["path"] or res.engine["name"]}
+
+
+def measure(label: str, build, size: int, max_params: float, cswap_limit: float | None = None) -> dict:
     row = {"model": label}
     t0 = time.perf_counter()
     try:
@@ -92,6 +114,11 @@ def measure(label: str, build, size: int, max_params: float) -> dict:
         row["masked_vs_pruned"] = float(f"{res.equivalence_max_abs_diff:.2g}")
         row["max_logit"] = float(f"{res.equivalence_logit_scale:.2g}")
         row["status"] = "ok"
+        if cswap_limit is not None:
+            xc = torch.randn(120, 3, side, side, generator=torch.Generator().manual_seed(1))
+            with torch.no_grad():
+                yc = torch.cat([model(xc[i:i + 40]) for i in range(0, 120, 40)]).argmax(1)
+            row.update(run_cswap(model, xc, yc, cswap_limit))
     except Exception as exc:  # noqa: BLE001 - reported in the table
         row["status"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''}"
     row["seconds"] = round(time.perf_counter() - t0, 1)
@@ -101,6 +128,8 @@ def measure(label: str, build, size: int, max_params: float) -> dict:
 def markdown(rows: list[dict]) -> str:
     cols = ["model", "params_M", "unit_layers", "units", "in_units_pct", "left_out_mainly", "in_units_all_pct",
             "l1_removed_pct", "masked_vs_pruned", "max_logit", "cswap_tests", "seconds", "status"]
+    if any("cswap_outcome" in r for r in rows):
+        cols[-1:-1] = ["cswap_seconds", "cswap_removed_pct", "cswap_outcome"]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         out.append("| " + " | ".join("" if r.get(c) is None else str(r.get(c)) for c in cols) + " |")
@@ -115,6 +144,11 @@ def main(argv=None) -> None:
     p.add_argument("--only", default=None, help="comma-separated names (without the source prefix)")
     p.add_argument("--json", default=None)
     p.add_argument("--markdown", default=None)
+    p.add_argument("--cswap", type=float, default=None, metavar="SECONDS",
+                   help="also run a default C-SWAP analysis (k = 4, 120 images with the model's own labels), "
+                        "stopped after SECONDS: its time, share removed and outcome")
+    p.add_argument("--merge", default=None, metavar="JSON",
+                   help="a previous --json: its rows are kept, and replaced by this run's rows of the same models")
     args = p.parse_args(argv)
     torch.set_grad_enabled(True)
     only = set(args.only.split(",")) if args.only else None
@@ -122,9 +156,14 @@ def main(argv=None) -> None:
     for label, build in builders(args.source):
         if only is not None and label.split(":", 1)[1] not in only:
             continue
-        row = measure(label, build, args.size, args.max_params)
+        row = measure(label, build, args.size, args.max_params, args.cswap)
         rows.append(row)
         print(json.dumps(row), flush=True)
+    if args.merge:
+        with open(args.merge) as f:
+            new = {r["model"]: r for r in rows}
+            old = json.load(f)
+            rows = [new.pop(r["model"], r) for r in old] + list(new.values())
     ok = [r for r in rows if r.get("status") == "ok"]
     tried = [r for r in rows if not str(r.get("status", "")).startswith("skipped")]
     real = [r for r in ok if r.get("l1_removed_pct", 0) >= 5

@@ -322,7 +322,8 @@ def score_ablation(model, layers, x, y, cost: Cost | None = None, **_) -> Scores
     point of the unit at once) in the dense network, mean over samples; no statistical test.
 
     The same quantity as Captum's ``LayerFeatureAblation`` with a zero baseline and one channel per
-    feature (asserted in tests/test_criteria.py for units with one mask point), computed by C-SWAP's
+    feature (asserted in tests/test_criteria.py for units with one mask point; a grouped conv's slot is one
+    feature of several channels), computed by C-SWAP's
     scoring engine (:func:`cswap_nb.engines.build.make_engine`): each ablation runs only the part of the network
     after the unit, from cached activations, where Captum reruns the whole network once per channel
     (79 s of a 90 s run on resnet18-fashion).

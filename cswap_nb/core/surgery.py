@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from ..models.families.attention import head_attention_modules, remove_heads  # noqa: F401 (re-exported)
-from .units import build_graph, grouped_slots
+from .units import build_graph, grouped_slots, is_depthwise
 
 
 def remove_units(model: nn.Module, example: Tensor, pruned: dict[str, list[int]]) -> nn.Module:
@@ -36,7 +36,9 @@ def remove_units(model: nn.Module, example: Tensor, pruned: dict[str, list[int]]
     for name, idxs in todo.items():
         anchor = modules[name]
         fn = tp.prune_linear_out_channels if isinstance(anchor, nn.Linear) else tp.prune_conv_out_channels
-        if any(isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 for m in modules.values()):
+        if any(isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and not is_depthwise(m) for m in modules.values()):
+            # (the slots are read from this partly pruned model: each grouped conv's side belongs to one group,
+            # which no earlier removal in this loop has changed)
             width = anchor.out_features if isinstance(anchor, nn.Linear) else anchor.out_channels
             slots = grouped_slots(graph.get_pruning_group(anchor, fn, idxs=list(range(width))))
             if slots is not None:

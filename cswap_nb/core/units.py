@@ -2,7 +2,8 @@
 
 A *unit layer* is one group of coupled channels as Torch-Pruning's ``DependencyGraph``
 sees it: removing channel ``i`` of the group's root layer removes channel ``i`` of every
-coupled producer and the matching inputs of every consumer. A *unit* is one index of it.
+coupled producer and the matching inputs of every consumer. A *unit* is one index of it, or, where
+grouped convolutions read or write the channels, one *slot* of several (:func:`grouped_slots`).
 
 ``scope="internal"`` keeps the groups with a single producer (the channels inside a
 residual block, hidden units of an MLP); ``scope="all"`` adds the coupled groups (the
@@ -82,7 +83,7 @@ class UnitLayer:
     name: str
     kind: str
     size: int
-    points: dict[str, list[int]]
+    points: dict[str, list[int] | list[list[int]]]
     magnitude: Tensor
     position: int
     producers: list[str] = field(default_factory=list)
@@ -370,8 +371,9 @@ def unit_coverage(
     Takes the arguments of :func:`find_unit_layers`. The share is *exact*: it counts the
     parameters that Torch-Pruning would delete if every unit of every unit layer were removed
     (each element of a weight counted once, however many groups slice it); see :class:`Coverage`.
-    A ``ratio=`` of a baseline counts units, so a model whose units cover a small share (a RegNet,
-    whose blocks feed grouped convolutions) loses few parameters at any ratio.
+    A ``ratio=`` of a baseline counts units, so a model whose units cover a small share (an EfficientNet under
+    ``scope="internal"``, whose blocks' outer channels are coupled by residual sums) loses few parameters at
+    any ratio.
     """
     return _survey(model, example, scope, ignored_layers, coverage=True)[1]
 
@@ -466,7 +468,7 @@ def _layer_from_group(group, graph, names, order) -> tuple[UnitLayer | None, str
     if any(_cuts_channels(item.dep.target.module, group) for item in group):
         slots = grouped_slots(group)
         if slots is None:
-            return None, GROUPED_CONV  # grouped convs that slice these channels differently: no common unit
+            return None, GROUPED_CONV  # no slots: a conv fed other channels too, or a single slot
     size = len(slots) if slots is not None else len(group[0].idxs)
     unit_of = ({root: u for u, roots in enumerate(slots) for root in roots} if slots is not None else None)
     producers, norms = [], []
@@ -574,8 +576,8 @@ def grouped_slots(group) -> list[list[int]] | None:
         if is_depthwise(mod):
             return None
         width = mod.out_channels if _is_out_pruning(item.dep) else mod.in_channels
-        if len(item.idxs) != width or width % mod.groups:
-            return None
+        if len(item.idxs) != width or width % mod.groups or len(item.idxs) != len(group[0].idxs):
+            return None  # the conv sees other channels too, or only some of the group's (a split): no equal slots
         grouped = True
         per_block = width // mod.groups
         first: dict[int, int] = {}
@@ -930,7 +932,8 @@ def register_output_hook(module: nn.Module, fn: Callable[[Tensor], None]):
 
 
 def channels_first(t: Tensor, module: nn.Module, layer: UnitLayer) -> Tensor:
-    """A mask-site tensor as ``(N, channels, positions...)``, channel ``layer.points[...][u]`` of unit ``u``.
+    """A mask-site tensor as ``(N, channels, positions...)``, channel ``layer.points[...][u]`` of unit ``u`` (the
+    channels of slot ``u`` where ``layer.slots`` is set).
 
     Conv/BN outputs are already channels-first; a Linear's channels are its last dim
     (tokens of a transformer are positions); for heads, ``(N, tokens, heads * head_dim)``
