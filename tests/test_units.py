@@ -13,8 +13,8 @@ from torch import nn
 import cswap_nb as cs
 from cswap_nb.pruning.session import LOW_COVERAGE, LowCoverageWarning, PruneSession
 from cswap_nb.core.surgery import count_params, remove_units
-from cswap_nb.core.units import (COUPLED_STREAM, GROUPED_CONV, IGNORED_LAYER, OUTPUT_LAYER, STAT_NORM, Masker,
-                            find_unit_layers, survey_units, unit_coverage)
+from cswap_nb.core.units import (COUPLED_STREAM, GROUPED_CONV, IGNORED_LAYER, NOT_ONE_TO_ONE, OUTPUT_LAYER, STAT_NORM,
+                            Masker, find_unit_layers, survey_units, unit_coverage)
 
 
 class GroupedBlock(nn.Module):
@@ -432,3 +432,15 @@ def test_a_graph_whose_channels_torch_pruning_cannot_infer_is_refused():
         y = model(x).argmax(1)
     with pytest.raises(UnsupportedModel, match="could not infer the channel counts of SwinTransformer"):
         cs.prune(model, (x, y), method="l1", ratio=0.3, samples_per_class=None, progress=False)
+
+
+def test_indices_beyond_a_modules_channels_set_the_group_aside():
+    """timm's EdgeNeXt: Torch-Pruning groups channels whose indices run past a producer's own outputs (a view
+    of them). Such a group is not one-to-one; the survey used to fail with an IndexError once LayerNorm
+    groups were no longer set aside before that check."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("edgenext_xx_small", pretrained=False, num_classes=10).eval()
+    layers, cov = survey_units(model, torch.randn(1, 3, 64, 64))
+    assert layers and cov.excluded[NOT_ONE_TO_ONE] > 0

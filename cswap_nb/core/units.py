@@ -488,6 +488,12 @@ def _layer_from_group(group, graph, names, order) -> tuple[UnitLayer | None, str
         if any(out.module in norms for out in node.outputs):
             followed.add(prod)
     mask_modules = [m for m in producers if m not in followed] + norms
+    for item in group:  # every index must be a channel of its module (not, e.g., of a reshaped view of it)
+        mod = item.dep.target.module
+        if (mod in mask_modules or mod in producers) and _is_out_pruning(item.dep):
+            width = Masker._width(mod)
+            if any(int(i) >= width for i in item.idxs):
+                return None, NOT_ONE_TO_ONE
     points: dict[str, list[int]] = {}
     for item in group:
         mod = item.dep.target.module
