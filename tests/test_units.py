@@ -434,13 +434,30 @@ def test_a_graph_whose_channels_torch_pruning_cannot_infer_is_refused():
         cs.prune(model, (x, y), method="l1", ratio=0.3, samples_per_class=None, progress=False)
 
 
-def test_indices_beyond_a_modules_channels_set_the_group_aside():
-    """timm's EdgeNeXt: Torch-Pruning groups channels whose indices run past a producer's own outputs (a view
-    of them). Such a group is not one-to-one; the survey used to fail with an IndexError once LayerNorm
-    groups were no longer set aside before that check."""
+def test_edgenext_is_surveyed_and_its_unremovable_layers_refused_before_the_work(own_label_data):
+    """timm's EdgeNeXt. (1) Torch-Pruning groups channels whose indices run past a producer's own outputs (a
+    view of them): such a group is not one-to-one (the survey used to fail with an IndexError). (2) Its
+    cross-covariance attention reshapes ``qkv``'s outputs into heads, which the dependency graph does not see:
+    removing one of those units breaks the model. A session refuses it at set-up, naming the layers, instead of
+    crashing when the analysis is over."""
     import timm
+
+    from cswap_nb.core.surgery import failing_removals
+    from cswap_nb.core.units import UnsupportedModel
 
     torch.manual_seed(0)
     model = timm.create_model("edgenext_xx_small", pretrained=False, num_classes=10).eval()
-    layers, cov = survey_units(model, torch.randn(1, 3, 64, 64))
+    x = torch.randn(1, 3, 64, 64)
+    layers, cov = survey_units(model, x)
     assert layers and cov.excluded[NOT_ONE_TO_ONE] > 0
+    broken = failing_removals(model, x, layers)
+    assert set(broken) == {"stages.1.blocks.1.xca.qkv", "stages.2.blocks.5.xca.qkv", "stages.3.blocks.1.xca.qkv"}
+    assert all("is invalid for input of size" in err for err in broken.values())
+    fine = [layer for layer in layers if layer.name not in broken]
+    assert failing_removals(model, x, fine) == {}
+    x, y = own_label_data(model, n=24, shape=(3, 64, 64), min_per_class=2)
+    with pytest.raises(UnsupportedModel, match=r"breaks the model.*stages\.1\.blocks\.1\.xca\.qkv.*ignored_layers="):
+        cs.prune(model, (x, y), method="l1", ratio=0.3, samples_per_class=2, progress=False)
+    ignored = [model.get_submodule(name) for name in broken]
+    res = cs.prune(model, (x, y), method="l1", ratio=0.3, samples_per_class=2, progress=False, ignored_layers=ignored)
+    assert res.params_removed_pct > 5 and res.equivalence_max_abs_diff < 1e-4

@@ -1,6 +1,8 @@
 """Physical removal of pruned units (Torch-Pruning's dependency graph) and size counting."""
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch_pruning as tp
 from torch import Tensor, nn
@@ -51,6 +53,41 @@ def remove_units(model: nn.Module, example: Tensor, pruned: dict[str, list[int]]
                 setattr(norm, pname, nn.Parameter(value[kept], requires_grad=value.requires_grad))
     model.train(was_training)
     return model
+
+
+def failing_removals(model: nn.Module, example: Tensor, layers) -> dict[str, str]:
+    """The unit layers whose physical removal breaks ``model``: layer name -> the error.
+
+    One unit (the last) of every layer with at least two is removed from one copy, and the copy is run on
+    ``example``; on a failure the layers are halved until each failing one is found alone. Torch-Pruning's
+    graph does not see every use of a channel (an attention that reshapes a stream into heads), and such a
+    layer would otherwise fail only when the analysis is over. ``model`` is never modified."""
+    cut = {layer.name: [layer.size - 1] for layer in layers if layer.size > 1}
+    bad: dict[str, str] = {}
+
+    def error(names: list[str]) -> str | None:
+        try:
+            copy_ = remove_units(copy.deepcopy(model), example, {n: cut[n] for n in names})
+            with torch.inference_mode():
+                copy_(example)
+        except Exception as exc:  # noqa: BLE001 - any failure of the removal or of the pruned model
+            text = str(exc).strip()
+            return f"{type(exc).__name__}: {text.splitlines()[0][:200] if text else ''}"
+        return None
+
+    def search(names: list[str], known: str | None = None) -> None:
+        found = known if known is not None else error(names)
+        if found is None:
+            return
+        if len(names) == 1:
+            bad[names[0]] = found
+            return
+        half = len(names) // 2
+        search(names[:half])
+        search(names[half:])
+
+    search(list(cut))
+    return bad
 
 
 def _layer_norm_rows(group) -> list[tuple[nn.LayerNorm, list[int], dict[str, Tensor]]]:

@@ -38,8 +38,8 @@ from ..engines.sharded import SHARD_BY, ShardedEngine
 from ..core.layout import to_channels_last, to_default
 from ..core.metrics import evaluate
 from ..core.result import PruneResult, equivalence_tolerance, model_label
-from ..core.surgery import count_macs, count_params, remove_units
-from ..core.units import Coverage, Masker, survey_units
+from ..core.surgery import count_macs, count_params, failing_removals, remove_units
+from ..core.units import Coverage, Masker, UnsupportedModel, survey_units
 
 
 LOW_COVERAGE = 0.5
@@ -194,7 +194,9 @@ class PruneSession:
     The set-up finds the units and, from the same trace, their :attr:`coverage`
     (:class:`cswap_nb.core.units.Coverage`: the share of the parameters they hold and why the rest is left
     out). Below :data:`LOW_COVERAGE` a C-SWAP run or a ``ratio=``/``params=`` target warns
-    (:class:`LowCoverageWarning`); a ``params=`` target that no cut of the units reaches is an error.
+    (:class:`LowCoverageWarning`); a ``params=`` target that no cut of the units reaches is an error. A model
+    whose units cannot all be removed physically (:func:`cswap_nb.core.surgery.failing_removals`) is refused
+    with :class:`~cswap_nb.core.units.UnsupportedModel`, naming the layers.
 
     {parameters}
 
@@ -274,6 +276,15 @@ class PruneSession:
         if not self.layers:
             raise ValueError(f"the model has no prunable unit (scope={self.config.scope!r}): no conv/linear layer "
                              "other than the classifier whose output channels can be removed")
+        broken = failing_removals(work, self.example, self.layers)
+        if broken:
+            raise UnsupportedModel(
+                f"removing units of {len(broken)} unit layer(s) breaks the model, which Torch-Pruning's dependency "
+                "graph does not foresee (e.g. an attention that reshapes these channels into heads): "
+                + "; ".join(f"{name}: {err}" for name, err in broken.items())
+                + (". These are coupled streams: scope='internal' leaves them out" if all(
+                    layer.kind == "coupled" for layer in self.layers if layer.name in broken) else "")
+                + "; or pass their modules as ignored_layers=")
         self.template = copy.deepcopy(work)  # never masked: criteria score it, candidate cuts are counted on copies
         self.masker = Masker(work, self.layers)
         self._engine = None  # built when a strategy first scores (a criterion's ranking never does)
