@@ -58,7 +58,7 @@ def _fail_at(inner, call: int, how: str) -> None:
 
 def _child(rank: int, world: int, port: int, out: str) -> None:
     """One rank, five scenarios on one process group, each a C-SWAP run on the shipped digits ResNet18:
-    ``ok`` (a sharded run), ``classes`` (sharded by class), ``differ`` (rank 1 draws its calibration set with another seed), ``raise`` (rank 1's fifth scoring call raises), ``die`` (rank 1 ends its process
+    ``ok`` (a sharded run), ``classes`` (sharded by class, ``distributed=`` left at its default), ``differ`` (rank 1 draws its calibration set with another seed), ``raise`` (rank 1's fifth scoring call raises), ``die`` (rank 1 ends its process
     in its fifth scoring call). The report goes to ``out``/rank.json after each scenario."""
     torch.set_num_threads(1)
     import threading
@@ -79,7 +79,9 @@ def _child(rank: int, world: int, port: int, out: str) -> None:
             try:
                 seed = {"seed": rank} if mode == "differ" else {}  # rank 1 draws another calibration set
                 by = {"shard_by": "classes"} if mode == "classes" else {}  # each class whole to one rank
-                session = cs.PruneSession(model, data.calib, distributed=True, **OPTIONS, **seed, **by)
+                # the by-class run leaves distributed= at its default: shared because a process group is up
+                shared = {} if mode == "classes" else {"distributed": True}
+                session = cs.PruneSession(model, data.calib, **shared, **OPTIONS, **seed, **by)
                 engine = session.engine
                 rep.update(progress=session.progress, engine=type(engine).__name__)
                 if mode in ("raise", "die") and rank == 1:
@@ -229,8 +231,14 @@ def test_ranks_with_different_calibration_sets_are_refused(ranks):
 
 
 def test_distributed_takes_true_false_or_a_process_group():
+    from cswap_nb.pruning.session import _check_distributed
+
     with pytest.raises(TypeError, match="distributed= takes True"):
         cs.prune(torch.nn.Linear(2, 2), (torch.randn(4, 2), torch.tensor([0, 1, 0, 1])), distributed="yes")
+    assert not torch.distributed.is_initialized()
+    assert _check_distributed(None) == (False, None) and _check_distributed(False) == (False, None)
+    with pytest.raises(ValueError, match="needs an initialised torch.distributed process group"):
+        _check_distributed(True)
 
 
 @pytest.mark.slow  # the scenarios share one spawn of two ranks: 27-43 s here (imports ~16 s)

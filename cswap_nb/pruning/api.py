@@ -17,7 +17,7 @@ def prune(model: nn.Module, calib, method: str = "cswap", *, config: CSwapConfig
           ratio: float | None = None, params: int | None = None, counts: dict[str, int] | None = None,
           scores: dict[str, Tensor] | None = None, eval_data=None, guard_data=None,
           ignored_layers: list[nn.Module] | None = None, progress: bool = True, model_name: str | None = None,
-          distributed=False, shard_by: str = "images", **options) -> PruneResult:
+          distributed=None, shard_by: str = "images", **options) -> PruneResult:
     """Prune a copy of ``model`` in one call (the caller's model is never modified).
 
     ``method="cswap"`` (default) runs C-SWAP's progressive causal descent (cswap_nb/METHOD.md

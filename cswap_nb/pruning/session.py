@@ -164,11 +164,12 @@ progress : bool
     Show a progress bar.
 model_name : str, optional
     The name in summaries and figures (default: a shipped checkpoint's name, else the class name).
-distributed : bool or ProcessGroup
+distributed : None, bool or ProcessGroup
     Share the causal analysis among the ranks of an initialised ``torch.distributed`` process group (True: the
     default group; launched with ``torchrun --nproc-per-node N``): every rank runs the same session and gets
     the same result, each scores its shard of the calibration set
     (:class:`cswap_nb.engines.sharded.ShardedEngine`, cswap_nb/METHOD.md §10). Only rank 0 shows progress.
+    None (default): shared whenever a process group of more than one rank is initialised; False: never.
 shard_by : {"images", "classes"}
     With ``distributed=``, how the calibration set is cut among the ranks: each class's images shared among all
     ranks (default; every early-decision stage is shared evenly), or each class given whole to one rank.
@@ -212,7 +213,7 @@ class PruneSession:
                  ratio: float | None = None, params: int | None = None, counts: dict[str, int] | None = None,
                  scores: dict[str, Tensor] | None = None, eval_data=None, guard_data=None,
                  ignored_layers: list[nn.Module] | None = None, progress: bool = True, model_name: str | None = None,
-                 distributed=False, shard_by: str = "images", **options):
+                 distributed=None, shard_by: str = "images", **options):
         self.t_start = time.perf_counter()
         self.strategy = strategy_of(method)
         self.method, self.config = method, make_config(config, **options)
@@ -519,9 +520,13 @@ def _engine_summary(engine, name: str) -> dict:
 
 
 def _check_distributed(distributed) -> tuple[bool, object]:
-    """``distributed=`` (False, True or a process group) as (whether the analysis is sharded, the process
-    group: None for the default one)."""
-    if distributed is False or distributed is None:
+    """``distributed=`` (None, False, True or a process group) as (whether the analysis is sharded, the process
+    group: None for the default one). None: sharded when a ``torch.distributed`` process group of more than one
+    rank is initialised (a script under torchrun), else not."""
+    if distributed is None:
+        dist = torch.distributed
+        return bool(dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1), None
+    if distributed is False:
         return False, None
     group_type = getattr(torch.distributed, "ProcessGroup", None)
     if distributed is not True and not (group_type is not None and isinstance(distributed, group_type)):
