@@ -1,6 +1,8 @@
 """How often is a harmless unit labelled critical when there are many classes? A measurement.
 
-    python benchmarks/false_critical.py [--model resnet18-fashion] [--trials 400] [--seed 0]
+    python benchmarks/false_critical.py [--model resnet18-fashion] [--trials 400] [--seed 0] [--json FILE]
+
+The table in METHOD.md §2 comes from ``--json benchmarks/false_critical.json`` (the stored run).
 
 A unit is critical when any one of C per-class tests rejects. For C independent, calibrated tests the
 rate for a unit with no effect is 1 - (1 - alpha)^C (40% at C = 10, 99.4% at C = 100). The real tests are
@@ -20,6 +22,8 @@ their labels come from :func:`cswap_nb.experiments.effects.false_critical_rate` 
 from __future__ import annotations
 
 import argparse
+import json
+import time
 
 import numpy as np
 import pandas as pd
@@ -64,7 +68,9 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=0.05)
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", help="also write the settings and every rate to this file")
     args = ap.parse_args()
+    start = time.perf_counter()
     pool, sd, neutral = real_scores(args.model)
     print(f"{args.model}: {len(pool)} calibration scores (mean {pool.mean():.3f}, sd {pool.std():.3f}); "
           f"null noise sd {sd:.4f} (median over {neutral} neutral units)")
@@ -84,6 +90,12 @@ def main() -> None:
     print(table.round(1).to_string())
     print("independent calibrated tests, 1 - (1 - alpha)^C (%): "
           + ", ".join(f"C = {c}: {100 * (1 - (1 - args.alpha) ** c):.1f}" for c in (10, 100, 1000)))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": args.model, "alpha": args.alpha, "k": args.k, "seed": args.seed,
+                       "calibration_scores": len(pool), "null_noise_sd": sd, "neutral_units": neutral,
+                       "seconds": round(time.perf_counter() - start, 1), "rows": rows}, f, indent=1)
+            f.write("\n")
 
 
 if __name__ == "__main__":

@@ -153,7 +153,11 @@ def test_prune_own_arch_weights_and_image_folder(own_model, tmp_path, capsys):
     s = json.loads(summary.read_text())
     assert s["calib_samples"] == 9 and s["model"] == "torchvision:resnet18"
     assert s["params_after"] < s["params_before"] and s["metric_before"] is None
-    assert "60 images in 3 class folders (class indices), 32 px" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "60 images in 3 class folders (class indices)" in printed
+    assert ("transform (torchvision's resnet18 default weights): resize 37 (bilinear), centre crop 32, "
+            "mean 0.485,0.456,0.406, std 0.229,0.224,0.225") in printed
+    assert s["transform"]["image_size"] == 32 and s["transform"]["resize"] == 37
     pruned = cs.load_pruned(out / "pruned.pt")
     assert pruned(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
 
@@ -173,7 +177,12 @@ def test_prune_arch_errors(own_model, tmp_path, capsys):
     assert main([*args, "--model", "resnet18-digits", "--weights", str(own_model / "weights.pt")]) == 2
     assert "not both" in capsys.readouterr().err
     assert main(["prune", "--model", "resnet18-digits", "--data-dir", str(own_model / "images")]) == 2
-    assert "--weights and --data-dir go with --arch" in capsys.readouterr().err
+    assert "--weights, --data-dir, --image-size, --mean, --std and --num-classes go with --arch" in capsys.readouterr().err
+    assert main(["prune", "--model", "resnet18-digits", "--mean", "0.5,0.5,0.5"]) == 2
+    assert "go with --arch, not with --model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--weights", str(own_model / "weights.pt"), "--mean", "0.5,0.5"])
+    assert "expected three comma-separated numbers (R,G,B), got '0.5,0.5'" in capsys.readouterr().err
     assert main([*args, "--arch", "keras:resnet18", "--weights", str(own_model / "weights.pt")]) == 2
     assert "--arch must be SOURCE:NAME" in capsys.readouterr().err
     assert main([*args, "--weights", str(own_model / "weights.pt"), "--num-classes", "2"]) == 2
@@ -186,6 +195,38 @@ def test_prune_arch_errors(own_model, tmp_path, capsys):
     assert main([*args[:-4], "--data-dir", str(named), "--image-size", "32", "--weights", str(own_model / "weights.pt"),
                  "--num-classes", "3"]) == 2
     assert "the dataset has 2 classes (cat, dog) but the model has 3 outputs" in capsys.readouterr().err
+
+
+def test_eval_transform_reads_the_architectures_own_settings(own_model):
+    """--arch's images get the transform the library records for the architecture's weights (read offline),
+    and --mean/--std change only the normalisation."""
+    from torchvision.transforms import Normalize, Resize
+
+    def settings(arch, size=None, **kw):
+        transform, how = cs.data.eval_transform(arch, size, **kw)
+        resize = next(t for t in transform.transforms if isinstance(t, Resize))
+        norm = next(t for t in transform.transforms if isinstance(t, Normalize))
+        assert (resize.size, resize.interpolation.value) == (how["resize"], how["interpolation"])
+        assert tuple(norm.mean) == how["mean"] and tuple(norm.std) == how["std"]
+        return how["image_size"], how["resize"], how["interpolation"], how["mean"], how["std"]
+
+    imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert settings("torchvision:resnet18") == (224, 256, "bilinear", *imagenet)
+    assert settings("torchvision:efficientnet_b3") == (300, 320, "bicubic", *imagenet)
+    assert settings("torchvision:inception_v3")[:3] == (299, 342, "bilinear")
+    assert settings("timm:vit_base_patch16_224") == (224, 249, "bicubic", (0.5,) * 3, (0.5,) * 3)
+    assert settings("timm:resnet50", 64) == (64, 67, "bicubic", *imagenet)  # timm's crop_pct 0.95
+    assert settings(None, 32) == (32, 37, "bilinear", *imagenet)
+    assert settings("torchvision:resnet18", 32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))[3:] == ((0.5,) * 3, (0.25,) * 3)
+    with pytest.raises(ValueError, match="three numbers each, std > 0"):
+        cs.data.eval_transform(None, 32, std=(0.2, 0.0, 0.2))
+    # the same pixels either way: only the normalisation differs
+    plain = cs.data.image_folder(own_model / "images", transform=cs.data.eval_transform("torchvision:resnet18", 32)[0])
+    given = cs.data.image_folder(own_model / "images", transform=cs.data.eval_transform(
+        "torchvision:resnet18", 32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))[0])
+    a, b = plain[0][0], given[0][0]
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in imagenet)
+    assert a.shape == (3, 32, 32) and torch.allclose(a * std + mean, b * 0.25 + 0.5, atol=1e-6)
 
 
 def test_from_state_dict_reads_timm_and_wrapped_files(tmp_path):

@@ -539,20 +539,71 @@ def collate_samples(pairs: list) -> tuple[Tensor, Tensor]:
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def image_folder(root, image_size: int = 224):
-    """``torchvision.datasets.ImageFolder(root)`` (one sub-folder per class, in sorted order) with the
-    usual ImageNet evaluation transform: RGB, resize the short side to ``image_size * 256 / 224``,
-    centre crop ``image_size``, scale to [0, 1], normalise with the ImageNet mean and std. Folders all
-    named by integers (``0``, ``1``, ... ``999``) give those labels (a ``target_transform``), so a folder
-    of some of a model's classes keeps the model's class indices."""
-    from torchvision import datasets, transforms
+def eval_transform(arch: str | None = None, image_size: int | None = None, mean=None, std=None):
+    """The usual evaluation transform of a library architecture (``"torchvision:NAME"``, ``"timm:NAME"``, or
+    None for the plain ImageNet one), and what it does as a dict (``image_size``, ``resize``,
+    ``interpolation``, ``mean``, ``std``, ``source``).
+
+    It reads, without downloading anything, what the library records for the architecture's pretrained
+    weights: torchvision's default weights' ``transforms()`` (e.g. resize 256, crop 224, bilinear for
+    ResNet18; 320 / 300 bicubic for EfficientNet-B3) or timm's pretrained config (``crop_pct``, interpolation,
+    mean and std: 0.5 for timm's ViTs and Inception-v3). The transform is RGB, resize the short side, centre
+    crop ``image_size`` (default: the architecture's own), scale to [0, 1], normalise (ImageFolder's loader
+    makes every image RGB first). An architecture with no
+    such record gets the ImageNet one (resize ``N * 256 / 224``, bilinear, the ImageNet mean and std).
+    ``mean``/``std`` (three numbers each) replace the recorded ones.
+    """
+    from torchvision import transforms
+
+    crop, ratio, interpolation, m, s, source = 224, 256 / 224, "bilinear", IMAGENET_MEAN, IMAGENET_STD, "ImageNet"
+    lib, _, name = (arch or "").partition(":")
+    if lib == "torchvision":
+        from torchvision.models import get_model_weights
+
+        try:
+            preset = get_model_weights(name).DEFAULT.transforms()
+        except (ValueError, KeyError, AttributeError):
+            preset = None
+        if preset is not None:
+            crop, ratio = preset.crop_size[0], preset.resize_size[0] / preset.crop_size[0]
+            interpolation, m, s = preset.interpolation.value, tuple(preset.mean), tuple(preset.std)
+            source = f"torchvision's {name} default weights"
+    elif lib == "timm":
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(name)
+        if cfg is not None:
+            crop, ratio, interpolation = cfg.input_size[-1], 1 / cfg.crop_pct, cfg.interpolation or "bicubic"
+            m, s, source = tuple(cfg.mean), tuple(cfg.std), f"timm's {name} pretrained config"
+    size = int(image_size or crop)
+    m, s = tuple(float(v) for v in (mean if mean is not None else m)), tuple(float(v) for v in (std if std is not None else s))
+    if len(m) != 3 or len(s) != 3 or min(s) <= 0:
+        raise ValueError(f"mean and std need three numbers each, std > 0 (got mean {m}, std {s})")
+    resize = round(size * ratio)
+    if mean is not None or std is not None:
+        source += ", mean/std given"
+    mode = transforms.InterpolationMode(interpolation)
+    transform = transforms.Compose([transforms.Resize(resize, interpolation=mode),
+                                    transforms.CenterCrop(size), transforms.ToTensor(), transforms.Normalize(m, s)])
+    return transform, {"image_size": size, "resize": resize, "interpolation": interpolation, "mean": m, "std": s,
+                       "source": source}
+
+
+def image_folder(root, image_size: int | None = None, transform=None):
+    """``torchvision.datasets.ImageFolder(root)`` (one sub-folder per class, in sorted order) with
+    ``transform``, by default the usual ImageNet evaluation transform (:func:`eval_transform`): RGB, resize the
+    short side to ``image_size * 256 / 224``, centre crop ``image_size`` (default 224), scale to [0, 1],
+    normalise with the ImageNet mean and std. Folders all named by integers (``0``, ``1``, ... ``999``) give
+    those labels (a ``target_transform``), so a folder of some of a model's classes keeps the model's class
+    indices."""
+    from torchvision import datasets
 
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {str(root)!r} not found")
-    data = datasets.ImageFolder(root, transforms.Compose([
-        transforms.Resize(round(image_size * 256 / 224)), transforms.CenterCrop(image_size), transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]))
+    if transform is None:
+        transform = eval_transform(None, image_size)[0]
+    data = datasets.ImageFolder(root, transform)
     if all(name.isdigit() for name in data.classes):  # folders named by class index: "10" sorts before "2"
         data.target_transform = [int(name) for name in data.classes].__getitem__
     return data

@@ -20,7 +20,7 @@ from ..experiments.comparison import (SAME_COUNTS, SAME_PARAMS, VARIANTS, compar
                                       spread_table, table, variant_summary, variant_table, verdict_lines)
 from ..core.config import ENGINES, EVALUATIONS, OPTION_NAMES, CSwapConfig, make_config, option
 from ..criteria import CRITERIA
-from ..data import image_folder
+from ..data import eval_transform, image_folder
 from ..models import from_state_dict
 from .gallery import make_gallery
 from .plots import plot_accuracy_vs_removed, plot_layer_labels, plot_spread
@@ -113,13 +113,31 @@ def _own_model(args: argparse.Namespace):
     """``--arch``, ``--weights``, ``--data-dir``: the researcher's model and image folder (read in batches)."""
     if args.weights is None or args.data_dir is None:
         raise ValueError("--arch needs --weights FILE (a state dict) and --data-dir DIR (one sub-folder per class)")
-    data = image_folder(args.data_dir, args.image_size)
+    transform, how = eval_transform(args.arch, args.image_size, args.mean, args.std)
+    data = image_folder(args.data_dir, transform=transform)
     num_classes = args.num_classes or len(data.classes)
     model = from_state_dict(args.arch, args.weights, num_classes)
     named = "class indices" if data.target_transform is not None else "sorted folder order"
-    print(f"data: {args.data_dir}, {len(data):,} images in {len(data.classes)} class folders ({named}), "
-          f"{args.image_size} px; model {args.arch} with {num_classes} outputs")
-    return model, data
+    print(f"data: {args.data_dir}, {len(data):,} images in {len(data.classes)} class folders ({named}); "
+          f"model {args.arch} with {num_classes} outputs")
+    print(f"transform ({how['source']}): resize {how['resize']} ({how['interpolation']}), centre crop "
+          f"{how['image_size']}, mean {_three(how['mean'])}, std {_three(how['std'])}")
+    return model, data, how
+
+
+def _three(values) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
+def _three_floats(text: str) -> tuple[float, float, float]:
+    """``--mean``/``--std``: three comma-separated numbers (one per RGB channel)."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers (R,G,B), got {text!r}")
+    return values
 
 
 def launched_ranks() -> bool:
@@ -148,11 +166,13 @@ def run_prune(args: argparse.Namespace, out: Path | None, distributed: bool = Fa
                          "--data-dir), not both")
     config = from_arguments(args)
     if args.arch is not None:
-        model, calib = _own_model(args)
+        model, calib, transform = _own_model(args)
         data_args = {}
     else:
-        if args.weights is not None or args.data_dir is not None:
-            raise ValueError("--weights and --data-dir go with --arch, not with --model")
+        if any(v is not None for v in (args.weights, args.data_dir, args.image_size, args.mean, args.std,
+                                       args.num_classes)):
+            raise ValueError("--weights, --data-dir, --image-size, --mean, --std and --num-classes go with --arch, "
+                             "not with --model")
         model, data = zoo.load(args.model)
         print(f"data: {data.name}, {data.source}; calibration pool {len(data.calib.y):,}, test {len(data.test.y):,} images")
         calib = data.calib
@@ -162,6 +182,8 @@ def run_prune(args: argparse.Namespace, out: Path | None, distributed: bool = Fa
     print(session.coverage)
     res = session.finish()
     summary = res.summary()
+    if args.arch is not None:
+        summary["transform"] = {k: list(v) if isinstance(v, tuple) else v for k, v in transform.items()}
     print(_table(summary))
     if distributed and torch.distributed.get_rank() != 0:
         return summary  # every rank has the same result; rank 0 alone writes it
@@ -278,8 +300,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path, default=None,
                    help="with --arch: calibration images, one sub-folder per class (sorted names = class order; "
                         "folders named 0, 1, 2, ... are those class indices)")
-    p.add_argument("--image-size", type=positive_int, default=224,
-                   help="with --arch: resize to N*256/224, centre crop N (default: 224)")
+    p.add_argument("--image-size", type=positive_int, default=None,
+                   help="with --arch: centre crop N px after resizing the short side in the architecture's usual "
+                        "ratio (default: the architecture's own size, e.g. 224, 299 for inception_v3)")
+    p.add_argument("--mean", type=_three_floats, default=None,
+                   help="with --arch: R,G,B means to normalise by (default: those recorded for the architecture's "
+                        "pretrained weights; ImageNet's 0.485,0.456,0.406 where none are)")
+    p.add_argument("--std", type=_three_floats, default=None,
+                   help="with --arch: R,G,B standard deviations (default: as for --mean; ImageNet's 0.229,0.224,0.225)")
     p.add_argument("--num-classes", type=positive_int, default=None,
                    help="with --arch: the model's outputs (default: the number of class folders)")
     p.add_argument("--out", type=Path, default=None, help="folder for pruned.pt and the figure")
