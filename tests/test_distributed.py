@@ -2,7 +2,7 @@
 
 Two processes on the CPU (gloo), spawned from the test: a sharded run takes the single process's
 decisions on both ranks while each rank scores about half the calibration rows; a rank that fails
-while scoring, or dies, makes the other one raise a clear error instead of hanging.
+while setting up or scoring, or dies, makes the other one raise a clear error instead of hanging.
 """
 from __future__ import annotations
 
@@ -57,9 +57,11 @@ def _fail_at(inner, call: int, how: str) -> None:
 
 
 def _child(rank: int, world: int, port: int, out: str) -> None:
-    """One rank, five scenarios on one process group, each a C-SWAP run on the shipped digits ResNet18:
-    ``ok`` (a sharded run), ``classes`` (sharded by class, ``distributed=`` left at its default), ``differ`` (rank 1 draws its calibration set with another seed), ``raise`` (rank 1's fifth scoring call raises), ``die`` (rank 1 ends its process
-    in its fifth scoring call). The report goes to ``out``/rank.json after each scenario."""
+    """One rank, six scenarios on one process group, each a C-SWAP run on the shipped digits ResNet18:
+    ``ok`` (a sharded run), ``classes`` (sharded by class, ``distributed=`` left at its default), ``differ``
+    (rank 1 draws its calibration set with another seed), ``setup`` (rank 1's session set-up raises, before any
+    scoring), ``raise`` (rank 1's fifth scoring call raises), ``die`` (rank 1 ends its process in its fifth
+    scoring call). The report goes to ``out``/rank.json after each scenario."""
     torch.set_num_threads(1)
     import threading
 
@@ -73,7 +75,8 @@ def _child(rank: int, world: int, port: int, out: str) -> None:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=60))
         model, data = cs.zoo.load("resnet18-digits")
-        for mode in ("ok", "classes", "differ", "raise", "die"):
+        pick = cs.PruneSession._pick_calibration
+        for mode in ("ok", "classes", "differ", "setup", "raise", "die"):
             t0 = time.perf_counter()
             rep = report[mode] = {}
             try:
@@ -81,7 +84,14 @@ def _child(rank: int, world: int, port: int, out: str) -> None:
                 by = {"shard_by": "classes"} if mode == "classes" else {}  # each class whole to one rank
                 # the by-class run leaves distributed= at its default: shared because a process group is up
                 shared = {} if mode == "classes" else {"distributed": True}
-                session = cs.PruneSession(model, data.calib, **shared, **OPTIONS, **seed, **by)
+                if mode == "setup" and rank == 1:
+                    def broken(*args, **kwargs):
+                        raise ValueError("set-up failed on purpose")
+                    cs.PruneSession._pick_calibration = broken
+                try:
+                    session = cs.PruneSession(model, data.calib, **shared, **OPTIONS, **seed, **by)
+                finally:
+                    cs.PruneSession._pick_calibration = pick
                 engine = session.engine
                 rep.update(progress=session.progress, engine=type(engine).__name__)
                 if mode in ("raise", "die") and rank == 1:
@@ -107,7 +117,7 @@ def _child(rank: int, world: int, port: int, out: str) -> None:
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    """Run :func:`_child` on ``WORLD`` spawned processes (one spawn for the three scenarios: a child's imports
+    """Run :func:`_child` on ``WORLD`` spawned processes (one spawn for all the scenarios: a child's imports
     cost more than its runs); their reports, exit codes and the wall time."""
     out = tmp_path_factory.mktemp("ranks")
     ctx = mp.get_context("spawn")
@@ -217,7 +227,7 @@ def test_sharded_run_takes_the_single_process_decisions(ranks):
     assert reports[0]["ok"]["rows_requested"] == reports[1]["ok"]["rows_requested"]
     print(f"\nanalysis: one process {single.analysis_seconds:.1f} s, two gloo ranks "
           f"{[round(r['ok']['analysis'], 1) for r in reports]} s; {wall:.1f} s wall for the spawned children "
-          f"(three scenarios, imports included); forward equivalents {single.engine.forward_equivalents:.1f} vs "
+          f"(all scenarios, imports included); forward equivalents {single.engine.forward_equivalents:.1f} vs "
           f"{[round(r['ok']['forward_equivalents'], 1) for r in reports]} per rank")
 
 
@@ -239,6 +249,20 @@ def test_distributed_takes_true_false_or_a_process_group():
     assert _check_distributed(None) == (False, None) and _check_distributed(False) == (False, None)
     with pytest.raises(ValueError, match="needs an initialised torch.distributed process group"):
         _check_distributed(True)
+
+
+@pytest.mark.slow  # the scenarios share one spawn of two ranks: 27-43 s here (imports ~16 s)
+def test_a_rank_whose_set_up_fails_stops_the_other_at_once(ranks):
+    """An error before any scoring (here rank 1's calibration selection) reaches rank 0 through the set-up's
+    own check, not through the next scoring call's collective or the process group's timeout."""
+    reports, codes, _ = ranks
+    assert all(c is not None for c in codes), f"a rank hung: exit codes {codes}"
+    first, second = reports[0]["setup"], reports[1]["setup"]
+    assert second.get("error") == "ValueError" and "set-up failed on purpose" in second["message"]
+    assert first.get("error") == "RankLostError", first
+    assert "rank 1 of 2 failed while setting up its session" in first["message"]
+    assert first["seconds"] < 30
+    print(f"\nrank 0 raised {first['seconds']:.1f} s after its session started")
 
 
 @pytest.mark.slow  # the scenarios share one spawn of two ranks: 27-43 s here (imports ~16 s)

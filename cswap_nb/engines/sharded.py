@@ -291,4 +291,29 @@ class ShardedEngine(EngineWrapper):
                                 ) from exc
 
 
-__all__ = ["ShardedEngine", "RankLostError", "shard_pieces", "SHARD_BY"]
+def agree(group, error: Exception | None, stage: str) -> None:
+    """Tell every rank of ``group`` whether this one failed at ``stage`` (one ``all_gather`` that all ranks
+    reach, failed or not), then raise: this rank's own ``error``, or a :class:`RankLostError` naming the ranks
+    that failed. So an error at a step outside the scoring calls (a session's set-up) ends every rank at once,
+    instead of leaving the others waiting in their next collective until the failed process ends."""
+    device = (torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl"
+              else torch.device("cpu"))
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    mine = torch.tensor([float(error is not None)], device=device)
+    parts = [torch.empty_like(mine) for _ in range(world)]
+    try:
+        dist.all_gather(parts, mine, group=group)
+    except Exception as exc:  # noqa: BLE001 - gloo, NCCL and the store raise different types
+        if error is not None:
+            raise error from None
+        raise RankLostError(f"rank {rank} of {world}: another rank died or stopped answering while {stage} "
+                            f"({type(exc).__name__})") from exc
+    if error is not None:
+        raise error
+    failed = [r for r, p in enumerate(parts) if p.item() != 0]
+    if failed:
+        raise RankLostError(f"rank{'s' if len(failed) > 1 else ''} {', '.join(map(str, failed))} of {world} failed "
+                            f"while {stage} (see its own error); rank {rank} stops too")
+
+
+__all__ = ["ShardedEngine", "RankLostError", "shard_pieces", "agree", "SHARD_BY"]

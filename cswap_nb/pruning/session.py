@@ -34,7 +34,7 @@ from ..criteria import CRITERIA, Cost, score_units
 from ..data import as_tensors, check_xy, stream_source
 from .descent import Guard, greedy, progressive, rank_and_prune, visiting_plan
 from ..engines.build import make_engine
-from ..engines.sharded import SHARD_BY, ShardedEngine
+from ..engines.sharded import SHARD_BY, ShardedEngine, agree
 from ..core.layout import to_channels_last, to_default
 from ..core.metrics import evaluate
 from ..core.result import PruneResult, equivalence_tolerance, model_label
@@ -238,9 +238,17 @@ class PruneSession:
         self._steps: Iterator[dict] | None = None
         self.analysis_seconds = 0.0
         self.cost = Cost()
-        with full_float32():
-            self._setup(model, calib, need, ignored_layers)
-        self._check_coverage()
+        error = None
+        try:
+            with full_float32():
+                self._setup(model, calib, need, ignored_layers)
+            self._check_coverage()
+        except Exception as exc:  # noqa: BLE001 - with distributed=, told to the other ranks first
+            error = exc
+        if self.distributed:  # every rank learns whether any failed here: none waits for one that stopped
+            agree(self.group, error, "setting up its session")
+        elif error is not None:
+            raise error
 
     @staticmethod
     def _check_target(method: str, ratio, params, counts) -> dict:
