@@ -25,8 +25,10 @@ MODELS = {  # (model, input size)
 
 @pytest.fixture
 def every_layer(monkeypatch):
-    """A compact copy for every layer that has a removal to slice (the default waits for 32 units)."""
+    """A compact copy for every layer that has a removal to slice (the default waits for 32 units, and keeps
+    the copies within a tenth of the analysis time)."""
     monkeypatch.setattr(CompactingEngine, "min_units", 1)
+    monkeypatch.setattr(CompactingEngine, "time_share", None)
 
 
 def _on_and_off(model, data, **kwargs):
@@ -149,6 +151,24 @@ def test_copies_reused_across_layers_and_shared_norms_take_the_same_decisions(na
     assert on.labels[COLS].equals(off.labels[COLS])
     assert (on.labels.p_lower - off.labels.p_lower).abs().max() < 1e-4
     assert on.engine["compaction"]["copies"] >= 1 and on.engine["compaction"]["failed"] is None, on.engine
+
+
+def test_copies_beyond_their_time_share_are_skipped_with_the_same_decisions(own_label_data, monkeypatch):
+    """With no time for copies, only the first is built; the later layers are scored on it (newer removals
+    masked) or on the masked network, and the decisions stay those of the masked network."""
+    monkeypatch.setattr(CompactingEngine, "min_units", 1)
+    monkeypatch.setattr(CompactingEngine, "time_share", 0.0)
+    model = _random_bn(BranchyNet(), seed=3)
+    x, y = own_label_data(model, n=80, shape=(3, 16, 16), min_per_class=4)
+    runs = _on_and_off(model, (x, y), samples_per_class=4, alpha=0.2, group_size=1)
+    on, off = runs["on"], runs["off"]
+    assert on.labels.pruned.any() and (on.labels.label == "critical").any()
+    assert on.labels[COLS].equals(off.labels[COLS])
+    assert on.engine["compaction"]["copies"] == 1 and on.engine["compaction"]["skipped"] >= 1, on.engine
+    monkeypatch.setattr(CompactingEngine, "time_share", None)
+    free = cs.prune(model, (x, y), samples_per_class=4, alpha=0.2, group_size=1, progress=False)
+    assert free.engine["compaction"]["copies"] > 1 and free.engine["compaction"]["skipped"] == 0
+    assert free.labels[COLS].equals(off.labels[COLS])
 
 
 def test_the_greedy_strategy_scores_without_copies(own_label_data, every_layer):
