@@ -236,3 +236,42 @@ def test_stacked_candidates_score_each_state_as_a_pass_with_its_own_masks(zoo_mo
             assert (got - want).abs().max() < 1e-4, (layer.name, cand)
         m.set(layer.name, [1, 2, 3, 5], False)
     assert stacked >= len([l for l in s.layers if l.kind == "internal"])
+
+
+def test_stacked_candidates_with_their_own_masks_at_later_points(own_label_data):
+    """A DenseNet's growth channels are mask points again in every later norm of their block (after the
+    concatenations), which a candidate's pass recomputes: stacked, each block of rows gets its own masks there
+    (Masker.row_keep). Each stacked result must equal a real pass with exactly that state's masks."""
+    from cswap_nb.core.causal import true_class_scores
+    from cswap_nb.pruning.session import PruneSession
+
+    model = LIBRARY_MODELS["torchvision-densenet"]()
+    x, y = own_label_data(model, n=60, shape=(3, 32, 32), min_per_class=4)
+    s = PruneSession(model, (x, y), samples_per_class=4, progress=False, compaction="off")
+    e, m = s.engine, s.masker
+    n = len(s.y)  # the classes the random model predicts at least 4 times
+    assert n >= 4
+    rows = ((0, 1), (n - 2, n))
+    xr, yr = torch.cat([s.x[a:b] for a, b in rows]), torch.cat([s.y[a:b] for a, b in rows])
+    with_points = 0
+    for layer in s.layers:
+        if layer.size < 6:
+            continue
+        m.set(layer.name, [5], True)  # a removal kept earlier
+        e.rows_scores(s.x, s.y, "logit", layer, ((0, len(s.y)),))
+        m.set(layer.name, [1], True)
+        assert e.can_stack(layer, s.x), layer.name
+        with_points += bool(e._plan(layer).row_points)
+        e.stack_rows(s.x, s.y, "logit", layer, [[2], [3, 4]], rows)
+        assert not m.row_keep  # the per-row masks live only during the stacked pass
+        for cand in ([1], [2], [3, 4]):
+            m.set(layer.name, [1, 2, 3, 4], False)
+            m.set(layer.name, cand, True)
+            taken = len(e._speculation.results)
+            got = e.rows_scores(s.x, s.y, "logit", layer, rows)
+            assert len(e._speculation.results) == taken - 1, (layer.name, cand)  # the stacked result was used
+            with torch.inference_mode():
+                want = true_class_scores(s.work(xr), yr, "logit")
+            assert (got - want).abs().max() < 1e-4, (layer.name, cand)
+        m.set(layer.name, [1, 2, 3, 4, 5], False)
+    assert with_points >= 2  # the growth layers of both blocks, whose later norms are their mask points

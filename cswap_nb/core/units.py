@@ -803,8 +803,8 @@ def _removed_mask(p: Tensor, kept: Tensor | None) -> Tensor:
 class Masker:
     """Forward hooks that zero chosen units; ``remove()`` restores the model exactly.
 
-    ``removed[layer.name]`` is a bool tensor of length ``layer.size`` (True = unit removed).
-    Channel units are zeroed in the output of their mask points; a LayerNorm mask point is recomputed over
+    ``removed[layer.name]`` is a bool tensor of length ``layer.size`` (True = unit removed), changed only
+    through :meth:`set` (which keeps the masks, the masked points and the state key in step). Channel units are zeroed in the output of their mask points; a LayerNorm mask point is recomputed over
     its kept channels (:func:`masked_layer_norm`); heads are zeroed in the input of ``attn.proj`` (a forward
     pre-hook).
     """
@@ -816,6 +816,14 @@ class Masker:
         modules = dict(model.named_modules())
         self._keep: dict[str, Tensor] = {}
         self._keep_heads: dict[str, Tensor] = {}
+        self._norms: set[str] = set()  # mask points recomputed over their kept channels (LayerNorm)
+        # per-row masks (module name -> (batch, channels)) that replace a point's mask for a batch of that many
+        # rows: candidates stacked in one pass, each with its own units removed (engines/graph.py)
+        self.row_keep: dict[str, Tensor] = {}
+        # what set() last left, so that a pass and a cache key ask no tensor: the points with a channel
+        # masked, and each layer's removed units as a tuple
+        self._masked: set[str] = set()
+        self._units: dict[str, tuple[int, ...]] = {layer.name: () for layer in layers}
         self._handles = []
         for layer in layers:
             if layer.kind == "heads":
@@ -833,6 +841,8 @@ class Masker:
                 tensors = list(mod.parameters()) + list(mod.buffers())
                 device = tensors[0].device if tensors else torch.device("cpu")
                 self._keep[mod_name] = torch.ones(n, device=device)
+                if isinstance(mod, nn.LayerNorm):
+                    self._norms.add(mod_name)
                 hook = (self._norm_hook if isinstance(mod, nn.LayerNorm) else self._hook)(mod_name, channel_dim(mod))
                 self._handles.append(mod.register_forward_hook(hook))
 
@@ -853,23 +863,45 @@ class Masker:
 
     def _hook(self, mod_name: str, dim: int):
         def hook(module, inputs, output):
-            keep = self._keep[mod_name]
-            if bool(keep.all()):
+            rows = self.row_keep.get(mod_name) if self.row_keep else None
+            if rows is not None and dim != 0 and output.shape[0] == rows.shape[0]:
+                shape = [1] * output.ndim
+                shape[0], shape[dim] = rows.shape
+                return output * rows.view(shape)
+            if mod_name not in self._masked:
                 return output
             shape = [1] * output.ndim
             shape[dim] = -1
-            return output * keep.view(shape)
+            return output * self._keep[mod_name].view(shape)
 
         return hook
+
+    def row_maskable(self, mod_name: str) -> bool:
+        """Whether :attr:`row_keep` can give ``mod_name``'s output a mask per row: a channel mask point whose
+        hook multiplies (not a LayerNorm's recomputation, not a head)."""
+        return mod_name in self._keep and mod_name not in self._norms
+
+    def rows_keep(self, layer_name: str, mod_name: str, states: list[list[int]], rows: int) -> Tensor:
+        """The mask of ``mod_name``'s channels for a batch of ``len(states)`` blocks of ``rows`` rows, block i
+        with ``layer_name``'s removed units taken as ``states[i]`` (every other layer's as they are): a
+        ``(len(states) * rows, channels)`` tensor for :attr:`row_keep`."""
+        per_unit = self.layers[layer_name].points[mod_name]
+        base = self._keep[mod_name].clone()
+        base[unit_channels(per_unit, list(self._units[layer_name]))] = 1.0
+        blocks = []
+        for units in states:
+            k = base.clone()
+            k[unit_channels(per_unit, units)] = 0.0
+            blocks.append(k)
+        return torch.stack(blocks).repeat_interleave(rows, dim=0)
 
     def _norm_hook(self, mod_name: str, dim: int):
         """A LayerNorm's channels: its output recomputed over the kept channels (:func:`masked_layer_norm`), so
         that the statistics are those of the smaller norm that removal leaves."""
         def hook(module, inputs, output):
-            keep = self._keep[mod_name]
-            if bool(keep.all()):
+            if mod_name not in self._masked:
                 return output
-            return masked_layer_norm(module, inputs[0], keep, dim)
+            return masked_layer_norm(module, inputs[0], self._keep[mod_name], dim)
 
         return hook
 
@@ -889,21 +921,32 @@ class Masker:
         layer = self.layers[layer_name]
         units = [int(u) for u in (units if hasattr(units, "__iter__") else [units])]
         self.removed[layer_name][units] = removed
+        self._units[layer_name] = tuple(self.removed[layer_name].nonzero().flatten().tolist())
         keep = self._keep_heads if layer.kind == "heads" else self._keep
         for mod_name, per_unit in layer.points.items():
             idx = unit_channels(per_unit, units)
             keep[mod_name][idx] = 0.0 if removed else 1.0
+            if layer.kind != "heads":
+                if bool(keep[mod_name].all()):
+                    self._masked.discard(mod_name)
+                else:
+                    self._masked.add(mod_name)
+
+    @property
+    def removed_units(self) -> dict[str, tuple[int, ...]]:
+        """Each layer's removed units as a sorted tuple, kept by :meth:`set` (read it, do not change it):
+        what :attr:`removed` says, without a tensor operation."""
+        return self._units
 
     def pruned(self) -> dict[str, list[int]]:
-        return {name: mask.nonzero().flatten().tolist() for name, mask in self.removed.items()}
+        return {name: list(units) for name, units in self._units.items()}
 
     def state(self, exclude: str | None = None, instead: tuple[str, list[int]] | None = None) -> tuple:
         """The removed units of every layer as a hashable key, ``((layer, (unit, ...)), ...)`` in the layers'
         order: what a cache of scores or activations is keyed by. ``exclude``: leave that layer out;
         ``instead``: ``(layer, units)``, that layer's removed units taken as ``units`` (sorted) instead."""
-        return tuple((name, tuple(sorted(instead[1])) if instead is not None and name == instead[0]
-                      else tuple(mask.nonzero().flatten().tolist()))
-                     for name, mask in self.removed.items() if name != exclude)
+        return tuple((name, tuple(sorted(instead[1])) if instead is not None and name == instead[0] else units)
+                     for name, units in self._units.items() if name != exclude)
 
     def remove(self) -> None:
         for h in self._handles:

@@ -72,21 +72,21 @@ class _Compact:
             self.engine.segmentation(*segmentation)
         self.share = macs_share(model)  # its MACs over the dense network's: its passes' cost in dense passes
 
-    def serves(self, removed: dict[str, Tensor], layer: UnitLayer | None) -> bool:
-        """Whether the session's masks ``removed`` are this copy plus masks of layers with nothing sliced,
-        and ``layer`` (the layer under test) has nothing sliced."""
+    def serves(self, removed: dict[str, tuple[int, ...]], layer: UnitLayer | None) -> bool:
+        """Whether the session's removed units ``removed`` (:attr:`Masker.removed_units`) are this copy plus
+        removals in layers with nothing sliced, and ``layer`` (the layer under test) has nothing sliced."""
         if layer is not None and layer.name in self.sliced:
             return False
-        return all(bool(removed[name][list(units)].all()) and int(removed[name].sum()) == len(units)
-                   for name, units in self.sliced.items())
+        return all(removed[name] == units for name, units in self.sliced.items())
 
-    def sync(self, removed: dict[str, Tensor]) -> None:
+    def sync(self, removed: dict[str, tuple[int, ...]]) -> None:
         """Mask in the copy what the session's masks remove in the layers with nothing sliced."""
-        for name in self.layers:
+        mine = self.masker.removed_units
+        for name, layer in self.layers.items():
             now = removed[name]
-            if not torch.equal(now, self.masker.removed[name]):
-                self.masker.set(name, range(now.numel()), False)
-                self.masker.set(name, now.nonzero().flatten().tolist(), True)
+            if now != mine[name]:
+                self.masker.set(name, range(layer.size), False)
+                self.masker.set(name, list(now), True)
 
 
 class CompactingEngine(EngineWrapper):
@@ -95,16 +95,18 @@ class CompactingEngine(EngineWrapper):
     first scored: some unit of another layer was removed since the last copy, the layer has at least
     :attr:`min_units` units left to test, and the copies stay within :attr:`time_share` of the analysis.
     :attr:`rebuilds` counts the copies built, :attr:`compact_seconds` their cost (surgery, tracing, checks),
-    :attr:`skipped` the layers where a copy would have overrun that share (the last copy, if it serves,
-    scores them with the newer removals masked)."""
+    :attr:`skipped` the layers where a copy, or the check of the layer's plan on the last copy, would have
+    overrun that share (the last copy then scores them with the newer removals masked, or the wrapped engine
+    does)."""
 
     min_units = 32
     """A copy costs a surgery and a traced graph (0.1-0.5 s on the zoo's models): not worth it for a layer
     with few candidates."""
 
     time_share: float | None = 0.1
-    """After the first copy, another is built only while all copies, that one included (at their mean cost
-    so far), take at most this share of the time since the engine's first call; None: no limit. A network of
+    """After the first copy, another is built (or the last one checks its plan for a new layer) only while all
+    copies and their checks, that one included (at their mean cost so far), take at most this share of the
+    time since the engine's first call; None: no limit. A network of
     many small layers (DenseNet121: a copy costs ~1.3 s there, 120 layers) would otherwise spend more time on
     copies than it saves: at 64 px and 4 images a class, compaction without this limit did 2,383 tests in 60 s
     against 4,199 without compaction."""
@@ -120,6 +122,8 @@ class CompactingEngine(EngineWrapper):
         # the dense network's MACs (the session counted them at set-up: ``dense_macs``)
         self._dense_macs = dense_macs if dense_macs is not None else count_macs(template, example)
         self.rebuilds, self.compact_seconds, self.skipped = 0, 0.0, 0
+        self._plan_checks = (0, 0.0)  # the layers' plan checks on copies: how many, their seconds
+        self._over = False  # whether the time share refused a copy or a check for the present layer
         self._started: float | None = None  # the engine's first call (time_share's clock)
         self.failed: str | None = None  # why no copy could be built (then the wrapped engine scores everything)
         self._copy_fallbacks: dict[str, str] = {}  # layers earlier copies' graphs could not plan
@@ -161,16 +165,35 @@ class CompactingEngine(EngineWrapper):
         if not any(tuple(units) != have.get(name, ())
                    for name, units in self.masker.pruned().items() if name != layer.name and units):
             return False
-        if self.rebuilds and self.time_share is not None:
-            spent = self.compact_seconds * (self.rebuilds + 1) / self.rebuilds  # with one more at the mean cost
-            if spent > self.time_share * (time.perf_counter() - self._started):
-                self.skipped += 1
-                return False
+        return self._affordable(self.compact_seconds / max(1, self.rebuilds))
+
+    def _affordable(self, cost: float) -> bool:
+        """Whether the copies may spend ``cost`` more seconds within :attr:`time_share` (the first copy may)."""
+        if not self.rebuilds or self.time_share is None:
+            return True
+        if self.compact_seconds + cost <= self.time_share * (time.perf_counter() - self._started):
+            return True
+        self._over = True  # counted once per layer in skipped
+        return False
+
+    def _checked_on_copy(self, c: "_Compact", layer: UnitLayer, built: bool) -> bool:
+        """Whether the copy ``c`` scores ``layer``: its graph checks the layer's plan first (timed with the
+        copies' cost), which a copy kept from an earlier layer does only within the time share."""
+        checks = self._plan_checks
+        if not built and not self._affordable(checks[1] / checks[0] if checks[0] else 0.0):
+            return False
+        t0 = time.perf_counter()
+        try:
+            c.engine.prepare(c.layers[layer.name])
+        finally:
+            spent = time.perf_counter() - t0
+            self.compact_seconds += spent
+            self._plan_checks = (checks[0] + 1, checks[1] + spent)
         return True
 
     def _build(self, layer: UnitLayer) -> None:
         t0 = time.perf_counter()
-        removed = self.masker.removed
+        removed = self.masker.removed_units
         sliced = {name: units for name, units in self.masker.pruned().items() if name != layer.name}
         try:
             c = _Compact(self.template, self.example, self.masker.layers, sliced, self._share, self._segmentation)
@@ -202,21 +225,25 @@ class CompactingEngine(EngineWrapper):
         if self.failed is not None or layer is None:
             return self.inner
         if layer.name != self._layer:  # a new layer: build a copy where one pays, else keep the last if it serves
-            self._layer = layer.name
-            if self._worth(layer):
+            self._layer, self._over = layer.name, False
+            built = self._worth(layer)
+            if built:
                 self._build(layer)
             c = self._compact
-            self._use = c if c is not None and c.serves(self.masker.removed, layer) else None
+            self._use = c if c is not None and c.serves(self.masker.removed_units, layer) else None
             if c is not None and self._use is None:
                 self._compact = None  # it slices this layer, or a removal it sliced was undone
+            if self._use is not None and not self._checked_on_copy(self._use, layer, built):
+                self._use = None  # the masked network's engine, whose plan for the layer is checked
+            self.skipped += self._over
         c = self._use
         if c is None:
             return self.inner
-        if not c.serves(self.masker.removed, layer):  # the guard undid a sliced removal mid-layer
+        if not c.serves(self.masker.removed_units, layer):  # the guard undid a sliced removal mid-layer
             self._use = self._compact = None
             return self.inner
         try:
-            c.sync(self.masker.removed)
+            c.sync(self.masker.removed_units)
         except Exception as exc:  # noqa: BLE001
             self._drop(exc)
             return self.inner

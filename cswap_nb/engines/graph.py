@@ -132,6 +132,11 @@ class GraphEngine(ScoreEngine):
         """The layers analysed with full passes (no checked plan), with the reason."""
         return self._layer_fallbacks
 
+    def prepare(self, layer: UnitLayer) -> bool:
+        """Trace and check ``layer``'s plan now, as its first scoring call would (a no-op once done); whether
+        the layer has a checked plan."""
+        return self._plan(layer) is not None
+
     def _plan(self, layer: UnitLayer) -> Plan | None:
         """The checked plan of ``layer`` (None: full passes, :attr:`layer_fallbacks` says why)."""
         if layer.name not in self._plans:
@@ -215,11 +220,12 @@ class GraphEngine(ScoreEngine):
                     self._check_slices(layer, plan, example)
                 except Exception:  # noqa: BLE001 - whole-batch candidates still use the plan
                     plan.sliceable, plan.batched = False, set()
-                # candidates stack when they differ only in the values they are given: none of the layer's
-                # mask points is recomputed (a coupled group's later points would apply the masks' present
-                # state to every stacked row)
-                plan.stackable = plan.sliceable and plan.shortcut and not any(
-                    n.op == "call_module" and n.target in layer.points for n in plan.dirty)
+                # candidates stack when they differ only in the values they are given, or also in the
+                # layer's mask points a candidate recomputes (a coupled group's later points: DenseNet's
+                # norms after a concatenation) where those take a mask per row (Masker.row_keep)
+                plan.row_points = [n.target for n in plan.dirty if n.op == "call_module" and n.target in layer.points]
+                plan.stackable = plan.sliceable and plan.shortcut and layer.kind != "heads" and all(
+                    self.masker.row_maskable(m) for m in plan.row_points)
         except Exception as exc:  # noqa: BLE001
             self._layer_fallbacks[layer.name] = f"its cached plan failed ({type(exc).__name__}: {exc})"
             return None
@@ -483,8 +489,13 @@ class _Speculation:
                         _zero_channels(v, [plan.channels[u] for u in removed], plan.dim != 1)
                     parts.append(v)
                 env[r] = torch.cat(parts)
-            logits = e._dirty_run(plan, env)
             n, ys = row_count(rows), take_rows(y, rows)
+            masker = e.masker
+            masker.row_keep = {m: masker.rows_keep(layer.name, m, [r for r, _ in states], n) for m in plan.row_points}
+            try:
+                logits = e._dirty_run(plan, env)
+            finally:
+                masker.row_keep = {}
             self.results = {}
             for i, (removed, _) in enumerate(states):
                 q = true_class_scores(logits[i * n : (i + 1) * n], ys, score)

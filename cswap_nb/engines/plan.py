@@ -83,6 +83,7 @@ class Plan:
     batched: set = field(default_factory=set)  # frontier nodes whose first dimension is the batch
     sliceable: bool = False  # whether a candidate can run on a slice of the cached batch (checked)
     stackable: bool = False  # whether several candidates can run in one batch (set with the layer's plan)
+    row_points: list[str] = field(default_factory=list)  # the layer's mask points a candidate recomputes
 
     def __post_init__(self):
         # values a candidate computes itself and keeps no further: in-place ops may work on them. The
