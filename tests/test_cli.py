@@ -158,8 +158,22 @@ def test_prune_own_arch_weights_and_image_folder(own_model, tmp_path, capsys):
     assert ("transform (torchvision's resnet18 default weights): resize 37 (bilinear), centre crop 32, "
             "mean 0.485,0.456,0.406, std 0.229,0.224,0.225") in printed
     assert s["transform"]["image_size"] == 32 and s["transform"]["resize"] == 37
+    assert "device: cpu" in printed
     pruned = cs.load_pruned(out / "pruned.pt")
     assert pruned(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_prune_own_arch_with_a_validation_folder_and_the_guard(own_model, tmp_path, capsys):
+    """--val-dir gives the metric before and after on held-out images and is the guard's split."""
+    summary = tmp_path / "summary.json"
+    assert main(["prune", "--arch", "torchvision:resnet18", "--weights", str(own_model / "weights.pt"),
+                 "--data-dir", str(own_model / "images"), "--val-dir", str(own_model / "images"), "--image-size", "32",
+                 "--samples-per-class", "3", "--group-size", "64", "--max-drop", "50", "--device", "cpu",
+                 "--no-progress", "--json", str(summary)]) == 0
+    s = json.loads(summary.read_text())
+    assert s["metric_before"] == 100.0  # the folder holds the images under the class the model predicts
+    assert s["metric_after"] is not None and s["guard"] is not None and s["guard"]["checks"] >= 1
+    assert "validation: " in capsys.readouterr().out
 
 
 def test_prune_arch_errors(own_model, tmp_path, capsys):
@@ -177,9 +191,18 @@ def test_prune_arch_errors(own_model, tmp_path, capsys):
     assert main([*args, "--model", "resnet18-digits", "--weights", str(own_model / "weights.pt")]) == 2
     assert "not both" in capsys.readouterr().err
     assert main(["prune", "--model", "resnet18-digits", "--data-dir", str(own_model / "images")]) == 2
-    assert "--weights, --data-dir, --image-size, --mean, --std and --num-classes go with --arch" in capsys.readouterr().err
+    assert "--weights, --data-dir, --val-dir, --image-size, --mean, --std and --num-classes go with --arch" in capsys.readouterr().err
     assert main(["prune", "--model", "resnet18-digits", "--mean", "0.5,0.5,0.5"]) == 2
     assert "go with --arch, not with --model" in capsys.readouterr().err
+    assert main(["prune", "--model", "resnet18-digits", "--val-dir", str(own_model / "images")]) == 2
+    assert "go with --arch, not with --model" in capsys.readouterr().err
+    assert main([*args, "--weights", str(own_model / "weights.pt"), "--max-drop", "1"]) == 2
+    assert "--max-drop needs --val-dir DIR with --arch" in capsys.readouterr().err
+    assert main([*args, "--weights", str(own_model / "weights.pt"), "--device", "tpu"]) == 2
+    assert "--device must be auto, cpu, cuda or cuda:N, got 'tpu'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main([*args, "--weights", str(own_model / "weights.pt"), "--device", "cuda"]) == 2
+        assert "this PyTorch sees no CUDA device" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*args, "--weights", str(own_model / "weights.pt"), "--mean", "0.5,0.5"])
     assert "expected three comma-separated numbers (R,G,B), got '0.5,0.5'" in capsys.readouterr().err

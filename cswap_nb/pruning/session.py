@@ -491,8 +491,8 @@ class PruneSession:
                 model=work, labels=pd.DataFrame(self.records), config=config,
                 engine={**_engine_summary(e, cfg.engine),
                         "world_size": torch.distributed.get_world_size(self.group) if self.distributed else 1,
-                        "local_samples": (e.local_samples if self.distributed and e is not None else None)
-                        or int(len(self.x)),
+                        "local_samples": (int(len(self.x)) if not self.distributed or e is None or e.local_samples
+                                          is None else e.local_samples),
                         "shard_by": self.shard_by if self.distributed else None,
                         "scores_per_pass": int(len(self.test_y)),
                         "forward_passes": round(self.cost.forward_passes, 3),

@@ -140,6 +140,25 @@ def _three_floats(text: str) -> tuple[float, float, float]:
     return values
 
 
+def run_device(text: str) -> torch.device:
+    """``--device``: ``auto`` is this process's CUDA GPU when PyTorch sees one (under torchrun the rank's
+    ``LOCAL_RANK`` GPU, set when the process group was made), else the CPU; or ``cpu``, ``cuda``, ``cuda:N``."""
+    if text == "auto":
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {text!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {text}: this PyTorch sees no CUDA device (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {text}: only {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
 def launched_ranks() -> bool:
     """Whether this process is one of several that ``torchrun`` started (``WORLD_SIZE`` > 1). The process group
     is then initialised here (``nccl`` with a GPU per rank, else ``gloo``) unless the caller did it."""
@@ -165,18 +184,29 @@ def run_prune(args: argparse.Namespace, out: Path | None, distributed: bool = Fa
         raise ValueError("give --model NAME (a shipped checkpoint) or --arch SOURCE:NAME (with --weights and "
                          "--data-dir), not both")
     config = from_arguments(args)
+    device = run_device(args.device)
     if args.arch is not None:
         model, calib, transform = _own_model(args)
         data_args = {}
+        if args.val_dir is not None:  # held-out images: the metric before and after, and the guard's split
+            val = image_folder(args.val_dir, transform=eval_transform(args.arch, args.image_size, args.mean,
+                                                                      args.std)[0])
+            print(f"validation: {args.val_dir}, {len(val):,} images in {len(val.classes)} class folders")
+            data_args = {"eval_data": val, **({"guard_data": val} if config.max_drop is not None else {})}
+        elif config.max_drop is not None:
+            raise ValueError("--max-drop needs --val-dir DIR with --arch: held-out images (one sub-folder per class, "
+                             "not the calibration folder) on which the guard measures the pruned network")
     else:
         if any(v is not None for v in (args.weights, args.data_dir, args.image_size, args.mean, args.std,
-                                       args.num_classes)):
-            raise ValueError("--weights, --data-dir, --image-size, --mean, --std and --num-classes go with --arch, "
-                             "not with --model")
+                                       args.num_classes, args.val_dir)):
+            raise ValueError("--weights, --data-dir, --val-dir, --image-size, --mean, --std and --num-classes go "
+                             "with --arch, not with --model")
         model, data = zoo.load(args.model)
         print(f"data: {data.name}, {data.source}; calibration pool {len(data.calib.y):,}, test {len(data.test.y):,} images")
         calib = data.calib
         data_args = {"eval_data": data.test, **({"guard_data": data.val} if config.max_drop is not None else {})}
+    model = model.to(device)
+    print(f"device: {device}")
     session = PruneSession(model, calib, config=config, progress=not args.no_progress, distributed=distributed,
                            model_name=args.model or args.arch, **data_args)  # cs.prune in two steps: set up, say the coverage, run
     print(session.coverage)
@@ -310,6 +340,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --arch: R,G,B standard deviations (default: as for --mean; ImageNet's 0.229,0.224,0.225)")
     p.add_argument("--num-classes", type=positive_int, default=None,
                    help="with --arch: the model's outputs (default: the number of class folders)")
+    p.add_argument("--val-dir", type=Path, default=None,
+                   help="with --arch: held-out images (one sub-folder per class, same transform): the metric before "
+                        "and after, and the split --max-drop's guard measures")
+    p.add_argument("--device", default="auto",
+                   help="auto (a CUDA GPU when PyTorch sees one; under torchrun the rank's LOCAL_RANK GPU), cpu, "
+                        "cuda or cuda:N (default: auto)")
     p.add_argument("--out", type=Path, default=None, help="folder for pruned.pt and the figure")
     add_arguments(p)
     _add_common(p)

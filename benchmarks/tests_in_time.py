@@ -1,0 +1,68 @@
+"""How many causal tests a default C-SWAP analysis of a random-weight torchvision model runs in a fixed time:
+a quick comparison of engine options on models too slow to finish (DenseNet, EfficientNetV2).
+
+    python benchmarks/tests_in_time.py [--model densenet121] [--seconds 60] [--compaction on|off] [--profile]
+
+The model and calibration set are those of ``benchmarks/prunability.py --cswap`` (``num_classes=10``, 64 px,
+120 random images labelled by the model, the classes it predicts at least 4 times, ``samples_per_class=4``).
+Prints the session's set-up time, the tests run in ``--seconds`` of analysis (the engine is built on the
+first test, so its plan checks count), the work in dense passes and what compaction did; ``--profile`` adds
+cProfile's top functions by internal and by cumulative time.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import cProfile
+import pstats
+import time
+import warnings
+
+import torch
+import torchvision
+
+import cswap_nb as cs
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="densenet121")
+    p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--compaction", default=None, choices=["on", "off"])
+    p.add_argument("--profile", action="store_true")
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(args.model, weights=None, num_classes=10).eval()
+    xc = torch.randn(120, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        yc = torch.cat([model(xc[i : i + 40]) for i in range(0, 120, 40)]).argmax(1)
+    labels, counts = yc.unique(return_counts=True)
+    keep = torch.isin(yc, labels[counts >= 4])
+    print(f"{args.model}: {int((counts >= 4).sum())} classes predicted at least 4 times, {int(keep.sum())} images")
+    warnings.simplefilter("ignore")
+    prof = cProfile.Profile() if args.profile else None
+    if prof:
+        prof.enable()
+    t0 = time.perf_counter()
+    opts = {"compaction": args.compaction} if args.compaction else {}
+    session = cs.PruneSession(model, (xc[keep], yc[keep]), samples_per_class=4, progress=False, **opts)
+    print(f"set-up {time.perf_counter() - t0:.1f} s, {session.total_steps} tests planned", flush=True)
+    t1, done = time.perf_counter(), 0
+    for _ in session.steps():
+        done += 1
+        if time.perf_counter() - t1 > args.seconds:
+            break
+    if prof:
+        prof.disable()
+    e = session.engine
+    print(f"tests {done} in {time.perf_counter() - t1:.1f} s; work {e.forward_equivalents:.1f} dense passes; "
+          f"compaction {e.compaction}")
+    print("by block:", collections.Counter(".".join(r["layer"].split(".")[:2]) for r in session.records).most_common(6))
+    if prof:
+        stats = pstats.Stats(prof)
+        stats.sort_stats("tottime").print_stats(20)
+        stats.sort_stats("cumtime").print_stats(30)
+
+
+if __name__ == "__main__":
+    main()
