@@ -252,28 +252,20 @@ def test_distributed_takes_true_false_or_a_process_group():
 
 
 @pytest.mark.slow  # the scenarios share one spawn of two ranks: 27-43 s here (imports ~16 s)
-def test_a_rank_whose_set_up_fails_stops_the_other_at_once(ranks):
-    """An error before any scoring (here rank 1's calibration selection) reaches rank 0 through the set-up's
-    own check, not through the next scoring call's collective or the process group's timeout."""
+@pytest.mark.parametrize("mode, own, told, limit", [
+    # an error before any scoring (rank 1's calibration selection) reaches rank 0 through the set-up's own
+    # check, not through the next scoring call's collective or the process group's timeout
+    ("setup", "set-up failed on purpose", "rank 1 of 2 failed while setting up its session", 30),
+    ("raise", "scoring failed on purpose", "rank 1 of 2 failed while scoring", 60),
+])
+def test_a_rank_that_raises_stops_the_other(ranks, mode, own, told, limit):
     reports, codes, _ = ranks
     assert all(c is not None for c in codes), f"a rank hung: exit codes {codes}"
-    first, second = reports[0]["setup"], reports[1]["setup"]
-    assert second.get("error") == "ValueError" and "set-up failed on purpose" in second["message"]
+    first, second = reports[0][mode], reports[1][mode]
+    assert second.get("error") == "ValueError" and own in second["message"]
     assert first.get("error") == "RankLostError", first
-    assert "rank 1 of 2 failed while setting up its session" in first["message"]
-    assert first["seconds"] < 30
-    print(f"\nrank 0 raised {first['seconds']:.1f} s after its session started")
-
-
-@pytest.mark.slow  # the scenarios share one spawn of two ranks: 27-43 s here (imports ~16 s)
-def test_a_rank_that_raises_stops_the_other(ranks):
-    reports, codes, _ = ranks
-    assert all(c is not None for c in codes), f"a rank hung: exit codes {codes}"
-    first, second = reports[0]["raise"], reports[1]["raise"]
-    assert second.get("error") == "ValueError" and "on purpose" in second["message"]
-    assert first.get("error") == "RankLostError", first
-    assert "rank 1 of 2 failed while scoring" in first["message"]
-    assert first["seconds"] < 60
+    assert told in first["message"]
+    assert first["seconds"] < limit
     print(f"\nrank 0 raised {first['seconds']:.1f} s after its session started (set-up included)")
 
 

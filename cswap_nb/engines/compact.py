@@ -162,8 +162,8 @@ class CompactingEngine(EngineWrapper):
         if int((~removed[layer.name]).sum()) < self.min_units:
             return False
         have = self._compact.sliced if self._compact is not None else {}
-        if not any(tuple(units) != have.get(name, ())
-                   for name, units in self.masker.pruned().items() if name != layer.name and units):
+        if not any(units != have.get(name, ())
+                   for name, units in self.masker.removed_units.items() if name != layer.name and units):
             return False
         return self._affordable(self.compact_seconds / max(1, self.rebuilds))
 

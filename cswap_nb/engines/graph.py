@@ -217,7 +217,7 @@ class GraphEngine(ScoreEngine):
                         self._layer_fallbacks[layer.name] = "its cached plan did not reproduce a full pass"
                         return None
                 try:
-                    self._check_slices(layer, plan, example)
+                    _check_slices(self, layer, plan, example)
                 except Exception:  # noqa: BLE001 - whole-batch candidates still use the plan
                     plan.sliceable, plan.batched = False, set()
                 # candidates stack when they differ only in the values they are given, or also in the
@@ -234,39 +234,6 @@ class GraphEngine(ScoreEngine):
             self.masker.set(layer.name, saved.nonzero().flatten().tolist(), True)
             self._cache = self._current = None
         return plan
-
-    def _check_slices(self, layer: UnitLayer, plan: Plan, example: Tensor) -> None:
-        """Find the frontier values whose first dimension is the batch (their rows are sliced for a slice
-        of the calibration set; every other value must not depend on the batch) and check that a
-        candidate run on each row of a two-sample batch reproduces that row of the whole run. Sets
-        :attr:`Plan.sliceable`; a plan that fails is still used for whole-batch candidates."""
-        plan.sliceable, plan.batched = False, set()
-        if "pair" not in self._clean.runs:  # one tensor for every layer's check, so its clean run is shared
-            self._clean.runs["pair"] = torch.cat([example, example.flip(-1)])
-        pair = self._clean.runs["pair"]
-        with torch.inference_mode():
-            values = []
-            for x in (pair, pair[:1]):
-                self._cache = self._current = None
-                values.append(self._cache_for(layer, plan, x).values[0])
-            for n in plan.frontier:
-                two, one = values[0][n], values[1][n]
-                if (isinstance(two, Tensor) and isinstance(one, Tensor) and two.ndim and two.shape[0] == 2
-                        and one.shape[0] == 1 and two.shape[1:] == one.shape[1:]):
-                    plan.batched.add(n)
-                elif not _same_value(two, one):
-                    return  # a value that depends on the batch size but is not batch-major
-            for units in ([], [0]):
-                self.masker.set(layer.name, list(range(layer.size)), False)
-                self.masker.set(layer.name, units, True)
-                self._cache = self._current = None
-                whole = self._logits(pair, layer)
-                _, cache, given, removed = self._begin(layer, pair)
-                rows = [self._run_chunk(plan, cache.values[0], given[0] if given else None, removed, ((i, i + 1),))
-                        for i in range(2)]
-                if not torch.allclose(torch.cat(rows), whole, atol=1e-4, rtol=1e-4):
-                    return
-        plan.sliceable = True
 
     # -- the cache -------------------------------------------------------------------------------
     def _state_key(self, layer: UnitLayer, x: Tensor) -> tuple:
@@ -447,6 +414,40 @@ class GraphEngine(ScoreEngine):
     def clear_stacked(self) -> None:
         """Forget the results :meth:`stack_rows` computed in advance."""
         self._speculation.clear()
+
+
+def _check_slices(e: "GraphEngine", layer: UnitLayer, plan: Plan, example: Tensor) -> None:
+    """Find the frontier values whose first dimension is the batch (their rows are sliced for a slice
+    of the calibration set; every other value must not depend on the batch) and check that a
+    candidate run on each row of a two-sample batch reproduces that row of the whole run. Sets
+    :attr:`Plan.sliceable`; a plan that fails is still used for whole-batch candidates."""
+    plan.sliceable, plan.batched = False, set()
+    if "pair" not in e._clean.runs:  # one tensor for every layer's check, so its clean run is shared
+        e._clean.runs["pair"] = torch.cat([example, example.flip(-1)])
+    pair = e._clean.runs["pair"]
+    with torch.inference_mode():
+        values = []
+        for x in (pair, pair[:1]):
+            e._cache = e._current = None
+            values.append(e._cache_for(layer, plan, x).values[0])
+        for n in plan.frontier:
+            two, one = values[0][n], values[1][n]
+            if (isinstance(two, Tensor) and isinstance(one, Tensor) and two.ndim and two.shape[0] == 2
+                    and one.shape[0] == 1 and two.shape[1:] == one.shape[1:]):
+                plan.batched.add(n)
+            elif not _same_value(two, one):
+                return  # a value that depends on the batch size but is not batch-major
+        for units in ([], [0]):
+            e.masker.set(layer.name, list(range(layer.size)), False)
+            e.masker.set(layer.name, units, True)
+            e._cache = e._current = None
+            whole = e._logits(pair, layer)
+            _, cache, given, removed = e._begin(layer, pair)
+            rows = [e._run_chunk(plan, cache.values[0], given[0] if given else None, removed, ((i, i + 1),))
+                    for i in range(2)]
+            if not torch.allclose(torch.cat(rows), whole, atol=1e-4, rtol=1e-4):
+                return
+    plan.sliceable = True
 
 
 class _Speculation:

@@ -112,9 +112,7 @@ class ShardedEngine(EngineWrapper):
         self._work = 0.0
         self._shards: list[_Shard] = []
         self._slice: dict[tuple, bool] = {}
-        backend = dist.get_backend(group)
-        self._device = (torch.device("cuda", torch.cuda.current_device()) if backend == "nccl"
-                        else torch.device("cpu"))
+        self._device = _group_device(group)
 
     # -- what the loop asks -------------------------------------------------------------------
     @property
@@ -269,9 +267,7 @@ class ShardedEngine(EngineWrapper):
         if error is not None:
             raise error
         if failed:
-            raise RankLostError(f"rank{'s' if len(failed) > 1 else ''} {', '.join(map(str, failed))} of "
-                                f"{self.world} failed while scoring its calibration shard (see its own error); "
-                                f"rank {self.rank} stops too")
+            raise _failed(failed, self.world, "scoring its calibration shard", self.rank)
         codes = [int(p[1].item()) for p in parts if p[1].item() >= 0]
         dtype = _DTYPES[codes[0]] if codes else torch.float32
         flat = torch.cat([p[2 : 2 + c] for p, c in zip(parts, counts)])
@@ -296,10 +292,8 @@ def agree(group, error: Exception | None, stage: str) -> None:
     reach, failed or not), then raise: this rank's own ``error``, or a :class:`RankLostError` naming the ranks
     that failed. So an error at a step outside the scoring calls (a session's set-up) ends every rank at once,
     instead of leaving the others waiting in their next collective until the failed process ends."""
-    device = (torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl"
-              else torch.device("cpu"))
     rank, world = dist.get_rank(group), dist.get_world_size(group)
-    mine = torch.tensor([float(error is not None)], device=device)
+    mine = torch.tensor([float(error is not None)], device=_group_device(group))
     parts = [torch.empty_like(mine) for _ in range(world)]
     try:
         dist.all_gather(parts, mine, group=group)
@@ -312,8 +306,18 @@ def agree(group, error: Exception | None, stage: str) -> None:
         raise error
     failed = [r for r, p in enumerate(parts) if p.item() != 0]
     if failed:
-        raise RankLostError(f"rank{'s' if len(failed) > 1 else ''} {', '.join(map(str, failed))} of {world} failed "
-                            f"while {stage} (see its own error); rank {rank} stops too")
+        raise _failed(failed, world, stage, rank)
+
+
+def _group_device(group) -> torch.device:
+    """Where a collective of ``group`` holds its tensors: this process's GPU for NCCL, else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else torch.device("cpu")
+
+
+def _failed(failed: list[int], world: int, stage: str, rank: int) -> RankLostError:
+    """The error a rank raises when the ranks ``failed`` said they failed at ``stage``."""
+    return RankLostError(f"rank{'s' if len(failed) > 1 else ''} {', '.join(map(str, failed))} of {world} failed "
+                         f"while {stage} (see its own error); rank {rank} stops too")
 
 
 __all__ = ["ShardedEngine", "RankLostError", "shard_pieces", "agree", "SHARD_BY"]

@@ -466,6 +466,7 @@ class PruneSession:
             if self.strategy != "rank":
                 self.cost.forward_passes = self.engine.forward_equivalents
             e = self._engine  # None for a ranking: it ran no causal pass
+            local = e.local_samples if self.distributed and e is not None else None  # this rank's shard
             check_x = self.x[: min(len(self.x), 64)]
             try:
                 with torch.inference_mode():
@@ -491,8 +492,7 @@ class PruneSession:
                 model=work, labels=pd.DataFrame(self.records), config=config,
                 engine={**_engine_summary(e, cfg.engine),
                         "world_size": torch.distributed.get_world_size(self.group) if self.distributed else 1,
-                        "local_samples": (int(len(self.x)) if not self.distributed or e is None or e.local_samples
-                                          is None else e.local_samples),
+                        "local_samples": int(len(self.x)) if local is None else local,
                         "shard_by": self.shard_by if self.distributed else None,
                         "scores_per_pass": int(len(self.test_y)),
                         "forward_passes": round(self.cost.forward_passes, 3),

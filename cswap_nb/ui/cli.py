@@ -110,7 +110,8 @@ def _table(summary: dict) -> str:
 
 
 def _own_model(args: argparse.Namespace):
-    """``--arch``, ``--weights``, ``--data-dir``: the researcher's model and image folder (read in batches)."""
+    """``--arch``, ``--weights``, ``--data-dir``: the researcher's model, image folder (read in batches), the
+    folder's transform and what it does (:func:`cswap_nb.data.eval_transform`)."""
     if args.weights is None or args.data_dir is None:
         raise ValueError("--arch needs --weights FILE (a state dict) and --data-dir DIR (one sub-folder per class)")
     transform, how = eval_transform(args.arch, args.image_size, args.mean, args.std)
@@ -122,7 +123,7 @@ def _own_model(args: argparse.Namespace):
           f"model {args.arch} with {num_classes} outputs")
     print(f"transform ({how['source']}): resize {how['resize']} ({how['interpolation']}), centre crop "
           f"{how['image_size']}, mean {_three(how['mean'])}, std {_three(how['std'])}")
-    return model, data, how
+    return model, data, transform, how
 
 
 def _three(values) -> str:
@@ -186,11 +187,10 @@ def run_prune(args: argparse.Namespace, out: Path | None, distributed: bool = Fa
     config = from_arguments(args)
     device = run_device(args.device)
     if args.arch is not None:
-        model, calib, transform = _own_model(args)
+        model, calib, transform, how = _own_model(args)
         data_args = {}
         if args.val_dir is not None:  # held-out images: the metric before and after, and the guard's split
-            val = image_folder(args.val_dir, transform=eval_transform(args.arch, args.image_size, args.mean,
-                                                                      args.std)[0])
+            val = image_folder(args.val_dir, transform=transform)
             print(f"validation: {args.val_dir}, {len(val):,} images in {len(val.classes)} class folders")
             data_args = {"eval_data": val, **({"guard_data": val} if config.max_drop is not None else {})}
         elif config.max_drop is not None:
@@ -213,7 +213,7 @@ def run_prune(args: argparse.Namespace, out: Path | None, distributed: bool = Fa
     res = session.finish()
     summary = res.summary()
     if args.arch is not None:
-        summary["transform"] = {k: list(v) if isinstance(v, tuple) else v for k, v in transform.items()}
+        summary["transform"] = {k: list(v) if isinstance(v, tuple) else v for k, v in how.items()}
     print(_table(summary))
     if distributed and torch.distributed.get_rank() != 0:
         return summary  # every rank has the same result; rank 0 alone writes it
