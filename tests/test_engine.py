@@ -6,6 +6,7 @@ import copy
 import pytest
 import torch
 from torch import nn
+import torchvision.models as tvm
 from torchvision.models.resnet import Bottleneck, ResNet
 
 import cswap_nb as cs
@@ -128,3 +129,23 @@ def test_bench_reports_identical_labels_and_a_ratio():
     assert out["identical_labels"] is True
     assert out["speedup"] > 0 and out["matmul_gflops"] > 0
     assert out["fast"]["forward_equivalents"] < out["naive"]["forward_equivalents"]
+
+
+@pytest.mark.parametrize("evaluation", ["full", "early"])
+def test_chained_removals_scored_ahead_take_the_naive_decisions(evaluation, own_label_data):
+    """Candidates scored whole (``evaluation="full"``; or a random DenseNet predicting one class, where no
+    class decides early) chain the next ones of the layer in the same pass, each as if removed too
+    (ClassByClass._whole). The decisions must equal the naive engine's, and the chain must really save passes."""
+    from cswap_nb.pruning.session import PruneSession
+
+    model = tvm.DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16, num_classes=3).eval()
+    x, y = own_label_data(model, n=60, shape=(3, 32, 32), min_per_class=4)
+    kwargs = dict(samples_per_class=4, progress=False, evaluation=evaluation)
+    s = PruneSession(model, (x, y), compaction="off", **kwargs)
+    for _ in s.steps():
+        pass
+    fast = s.finish()
+    naive = cs.prune(model, (x, y), engine="naive", **kwargs)
+    assert_same_decisions(fast, naive)
+    assert fast.labels.pruned.mean() > 0.5  # mostly removed: the chains' guess
+    assert s.engine._speculation.taken > len(fast.labels) / 4

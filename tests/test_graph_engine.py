@@ -226,7 +226,7 @@ def test_stacked_candidates_score_each_state_as_a_pass_with_its_own_masks(zoo_mo
         m.set(layer.name, [1], True)
         if e.can_stack(layer, s.x):
             stacked += 1
-            e.stack_rows(s.x, s.y, "logit", layer, [[2], [3]], rows)
+            e.stack_rows(s.x, s.y, "logit", layer, [[2, 5], [3, 5]], rows)  # complete states
         for cand in ([1], [2], [3]):
             m.set(layer.name, [1, 2, 3], False)
             m.set(layer.name, cand, True)
@@ -262,7 +262,7 @@ def test_stacked_candidates_with_their_own_masks_at_later_points(own_label_data)
         m.set(layer.name, [1], True)
         assert e.can_stack(layer, s.x), layer.name
         with_points += bool(e._plan(layer).row_points)
-        e.stack_rows(s.x, s.y, "logit", layer, [[2], [3, 4]], rows)
+        e.stack_rows(s.x, s.y, "logit", layer, [[2, 5], [3, 4, 5]], rows)  # complete states
         assert not m.row_keep  # the per-row masks live only during the stacked pass
         for cand in ([1], [2], [3, 4]):
             m.set(layer.name, [1, 2, 3, 4], False)
@@ -275,3 +275,31 @@ def test_stacked_candidates_with_their_own_masks_at_later_points(own_label_data)
             assert (got - want).abs().max() < 1e-4, (layer.name, cand)
         m.set(layer.name, [1, 2, 3, 4, 5], False)
     assert with_points >= 2  # the growth layers of both blocks, whose later norms are their mask points
+
+
+@pytest.mark.parametrize("which", ["torchvision-densenet", "timm-vit"])
+def test_layers_after_removed_channels_run_on_the_kept_ones(which, own_label_data):
+    """A conv or linear layer that a candidate recomputes, fed by a mask point through f(0) = 0 operations, runs
+    on the channels the masks keep (Plan.thin): with a third of every layer's units removed, each layer's
+    candidate scores must equal a real pass with those masks, and the thin runs must really happen."""
+    from cswap_nb.core.causal import true_class_scores
+    from cswap_nb.pruning.session import PruneSession
+
+    model = LIBRARY_MODELS[which]()
+    shape = (3, 32, 32) if which != "timm-vit" else (3, 16, 16)
+    x, y = own_label_data(model, n=60, shape=shape, min_per_class=4)
+    s = PruneSession(model, (x, y), samples_per_class=4, progress=False, compaction="off")
+    e, m = s.engine, s.masker
+    g = torch.Generator().manual_seed(0)
+    for layer in s.layers:
+        m.set(layer.name, torch.randperm(layer.size, generator=g)[: layer.size // 3].tolist(), True)
+    assert any(e._plan(layer).thin for layer in s.layers)
+    for layer in s.layers:
+        cand = [u for u in range(layer.size) if not m.removed[layer.name][u]][:1]
+        m.set(layer.name, cand, True)
+        got = e.scores(s.x, s.y, "logit", layer)
+        with torch.inference_mode():
+            want = true_class_scores(s.work(s.x), s.y, "logit")
+        assert (got - want).abs().max() < 1e-4, layer.name
+        m.set(layer.name, cand, False)
+    assert e.thinned > 0

@@ -876,6 +876,23 @@ class Masker:
 
         return hook
 
+    @property
+    def channel_points(self) -> set[str]:
+        """The modules whose output channels the hooks zero (not the heads' inputs)."""
+        return set(self._keep)
+
+    def kept_channels(self, mod_name: str, batch: int) -> Tensor | None:
+        """The channels of ``mod_name``'s output that the masks keep in every row of a pass over ``batch`` rows
+        (:attr:`row_keep` where it applies), as indices; None when every channel is kept."""
+        rows = self.row_keep.get(mod_name) if self.row_keep else None
+        if rows is not None and rows.shape[0] == batch:
+            keep = rows.amax(0)
+        elif mod_name in self._masked:
+            keep = self._keep[mod_name]
+        else:
+            return None
+        return keep.nonzero().flatten()
+
     def row_maskable(self, mod_name: str) -> bool:
         """Whether :attr:`row_keep` can give ``mod_name``'s output a mask per row: a channel mask point whose
         hook multiplies (not a LayerNorm's recomputation, not a head)."""

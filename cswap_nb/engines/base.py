@@ -137,7 +137,8 @@ class ScoreEngine:
 
     def stack_rows(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer, others: list[list[int]],
                    rows: Rows) -> None:
-        """Score ``rows`` ahead for the present candidate and for ``others`` (needs :meth:`can_stack`)."""
+        """Score ``rows`` ahead for the present candidate and for the states ``others``, each the complete list of
+        ``layer``'s removed units in a state to come (needs :meth:`can_stack`)."""
         raise NotImplementedError(f"the {self.name!r} engine scores one candidate per pass")
 
     def clear_stacked(self) -> None:

@@ -37,13 +37,14 @@ from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.causal import true_class_scores
 from ..core.units import Masker, UnitLayer
 from .base import Rows, ScoreEngine
 from .passes import FullPasses, row_count, take_rows
-from .plan import INPLACE_FUNCTIONS, GraphView, Plan, last_use, node_costs, plan_layer, trace
+from .plan import INPLACE_FUNCTIONS, GraphView, Plan, last_use, node_costs, plan_layer, thin_inputs, trace
 
 @dataclass
 class _Cache:
@@ -103,6 +104,7 @@ class GraphEngine(ScoreEngine):
         self._cache: _Cache | None = None
         self._current: tuple | None = None  # (token, cache, state) of the candidate begun last
         self._speculation = _Speculation(self)  # candidates scored ahead by stack_rows
+        self.thinned = 0  # layer runs on their kept input channels only (_thin_exec)
         self._clean = _CleanRuns(self)
         try:
             self.graph = trace(model)
@@ -204,6 +206,7 @@ class GraphEngine(ScoreEngine):
         if plan is None:
             self._layer_fallbacks[layer.name] = "none of its mask points is a node of the traced graph"
             return None
+        plan.thin = thin_inputs(self.view, plan.dirty, self.masker.channel_points)
         saved = self.masker.removed[layer.name].clone()
         try:
             with torch.inference_mode():
@@ -336,12 +339,37 @@ class GraphEngine(ScoreEngine):
         return self._dirty_run(plan, env)
 
     def _dirty_run(self, plan: Plan, env: dict):
-        fresh = plan.fresh
+        fresh, thin = plan.fresh, plan.thin
         for node, done in zip(plan.dirty, plan.release):
-            env[node] = self._exec(node, env, fresh)
+            point = thin.get(node) if thin else None
+            env[node] = self._exec(node, env, fresh) if point is None else self._thin_exec(node, env, fresh, point)
             for a in done:
                 del env[a]
         return env[plan.dirty[-1]]
+
+    thin_below = 0.9  # a layer runs on its kept input channels when at most this share of them is kept
+
+    def _thin_exec(self, node: fx.Node, env: dict, fresh: set, point: str):
+        """Run a layer of :attr:`Plan.thin` on the input channels that mask point ``point`` keeps (the others
+        are zero: their weights would multiply zeros), else as the module does."""
+        x = env[node.args[0]]
+        mod = self.modules[node.target]
+        linear = isinstance(mod, nn.Linear)
+        kept = self.masker.kept_channels(point, x.shape[0])
+        width = mod.weight.shape[1]
+        if kept is None or not 0 < kept.numel() <= self.thin_below * width:
+            return self._exec(node, env, fresh)
+        if kept.device != x.device:
+            kept = kept.to(x.device)
+        self.thinned += 1
+        if linear:
+            out = F.linear(x.index_select(-1, kept), mod.weight.index_select(1, kept), mod.bias)
+        else:
+            out = mod._conv_forward(x.index_select(1, kept), mod.weight.index_select(1, kept), mod.bias)
+        for hook in mod._forward_hooks.values():  # a mask point's own mask (Masker's hooks only: thin_inputs)
+            got = hook(mod, (x,), out)
+            out = out if got is None else got
+        return out
 
     def _logits_chunks(self, layer: UnitLayer, x: Tensor):
         plan, cache, given, removed = self._begin(layer, x)
@@ -404,10 +432,10 @@ class GraphEngine(ScoreEngine):
 
     def stack_rows(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer, others: list[list[int]],
                    rows: Rows) -> None:
-        """Score ``rows`` for the current candidate and, in the same pass, for the states in which it is
-        restored and each unit group of ``others`` is removed instead: one batch of
-        ``(1 + len(others))`` times the rows. The results wait for :meth:`rows_scores`, which takes one
-        only when the masks are exactly in its state: a speculation that does not come true costs work,
+        """Score ``rows`` for the current candidate and, in the same pass, for the states ``others``: each the
+        complete list of ``layer``'s removed units in a state to come (every other layer as it is now), one
+        batch of ``(1 + len(others))`` times the rows. The results wait for :meth:`rows_scores`, which takes
+        one only when the masks are exactly in its state: a speculation that does not come true costs work,
         never a decision (cswap_nb/METHOD.md §10)."""
         self._speculation.stack(x, y, score, layer, others, tuple(rows))
 
@@ -457,26 +485,29 @@ class _Speculation:
     def __init__(self, engine: GraphEngine):
         self.engine = engine
         self.results: dict = {}
+        self.taken = 0  # results handed out: passes a speculation saved
 
     def clear(self) -> None:
         self.results = {}
 
     def take(self, token: tuple, rows: Rows) -> Tensor | None:
-        return self.results.pop((token, rows), None) if self.results else None
+        q = self.results.pop((token, rows), None) if self.results else None
+        self.taken += q is not None
+        return q
 
     def stack(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer, others: list[list[int]], rows: Rows) -> None:
         e = self.engine
         with torch.inference_mode():
             plan, cache, given, _ = e._begin(layer, x)
             chunk = cache.values[0]
-            now = e.masker.removed[layer.name]
-            current = now.nonzero().flatten().tolist()
-            under_test = set((now & ~cache.base).nonzero().flatten().tolist())
-            kept = [u for u in current if u not in under_test]  # removed before this candidate
+            current = list(e.masker.removed_units[layer.name])
+            base = set(cache.base.nonzero().flatten().tolist())
             states = [(current, {n: take_rows(v, rows) for n, v in given[0].items()} if given else {})]
-            for units in others:
-                removed = sorted(set(kept) | set(units))
-                extra = [u for u in removed if not bool(cache.base[u])]
+            for removed in others:
+                removed = sorted(set(removed))
+                if not base.issubset(removed):
+                    continue  # a removal folded into the cache undone: not a state the corrections reach
+                extra = [u for u in removed if u not in base]
                 states.append((removed, self._corrected_rows(plan, chunk, extra, rows)))
             env = {n: (torch.cat([take_rows(v, rows)] * len(states)) if n in plan.batched else v)
                    for n, v in chunk.items()}

@@ -84,6 +84,7 @@ class Plan:
     sliceable: bool = False  # whether a candidate can run on a slice of the cached batch (checked)
     stackable: bool = False  # whether several candidates can run in one batch (set with the layer's plan)
     row_points: list[str] = field(default_factory=list)  # the layer's mask points a candidate recomputes
+    thin: dict = field(default_factory=dict)  # dirty layers run on the kept channels only (thin_inputs)
 
     def __post_init__(self):
         # values a candidate computes itself and keeps no further: in-place ops may work on them. The
@@ -154,6 +155,49 @@ def plan_layer(g: GraphView, layer: UnitLayer) -> Plan | None:
             release[i].append(a)
     return Plan(dirty_list, [n for n in g.nodes if n in needed], corrections, cost, build,
                 [g.costs.get(c.node, 0.0) for c in corrections], materialize, channels, dim, release)
+
+
+def thin_inputs(g: GraphView, dirty: list[fx.Node], points: set[str]) -> dict[fx.Node, str]:
+    """The layers among ``dirty`` that mix channels (a linear, an ungrouped conv) and read, through per-channel
+    operations with f(0) = 0 only, the output of a channel mask point (``points``) that the same run
+    recomputes: ``{node: the mask point's module name}``. Every channel the masks zero there is zero in the
+    layer's input, so the layer can run on the kept channels alone (:meth:`GraphEngine._thin_exec
+    <cswap_nb.engines.graph.GraphEngine>`): the units already removed cost no multiplications, as in the
+    compacted network. Values read from the cache are left out: their zeros are the cache's, not the masks'."""
+    inside, out = set(dirty), {}
+    for node in dirty:
+        if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+            continue
+        mod = g.modules[node.target]  # its own hooks: the masker's on a mask point only (run after it)
+        if (not _mixes_channels(mod) or mod._forward_pre_hooks
+                or (mod._forward_hooks and node.target not in points)):
+            continue
+        linear = isinstance(mod, nn.Linear)
+        prev = node.args[0]
+        while isinstance(prev, fx.Node) and prev in inside and prev.op in ("call_module", "call_function",
+                                                                         "call_method"):
+            if prev.op == "call_module" and prev.target in points:
+                dim = channel_dim(g.modules[prev.target])
+                if (dim == -1 or g.ndim.get(prev) == 2) if linear else dim == 1:
+                    out[node] = prev.target
+                break
+            if not _keeps_zeros(prev, g, channels_first=not linear):
+                break
+            prev = prev.args[0]
+    return out
+
+
+def _keeps_zeros(node: fx.Node, g: GraphView, channels_first: bool) -> bool:
+    """Whether ``node`` is a per-channel operation of one tensor with f(0) = 0 that no hook changes."""
+    if not node.args or any(isinstance(a, fx.Node) for a in list(node.args[1:]) + list(node.kwargs.values())):
+        return False
+    if node.op == "call_module":
+        mod = g.modules[node.target]
+        return (node.target not in g.hooked and not mod._forward_hooks and not mod._forward_pre_hooks
+                and (isinstance(mod, ZERO_MODULES) or (channels_first and isinstance(mod, POOLS))))
+    if node.op == "call_function":
+        return node.target in ZERO_FUNCTIONS
+    return node.op == "call_method" and node.target in ZERO_METHODS
 
 
 def _heads(g: GraphView, layer: UnitLayer, masks: list[fx.Node]):

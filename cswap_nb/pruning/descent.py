@@ -147,6 +147,7 @@ class ClassByClass:
     threshold = 0.3  # the share of candidates decided by their first classes below which none is tried
     max_stack = 8  # candidates scored together on their first classes, at most
     first = 3  # classes scored in the first stage
+    chain_rows = 64  # candidates chained in one pass of at most this many rows (_whole)
 
     def __init__(self, engine: ScoreEngine, x: Tensor, y: Tensor, cfg: CSwapConfig):
         self.engine, self.x, self.y, self.cfg = engine, x, y, cfg
@@ -158,6 +159,8 @@ class ClassByClass:
         self.first_rate = 0.5  # running share of candidates that their first classes decided
         self.critical_run = 0  # candidates in a row labelled critical (restored): how far to speculate
         self._spec: tuple | None = None  # (layer, first classes, candidates speculated on, in order)
+        self.removed_run = 0  # candidates in a row labelled removable: how far to chain removals (_whole)
+        self._chain: tuple | None = None  # (layer, candidates scored ahead whole, each removed, in order)
         engine.clear_stacked()  # results another run left are not this run's speculation
 
     def _promising(self) -> list[int]:
@@ -182,8 +185,41 @@ class ClassByClass:
         self._spec = (layer, picked, others) if others else None
         engine, x = self.engine, self.x
         if others and engine.can_stack(layer, x):
-            engine.stack_rows(x, self.y, self.cfg.score, layer, others, self._rows(picked))
+            before = set(engine.masker.removed_units[layer.name]) - set(units)  # the present one restored
+            states = [sorted(before | set(u)) for u in others]
+            engine.stack_rows(x, self.y, self.cfg.score, layer, states, self._rows(picked))
         return picked
+
+    def _whole(self, layer: UnitLayer, units: list[int], upcoming: list[list[int]]) -> Tensor:
+        """The scores of every sample for the present candidate. Where the engine can, the next candidates of
+        ``upcoming`` are scored in the same pass, as if each in turn were removed too (a chain of removals:
+        most candidates scored whole are neutral), while the batch stays small (:attr:`chain_rows`), where
+        one pass costs about what its operations' overhead costs. A chain is followed while its candidates
+        are removed; a critical one ends it."""
+        engine, x, y, cfg = self.engine, self.x, self.y, self.cfg
+        rows = ((0, len(y)),)
+        chain = self._chain
+        if chain is not None and chain[0] is layer and chain[1] and chain[1][0] == list(units):
+            chain[1].pop(0)  # scored ahead by the chain (the engine checks the exact state)
+        else:
+            self._chain = None
+            k = min(self.max_stack, 1 + self.removed_run, self.chain_rows // max(1, len(y)))
+            nxt = [list(u) for u in upcoming[: k - 1]]
+            if nxt and engine.can_stack(layer, x):
+                state, states = set(engine.masker.removed_units[layer.name]), []
+                for u in nxt:
+                    state = state | set(u)
+                    states.append(sorted(state))
+                engine.stack_rows(x, y, cfg.score, layer, states, rows)
+                self._chain = (layer, nxt)
+        return engine.rows_scores(x, y, cfg.score, layer, rows)
+
+    def _chained(self, verdict: Verdict) -> None:
+        """Follow the chain of :meth:`_whole` after a candidate scored whole."""
+        if verdict.label == CRITICAL:
+            self.removed_run, self._chain = 0, None
+        else:
+            self.removed_run += 1
 
     def evaluate(self, layer: UnitLayer, q_ref: Tensor, units: list[int] = (),
                  upcoming: list[list[int]] = ()) -> tuple[Verdict, Tensor | None, list[int], int]:
@@ -191,9 +227,11 @@ class ClassByClass:
         the classes evaluated and the number of calibration samples scored. ``upcoming``: the unit
         groups tested next in the same layer (scored in advance where the engine can)."""
         cfg, x, y, engine = self.cfg, self.x, self.y, self.engine
-        if not self.enabled or not engine.can_slice(layer, x):
-            q = engine.scores(x, y, cfg.score, layer)
+        sliced = engine.can_slice(layer, x)
+        if not self.enabled or not sliced:
+            q = self._whole(layer, list(units), list(upcoming)) if sliced else engine.scores(x, y, cfg.score, layer)
             verdict = decide_unit(q, q_ref, y, cfg.alpha, cfg.test, cfg.inference, cfg.score, cfg.correction)
+            self._chained(verdict)
             return verdict, q, list(self.classes) or sorted({int(c) for c in y.unique().tolist()}), len(y)
         samples, first = 0, None
         if self.first_rate >= self.threshold:
@@ -214,7 +252,7 @@ class ClassByClass:
         else:
             picked = self._promising()
         if first is None:
-            q = engine.rows_scores(x, y, cfg.score, layer, ((0, len(y)),))
+            q = self._whole(layer, list(units), list(upcoming))
         else:  # the other classes only: the first ones' scores are kept
             q = self._with_the_rest(layer, picked, *first)
         samples += len(y) - (0 if first is None else int(first[1].shape[0]))
@@ -224,6 +262,7 @@ class ClassByClass:
             self._learn(self._decided(picked, lows[picked], highs[picked], 0.0) is not None)
         self.hint[:] = lows
         verdict = verdict_of(lows, highs, self.classes, cfg.alpha, cfg.correction, float((a - b).mean()))
+        self._chained(verdict)
         self.critical_run = self.critical_run + 1 if verdict.label == CRITICAL else 0
         if verdict.label != CRITICAL:
             self._spec = None  # removed: the states speculated on (this one restored) will not come
