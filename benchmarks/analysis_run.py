@@ -1,5 +1,5 @@
-"""One C-SWAP analysis of a shipped checkpoint, as a whole process: what `farm-bench` times side by side
-against another checkout (``--vs``) for before/after figures.
+"""One C-SWAP analysis of a shipped checkpoint, as a whole process: what a side-by-side timer runs against
+another checkout for before/after figures (whole processes, several runs each, interleaved).
 
     python benchmarks/analysis_run.py [NAME] [--eval] [--k K] [--scope internal|all] [--compaction on|off]
 

@@ -4,7 +4,7 @@ removals, p-values and effects are the same (cswap_nb/METHOD.md §10, "Compactio
     python benchmarks/compaction_check.py NAME [--order off,on]
 
 One process, the two runs one after the other (default options otherwise); for a timing figure that holds,
-time whole processes side by side with ``farm-bench`` and ``benchmarks/analysis_run.py --compaction``.
+time whole processes of ``benchmarks/analysis_run.py --compaction off|on`` side by side, several runs each.
 """
 import argparse
 

@@ -210,19 +210,10 @@ class GraphEngine(ScoreEngine):
         saved = self.masker.removed[layer.name].clone()
         try:
             with torch.inference_mode():
-                for units in ([], [0]):
-                    self.masker.set(layer.name, list(range(layer.size)), False)
-                    self.masker.set(layer.name, units, True)
-                    self._plans[layer.name], self._cache = plan, None
-                    got = self._logits(example, layer)
-                    ref = self._clean.reference(example) if self._clean.serves(example) else self.model(example)
-                    if not torch.allclose(got, ref, atol=1e-4, rtol=1e-4):
-                        self._layer_fallbacks[layer.name] = "its cached plan did not reproduce a full pass"
-                        return None
-                try:
-                    _check_slices(self, layer, plan, example)
-                except Exception:  # noqa: BLE001 - whole-batch candidates still use the plan
-                    plan.sliceable, plan.batched = False, set()
+                self._plans[layer.name] = plan
+                if not _check_plan(self, layer, plan, example):
+                    self._layer_fallbacks[layer.name] = "its cached plan did not reproduce a full pass"
+                    return None
                 # candidates stack when they differ only in the values they are given, or also in the
                 # layer's mask points a candidate recomputes (a coupled group's later points: DenseNet's
                 # norms after a concatenation) where those take a mask per row (Masker.row_keep)
@@ -444,38 +435,51 @@ class GraphEngine(ScoreEngine):
         self._speculation.clear()
 
 
-def _check_slices(e: "GraphEngine", layer: UnitLayer, plan: Plan, example: Tensor) -> None:
-    """Find the frontier values whose first dimension is the batch (their rows are sliced for a slice
-    of the calibration set; every other value must not depend on the batch) and check that a
-    candidate run on each row of a two-sample batch reproduces that row of the whole run. Sets
-    :attr:`Plan.sliceable`; a plan that fails is still used for whole-batch candidates."""
+def _check_plan(e: "GraphEngine", layer: UnitLayer, plan: Plan, example: Tensor) -> bool:
+    """Whether a candidate run of ``plan`` reproduces full passes on a two-sample batch (``example`` and its
+    mirror image), with none and with one of the layer's units removed, both from one cache as in an
+    analysis. Also finds the frontier values whose first dimension is the batch (their rows are sliced for a
+    slice of the calibration set; every other value must not depend on the batch) and checks that a candidate
+    run on the batch's last row alone reproduces that row: :attr:`Plan.sliceable` (a plan that fails it is
+    still used for whole-batch candidates)."""
     plan.sliceable, plan.batched = False, set()
     if "pair" not in e._clean.runs:  # one tensor for every layer's check, so its clean run is shared
         e._clean.runs["pair"] = torch.cat([example, example.flip(-1)])
     pair = e._clean.runs["pair"]
-    with torch.inference_mode():
-        values = []
-        for x in (pair, pair[:1]):
-            e._cache = e._current = None
-            values.append(e._cache_for(layer, plan, x).values[0])
-        for n in plan.frontier:
-            two, one = values[0][n], values[1][n]
-            if (isinstance(two, Tensor) and isinstance(one, Tensor) and two.ndim and two.shape[0] == 2
-                    and one.shape[0] == 1 and two.shape[1:] == one.shape[1:]):
-                plan.batched.add(n)
-            elif not _same_value(two, one):
-                return  # a value that depends on the batch size but is not batch-major
-        for units in ([], [0]):
-            e.masker.set(layer.name, list(range(layer.size)), False)
-            e.masker.set(layer.name, units, True)
-            e._cache = e._current = None
-            whole = e._logits(pair, layer)
-            _, cache, given, removed = e._begin(layer, pair)
-            rows = [e._run_chunk(plan, cache.values[0], given[0] if given else None, removed, ((i, i + 1),))
-                    for i in range(2)]
-            if not torch.allclose(torch.cat(rows), whole, atol=1e-4, rtol=1e-4):
-                return
-    plan.sliceable = True
+    n = pair.shape[0]
+    sliceable = True
+    try:
+        e._cache = e._current = None
+        one = e._cache_for(layer, plan, pair[:1]).values[0]
+    except Exception:  # noqa: BLE001 - whole-batch candidates may still use the plan
+        one, sliceable = None, False
+    e._cache = e._current = None
+    two = e._cache_for(layer, plan, pair).values[0]  # the cache both checks below read
+    for node in plan.frontier if one is not None else ():
+        a, b = two[node], one[node]
+        if (isinstance(a, Tensor) and isinstance(b, Tensor) and a.ndim and a.shape[0] == n
+                and b.shape[0] == 1 and a.shape[1:] == b.shape[1:]):
+            plan.batched.add(node)
+        elif not _same_value(a, b):
+            sliceable = False  # a value that depends on the batch size but is not batch-major
+    for units in ([], [0]):
+        e.masker.set(layer.name, list(range(layer.size)), False)
+        e.masker.set(layer.name, units, True)
+        whole = e._logits(pair, layer)
+        ref = e._clean.reference(pair) if e._clean.serves(pair) else e.model(pair)
+        if not torch.allclose(whole, ref, atol=1e-4, rtol=1e-4):
+            return False
+        if sliceable:
+            try:
+                _, cache, given, removed = e._begin(layer, pair)
+                row = e._run_chunk(plan, cache.values[0], given[0] if given else None, removed, ((n - 1, n),))
+                sliceable = bool(torch.allclose(row, whole[n - 1 :], atol=1e-4, rtol=1e-4))
+            except Exception:  # noqa: BLE001 - whole-batch candidates still use the plan
+                sliceable = False
+    plan.sliceable = sliceable
+    if not sliceable:
+        plan.batched = set()
+    return True
 
 
 class _Speculation:
