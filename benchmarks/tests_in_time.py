@@ -2,12 +2,14 @@
 a quick comparison of engine options on models too slow to finish (DenseNet, EfficientNetV2).
 
     python benchmarks/tests_in_time.py [--model densenet121] [--seconds 60] [--compaction on|off] [--profile]
+                                       [--no-thin] [--no-chain]
 
 The model and calibration set are those of ``benchmarks/prunability.py --cswap`` (``num_classes=10``, 64 px,
 120 random images labelled by the model, the classes it predicts at least 4 times, ``samples_per_class=4``).
 Prints the session's set-up time, the tests run in ``--seconds`` of analysis (the engine is built on the
 first test, so its plan checks count), the work in dense passes and what compaction did; ``--profile`` adds
-cProfile's top functions by internal and by cumulative time.
+cProfile's top functions by internal and by cumulative time. ``--no-thin`` and ``--no-chain`` switch off the
+fast engine's thin layers and chains of removals (``benchmarks/engine_levers.py``).
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ import torch
 import torchvision
 
 import cswap_nb as cs
+from cswap_nb.engines.graph import GraphEngine
+from cswap_nb.pruning.descent import ClassByClass
 
 
 def main(argv=None) -> None:
@@ -30,7 +34,13 @@ def main(argv=None) -> None:
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--compaction", default=None, choices=["on", "off"])
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--no-thin", action="store_true")
+    p.add_argument("--no-chain", action="store_true")
     args = p.parse_args(argv)
+    if args.no_thin:
+        GraphEngine.thin_below = 0.0
+    if args.no_chain:
+        ClassByClass.chain_rows = 0
     torch.manual_seed(0)
     model = torchvision.models.get_model(args.model, weights=None, num_classes=10).eval()
     xc = torch.randn(120, 3, 64, 64, generator=torch.Generator().manual_seed(1))

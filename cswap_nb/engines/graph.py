@@ -22,7 +22,12 @@ with the removed units' channels set to zero: a copy instead of a computation.
 With early decisions (cswap_nb/METHOD.md §10) a candidate is first scored on a few classes' rows of the
 cached batch; the next candidates of the layer can be scored on those rows in the same pass, as if the
 present one were restored (:meth:`GraphEngine.stack_rows`). A result is handed out only for the exact
-mask state it was scored for, so a wrong speculation costs work, never a decision.
+mask state it was scored for, so a wrong speculation costs work, never a decision. A candidate scored on
+the whole of a small set chains the next ones the same way, each as if the ones before it were removed.
+
+A conv or linear layer that a candidate recomputes and that reads a recomputed mask point through f(0) = 0
+operations runs on the channels the masks keep there (:attr:`Plan.thin`): removed units cost no
+multiplications after their mask points, as in a compacted network.
 
 Every layer's plan is checked when the engine is built: its candidate run must reproduce full passes
 (one sample, with and without a removal); a layer that fails, or that no mask point of the graph
@@ -466,7 +471,10 @@ def _check_plan(e: "GraphEngine", layer: UnitLayer, plan: Plan, example: Tensor)
         e.masker.set(layer.name, list(range(layer.size)), False)
         e.masker.set(layer.name, units, True)
         whole = e._logits(pair, layer)
-        ref = e._clean.reference(pair) if e._clean.serves(pair) else e.model(pair)
+        # the reference: every node of the graph run in order with the masks' hooks, no plan or cache (the
+        # graph was checked against the model itself when the engine was built; a third of the model's time
+        # on a DenseNet, whose forward checks its inputs in Python at every layer)
+        ref = e._clean.reference(pair) if e._clean.serves(pair) else e._run_all(pair)
         if not torch.allclose(whole, ref, atol=1e-4, rtol=1e-4):
             return False
         if sliceable:
