@@ -471,8 +471,8 @@ def _check_plan(e: "GraphEngine", layer: UnitLayer, plan: Plan, example: Tensor)
         e.masker.set(layer.name, list(range(layer.size)), False)
         e.masker.set(layer.name, units, True)
         whole = e._logits(pair, layer)
-        # the reference is the model's own forward: a graph run would miss a mask point that the trace went
-        # through rather than called as a module, exactly as the plan would (tested on ConvNeXt's LayerNorms)
+        # the reference is the model's own forward, independent of the trace: with the graph run node by node
+        # instead, a tiny ConvNeXt's LayerNorm stream got wrong labels (test_units.py)
         ref = e._clean.reference(pair) if e._clean.serves(pair) else e.model(pair)
         if not torch.allclose(whole, ref, atol=1e-4, rtol=1e-4):
             return False
