@@ -17,12 +17,10 @@ import argparse
 import statistics
 import warnings
 
-import torch
-import torchvision
-
 import cswap_nb as cs
 from cswap_nb.engines.graph import GraphEngine
 from cswap_nb.pruning.descent import ClassByClass
+from tests_in_time import random_model  # benchmarks/, the script's own folder
 
 SETTINGS = {"both": (GraphEngine.thin_below, ClassByClass.chain_rows), "no-thin": (0.0, ClassByClass.chain_rows),
             "no-chain": (GraphEngine.thin_below, 0), "neither": (0.0, 0)}
@@ -32,14 +30,8 @@ def load(name: str):
     if not name.startswith("tv:"):
         model, data = cs.zoo.load(name)
         return model, data.calib, {}
-    torch.manual_seed(0)
-    model = torchvision.models.get_model(name[3:], weights=None, num_classes=10).eval()
-    x = torch.randn(120, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        y = torch.cat([model(x[i : i + 40]) for i in range(0, 120, 40)]).argmax(1)
-    labels, counts = y.unique(return_counts=True)
-    keep = torch.isin(y, labels[counts >= 4])
-    return model, (x[keep], y[keep]), {"samples_per_class": 4}
+    model, calib = random_model(name[3:])
+    return model, calib, {"samples_per_class": 4}
 
 
 def main(argv=None) -> None:

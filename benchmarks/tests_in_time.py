@@ -28,6 +28,19 @@ from cswap_nb.engines.graph import GraphEngine
 from cswap_nb.pruning.descent import ClassByClass
 
 
+def random_model(arch: str):
+    """The random-weight torchvision model ``arch`` (``num_classes=10``) and its calibration set: 120 random
+    64-px images labelled by the model, those of the classes it predicts at least 4 times."""
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(arch, weights=None, num_classes=10).eval()
+    x = torch.randn(120, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = torch.cat([model(x[i : i + 40]) for i in range(0, 120, 40)]).argmax(1)
+    labels, counts = y.unique(return_counts=True)
+    keep = torch.isin(y, labels[counts >= 4])
+    return model, (x[keep], y[keep])
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="densenet121")
@@ -41,21 +54,15 @@ def main(argv=None) -> None:
         GraphEngine.thin_below = 0.0
     if args.no_chain:
         ClassByClass.chain_rows = 0
-    torch.manual_seed(0)
-    model = torchvision.models.get_model(args.model, weights=None, num_classes=10).eval()
-    xc = torch.randn(120, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        yc = torch.cat([model(xc[i : i + 40]) for i in range(0, 120, 40)]).argmax(1)
-    labels, counts = yc.unique(return_counts=True)
-    keep = torch.isin(yc, labels[counts >= 4])
-    print(f"{args.model}: {int((counts >= 4).sum())} classes predicted at least 4 times, {int(keep.sum())} images")
+    model, (x, y) = random_model(args.model)
+    print(f"{args.model}: {len(y.unique())} classes predicted at least 4 times, {len(y)} images")
     warnings.simplefilter("ignore")
     prof = cProfile.Profile() if args.profile else None
     if prof:
         prof.enable()
     t0 = time.perf_counter()
     opts = {"compaction": args.compaction} if args.compaction else {}
-    session = cs.PruneSession(model, (xc[keep], yc[keep]), samples_per_class=4, progress=False, **opts)
+    session = cs.PruneSession(model, (x, y), samples_per_class=4, progress=False, **opts)
     print(f"set-up {time.perf_counter() - t0:.1f} s, {session.total_steps} tests planned", flush=True)
     t1, done = time.perf_counter(), 0
     for _ in session.steps():
