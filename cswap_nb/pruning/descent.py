@@ -148,6 +148,7 @@ class ClassByClass:
     max_stack = 8  # candidates scored together on their first classes, at most
     first = 3  # classes scored in the first stage
     chain_rows = 64  # candidates chained in one pass of at most this many rows (_whole)
+    chain_floor = 0.25  # a chained state is scored while the chance that the chain reaches it is at least this
 
     def __init__(self, engine: ScoreEngine, x: Tensor, y: Tensor, cfg: CSwapConfig):
         self.engine, self.x, self.y, self.cfg = engine, x, y, cfg
@@ -159,7 +160,7 @@ class ClassByClass:
         self.first_rate = 0.5  # running share of candidates that their first classes decided
         self.critical_run = 0  # candidates in a row labelled critical (restored): how far to speculate
         self._spec: tuple | None = None  # (layer, first classes, candidates speculated on, in order)
-        self.removed_run = 0  # candidates in a row labelled removable: how far to chain removals (_whole)
+        self.removal_rate = 0.5  # running share of the candidates scored whole that were removed (_chain_length)
         self._chain: tuple | None = None  # (layer, candidates scored ahead whole, each removed, in order)
         engine.clear_stacked()  # results another run left are not this run's speculation
 
@@ -203,7 +204,7 @@ class ClassByClass:
             chain[1].pop(0)  # scored ahead by the chain (the engine checks the exact state)
         else:
             self._chain = None
-            k = min(self.max_stack, 1 + self.removed_run, self.chain_rows // max(1, len(y)))
+            k = min(self._chain_length(), self.chain_rows // max(1, len(y)))
             nxt = [list(u) for u in upcoming[: k - 1]]
             if nxt and engine.can_stack(layer, x):
                 state, states = set(engine.masker.removed_units[layer.name]), []
@@ -214,12 +215,23 @@ class ClassByClass:
                 self._chain = (layer, nxt)
         return engine.rows_scores(x, y, cfg.score, layer, rows)
 
+    def _chain_length(self) -> int:
+        """How many candidates one pass of :meth:`_whole` scores: the present one, then each next one while the
+        chance that every candidate before it is removed (at :attr:`removal_rate`) is at least
+        :attr:`chain_floor`, at most :attr:`max_stack`. A pass of a few more rows costs little more than one
+        of 4 on a small set (the operations' overhead dominates), so the chain stays long through a
+        critical candidate where most are removed (a DenseNet's: about 9 in 10)."""
+        r, k = self.removal_rate, 1
+        while k < self.max_stack and r**k >= self.chain_floor:
+            k += 1
+        return k
+
     def _chained(self, verdict: Verdict) -> None:
         """Follow the chain of :meth:`_whole` after a candidate scored whole."""
-        if verdict.label == CRITICAL:
-            self.removed_run, self._chain = 0, None
-        else:
-            self.removed_run += 1
+        removed = verdict.label != CRITICAL
+        self.removal_rate = 0.8 * self.removal_rate + 0.2 * removed
+        if not removed:
+            self._chain = None
 
     def evaluate(self, layer: UnitLayer, q_ref: Tensor, units: list[int] = (),
                  upcoming: list[list[int]] = ()) -> tuple[Verdict, Tensor | None, list[int], int]:
