@@ -461,3 +461,42 @@ def test_edgenext_is_surveyed_and_its_unremovable_layers_refused_before_the_work
     ignored = [model.get_submodule(name) for name in broken]
     res = cs.prune(model, (x, y), method="l1", ratio=0.3, samples_per_class=2, progress=False, ignored_layers=ignored)
     assert res.params_removed_pct > 5 and res.equivalence_max_abs_diff < 1e-4
+
+
+def test_the_index_mapping_is_computed_once_per_survey_and_after_each_prune_only(monkeypatch):
+    """Torch-Pruning recomputes every concatenation's index mapping on each get_pruning_group call
+    (cswap_nb.core.units._MappingMemo). The survey, which prunes nothing, must compute it once and find exactly
+    the layers and coverage it finds with Torch-Pruning's own behaviour; a surgery must recompute it after each
+    prune (its channel counts changed) and give the same pruned network."""
+    from torch_pruning.dependency import index_mapping as im
+    from cswap_nb.core.units import MAPPINGS, _survey
+
+    model = torchvision.models.DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16, num_classes=3).eval()
+    x = torch.randn(2, 3, 32, 32)
+    calls = []
+    original = MAPPINGS.original
+
+    def counting(graph):
+        calls.append(graph)
+        return original(graph)
+
+    monkeypatch.setattr(MAPPINGS, "original", counting)
+    layers, cov = _survey(model, x, "all", None, coverage=True)
+    memo_calls = len(calls)
+    cut = {layer.name: [0, 2] for layer in layers if layer.size > 2}
+    calls.clear()
+    pruned = remove_units(copy.deepcopy(model), x, cut)
+    surgery_calls = len(calls)
+
+    monkeypatch.setattr(im, "update_index_mapping", counting)  # Torch-Pruning's own: on every call
+    calls.clear()
+    layers_ref, cov_ref = _survey(model, x, "all", None, coverage=True)
+    assert len(calls) > 5 * memo_calls
+    assert memo_calls == 2  # Torch-Pruning's build computes it, then the survey's first group
+    assert [(la.name, la.size, la.points) for la in layers] == [(la.name, la.size, la.points) for la in layers_ref]
+    assert str(cov) == str(cov_ref)
+    ref = remove_units(copy.deepcopy(model), x, cut)
+    assert surgery_calls == 1 + len(cut)  # the build's, then before each anchor's group (after the previous prune)
+    assert [p.shape for p in pruned.parameters()] == [p.shape for p in ref.parameters()]
+    with torch.no_grad():
+        assert torch.allclose(pruned(x), ref(x))

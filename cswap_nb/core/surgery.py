@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from ..models.families.attention import head_attention_modules, remove_heads  # noqa: F401 (re-exported)
-from .units import build_graph, grouped_slots, is_depthwise
+from .units import MAPPINGS, build_graph, grouped_slots, is_depthwise
 
 
 def remove_units(model: nn.Module, example: Tensor, pruned: dict[str, list[int]]) -> nn.Module:
@@ -35,6 +35,14 @@ def remove_units(model: nn.Module, example: Tensor, pruned: dict[str, list[int]]
         return model
     graph = build_graph(model, example)
     modules = dict(model.named_modules())
+    with MAPPINGS.holding(graph):  # the index mapping recomputed after each prune only
+        _remove_groups(graph, modules, todo)
+    model.train(was_training)
+    return model
+
+
+def _remove_groups(graph, modules: dict[str, nn.Module], todo: dict[str, list[int]]) -> None:
+    """Prune each anchor's units (:func:`remove_units`) through ``graph``."""
     for name, idxs in todo.items():
         anchor = modules[name]
         fn = tp.prune_linear_out_channels if isinstance(anchor, nn.Linear) else tp.prune_conv_out_channels
@@ -48,11 +56,10 @@ def remove_units(model: nn.Module, example: Tensor, pruned: dict[str, list[int]]
         group = graph.get_pruning_group(anchor, fn, idxs=idxs)
         norms = _layer_norm_rows(group)
         group.prune()
+        MAPPINGS.stale(graph)
         for norm, kept, params in norms:  # Torch-Pruning 1.6.1 may keep a LayerNorm's rows out of order
             for pname, value in params.items():
                 setattr(norm, pname, nn.Parameter(value[kept], requires_grad=value.requires_grad))
-    model.train(was_training)
-    return model
 
 
 def failing_removals(model: nn.Module, example: Tensor, layers) -> dict[str, str]:
