@@ -8,9 +8,7 @@ random-weight torchvision model of ``benchmarks/tests_in_time.py``'s set-up (csw
   (``ClassByClass.chain_floor = 0.6`` instead of 0.25), ``long-chain`` longer ones (``max_stack = 16``),
   ``ramp`` the chain length of the previous stop (one more than the candidates removed in a row, back to one
   after a critical one);
-* ``no-compaction``: the session option ``compaction="off"``; ``copy-always``: compaction without its rule that
-  a copy must save more on a layer than its plan check costs (``CompactingEngine._pays``);
-* ``same``: the defaults, for an A/A check.
+* ``no-compaction``: the session option ``compaction="off"``; ``same``: the defaults, for an A/A check.
 
     python benchmarks/engine_levers.py NAME [--rounds 3] [--variants both,no-thin,no-chain,neither]
     python benchmarks/engine_levers.py NAME --stepwise 50 [--variants both,no-compaction]
@@ -31,27 +29,19 @@ import time
 import warnings
 
 import cswap_nb as cs
-from cswap_nb.engines.compact import CompactingEngine
 from cswap_nb.engines.graph import GraphEngine
 from cswap_nb.pruning.descent import ClassByClass
 from tests_in_time import random_model  # benchmarks/, the script's own folder
 
 DEFAULTS = {"thin_below": GraphEngine.thin_below, "chain_rows": ClassByClass.chain_rows,
-            "chain_floor": ClassByClass.chain_floor, "max_stack": ClassByClass.max_stack, "ramp": False,
-            "copy_rule": True}
+            "chain_floor": ClassByClass.chain_floor, "max_stack": ClassByClass.max_stack, "ramp": False}
 SETTINGS = {"both": {}, "no-thin": {"thin_below": 0.0}, "no-chain": {"chain_rows": 0},
             "neither": {"thin_below": 0.0, "chain_rows": 0}, "short-chain": {"chain_floor": 0.6},
             "long-chain": {"max_stack": 16}, "ramp": {"ramp": True},
-            "no-compaction": {"compaction": "off"}, "same": {},
-            "copy-always": {"copy_rule": False}}
+            "no-compaction": {"compaction": "off"}, "same": {}}
 
 
 _rate_length = ClassByClass._chain_length
-_pays = CompactingEngine._pays
-
-
-def _always(self, layer, share) -> bool:
-    return True
 _chained = ClassByClass._chained
 
 
@@ -74,7 +64,6 @@ def apply(variant: str) -> dict:
     GraphEngine.thin_below, ClassByClass.chain_rows = got["thin_below"], got["chain_rows"]
     ClassByClass.chain_floor, ClassByClass.max_stack = got["chain_floor"], got["max_stack"]
     ClassByClass._chain_length = _ramp_length if got["ramp"] else _rate_length
-    CompactingEngine._pays = _pays if got["copy_rule"] else _always
     return {k: v for k, v in got.items() if k not in DEFAULTS}
 
 

@@ -158,7 +158,6 @@ def test_copies_beyond_their_time_share_are_skipped_with_the_same_decisions(own_
     masked) or on the masked network, and the decisions stay those of the masked network."""
     monkeypatch.setattr(CompactingEngine, "min_units", 1)
     monkeypatch.setattr(CompactingEngine, "time_share", 0.0)
-    monkeypatch.setattr(CompactingEngine, "_pays", lambda self, layer, share: True)  # the time share alone
     model = _random_bn(BranchyNet(), seed=3)
     x, y = own_label_data(model, n=80, shape=(3, 16, 16), min_per_class=4)
     runs = _on_and_off(model, (x, y), samples_per_class=4, alpha=0.2, group_size=1)
@@ -170,28 +169,6 @@ def test_copies_beyond_their_time_share_are_skipped_with_the_same_decisions(own_
     free = cs.prune(model, (x, y), samples_per_class=4, alpha=0.2, group_size=1, progress=False)
     assert free.engine["compaction"]["copies"] > 1 and free.engine["compaction"]["skipped"] == 0
     assert free.labels[COLS].equals(off.labels[COLS])
-
-
-def test_a_copy_scores_a_layer_only_where_its_saving_beats_its_plan_check(own_label_data):
-    """CompactingEngine._pays: the last layer's seconds per unit, times the units left, times the share of the
-    dense MACs the copy drops, against the mean plan check. A random DenseNet121 at 64 px built its first copy
-    where it sliced almost nothing, then paid 0.17 s of checks a layer (METHOD.md §10)."""
-    model = _random_bn(BranchyNet(), seed=3)
-    x, y = own_label_data(model, n=80, shape=(3, 16, 16), min_per_class=4)
-    s = PruneSession(model, (x, y), samples_per_class=4, progress=False)
-    e = s.engine
-    assert isinstance(e, CompactingEngine)
-    layer = s.layers[0]
-    # the estimate: the dense network keeps all of its MACs, a cut fewer
-    assert e._estimate({}) == pytest.approx(1.0)
-    assert e._estimate({layer.name: list(range(layer.size // 2))}) < 1.0
-    assert e._pays(layer, 0.5)  # nothing measured yet (the first layer): no reason to refuse
-    e._plan_checks = (2, 0.2)  # 0.1 s a check
-    e._unit_seconds = 0.2 / layer.size  # the layer would take 0.2 s on the masked network
-    assert e._pays(layer, 0.0)  # saves 0.2 s
-    e._over = False
-    assert not e._pays(layer, 0.6) and e._over  # saves 0.08 s, less than the check: counted as skipped
-    assert e._pays(layer, None)  # no estimate: the time share alone decides
 
 
 def test_the_greedy_strategy_scores_without_copies(own_label_data, every_layer):

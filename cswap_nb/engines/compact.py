@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from ..core.layout import to_channels_last
 from ..core.result import equivalence_tolerance
 from ..core.surgery import count_macs, remove_units
-from ..core.units import Footprints, Masker, UnitLayer, unit_channels, weight_positions
+from ..core.units import Masker, UnitLayer, unit_channels
 from .graph import GraphEngine
 from .base import EngineWrapper, Rows, ScoreEngine
 
@@ -45,26 +45,6 @@ def _remapped(layer: UnitLayer, gone: dict[str, list[int]]) -> UnitLayer:
             [i - bisect.bisect_left(cut, i) for i in c] if isinstance(c, list) else c - bisect.bisect_left(cut, c)
             for c in per_unit]
     return dataclasses.replace(layer, points=points)
-
-
-def mac_share_estimate(footprints: Footprints | None, template: nn.Module, example: Tensor
-                       ) -> Callable[[dict[str, list[int]]], float | None] | None:
-    """A function of a cut (layer name -> removed units): the share of the dense network's conv and linear
-    multiply-accumulates a copy with that cut would keep, counted from ``footprints`` without a surgery
-    (:meth:`Footprints.macs_after`); None where the footprints are unknown. The weights' positions are
-    measured on the first call (one pass of one sample)."""
-    if footprints is None:
-        return None
-    memo: dict = {}
-
-    def share(cut: dict[str, list[int]]) -> float | None:
-        if "positions" not in memo:
-            memo["positions"] = weight_positions(template, example[:1])
-            memo["dense"] = footprints.macs_after({}, memo["positions"])
-        got = footprints.macs_after(cut, memo["positions"])
-        return None if got is None or not memo["dense"] else got / memo["dense"]
-
-    return share
 
 
 class _Compact:
@@ -113,9 +93,7 @@ class CompactingEngine(EngineWrapper):
     """``engine="fast"`` with ``compaction="on"``: the wrapped engine, or a compact copy's graph engine for
     the layers where one pays (module docstring). The decision to build a copy is taken when a layer is
     first scored: some unit of another layer was removed since the last copy, the layer has at least
-    :attr:`min_units` units left to test, the copies stay within :attr:`time_share` of the analysis, and the copy
-    saves more on the layer than its plan check costs (:meth:`_pays`, from the MACs a cut keeps: ``estimate``,
-    :func:`mac_share_estimate`; with ``time_share=None`` neither limit applies).
+    :attr:`min_units` units left to test, and the copies stay within :attr:`time_share` of the analysis.
     :attr:`rebuilds` counts the copies built, :attr:`compact_seconds` their cost (surgery, tracing, checks),
     :attr:`skipped` the layers where a copy, or the check of the layer's plan on the last copy, would have
     overrun that share (the last copy then scores them with the newer removals masked, or the wrapped engine
@@ -133,12 +111,8 @@ class CompactingEngine(EngineWrapper):
     copies than it saves: at 64 px and 4 images a class, compaction without this limit did 2,383 tests in 60 s
     against 4,199 without compaction."""
 
-    def __init__(self, inner: ScoreEngine, template: nn.Module, example: Tensor, dense_macs: int | None = None,
-                 estimate: Callable[[dict[str, list[int]]], float | None] | None = None):
+    def __init__(self, inner: ScoreEngine, template: nn.Module, example: Tensor, dense_macs: int | None = None):
         super().__init__(inner)
-        self._estimate = estimate  # a cut -> the share of the dense MACs a copy keeps (mac_share_estimate)
-        self._unit_seconds: float | None = None  # the last layer's seconds per unit (_pays)
-        self._layer_t0: float | None = None
         self._segmentation: tuple | None = None  # (masks, pairs) handed to each copy's engine
         self.template, self.example = template, example
         self._compact_work = 0.0
@@ -191,30 +165,7 @@ class CompactingEngine(EngineWrapper):
         if not any(units != have.get(name, ())
                    for name, units in self.masker.removed_units.items() if name != layer.name and units):
             return False
-        if self._estimate is not None and self.time_share is not None:
-            cut = {name: list(units) for name, units in self.masker.removed_units.items() if name != layer.name}
-            share, c = self._estimate(cut), self._compact
-            base = c.share if c is not None and c.serves(self.masker.removed_units, layer) else 1.0
-            if not self._pays(layer, None if share is None else share / max(base, 1e-9)):
-                return False  # against the copy that would score the layer otherwise, or the masked network
         return self._affordable(self.compact_seconds / max(1, self.rebuilds))
-
-    def _pays(self, layer: UnitLayer, share: float | None) -> bool:
-        """Whether a copy keeping ``share`` of the dense MACs saves more on ``layer`` than its plan check costs
-        there: the last layer's seconds per unit, times the units left, times the share of the work the copy
-        drops, against the mean check so far (the copies', else the wrapped engine's). On a network of many
-        small layers a copy that slices little costs more in checks than it saves (a random DenseNet121 at 64
-        px: 0.17 s a layer, METHOD.md §10). Unknown figures (the first layers): True."""
-        checks = self._plan_checks
-        inner = getattr(self.inner, "check_seconds", (0, 0.0))
-        check = checks[1] / checks[0] if checks[0] else inner[1] / inner[0] if inner[0] else None
-        if share is None or check is None or self._unit_seconds is None:
-            return True
-        left = int((~self.masker.removed[layer.name]).sum())
-        if self._unit_seconds * left * max(0.0, 1.0 - share) > check:
-            return True
-        self._over = True  # counted once per layer in skipped
-        return False
 
     def _affordable(self, cost: float) -> bool:
         """Whether the copies may spend ``cost`` more seconds within :attr:`time_share` (the first copy may)."""
@@ -230,8 +181,6 @@ class CompactingEngine(EngineWrapper):
         copies' cost), which a copy kept from an earlier layer does only within the time share."""
         checks = self._plan_checks
         if not built and not self._affordable(checks[1] / checks[0] if checks[0] else 0.0):
-            return False
-        if not built and self.time_share is not None and not self._pays(layer, c.share):
             return False
         t0 = time.perf_counter()
         try:
@@ -276,9 +225,6 @@ class CompactingEngine(EngineWrapper):
         if self.failed is not None or layer is None:
             return self.inner
         if layer.name != self._layer:  # a new layer: build a copy where one pays, else keep the last if it serves
-            now = time.perf_counter()
-            if self._layer is not None and self._layer_t0 is not None:
-                self._unit_seconds = (now - self._layer_t0) / max(1, self.masker.layers[self._layer].size)
             self._layer, self._over = layer.name, False
             built = self._worth(layer)
             if built:
@@ -290,7 +236,6 @@ class CompactingEngine(EngineWrapper):
             if self._use is not None and not self._checked_on_copy(self._use, layer, built):
                 self._use = None  # the masked network's engine, whose plan for the layer is checked
             self.skipped += self._over
-            self._layer_t0 = time.perf_counter()  # the layer's scoring starts: copies and checks are not in it
         c = self._use
         if c is None:
             return self.inner

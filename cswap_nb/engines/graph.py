@@ -40,8 +40,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import time
-
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
@@ -112,7 +110,6 @@ class GraphEngine(ScoreEngine):
         self._current: tuple | None = None  # (token, cache, state) of the candidate begun last
         self._speculation = _Speculation(self)  # candidates scored ahead by stack_rows
         self.thinned = 0  # layer runs on their kept input channels only (_thin_exec)
-        self.check_seconds = (0, 0.0)  # the plans checked, and their seconds
         self._clean = _CleanRuns(self)
         try:
             self.graph = trace(model)
@@ -150,11 +147,9 @@ class GraphEngine(ScoreEngine):
     def _plan(self, layer: UnitLayer) -> Plan | None:
         """The checked plan of ``layer`` (None: full passes, :attr:`layer_fallbacks` says why)."""
         if layer.name not in self._plans:
-            work, t0 = self._work, time.perf_counter()  # the checks run on one or two samples: not the analysis's work
+            work = self._work  # the checks run on one or two samples: not the analysis's work
             self._plans[layer.name] = self._checked_plan(layer, self.example)
             self._work = work
-            n, seconds = self.check_seconds
-            self.check_seconds = (n + 1, seconds + time.perf_counter() - t0)
         return self._plans[layer.name]
 
     # -- running the graph -------------------------------------------------------------------
