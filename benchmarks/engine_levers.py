@@ -55,15 +55,13 @@ def _chained_counting(self, verdict) -> None:
     self._run = 0 if verdict.label == "critical" else getattr(self, "_run", 0) + 1
 
 
-ClassByClass._chained = _chained_counting
-
-
 def apply(variant: str) -> dict:
     """Set the class attributes of ``variant`` (every other one at its default); its session options."""
     got = {**DEFAULTS, **SETTINGS[variant]}
     GraphEngine.thin_below, ClassByClass.chain_rows = got["thin_below"], got["chain_rows"]
     ClassByClass.chain_floor, ClassByClass.max_stack = got["chain_floor"], got["max_stack"]
     ClassByClass._chain_length = _ramp_length if got["ramp"] else _rate_length
+    ClassByClass._chained = _chained_counting if got["ramp"] else _chained
     return {k: v for k, v in got.items() if k not in DEFAULTS}
 
 

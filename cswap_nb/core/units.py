@@ -425,13 +425,11 @@ def _survey(model: nn.Module, example: Tensor, scope: str, ignored_layers, cover
         raise ValueError(f"scope must be one of {list(SCOPES)}, got {scope!r}")
     was_training = model.training
     model.eval()
-    graph = None
     try:
         order = execution_order(model, example)
         head = output_layer(model, order)
         names = {m: n for n, m in model.named_modules()}
         graph = build_graph(model, example)
-        MAPPINGS.current[graph] = False  # read only here: its index mapping is computed once (_MappingMemo)
         user_ignored = list(ignored_layers or [])
         auxiliary = _auxiliary_producers(model)
         ignored = [head] + user_ignored + auxiliary
@@ -445,30 +443,31 @@ def _survey(model: nn.Module, example: Tensor, scope: str, ignored_layers, cover
         # Every group, ignored ones included, so that coverage can say what each reason costs. Torch-Pruning
         # drops a group if an ignored module's outputs are in it; the other groups are the same as with
         # ignored_layers= (the same partition of the channels, rooted at the first producer of each).
-        for group in graph.get_all_groups(ignored_layers=[], root_module_types=PRODUCERS):
-            outs = [item.dep.target.module for item in group if _is_out_pruning(item.dep)]
-            if any(m is head for m in outs):
-                reason = OUTPUT_LAYER
-            elif any(m in auxiliary for m in outs):
-                reason = AUXILIARY_HEAD
-            elif any(m in user_ignored or m in ignored_qkv for m in outs):
-                reason = IGNORED_LAYER
-            elif any(m in skip for m in outs):
-                reason = QKV_ROWS
-            else:
-                layer, reason = _layer_from_group(group, graph, names, order)
-                if layer is not None and any(item.dep.target.module in skip for item in group):
-                    reason = QKV_ROWS  # channels read by q/k/v, e.g. an embedding stream without norms
-                elif layer is not None and scope == "internal" and layer.kind != "internal":
-                    reason = COUPLED_STREAM
-                elif layer is not None and expanded is not None and layer.name not in expanded:
-                    reason = FAMILY_SCOPE
-                elif layer is not None:
-                    layer.auto_group = auto_group_size(model.get_submodule(layer.name), layer.size, bool(attentions))
-                    layers.append(layer)
-                    kept.append((layer, group))
-                    continue
-            excluded.append((reason, group))
+        with MAPPINGS.holding(graph):  # read only here: its index mapping is computed once (_MappingMemo)
+            for group in graph.get_all_groups(ignored_layers=[], root_module_types=PRODUCERS):
+                outs = [item.dep.target.module for item in group if _is_out_pruning(item.dep)]
+                if any(m is head for m in outs):
+                    reason = OUTPUT_LAYER
+                elif any(m in auxiliary for m in outs):
+                    reason = AUXILIARY_HEAD
+                elif any(m in user_ignored or m in ignored_qkv for m in outs):
+                    reason = IGNORED_LAYER
+                elif any(m in skip for m in outs):
+                    reason = QKV_ROWS
+                else:
+                    layer, reason = _layer_from_group(group, graph, names, order)
+                    if layer is not None and any(item.dep.target.module in skip for item in group):
+                        reason = QKV_ROWS  # channels read by q/k/v, e.g. an embedding stream without norms
+                    elif layer is not None and scope == "internal" and layer.kind != "internal":
+                        reason = COUPLED_STREAM
+                    elif layer is not None and expanded is not None and layer.name not in expanded:
+                        reason = FAMILY_SCOPE
+                    elif layer is not None:
+                        layer.auto_group = auto_group_size(model.get_submodule(layer.name), layer.size, bool(attentions))
+                        layers.append(layer)
+                        kept.append((layer, group))
+                        continue
+                excluded.append((reason, group))
         heads = []
         for name, attn in attentions.items():
             if any(m in ignored for m in (attn, attn.qkv, attn.proj)) or attn.num_heads < 2:
@@ -478,8 +477,6 @@ def _survey(model: nn.Module, example: Tensor, scope: str, ignored_layers, cover
         report = _coverage(model, scope, kept, heads, excluded) if coverage else None
     finally:
         model.train(was_training)
-        if graph is not None:
-            MAPPINGS.current.pop(graph, None)
     layers.sort(key=lambda layer: layer.position)
     return layers, report
 

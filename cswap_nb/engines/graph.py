@@ -30,11 +30,11 @@ operations runs on the channels the masks keep there (:attr:`Plan.thin`): remove
 multiplications after their mask points, as in a compacted network.
 
 Every layer's plan is checked when the engine is built: its candidate run must reproduce full passes
-(two samples, with and without a removal, from one cache; and the last sample alone for slicing); a layer that fails, or that no mask point of the graph
-reaches, is analysed with full passes and :attr:`GraphEngine.layer_fallbacks` says why. A model that
-``torch.fx`` cannot trace gets the family's parts instead (:class:`cswap_nb.engines.passes.PartsEngine`),
-else full passes (:class:`cswap_nb.engines.passes.FullPasses`), and :func:`make_engine` says why in the
-engine's ``fallback``.
+(two samples, with and without a removal, from one cache; and the last sample alone for slicing); a layer
+that fails, or that no mask point of the graph reaches, is analysed with full passes and
+:attr:`GraphEngine.layer_fallbacks` says why. A model that ``torch.fx`` cannot trace gets the family's
+parts instead (:class:`cswap_nb.engines.passes.PartsEngine`), else full passes
+(:class:`cswap_nb.engines.passes.FullPasses`), and :func:`make_engine` says why in the engine's ``fallback``.
 """
 from __future__ import annotations
 
