@@ -8,10 +8,12 @@ random-weight torchvision model of ``benchmarks/tests_in_time.py``'s set-up (csw
   (``ClassByClass.chain_floor = 0.6`` instead of 0.25), ``long-chain`` longer ones (``max_stack = 16``),
   ``ramp`` the chain length of the previous stop (one more than the candidates removed in a row, back to one
   after a critical one);
+* ``whole-chains``: chains for candidates scored whole on a calibration set of any size, not only small ones
+  (``chain_rows`` unbounded): on a GPU, where one candidate's pass over 200 images leaves the device idle;
 * ``no-compaction``: the session option ``compaction="off"``; ``same``: the defaults, for an A/A check.
 
     python benchmarks/engine_levers.py NAME [--rounds 3] [--variants both,no-thin,no-chain,neither]
-    python benchmarks/engine_levers.py NAME --stepwise 50 [--variants both,no-compaction]
+    python benchmarks/engine_levers.py NAME --stepwise 50 [--variants both,no-compaction] [--device cuda]
 
 NAME: a shipped checkpoint (``resnet18-fashion``) or ``tv:ARCH`` (``tv:densenet121``: random weights, 64 px,
 labels the model's own, ``samples_per_class=4``). The variants run in turn in one process, ``--rounds`` times,
@@ -38,7 +40,8 @@ DEFAULTS = {"thin_below": GraphEngine.thin_below, "chain_rows": ClassByClass.cha
 SETTINGS = {"both": {}, "no-thin": {"thin_below": 0.0}, "no-chain": {"chain_rows": 0},
             "neither": {"thin_below": 0.0, "chain_rows": 0}, "short-chain": {"chain_floor": 0.6},
             "long-chain": {"max_stack": 16}, "ramp": {"ramp": True},
-            "no-compaction": {"compaction": "off"}, "same": {}}
+            "no-compaction": {"compaction": "off"}, "same": {},
+            "whole-chains": {"chain_rows": 1 << 30}}
 
 
 _rate_length = ClassByClass._chain_length
@@ -65,12 +68,14 @@ def apply(variant: str) -> dict:
     return {k: v for k, v in got.items() if k not in DEFAULTS}
 
 
-def load(name: str):
+def load(name: str, device: str = "cpu"):
+    """The model and calibration set of ``name`` on ``device``, and the session options that go with them."""
     if not name.startswith("tv:"):
         model, data = cs.zoo.load(name)
-        return model, data.calib, {}
-    model, calib = random_model(name[3:])
-    return model, calib, {"samples_per_class": 4}
+        calib, opts = data.calib, {}
+    else:
+        (model, calib), opts = random_model(name[3:]), {"samples_per_class": 4}
+    return model.to(device), tuple(t.to(device) for t in calib), opts
 
 
 def stepwise(model, calib, opts: dict, variants: list[str], n: int) -> None:
@@ -109,9 +114,10 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--variants", default="both,no-thin,no-chain,neither")
     p.add_argument("--stepwise", type=int, default=0, metavar="N")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     args = p.parse_args(argv)
     warnings.simplefilter("ignore")
-    model, calib, opts = load(args.name)
+    model, calib, opts = load(args.name, args.device)
     variants = args.variants.split(",")
     if args.stepwise:
         stepwise(model, calib, opts, variants, args.stepwise)

@@ -582,6 +582,28 @@ def test_model_returning_a_tuple_gets_a_clear_error():
         cs.prune(TupleOut(), (x, y), samples_per_class=2, progress=False)
 
 
+def _tf32_flags() -> tuple[bool, bool]:
+    """Whether TF32 is on for CUDA convolutions and matmuls, read through the new API where PyTorch has it
+    (reading the legacy flags while the new ones are set raises)."""
+    if hasattr(torch.backends.cudnn, "conv"):
+        return (torch.backends.cudnn.conv.fp32_precision == "tf32", torch.backends.cuda.matmul.fp32_precision == "tf32")
+    return torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+
+
+@pytest.mark.skipif(not hasattr(torch.backends.cudnn, "conv"), reason="PyTorch < 2.9 has no fp32_precision")
+def test_prune_accepts_tf32_set_through_the_new_api_and_restores_it(zoo_model, digits):
+    # PyTorch >= 2.9 raises on reading the legacy allow_tf32 once fp32_precision was set: the session must not
+    # read them
+    conv, matmul = torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+    torch.backends.cudnn.conv.fp32_precision = torch.backends.cuda.matmul.fp32_precision = "tf32"
+    try:
+        res = cs.prune(zoo_model, digits.calib, samples_per_class=3, progress=False, group_size=64)
+        assert len(res.labels) > 0
+        assert torch.backends.cudnn.conv.fp32_precision == torch.backends.cuda.matmul.fp32_precision == "tf32"
+    finally:
+        torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = conv, matmul
+
+
 def test_prune_runs_in_full_float32_and_restores_the_tf32_flags(zoo_model, digits):
     seen = []
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
@@ -590,7 +612,7 @@ def test_prune_runs_in_full_float32_and_restores_the_tf32_flags(zoo_model, digit
         inner = session.engine.scores
 
         def recording(*args, **kwargs):  # the flags while a score is computed
-            seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+            seen.append(_tf32_flags())
             return inner(*args, **kwargs)
 
         session.engine.scores = recording

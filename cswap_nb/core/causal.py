@@ -120,7 +120,10 @@ def class_pixel_scores(logits: Tensor, masks: Tensor, score: str = "prob", index
     index = pixel_classes(masks, c) if index is None else index
     own = _own_pixel_scores(logits, masks.shape[-2:], index.gather, score).flatten(1)
     labels, pixels = index.labels, index.pixels.to(own.dtype)
-    total = torch.zeros(n, c + 1, dtype=own.dtype, device=own.device).scatter_add_(1, labels, own)[:, :c]
+    # on a GPU, scatter_add_ adds in a varying order: sums in float64 there give float32 scores that do not
+    # change from run to run (the CPU adds in order)
+    acc = own.double() if own.is_cuda else own
+    total = torch.zeros(n, c + 1, dtype=acc.dtype, device=own.device).scatter_add_(1, labels, acc)[:, :c].to(own.dtype)
     return torch.where(pixels > 0, total / pixels.clamp(min=1), torch.full_like(total, float("nan")))
 
 

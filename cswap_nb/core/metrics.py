@@ -86,7 +86,7 @@ def evaluate(model: nn.Module, data, batch_size: int | None = None) -> float:
         with torch.inference_mode():
             for xb, yb in batches:
                 pred = _logits(model(xb.to(device))).argmax(1).cpu()
-                correct += int((pred == yb).sum())
+                correct += int((pred == yb.cpu()).sum())
                 total += len(yb)
     finally:
         model.train(was_training)

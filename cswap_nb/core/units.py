@@ -42,6 +42,7 @@ from __future__ import annotations
 import copy
 import math
 import traceback
+import itertools
 import warnings
 import weakref
 from contextlib import contextmanager
@@ -488,7 +489,7 @@ def _is_out_pruning(dep) -> bool:
 def _heads_layer(name: str, attn: nn.Module, order: dict[nn.Module, int]) -> UnitLayer:
     """The heads of one attention module as a unit layer (see the module docstring)."""
     h, d = attn.num_heads, attn.head_dim
-    w = head_weights(attn)
+    w = head_weights(attn).cpu()  # magnitudes live on the CPU, as the conv layers' do
     return UnitLayer(
         name=name, kind="heads", size=h, points={f"{name}.proj": list(range(h))},
         magnitude=w.abs().sum(1), position=order.get(attn.qkv, len(order)),
@@ -879,9 +880,7 @@ class Masker:
                     continue
                 mod = modules[mod_name]
                 n = self._width(mod)
-                tensors = list(mod.parameters()) + list(mod.buffers())
-                device = tensors[0].device if tensors else torch.device("cpu")
-                self._keep[mod_name] = torch.ones(n, device=device)
+                self._keep[mod_name] = torch.ones(n, device=self._device(model, mod))
                 if isinstance(mod, nn.LayerNorm):
                     self._norms.add(mod_name)
                 hook = (self._norm_hook if isinstance(mod, nn.LayerNorm) else self._hook)(mod_name, channel_dim(mod))
@@ -891,6 +890,14 @@ class Masker:
     def hooked(self) -> set[str]:
         """The names of the modules whose output (channels) or input (heads) the masker's hooks change."""
         return set(self._keep) | set(self._keep_heads)
+
+    @staticmethod
+    def _device(model: nn.Module, mod: nn.Module) -> torch.device:
+        """Where a mask point's mask lives: with its own parameters or buffers, else (a norm without either,
+        such as a default InstanceNorm) with the model's."""
+        for t in itertools.chain(mod.parameters(), mod.buffers(), model.parameters(), model.buffers()):
+            return t.device
+        return torch.device("cpu")
 
     @staticmethod
     def _width(mod: nn.Module) -> int:

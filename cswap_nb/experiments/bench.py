@@ -5,6 +5,7 @@ repeats: this is how they stay meaningful on a noisy 2-core machine.
 """
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 
@@ -15,19 +16,26 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .. import zoo
 from ..pruning.api import prune
+from ..pruning.session import full_float32
 from ..core.config import ENGINES, EVALUATIONS
 from ..core.surgery import EXTRA_FLOP_FORMULAS, count_macs, count_params
 
 
-def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
-    """The machine's float32 matmul throughput (median of repeats), GFLOP/s."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def matmul_gflops(n: int = 1024, repeats: int = 10, device: torch.device | str = "cpu") -> float:
+    """The float32 matmul throughput of ``device`` (median of repeats), GFLOP/s. On a GPU, n = 4096 and full
+    float32 (no TF32, as the analysis runs: cswap_nb.pruning.session)."""
+    device = torch.device(device)
+    n = 4096 if device.type == "cuda" else n
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    with full_float32():
         torch.mm(a, b)
-        times.append(time.perf_counter() - t0)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - t0)
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
@@ -62,14 +70,18 @@ def stage_profile(model: nn.Module, x: torch.Tensor, repeats: int = 10) -> pd.Da
     was_training = model.training
     model.eval()
     children = list(model.named_children())
+    # on a GPU the kernels run asynchronously: each clock reading waits for them
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     shapes, starts, spent = {}, {}, {name: [] for name, _ in children}
     def before(name):
         def hook(_module, _args):
+            sync()
             starts[name] = time.perf_counter()
         return hook
 
     def after(name):
         def hook(_module, _args, out):  # returns None: the output is left as it is
+            sync()
             spent[name].append(time.perf_counter() - starts[name])
             shapes[name] = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else None
         return hook
@@ -88,6 +100,7 @@ def stage_profile(model: nn.Module, x: torch.Tensor, repeats: int = 10) -> pd.Da
             for _ in range(repeats + 2):
                 t0 = time.perf_counter()
                 model(x)
+                sync()
                 whole.append(time.perf_counter() - t0)
     finally:
         for h in handles:
@@ -156,20 +169,24 @@ def images_share(result) -> float:
 
 
 def bench_engines(model: nn.Module, calib, rounds: int = 2, engines: tuple[str, ...] = ("naive", "fast"),
-                  **prune_kwargs) -> dict:
+                  device: torch.device | str | None = None, **prune_kwargs) -> dict:
     """Run the C-SWAP analysis with each engine (the first is the reference), alternating them.
 
     Returns per engine the seconds (median over rounds), the forward-equivalents it computed (a
     full pass over the calibration set = 1, counted in FLOPs), the achieved GFLOP/s, the path it
     took and its fallback; ``speedup`` (reference seconds / each engine's), ``work_ratio`` (reference
     forward-equivalents / each engine's: the speed-up FLOPs alone would give), the machine's matmul
-    GFLOP/s, and whether every engine's labels equal the reference's on every unit (they must).
+    GFLOP/s, and whether every engine's labels equal the reference's on every unit (they must). With
+    ``device``, the analyses run there (a copy of ``model``, and the calibration set, moved to it).
     """
+    if device is not None:
+        model = copy.deepcopy(model).to(device)
+        calib = tuple(t.to(device) for t in calib)
     runs: dict[str, list] = {e: [] for e in engines}
     for _ in range(rounds):
         for engine in engines:
             runs[engine].append(prune(model, calib, progress=False, **engine_options(engine), **prune_kwargs))
-    out = {"matmul_gflops": matmul_gflops(), "engines": list(engines)}
+    out = {"matmul_gflops": matmul_gflops(device=next(model.parameters()).device), "engines": list(engines)}
     ref_name = engines[0]
     ref = runs[ref_name][0]
     for engine, results in runs.items():
@@ -196,23 +213,32 @@ def bench_engines(model: nn.Module, calib, rounds: int = 2, engines: tuple[str, 
 
 
 def run(model_name: str, rounds: int = 2, latency_repeats: int = 50,
-        engines: tuple[str, ...] = ("naive", "fast")) -> dict:
+        engines: tuple[str, ...] = ("naive", "fast"), device: torch.device | str = "cpu") -> dict:
     torch.manual_seed(0)
     model, data = zoo.load(model_name)
-    engines = bench_engines(model, data.calib, rounds=rounds, engines=engines)
+    device = torch.device(device)
+    model, calib = model.to(device), tuple(t.to(device) for t in data.calib)
+    engines = bench_engines(model, calib, rounds=rounds, engines=engines)
     res = engines.pop("_result")
-    x = data.test.x
+    x = data.test.x.to(device)
     lat = [compare_latency(model, res.model, x[:1], latency_repeats),
            compare_latency(model, res.model, x[:64], max(10, latency_repeats // 5))]
-    return {"model": model_name, "threads": torch.get_num_threads(), **engines,
+    return {"model": model_name, "threads": torch.get_num_threads(), "device": str(device), **engines,
             "macs_before": res.macs_before, "macs_after": res.macs_after, "latency": lat,
             "count_macs_check": count_macs(res.model, x[:1]) == res.macs_after}
+
+
+def _where(r: dict) -> str:
+    device = r.get("device", "cpu")
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{device}: {torch.cuda.get_device_name(torch.device(device))}"
+    return f"{r['threads']} threads" if device == "cpu" else device
 
 
 def format_report(r: dict) -> str:
     names = r.get("engines", ["naive", "fast"])
     lines = [
-        f"bench {r['model']} ({r['threads']} threads, {r['units']} units, matmul {r['matmul_gflops']:.1f} GFLOP/s)",
+        f"bench {r['model']} ({_where(r)}, {r['units']} units, matmul {r['matmul_gflops']:.1f} GFLOP/s)",
         f"{'engine':8s}{'path':>7s}{'analysis s':>12s}{'fwd-equiv':>11s}{'GFLOP/s':>9s}{'of matmul':>11s}"
         f"{'speed-up':>10s}{'work ratio':>12s}{'images':>8s}",
     ]

@@ -61,12 +61,20 @@ def full_float32():
     with TF32 on, an H200 run of ddrnet23slim-roads disagreed with the CPU on 242 of 1,920
     labels and masked vs pruned differed by 9e-3. No effect on CPUs.
     """
-    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    if hasattr(torch.backends.cudnn, "conv"):  # PyTorch >= 2.9: reading the legacy flags fails once the new are set
+        flags = [(torch.backends.cudnn.conv, "fp32_precision"), (torch.backends.cuda.matmul, "fp32_precision")]
+        off = "ieee"
+    else:
+        flags = [(torch.backends.cudnn, "allow_tf32"), (torch.backends.cuda.matmul, "allow_tf32")]
+        off = False
+    saved = [getattr(obj, name) for obj, name in flags]
+    for obj, name in flags:
+        setattr(obj, name, off)
     try:
         yield
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+        for (obj, name), value in zip(flags, saved):
+            setattr(obj, name, value)
 
 
 # ------------------------------------------------------------------------------------ strategies

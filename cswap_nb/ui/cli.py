@@ -384,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated engines, the first is the reference (naive, fast, parts; each optionally with "
                         "-full or -early: every class per candidate, or decisions class by class; and -static: "
                         "no compaction)")
+    b.add_argument("--device", default="cpu", help="where the analyses run: cpu (default), cuda, cuda:N or auto")
     b.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     try:
@@ -427,7 +428,7 @@ def _dispatch(args: argparse.Namespace, p: argparse.ArgumentParser, distributed:
         if len(engines) < 2:
             raise ValueError(f"--engines takes two or more of {', '.join(ENGINES)} (each optionally with "
                              f"-{' or -'.join(EVALUATIONS)} and -static), got {args.engines!r}")
-        report = run_bench(args.model, rounds=args.rounds, engines=engines)
+        report = run_bench(args.model, rounds=args.rounds, engines=engines, device=run_device(args.device))
         print(format_report(report))
         if args.json is not None:
             _write_json(args.json, report)
