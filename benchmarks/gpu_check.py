@@ -104,7 +104,7 @@ def part_commands(quick: bool, device: str) -> dict[str, list[tuple[list[str], i
                    "--images", "400", "--k", "20", "--seconds", "10" if quick else "45", "--device", device], 100)],
         "chains": [([PY, str(HERE / "engine_levers.py"), "resnet18-fashion" if quick else "resnet50-fashion",
                      "--stepwise", "200", "--variants", "both,whole-chains,no-chain", "--device", device], 120)],
-        "bench-rest": [(bench(m), 120) for m in ([] if quick else SHIPPED[1:])],
+        "bench-rest": [(bench(m), 75) for m in ([] if quick else SHIPPED[1:])],
     }
 
 
