@@ -17,6 +17,8 @@ Parts:
   the float sums differ, so borderline p-values may cross α; it counts the units whose label differs;
 * ``chains``: ``benchmarks/engine_levers.py resnet50-fashion --stepwise`` with chains of whole candidates on
   the whole calibration set (``whole-chains``) beside the default and ``no-chain``;
+* ``evaluations`` (not in the default parts): ``naive``, ``fast-full`` (every class in one pass) and ``fast``
+  side by side on three checkpoints;
 * ``full``: ``benchmarks/tests_in_time.py`` on a full-size random-weight torchvision ResNet50 at 224 px, k = 20:
   tests per second and the dense work's rate, to replace the assumed rate of METHOD.md's estimate.
 
@@ -91,10 +93,18 @@ print("largest p-value difference: %.3g" % abs(p1 - p2).max())
 """
 
 
+BENCH = """
+import sys
+from cswap_nb.experiments.bench import format_report, run
+engines = tuple(sys.argv[3].split(",")) if len(sys.argv) > 3 else ("naive", "fast")
+print(format_report(run(sys.argv[1], rounds=1, engines=engines, device=sys.argv[2])))
+"""
+
+
 def part_commands(quick: bool, device: str) -> dict[str, list[tuple[list[str], int]]]:
     """Each part's commands with their time limits in seconds."""
-    def bench(m):
-        return [PY, "-m", "cswap_nb", "bench", "--model", m, "--engines", "naive,fast", "--rounds", "1", "--device", device]
+    def bench(m):  # the bench command's own code, without the command line's imports (nbformat, for the gallery)
+        return [PY, "-c", BENCH, m, device]
     return {
         "env": [([PY, "-c", ENV], 60)],
         "bench": [(bench(SHIPPED[0]), 90)],
@@ -103,8 +113,10 @@ def part_commands(quick: bool, device: str) -> dict[str, list[tuple[list[str], i
         "full": [([PY, str(HERE / "tests_in_time.py"), "--model", "resnet50", "--size", "96" if quick else "224",
                    "--images", "400", "--k", "20", "--seconds", "10" if quick else "45", "--device", device], 100)],
         "chains": [([PY, str(HERE / "engine_levers.py"), "resnet18-fashion" if quick else "resnet50-fashion",
-                     "--stepwise", "200", "--variants", "both,whole-chains,no-chain", "--device", device], 120)],
+                     "--stepwise", "200", "--variants", "no-chain,both,same,whole-chains", "--device", device], 150)],
         "bench-rest": [(bench(m), 75) for m in ([] if quick else SHIPPED[1:])],
+        "evaluations": [([PY, "-c", BENCH, m, device, "naive,fast-full,fast"], 80)
+                        for m in (SHIPPED[:1] if quick else ["resnet50-fashion", "mobilenetv2-fashion", "resnet18-fashion"])],
     }
 
 
