@@ -10,6 +10,8 @@ random-weight torchvision model of ``benchmarks/tests_in_time.py``'s set-up (csw
   after a critical one);
 * ``whole-chains``: chains for candidates scored whole on a calibration set of any size, not only small ones
   (``chain_rows`` unbounded): on a GPU, where one candidate's pass over 200 images leaves the device idle;
+* ``copy-any``: compact copies wherever the other conditions allow, however little they slice
+  (``CompactingEngine.copy_cost = None``);
 * ``no-compaction``: the session option ``compaction="off"``; ``same``: the defaults, for an A/A check.
 
     python benchmarks/engine_levers.py NAME [--rounds 3] [--variants both,no-thin,no-chain,neither]
@@ -31,17 +33,19 @@ import time
 import warnings
 
 import cswap_nb as cs
+from cswap_nb.engines.compact import CompactingEngine
 from cswap_nb.engines.graph import GraphEngine
 from cswap_nb.pruning.descent import ClassByClass
 from tests_in_time import random_model  # benchmarks/, the script's own folder
 
 DEFAULTS = {"thin_below": GraphEngine.thin_below, "chain_rows": ClassByClass.chain_rows,
-            "chain_floor": ClassByClass.chain_floor, "max_stack": ClassByClass.max_stack, "ramp": False}
+            "chain_floor": ClassByClass.chain_floor, "max_stack": ClassByClass.max_stack, "ramp": False,
+            "copy_cost": CompactingEngine.copy_cost}
 SETTINGS = {"both": {}, "no-thin": {"thin_below": 0.0}, "no-chain": {"chain_rows": 0},
             "neither": {"thin_below": 0.0, "chain_rows": 0}, "short-chain": {"chain_floor": 0.6},
             "long-chain": {"max_stack": 16}, "ramp": {"ramp": True},
             "no-compaction": {"compaction": "off"}, "same": {},
-            "whole-chains": {"chain_rows": 1 << 30}}
+            "whole-chains": {"chain_rows": 1 << 30}, "copy-any": {"copy_cost": None}}
 
 
 _rate_length = ClassByClass._chain_length
@@ -63,6 +67,7 @@ def apply(variant: str) -> dict:
     got = {**DEFAULTS, **SETTINGS[variant]}
     GraphEngine.thin_below, ClassByClass.chain_rows = got["thin_below"], got["chain_rows"]
     ClassByClass.chain_floor, ClassByClass.max_stack = got["chain_floor"], got["max_stack"]
+    CompactingEngine.copy_cost = got["copy_cost"]
     ClassByClass._chain_length = _ramp_length if got["ramp"] else _rate_length
     ClassByClass._chained = _chained_counting if got["ramp"] else _chained
     return {k: v for k, v in got.items() if k not in DEFAULTS}

@@ -25,10 +25,11 @@ MODELS = {  # (model, input size)
 
 @pytest.fixture
 def every_layer(monkeypatch):
-    """A compact copy for every layer that has a removal to slice (the default waits for 32 units, and keeps
-    the copies within a tenth of the analysis time)."""
+    """A compact copy for every layer that has a removal to slice (the default waits for 32 units, for a cut
+    that drops a fifth of the MACs, and keeps the copies within a tenth of the analysis time)."""
     monkeypatch.setattr(CompactingEngine, "min_units", 1)
     monkeypatch.setattr(CompactingEngine, "time_share", None)
+    monkeypatch.setattr(CompactingEngine, "copy_cost", None)
 
 
 def _on_and_off(model, data, **kwargs):
@@ -158,6 +159,7 @@ def test_copies_beyond_their_time_share_are_skipped_with_the_same_decisions(own_
     masked) or on the masked network, and the decisions stay those of the masked network."""
     monkeypatch.setattr(CompactingEngine, "min_units", 1)
     monkeypatch.setattr(CompactingEngine, "time_share", 0.0)
+    monkeypatch.setattr(CompactingEngine, "copy_cost", None)
     model = _random_bn(BranchyNet(), seed=3)
     x, y = own_label_data(model, n=80, shape=(3, 16, 16), min_per_class=4)
     runs = _on_and_off(model, (x, y), samples_per_class=4, alpha=0.2, group_size=1)
@@ -169,6 +171,38 @@ def test_copies_beyond_their_time_share_are_skipped_with_the_same_decisions(own_
     free = cs.prune(model, (x, y), samples_per_class=4, alpha=0.2, group_size=1, progress=False)
     assert free.engine["compaction"]["copies"] > 1 and free.engine["compaction"]["skipped"] == 0
     assert free.labels[COLS].equals(off.labels[COLS])
+
+
+def test_a_copy_is_built_only_where_its_cut_drops_enough_of_the_macs(own_label_data, monkeypatch):
+    """CompactingEngine._slices_enough: the share of the dense MACs the first copy drops, times the layer's
+    candidates left, must reach copy_cost; the MACs are counted from the cut
+    (the footprints and each weight's output positions) without a surgery, so that the same run takes the
+    same decisions. The estimate equals the copy's own count once built."""
+    monkeypatch.setattr(CompactingEngine, "min_units", 1)
+    model = _random_bn(BranchyNet(), seed=3)
+    x, y = own_label_data(model, n=80, shape=(3, 16, 16), min_per_class=4)
+    s = PruneSession(model, (x, y), samples_per_class=4, progress=False)
+    e = s.engine
+    assert isinstance(e, CompactingEngine)
+    first, other = s.layers[0], s.layers[-1]
+    assert e._estimate({}) == pytest.approx(1.0)
+    half = list(range(other.size // 2))
+    share = e._estimate({other.name: half})
+    assert 0.0 < share < 1.0
+    e.masker.set(other.name, half, True)
+    worth = (1 - share) * first.size  # in candidates: the share dropped, times the candidates left
+    monkeypatch.setattr(CompactingEngine, "copy_cost", worth * (1 - 1e-6))
+    assert e._slices_enough(first)
+    monkeypatch.setattr(CompactingEngine, "copy_cost", worth * (1 + 1e-6))
+    assert not e._slices_enough(first)  # the copy costs more than it saves: none
+    assert not e._worth(first)
+    monkeypatch.setattr(CompactingEngine, "copy_cost", None)
+    assert e._worth(first)
+    e._build(first)  # the copy's own MAC count is what the estimate said
+    assert e.rebuilds == 1 and e._compact.share == pytest.approx(share, rel=1e-9)
+    # later copies answer to the time share alone
+    monkeypatch.setattr(CompactingEngine, "copy_cost", worth * 2)
+    assert e._slices_enough(first)
 
 
 def test_the_greedy_strategy_scores_without_copies(own_label_data, every_layer):

@@ -392,6 +392,26 @@ def test_footprints_count_a_cut_as_pruning_a_copy_does(which, scope, tiny_resnet
     assert cov.footprints.params_after({"no such layer": [0]}) is None
 
 
+@pytest.mark.parametrize("which", [0, 1, 3])
+def test_footprints_count_a_cuts_macs_as_a_pruned_copy_does(which, tiny_resnet):
+    """A cut's conv and linear multiply-accumulates from the footprints and each weight's output positions
+    (what compaction's rule reads, cswap_nb/engines/compact.py) equal torch's FLOP counter on a physically pruned
+    copy, on random cuts of networks without attention (the counter's only other matmuls)."""
+    import random
+    from cswap_nb.core.surgery import count_macs
+    from cswap_nb.core.units import weight_positions
+    name, make, shape = _footprint_models(tiny_resnet)[which]
+    model, x = make(), torch.randn(*shape)
+    layers, cov = survey_units(model, x, scope="all")
+    positions = weight_positions(model, x)
+    assert cov.footprints.macs_after({}, positions) == count_macs(model, x), name
+    rng = random.Random(which)
+    for _ in range(3):
+        cut = {layer.name: rng.sample(range(layer.size), rng.randint(0, layer.size - 1)) for layer in layers}
+        expected = count_macs(remove_units(copy.deepcopy(model), x, cut), x)
+        assert cov.footprints.macs_after(cut, positions) == expected, (name, cut)
+
+
 def test_session_counts_params_targets_from_footprints(tiny_resnet, own_label_data):
     """PruneSession.params_after takes the footprints' count, and it is the pruned copy's count."""
     model = tiny_resnet()

@@ -759,10 +759,9 @@ class Footprints:
     slices: dict[str, list[tuple[str, int, int]]]
     sizes: dict[str, int]
 
-    def params_after(self, cut: dict[str, list[int]]) -> int | None:
-        """The parameter count with the units of ``cut`` removed; None for a cut it cannot count
-        (a layer it does not know, or every unit of a layer removed)."""
-        dims = {}
+    def _shrunk(self, cut: dict[str, list[int]]) -> dict[str, list[int]] | None:
+        """The shapes ``cut`` changes (parameter name -> shape after), or None for a cut it cannot count."""
+        dims: dict[str, list[int]] = {}
         for layer, units in cut.items():
             n = len(set(units))
             if not n:
@@ -772,10 +771,52 @@ class Footprints:
             for name, dim, per_unit in self.slices[layer]:
                 shape = dims.setdefault(name, list(self.shapes[name]))
                 shape[dim] -= n * per_unit
-        total = 0
-        for name, shape in self.shapes.items():
-            total += math.prod(dims.get(name, shape))
-        return total
+        return dims
+
+    def params_after(self, cut: dict[str, list[int]]) -> int | None:
+        """The parameter count with the units of ``cut`` removed; None for a cut it cannot count
+        (a layer it does not know, or every unit of a layer removed)."""
+        dims = self._shrunk(cut)
+        if dims is None:
+            return None
+        return sum(math.prod(dims.get(name, shape)) for name, shape in self.shapes.items())
+
+    def macs_after(self, cut: dict[str, list[int]], positions: dict[str, int]) -> int | None:
+        """The multiply-accumulates per sample of the weights in ``positions`` (parameter name -> the output
+        positions it is applied at per sample: a conv's output pixels, a linear layer's tokens;
+        :func:`weight_positions`) with the units of ``cut`` removed: each weight's elements times its positions.
+        None for a cut it cannot count."""
+        dims = self._shrunk(cut)
+        if dims is None:
+            return None
+        return sum(math.prod(dims.get(name, self.shapes[name])) * n for name, n in positions.items()
+                   if name in self.shapes)
+
+
+def weight_positions(model: nn.Module, example: Tensor) -> dict[str, int]:
+    """Each conv and linear weight's output positions per sample of ``example`` (parameter name -> count: a
+    conv's output pixels, a linear layer's tokens), summed over the module's calls: with
+    :meth:`Footprints.macs_after`, a cut's multiply-accumulates without pruning a copy."""
+    names = {m: n for n, m in model.named_modules()}
+    got: dict[str, int] = {}
+
+    def hook(module, inputs, output):
+        if isinstance(output, Tensor) and output.ndim >= 2:
+            width = module.out_features if isinstance(module, nn.Linear) else output.shape[1]
+            key = f"{names[module]}.weight"
+            got[key] = got.get(key, 0) + output.numel() // (example.shape[0] * width)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, PRODUCERS)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return got
 
 
 def _group_removal(group, keep: int | list[int] | None = None):

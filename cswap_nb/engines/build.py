@@ -23,9 +23,10 @@ def make_engine(kind: str, model: nn.Module, masker: Masker, example: Tensor, co
       (the reference: it takes no early decisions);
     * ``"parts"``: the family's parts, else full passes.
 
-    ``compact_from``: ``(template, dense MACs or None)`` wraps a graph engine in a
+    ``compact_from``: ``(template, dense MACs or None[, estimate])`` wraps a graph engine in a
     :class:`~cswap_nb.engines.compact.CompactingEngine` (compaction, cswap_nb/METHOD.md §10); ``template`` is the
-    dense network the compact copies are cut from.
+    dense network the compact copies are cut from, ``estimate`` the share of its MACs a cut keeps
+    (:func:`~cswap_nb.engines.compact.mac_share_estimate`: whether a copy pays its checks).
     """
     if kind not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {kind!r}")
@@ -38,7 +39,7 @@ def make_engine(kind: str, model: nn.Module, masker: Masker, example: Tensor, co
         except GraphUnavailable as exc:
             why = str(exc)
         else:
-            return graph if compact_from is None else CompactingEngine(graph, compact_from[0], example, compact_from[1])
+            return graph if compact_from is None else CompactingEngine(graph, compact_from[0], example, *compact_from[1:])
     try:
         return PartsEngine(model, masker, example, name=kind, fallback=f"{why}; using the family's parts" if why else None)
     except PartsUnavailable as exc:

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from ..core.layout import to_channels_last
 from ..core.result import equivalence_tolerance
 from ..core.surgery import count_macs, remove_units
-from ..core.units import Masker, UnitLayer, unit_channels
+from ..core.units import Footprints, Masker, UnitLayer, unit_channels, weight_positions
 from .graph import GraphEngine
 from .base import EngineWrapper, Rows, ScoreEngine
 
@@ -45,6 +45,26 @@ def _remapped(layer: UnitLayer, gone: dict[str, list[int]]) -> UnitLayer:
             [i - bisect.bisect_left(cut, i) for i in c] if isinstance(c, list) else c - bisect.bisect_left(cut, c)
             for c in per_unit]
     return dataclasses.replace(layer, points=points)
+
+
+def mac_share_estimate(footprints: Footprints | None, template: nn.Module, example: Tensor
+                       ) -> Callable[[dict[str, list[int]]], float | None] | None:
+    """A function of a cut (layer name -> removed units): the share of the dense network's conv and linear
+    multiply-accumulates a copy with that cut would keep, counted from ``footprints`` without a surgery
+    (:meth:`Footprints.macs_after`); None where the footprints are unknown. The weights' positions are
+    measured on the first call (one pass of one sample)."""
+    if footprints is None:
+        return None
+    memo: dict = {}
+
+    def share(cut: dict[str, list[int]]) -> float | None:
+        if "positions" not in memo:
+            memo["positions"] = weight_positions(template, example[:1])
+            memo["dense"] = footprints.macs_after({}, memo["positions"])
+        got = footprints.macs_after(cut, memo["positions"])
+        return None if got is None or not memo["dense"] else got / memo["dense"]
+
+    return share
 
 
 class _Compact:
@@ -93,7 +113,9 @@ class CompactingEngine(EngineWrapper):
     """``engine="fast"`` with ``compaction="on"``: the wrapped engine, or a compact copy's graph engine for
     the layers where one pays (module docstring). The decision to build a copy is taken when a layer is
     first scored: some unit of another layer was removed since the last copy, the layer has at least
-    :attr:`min_units` units left to test, and the copies stay within :attr:`time_share` of the analysis.
+    :attr:`min_units` units left to test, the MACs the first copy drops, over the layer's candidates left, are
+    worth at least :attr:`copy_cost` candidates (counted from the cut: ``estimate``, :func:`mac_share_estimate`),
+    and later copies stay within :attr:`time_share` of the analysis.
     :attr:`rebuilds` counts the copies built, :attr:`compact_seconds` their cost (surgery, tracing, checks),
     :attr:`skipped` the layers where a copy, or the check of the layer's plan on the last copy, would have
     overrun that share (the last copy then scores them with the newer removals masked, or the wrapped engine
@@ -103,6 +125,11 @@ class CompactingEngine(EngineWrapper):
     """A copy costs a surgery and a traced graph (0.1-0.5 s on the zoo's models): not worth it for a layer
     with few candidates."""
 
+    copy_cost: float | None = 16.0
+    """What the first copy's build and plan checks cost, in candidates scored at the dense width: it is built
+    only where the share of the dense MACs it drops, times the layer's candidates left, is at least this
+    (:meth:`_slices_enough`); None: no such limit."""
+
     time_share: float | None = 0.1
     """After the first copy, another is built (or the last one checks its plan for a new layer) only while all
     copies and their checks, that one included (at their mean cost so far), take at most this share of the
@@ -111,8 +138,10 @@ class CompactingEngine(EngineWrapper):
     copies than it saves: at 64 px and 4 images a class, compaction without this limit did 2,383 tests in 60 s
     against 4,199 without compaction."""
 
-    def __init__(self, inner: ScoreEngine, template: nn.Module, example: Tensor, dense_macs: int | None = None):
+    def __init__(self, inner: ScoreEngine, template: nn.Module, example: Tensor, dense_macs: int | None = None,
+                 estimate: Callable[[dict[str, list[int]]], float | None] | None = None):
         super().__init__(inner)
+        self._estimate = estimate  # a cut -> the share of the dense MACs a copy keeps (mac_share_estimate)
         self._segmentation: tuple | None = None  # (masks, pairs) handed to each copy's engine
         self.template, self.example = template, example
         self._compact_work = 0.0
@@ -165,7 +194,26 @@ class CompactingEngine(EngineWrapper):
         if not any(units != have.get(name, ())
                    for name, units in self.masker.removed_units.items() if name != layer.name and units):
             return False
+        if not self._slices_enough(layer):
+            return False
         return self._affordable(self.compact_seconds / max(1, self.rebuilds))
+
+    def _slices_enough(self, layer: UnitLayer) -> bool:
+        """Whether the first copy, for ``layer``, drops enough: the share of the dense network's MACs it drops,
+        times the layer's candidates left, at least :attr:`copy_cost`. The MACs are counted from the cut without
+        a surgery (``estimate``); True where they cannot be counted, and for later copies, which answer to
+        :attr:`time_share`. Counted, not timed, so that the same run takes the same decisions. The first copy is
+        exempt from the time share, and once built every later layer checks its plan on a copy: on a random
+        DenseNet121 at 64 px it was built where it sliced almost nothing, and its checks cost more than it
+        saved (METHOD.md §10)."""
+        if self._estimate is None or self.copy_cost is None or self._compact is not None:
+            return True  # the first copy only: later ones answer to the time share
+        removed = self.masker.removed_units
+        share = self._estimate({name: list(units) for name, units in removed.items() if name != layer.name})
+        if share is None:
+            return True
+        left = self.masker.layers[layer.name].size - len(removed[layer.name])
+        return (1.0 - share) * left >= self.copy_cost
 
     def _affordable(self, cost: float) -> bool:
         """Whether the copies may spend ``cost`` more seconds within :attr:`time_share` (the first copy may)."""

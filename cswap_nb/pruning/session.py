@@ -34,6 +34,7 @@ from ..criteria import CRITERIA, Cost, score_units
 from ..data import as_tensors, check_xy, stream_source
 from .descent import Guard, greedy, progressive, rank_and_prune, visiting_plan
 from ..engines.build import make_engine
+from ..engines.compact import mac_share_estimate
 from ..engines.sharded import SHARD_BY, ShardedEngine, agree
 from ..core.layout import to_channels_last, to_default
 from ..core.metrics import evaluate
@@ -359,8 +360,9 @@ class PruneSession:
         with full_float32():
             # compaction: the progressive loop visits each layer once; greedy would want a copy per layer and step
             compact = self.config.compaction == "on" and self.strategy == "cswap"
+            estimate = mac_share_estimate(self.coverage.footprints, self.template, self.example) if compact else None
             engine = make_engine(self.config.engine, self.work, self.masker, self.example,
-                                 compact_from=(self.template, self.macs_before) if compact else None)
+                                 compact_from=(self.template, self.macs_before, estimate) if compact else None)
             if self.segmentation:
                 engine.segmentation(self.y, self.pairs if self.config.inference == "per-class" else None)
         return engine
