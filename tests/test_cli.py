@@ -52,6 +52,20 @@ def test_prune_bad_alpha_is_a_clear_error(capsys):
     assert "alpha must be a number strictly between 0 and 1" in capsys.readouterr().err
 
 
+def test_bench_device_is_checked_before_any_work(capsys, monkeypatch):
+    ran = []
+    monkeypatch.setattr("cswap_nb.ui.cli.run_bench", lambda *a, **k: ran.append(k))
+    assert main(["bench", "--model", "resnet18-digits", "--device", "tpu"]) == 2
+    assert "--device must be auto, cpu, cuda or cuda:N" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["bench", "--model", "resnet18-digits", "--device", "cuda"]) == 2
+        assert "sees no CUDA device" in capsys.readouterr().err
+    assert not ran
+    monkeypatch.setattr("cswap_nb.ui.cli.format_report", lambda r: "report")
+    assert main(["bench", "--model", "resnet18-digits", "--device", "cpu"]) == 0
+    assert ran and ran[0]["device"] == torch.device("cpu")
+
+
 def test_models_lists_the_zoo(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
