@@ -297,12 +297,11 @@ class _MappingMemo:
         self.current: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # graph -> mapping up to date
 
     def update(self, graph) -> None:
-        state = self.current.get(graph)
-        if state is None:
+        state = self.current.get(graph)  # None: not held; False: held, to recompute; True: held, up to date
+        if not state:
             self.original(graph)
-        elif not state:
-            self.original(graph)
-            self.current[graph] = True
+            if state is False:
+                self.current[graph] = True
 
     @contextmanager
     def holding(self, graph):

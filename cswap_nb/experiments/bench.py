@@ -5,7 +5,6 @@ repeats: this is how they stay meaningful on a noisy 2-core machine.
 """
 from __future__ import annotations
 
-import copy
 import statistics
 import time
 
@@ -169,19 +168,16 @@ def images_share(result) -> float:
 
 
 def bench_engines(model: nn.Module, calib, rounds: int = 2, engines: tuple[str, ...] = ("naive", "fast"),
-                  device: torch.device | str | None = None, **prune_kwargs) -> dict:
+                  **prune_kwargs) -> dict:
     """Run the C-SWAP analysis with each engine (the first is the reference), alternating them.
 
     Returns per engine the seconds (median over rounds), the forward-equivalents it computed (a
     full pass over the calibration set = 1, counted in FLOPs), the achieved GFLOP/s, the path it
     took and its fallback; ``speedup`` (reference seconds / each engine's), ``work_ratio`` (reference
     forward-equivalents / each engine's: the speed-up FLOPs alone would give), the machine's matmul
-    GFLOP/s, and whether every engine's labels equal the reference's on every unit (they must). With
-    ``device``, the analyses run there (a copy of ``model``, and the calibration set, moved to it).
+    GFLOP/s, and whether every engine's labels equal the reference's on every unit (they must). The analyses
+    run where ``model`` and ``calib`` are (:func:`run` moves them to its ``device``).
     """
-    if device is not None:
-        model = copy.deepcopy(model).to(device)
-        calib = tuple(t.to(device) for t in calib)
     runs: dict[str, list] = {e: [] for e in engines}
     for _ in range(rounds):
         for engine in engines:
