@@ -12,6 +12,9 @@ random-weight torchvision model of ``benchmarks/tests_in_time.py``'s set-up (csw
   (``chain_rows`` unbounded): on a GPU, where one candidate's pass over 200 images leaves the device idle;
 * ``copy-any``: compact copies wherever the other conditions allow, however little they slice
   (``CompactingEngine.copy_cost = None``);
+* ``layer-by-layer``: each compact copy cut by Torch-Pruning layer after layer (``CompactingEngine.one_sweep =
+  False``) instead of in one sweep; ``time-share``: later copies and a kept copy's plan checks decided by the
+  time share alone (``count_later = False``) instead of by the MACs they drop downstream; ``before``: both;
 * ``no-compaction``: the session option ``compaction="off"``; ``same``: the defaults, for an A/A check.
 
     python benchmarks/engine_levers.py NAME [--rounds 3] [--variants both,no-thin,no-chain,neither]
@@ -40,12 +43,15 @@ from tests_in_time import random_model  # benchmarks/, the script's own folder
 
 DEFAULTS = {"thin_below": GraphEngine.thin_below, "chain_rows": ClassByClass.chain_rows,
             "chain_floor": ClassByClass.chain_floor, "max_stack": ClassByClass.max_stack, "ramp": False,
-            "copy_cost": CompactingEngine.copy_cost}
+            "copy_cost": CompactingEngine.copy_cost, "one_sweep": CompactingEngine.one_sweep,
+            "count_later": CompactingEngine.count_later}
 SETTINGS = {"both": {}, "no-thin": {"thin_below": 0.0}, "no-chain": {"chain_rows": 0},
             "neither": {"thin_below": 0.0, "chain_rows": 0}, "short-chain": {"chain_floor": 0.6},
             "long-chain": {"max_stack": 16}, "ramp": {"ramp": True},
             "no-compaction": {"compaction": "off"}, "same": {},
-            "whole-chains": {"chain_rows": 1 << 30}, "copy-any": {"copy_cost": None}}
+            "whole-chains": {"chain_rows": 1 << 30}, "copy-any": {"copy_cost": None},
+            "layer-by-layer": {"one_sweep": False}, "time-share": {"count_later": False},
+            "before": {"one_sweep": False, "count_later": False}}
 
 
 _rate_length = ClassByClass._chain_length
@@ -68,6 +74,7 @@ def apply(variant: str) -> dict:
     GraphEngine.thin_below, ClassByClass.chain_rows = got["thin_below"], got["chain_rows"]
     ClassByClass.chain_floor, ClassByClass.max_stack = got["chain_floor"], got["max_stack"]
     CompactingEngine.copy_cost = got["copy_cost"]
+    CompactingEngine.one_sweep, CompactingEngine.count_later = got["one_sweep"], got["count_later"]
     ClassByClass._chain_length = _ramp_length if got["ramp"] else _rate_length
     ClassByClass._chained = _chained_counting if got["ramp"] else _chained
     return {k: v for k, v in got.items() if k not in DEFAULTS}

@@ -7,7 +7,8 @@ a quick comparison of engine options on models too slow to finish (DenseNet, Eff
 The model and calibration set are those of ``benchmarks/prunability.py --cswap`` (``num_classes=10``, 64 px,
 120 random images labelled by the model, the classes it predicts at least 4 times, ``samples_per_class=4``).
 Prints the session's set-up time, the tests run in ``--seconds`` of analysis (the engine is built on the
-first test, so its plan checks count), the work in dense passes and what compaction did; ``--profile`` adds
+first test, so its plan checks count), the work in dense passes, what compaction did and, per block of
+layers, the tests run, their seconds and the time a test; ``--profile`` adds
 cProfile's top functions by internal and by cumulative time. ``--no-thin`` and ``--no-chain`` switch off the
 fast engine's thin layers and chains of removals (``benchmarks/engine_levers.py``). ``--device``, ``--size``,
 ``--images`` and ``--k`` (samples per class) measure other set-ups: a full-size model at 224 px on a GPU. It
@@ -85,7 +86,12 @@ def main(argv=None) -> None:
     print(f"tests {done} in {spent:.1f} s ({done / spent:.1f} a second); work {e.forward_equivalents:.1f} dense "
           f"passes of {len(session.y)} images, {macs / 1e9:.2f} GMAC each: "
           f"{e.forward_equivalents * len(session.y) * macs / spent / 1e12:.2f} TMAC/s; compaction {e.compaction}")
-    print("by block:", collections.Counter(".".join(r["layer"].split(".")[:2]) for r in session.records).most_common(6))
+    blocks: dict = collections.defaultdict(lambda: [0, 0.0])
+    for r in session.records:
+        b = blocks[".".join(r["layer"].split(".")[:2])]
+        b[0], b[1] = b[0] + 1, b[1] + r["seconds"]
+    print("by block (tests, seconds, ms a test):", ", ".join(
+        f"{name} {n} {s:.1f} {1e3 * s / n:.1f}" for name, (n, s) in sorted(blocks.items(), key=lambda kv: -kv[1][1])))
     if prof:
         stats = pstats.Stats(prof)
         stats.sort_stats("tottime").print_stats(20)

@@ -2,6 +2,8 @@
 removed units sliced out take exactly the decisions of the masked network at full width."""
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 import torchvision.models as tvm
@@ -203,6 +205,85 @@ def test_a_copy_is_built_only_where_its_cut_drops_enough_of_the_macs(own_label_d
     # later copies answer to the time share alone
     monkeypatch.setattr(CompactingEngine, "copy_cost", worth * 2)
     assert e._slices_enough(first)
+
+
+def test_later_copies_and_kept_copies_answer_to_the_macs_their_cut_drops_downstream(own_label_data, monkeypatch):
+    """After the first copy, a new copy is built for a layer where the MACs it drops from the modules run after
+    the layer, over the layer's candidates left, reach copy_cost (counted, so the same run takes the same
+    decisions), against the network that would score the layer otherwise; a kept copy checks its plan for a new
+    layer where its cut drops at least check_cost of them. (Below those, the time share may still allow them:
+    set to 0 here.)"""
+    monkeypatch.setattr(CompactingEngine, "min_units", 1)
+    monkeypatch.setattr(CompactingEngine, "time_share", 0.0)
+    model = _random_bn(BranchyNet(), seed=3)
+    x, y = own_label_data(model, n=80, shape=(3, 16, 16), min_per_class=4)
+    s = PruneSession(model, (x, y), samples_per_class=4, progress=False)
+    e = s.engine
+    first, other = s.layers[0], s.layers[-1]
+    assert first.position < other.position
+    est = e._estimate
+    # only the modules after the layer count: a cut before it changes nothing there, a cut after it does
+    assert est({first.name: [0, 1]}, other.position) == pytest.approx(est({}, other.position))
+    assert est({other.name: [0, 1]}, first.position) < est({}, first.position) < est({})
+    e.masker.set(other.name, [0, 1], True)
+    monkeypatch.setattr(CompactingEngine, "copy_cost", None)
+    e._started = time.perf_counter()
+    e._build(first)  # the first copy, cut by other's two units
+    c = e._compact
+    assert e.rebuilds == 1 and c.sliced == {other.name: (0, 1)}
+    e.masker.set(other.name, [2, 3], True)  # removed since the copy: it no longer serves
+    monkeypatch.setattr(CompactingEngine, "copy_cost", 16.0)
+    gain = e._gain(first, {})
+    left = first.size
+    assert gain == pytest.approx((est({}, first.position) - est({other.name: [0, 1, 2, 3]}, first.position)) * left)
+    assert gain > 0
+    monkeypatch.setattr(CompactingEngine, "copy_cost", gain * (1 - 1e-6))
+    assert e._worth(first)
+    monkeypatch.setattr(CompactingEngine, "copy_cost", gain * (1 + 1e-6))
+    assert not e._worth(first)
+    # a kept copy that serves the layer: its check is worth it only where its own cut drops enough
+    e.masker.set(other.name, [2, 3], False)
+    kept = e._gain(first, {}, c.sliced)
+    assert 0 < kept < gain
+    monkeypatch.setattr(CompactingEngine, "check_cost", kept * (1 + 1e-6))
+    assert not e._checked_on_copy(c, first, built=False)
+    monkeypatch.setattr(CompactingEngine, "check_cost", kept * (1 - 1e-6))
+    assert e._checked_on_copy(c, first, built=False)
+
+
+def test_a_copy_is_cut_in_one_sweep_as_layer_by_layer_removal_cuts_it():
+    """CutSurgery reads every unit layer's group once from the dense model and cuts a copy in one handler call per
+    parameter: the copy must equal remove_units's, layer after layer, in every shape and every output, on a
+    concatenation network (DenseNet), grouped convs (RegNet: slots), LayerNorm channels (ConvNeXt) and residual
+    streams (scope="all")."""
+    import copy
+
+    import timm
+    import torchvision
+
+    from cswap_nb.core.surgery import CutSurgery, remove_units
+    from cswap_nb.core.units import find_unit_layers
+
+    torch.manual_seed(0)
+    for model, size in ((torchvision.models.densenet121(num_classes=10), 32),
+                        (torchvision.models.regnet_x_400mf(num_classes=10), 32),
+                        (timm.create_model("convnext_atto", pretrained=False, num_classes=10), 32)):
+        model = _random_bn(model.eval(), seed=1)
+        x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(2))
+        layers = find_unit_layers(model, x, scope="all")
+        g = torch.Generator().manual_seed(3)
+        cut = {layer.name: torch.randperm(layer.size, generator=g)[: max(1, (2 * layer.size) // 5)].tolist()
+               for i, layer in enumerate(layers) if i % 3 != 2 and layer.size > 1}
+        surgery = CutSurgery(model, x, [layer.name for layer in layers])
+        fast = surgery.apply(copy.deepcopy(model), x, cut)
+        slow = remove_units(copy.deepcopy(model), x, cut)
+        shapes = {n: p.shape for n, p in fast.named_parameters()}
+        assert shapes == {n: p.shape for n, p in slow.named_parameters()}, type(model).__name__
+        assert shapes != {n: p.shape for n, p in model.named_parameters()}
+        with torch.inference_mode():
+            assert torch.equal(fast(x), slow(x)), type(model).__name__
+        with pytest.raises(KeyError):
+            surgery.apply(copy.deepcopy(model), x, {"no.such.layer": [0]})
 
 
 def test_the_greedy_strategy_scores_without_copies(own_label_data, every_layer):

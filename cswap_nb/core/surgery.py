@@ -62,6 +62,113 @@ def _remove_groups(graph, modules: dict[str, nn.Module], todo: dict[str, list[in
                 setattr(norm, pname, nn.Parameter(value[kept], requires_grad=value.requires_grad))
 
 
+class CutSurgery:
+    """Many cuts of one dense model, each removed from a fresh copy of it in one sweep: what compaction's copies
+    need (:mod:`cswap_nb.engines.compact`, cswap_nb/METHOD.md §10), where :func:`remove_units` would prune one
+    layer's group after another and Torch-Pruning would recompute its index mapping after each (1.5 s for one
+    copy of a random DenseNet121 at 64 px, most of a copy's cost).
+
+    Every unit layer's group is read once from the dense ``model``'s dependency graph, in the dense numbering:
+    each item a module's (or an unwrapped parameter's) dimension, its Torch-Pruning handler and, per unit, the
+    indices the unit deletes there. Graph operations without weights (concatenations, splits, reshapes) carry no
+    item. :meth:`apply` deletes, per item, the union of the cut's indices in one handler call: nothing has been
+    removed from the copy before, so the dense numbering holds for every layer at once. A grouped conv's units
+    are its slots (:func:`~cswap_nb.core.units.grouped_slots`), as in :func:`remove_units`. Cuts of attention
+    heads are handed to :func:`remove_units`. The copy must still be checked against the masked network, as
+    compaction does with every copy."""
+
+    def __init__(self, model: nn.Module, example: Tensor, names: list[str]):
+        attentions = head_attention_modules(model)
+        self.heads = {name for name in names if name in attentions}
+        was_training = model.training
+        model.eval()
+        try:
+            graph = build_graph(model, example)
+            modules = dict(model.named_modules())
+            module_names = {m: n for n, m in modules.items()}
+            param_names = dict(getattr(graph, "_param_to_name", {}))
+            grouped = any(isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and not is_depthwise(m)
+                          for m in modules.values())
+            self.items: dict[str, list[tuple[str, str, object, int, list[list[int]]]]] = {}
+            with MAPPINGS.holding(graph):
+                for name in names:
+                    if name not in self.heads:
+                        self.items[name] = self._read(graph, modules[name], grouped, module_names, param_names)
+        finally:
+            model.train(was_training)
+
+    @staticmethod
+    def _read(graph, anchor: nn.Module, grouped: bool, module_names: dict, param_names: dict) -> list:
+        """The items of ``anchor``'s group: (target name, "module" or "param", handler, pruning dim, the
+        indices of each unit)."""
+        linear = isinstance(anchor, nn.Linear)
+        fn = tp.prune_linear_out_channels if linear else tp.prune_conv_out_channels
+        width = anchor.out_features if linear else anchor.out_channels
+        group = graph.get_pruning_group(anchor, fn, idxs=list(range(width)))
+        slots = grouped_slots(group) if grouped else None
+        unit_of = {c: u for u, chs in enumerate(slots) for c in chs} if slots else {c: c for c in range(width)}
+        units = len(slots) if slots else width
+        items = []
+        for item in group:
+            dep = item.dep
+            target = dep.target.module
+            if isinstance(target, nn.Parameter) and target in param_names:
+                tname, kind = param_names[target], "param"
+            elif isinstance(target, nn.Module) and target in module_names:
+                tname, kind = module_names[target], "module"
+            else:
+                continue  # an operation of the graph (concatenation, split, reshape): no weights to slice
+            per_unit: list[list[int]] = [[] for _ in range(units)]
+            for idx, root in zip(item.idxs, item.root_idxs):  # as the unit layers read them (units.py)
+                per_unit[unit_of[int(root)]].append(int(idx))
+            items.append((tname, kind, dep.handler, dep.target.pruning_dim, per_unit))
+        return items
+
+    def apply(self, model: nn.Module, example: Tensor, cut: dict[str, list[int]]) -> nn.Module:
+        """Delete the units of ``cut`` (layer name -> unit indices) from ``model``, a copy of the dense model
+        this was built on, in place; returns it."""
+        cut = {name: sorted(set(int(u) for u in units)) for name, units in cut.items() if units}
+        if any(name in self.heads for name in cut):
+            return remove_units(model, example, cut)
+        unknown = [name for name in cut if name not in self.items]
+        if unknown:
+            raise KeyError(f"no unit layer {unknown[0]!r} in this surgery")
+        todo: dict[tuple, set[int]] = {}
+        for name, units in cut.items():
+            for tname, kind, handler, dim, per_unit in self.items[name]:
+                got = todo.setdefault((tname, kind, handler, dim), set())
+                for u in units:
+                    got.update(per_unit[u])
+        modules = dict(model.named_modules())
+        was_training = model.training
+        model.eval()
+        try:
+            for (tname, kind, handler, dim), idxs in todo.items():
+                idxs = sorted(idxs)
+                if not idxs:
+                    continue
+                handler.__self__.pruning_dim = dim  # what Torch-Pruning's Dependency does before each call
+                if kind == "param":
+                    parent_name, _, attr = tname.rpartition(".")
+                    parent = modules[parent_name] if parent_name else model
+                    setattr(parent, attr, handler(getattr(parent, attr), idxs))
+                    continue
+                mod = modules[tname]
+                params = {}
+                if isinstance(mod, nn.LayerNorm) and mod.elementwise_affine:  # kept in order: _layer_norm_rows
+                    params = {p: getattr(mod, p).detach().clone() for p in ("weight", "bias")
+                              if getattr(mod, p) is not None}
+                handler(mod, idxs)
+                if params:
+                    gone = set(idxs)
+                    kept = [c for c in range(params["weight"].shape[-1]) if c not in gone]
+                    for pname, value in params.items():
+                        setattr(mod, pname, nn.Parameter(value[kept], requires_grad=value.requires_grad))
+        finally:
+            model.train(was_training)
+        return model
+
+
 def failing_removals(model: nn.Module, example: Tensor, layers) -> dict[str, str]:
     """The unit layers whose physical removal breaks ``model``: layer name -> the error.
 

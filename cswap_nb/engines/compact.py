@@ -26,8 +26,8 @@ from torch import Tensor, nn
 
 from ..core.layout import to_channels_last
 from ..core.result import equivalence_tolerance
-from ..core.surgery import count_macs, remove_units
-from ..core.units import Footprints, Masker, UnitLayer, unit_channels, weight_positions
+from ..core.surgery import CutSurgery, count_macs, remove_units
+from ..core.units import Footprints, Masker, UnitLayer, execution_order, unit_channels, weight_positions
 from .graph import GraphEngine
 from .base import EngineWrapper, Rows, ScoreEngine
 
@@ -51,17 +51,25 @@ def mac_share_estimate(footprints: Footprints | None, template: nn.Module, examp
                        ) -> Callable[[dict[str, list[int]]], float | None] | None:
     """A function of a cut (layer name -> removed units): the share of the dense network's conv and linear
     multiply-accumulates a copy with that cut would keep, counted from ``footprints`` without a surgery
-    (:meth:`Footprints.macs_after`); None where the footprints are unknown. The weights' positions are
-    measured on the first call (one pass of one sample)."""
+    (:meth:`Footprints.macs_after`); None where the footprints are unknown. With ``after`` (a layer's
+    :attr:`~cswap_nb.core.units.UnitLayer.position`), only the weights of the modules run after that layer
+    count (what a candidate's pass recomputes), still over the whole dense network's MACs. The weights'
+    positions and their modules' execution order are measured on the first call (one pass of one sample each)."""
     if footprints is None:
         return None
     memo: dict = {}
 
-    def share(cut: dict[str, list[int]]) -> float | None:
+    def share(cut: dict[str, list[int]], after: int | None = None) -> float | None:
         if "positions" not in memo:
             memo["positions"] = weight_positions(template, example[:1])
             memo["dense"] = footprints.macs_after({}, memo["positions"])
-        got = footprints.macs_after(cut, memo["positions"])
+            names = {m: n for n, m in template.named_modules()}
+            memo["order"] = {f"{names[m]}.weight": i for m, i in execution_order(template, example[:1]).items()}
+        positions = memo["positions"]
+        if after is not None:
+            order = memo["order"]
+            positions = {name: n for name, n in positions.items() if order.get(name, -1) > after}
+        got = footprints.macs_after(cut, positions)
         return None if got is None or not memo["dense"] else got / memo["dense"]
 
     return share
@@ -72,10 +80,12 @@ class _Compact:
     graph engine and the masker that masks what was removed since (in layers with nothing sliced)."""
 
     def __init__(self, template: nn.Module, example: Tensor, layers: dict[str, UnitLayer],
-                 sliced: dict[str, list[int]], macs_share: Callable[[nn.Module], float],
-                 segmentation: tuple | None = None):
+                 sliced: dict[str, list[int]], macs_share: Callable[[nn.Module, dict], float],
+                 segmentation: tuple | None = None, surgery: CutSurgery | None = None):
         self.sliced = {name: tuple(units) for name, units in sliced.items() if units}
-        model = remove_units(copy.deepcopy(template), example, {n: list(u) for n, u in self.sliced.items()})
+        cut = {n: list(u) for n, u in self.sliced.items()}
+        model = copy.deepcopy(template)
+        model = surgery.apply(model, example, cut) if surgery is not None else remove_units(model, example, cut)
         to_channels_last(model)  # the surgery's new weights are contiguous: the session's layout rule again
         # the layers with nothing sliced keep their unit indices; their channels are renumbered where they
         # share a mask point with a sliced layer
@@ -90,7 +100,7 @@ class _Compact:
         self.engine = GraphEngine(model, self.masker, example, plan_now=False)
         if segmentation is not None:
             self.engine.segmentation(*segmentation)
-        self.share = macs_share(model)  # its MACs over the dense network's: its passes' cost in dense passes
+        self.share = macs_share(model, cut)  # its MACs over the dense network's: its passes' cost in dense passes
 
     def serves(self, removed: dict[str, tuple[int, ...]], layer: UnitLayer | None) -> bool:
         """Whether the session's removed units ``removed`` (:attr:`Masker.removed_units`) are this copy plus
@@ -115,7 +125,9 @@ class CompactingEngine(EngineWrapper):
     first scored: some unit of another layer was removed since the last copy, the layer has at least
     :attr:`min_units` units left to test, the MACs the first copy drops, over the layer's candidates left, are
     worth at least :attr:`copy_cost` candidates (counted from the cut: ``estimate``, :func:`mac_share_estimate`),
-    and later copies stay within :attr:`time_share` of the analysis.
+    and a later copy either drops at least as much from the passes of the layer's candidates (the modules run
+    after it, :meth:`_gain`) or stays within :attr:`time_share` of the analysis. Each copy is cut in one sweep
+    (:class:`~cswap_nb.core.surgery.CutSurgery`, read once from the dense network).
     :attr:`rebuilds` counts the copies built, :attr:`compact_seconds` their cost (surgery, tracing, checks),
     :attr:`skipped` the layers where a copy, or the check of the layer's plan on the last copy, would have
     overrun that share (the last copy then scores them with the newer removals masked, or the wrapped engine
@@ -129,6 +141,19 @@ class CompactingEngine(EngineWrapper):
     """What the first copy's build and plan checks cost, in candidates scored at the dense width: it is built
     only where the share of the dense MACs it drops, times the layer's candidates left, is at least this
     (:meth:`_slices_enough`); None: no such limit."""
+
+    one_sweep: bool = True
+    """Cut each copy in one sweep (:class:`~cswap_nb.core.surgery.CutSurgery`, read once from the dense network);
+    False: layer after layer (:func:`~cswap_nb.core.surgery.remove_units`), as before (``benchmarks/engine_levers.py``)."""
+
+    count_later: bool = True
+    """Decide later copies and a kept copy's checks by the MACs counted downstream (:meth:`_gain`); False: by
+    :attr:`time_share` alone, as before."""
+
+    check_cost: float = 4.0
+    """What a kept copy's check of its plan for a new layer costs, in candidates scored at the dense width: the copy
+    scores the layer only where the MACs its cut drops from the layer's candidates' passes (:meth:`_gain`) are
+    worth at least this."""
 
     time_share: float | None = 0.1
     """After the first copy, another is built (or the last one checks its plan for a new layer) only while all
@@ -156,6 +181,8 @@ class CompactingEngine(EngineWrapper):
         self._started: float | None = None  # the engine's first call (time_share's clock)
         self.failed: str | None = None  # why no copy could be built (then the wrapped engine scores everything)
         self._copy_fallbacks: dict[str, str] = {}  # layers earlier copies' graphs could not plan
+        self._surgery: CutSurgery | bool | None = None  # read on the first copy; False: copies cut layer by layer
+        self._estimate_agrees: bool | None = None  # whether the estimate equals the counted share (_share)
 
     @property
     def layer_fallbacks(self) -> dict[str, str]:
@@ -194,9 +221,35 @@ class CompactingEngine(EngineWrapper):
         if not any(units != have.get(name, ())
                    for name, units in self.masker.removed_units.items() if name != layer.name and units):
             return False
+        if self._compact is not None:
+            gain = self._gain(layer, self._serving(layer))
+            if gain is not None and gain >= self.copy_cost:  # counted: the MACs it drops downstream pay for it
+                return True
         if not self._slices_enough(layer):
             return False
         return self._affordable(self.compact_seconds / max(1, self.rebuilds))
+
+    def _serving(self, layer: UnitLayer) -> dict[str, tuple[int, ...]]:
+        """What the network that would score ``layer`` without a new copy has sliced: the last copy's cut where it
+        serves the layer, else nothing (the masked network)."""
+        c = self._compact
+        return c.sliced if c is not None and c.serves(self.masker.removed_units, layer) else {}
+
+    def _gain(self, layer: UnitLayer, than: dict[str, tuple[int, ...]], to: dict | None = None) -> float | None:
+        """Counted, in dense passes over the calibration set: the MACs that the layer's candidates left would not
+        multiply in their passes (the modules run after the layer) on a network cut by ``to`` (default: a new copy,
+        cut by every other layer's removals) rather than on one cut by ``than``. None where it cannot be counted
+        (then :attr:`time_share` decides)."""
+        if self._estimate is None or self.copy_cost is None or not self.count_later:
+            return None
+        removed = self.masker.removed_units
+        if to is None:
+            to = {n: u for n, u in removed.items() if n != layer.name and u}
+        now = self._estimate({n: list(u) for n, u in than.items()}, layer.position)
+        new = self._estimate({n: list(u) for n, u in to.items()}, layer.position)
+        if now is None or new is None:
+            return None
+        return (now - new) * (layer.size - len(removed[layer.name]))
 
     def _slices_enough(self, layer: UnitLayer) -> bool:
         """Whether the first copy, for ``layer``, drops enough: the share of the dense network's MACs it drops,
@@ -226,10 +279,14 @@ class CompactingEngine(EngineWrapper):
 
     def _checked_on_copy(self, c: "_Compact", layer: UnitLayer, built: bool) -> bool:
         """Whether the copy ``c`` scores ``layer``: its graph checks the layer's plan first (timed with the
-        copies' cost), which a copy kept from an earlier layer does only within the time share."""
+        copies' cost), which a copy kept from an earlier layer does where its cut drops at least
+        :attr:`check_cost` from the layer's candidates' passes (:meth:`_gain`), or within the time share."""
         checks = self._plan_checks
-        if not built and not self._affordable(checks[1] / checks[0] if checks[0] else 0.0):
-            return False
+        if not built:
+            gain = self._gain(layer, {}, c.sliced)
+            pays = gain is not None and gain >= self.check_cost  # counted: the MACs it drops downstream pay for it
+            if not pays and not self._affordable(checks[1] / checks[0] if checks[0] else 0.0):
+                return False
         t0 = time.perf_counter()
         try:
             c.engine.prepare(c.layers[layer.name])
@@ -244,13 +301,15 @@ class CompactingEngine(EngineWrapper):
         removed = self.masker.removed_units
         sliced = {name: units for name, units in self.masker.pruned().items() if name != layer.name}
         try:
-            c = _Compact(self.template, self.example, self.masker.layers, sliced, self._share, self._segmentation)
-            c.sync(removed)
-            # the copy with the present masks must compute what the masked network computes
-            with torch.inference_mode():
-                got, want = c.engine.model(self.example), self.inner.model(self.example)
-            if not torch.allclose(got, want, rtol=1e-4, atol=equivalence_tolerance(float(want.abs().max()), 1e-4)):
-                raise ValueError(f"the copy differs from the masked network by {float((got - want).abs().max()):.3g}")
+            if self._surgery is None:
+                self._surgery = self._new_surgery() if self.one_sweep else False
+            try:
+                c = self._copy(sliced, removed, self._surgery or None)
+            except Exception:  # noqa: BLE001 - the one-sweep surgery failed here: layer by layer from now on
+                if not self._surgery:
+                    raise
+                self._surgery = False
+                c = self._copy(sliced, removed, None)
             self._keep_fallbacks()
             self._compact = c
             self.rebuilds += 1
@@ -258,14 +317,45 @@ class CompactingEngine(EngineWrapper):
             self._drop(exc)
         self.compact_seconds += time.perf_counter() - t0
 
+    def _new_surgery(self) -> CutSurgery | bool:
+        """The surgery that cuts each copy in one sweep (:class:`~cswap_nb.core.surgery.CutSurgery`), read once
+        from the dense network; False where it cannot be read (each copy is then cut layer by layer)."""
+        try:
+            return CutSurgery(self.template, self.example, list(self.masker.layers))
+        except Exception:  # noqa: BLE001
+            return False
+
+    def _copy(self, sliced: dict[str, tuple[int, ...]], removed: dict[str, tuple[int, ...]],
+              surgery: CutSurgery | None) -> _Compact:
+        """A compact copy without ``sliced``, masked as ``removed`` says, checked against the masked network."""
+        c = _Compact(self.template, self.example, self.masker.layers, sliced, self._share, self._segmentation,
+                     surgery)
+        c.sync(removed)
+        # the copy with the present masks must compute what the masked network computes
+        with torch.inference_mode():
+            got, want = c.engine.model(self.example), self.inner.model(self.example)
+        if not torch.allclose(got, want, rtol=1e-4, atol=equivalence_tolerance(float(want.abs().max()), 1e-4)):
+            raise ValueError(f"the copy differs from the masked network by {float((got - want).abs().max()):.3g}")
+        return c
+
     def _drop(self, exc: Exception) -> None:
         """Score everything from now on with the wrapped engine, saying why (:attr:`compaction`)."""
         self.failed = f"no compact copy ({type(exc).__name__}: {exc})"[:300]
         self._keep_fallbacks()
         self._compact = self._use = None
 
-    def _share(self, model: nn.Module) -> float:
-        return count_macs(model, self.example) / max(1, self._dense_macs)
+    def _share(self, model: nn.Module, cut: dict[str, list[int]]) -> float:
+        """A copy's MACs over the dense network's, by a pass of the copy under torch's FLOP counter; counted from
+        the cut instead (``estimate``: conv and linear weights only, no surgery, no pass) once the first copy
+        has shown that both counts agree (a network whose every MAC is in such a weight: not a ViT's attention
+        products)."""
+        got = self._estimate(cut) if self._estimate is not None and self._estimate_agrees is not False else None
+        if got is not None and self._estimate_agrees:
+            return got
+        counted = count_macs(model, self.example) / max(1, self._dense_macs)
+        if self._estimate_agrees is None and got is not None:
+            self._estimate_agrees = abs(got - counted) <= 1e-9
+        return counted
 
     def _engine_for(self, layer: UnitLayer | None) -> ScoreEngine:
         if self._started is None:
