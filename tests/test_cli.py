@@ -66,6 +66,15 @@ def test_bench_device_is_checked_before_any_work(capsys, monkeypatch):
     assert ran and ran[0]["device"] == torch.device("cpu")
 
 
+def test_the_command_line_starts_without_the_notebook_machinery():
+    """nbformat and nbclient are loaded by the one command that runs notebooks (gallery --notebooks), not at
+    start-up: a machine without them (a bare GPU image) runs prune and bench."""
+    code = "import sys, cswap_nb.ui.cli; print(sorted(m for m in ('nbformat', 'nbclient') if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
 def test_models_lists_the_zoo(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out

@@ -15,9 +15,7 @@ import os
 import time
 from pathlib import Path
 
-import nbformat
 from matplotlib.figure import Figure
-from nbclient import NotebookClient
 
 from .. import zoo
 from ..experiments.bench import compare_latency, heaviest_stages, stage_profile
@@ -46,6 +44,9 @@ def notebook_key_figures(notebooks: list[Path], out: Path, fast: bool = False) -
         os.environ["CSWAP_NB_FAST"] = "1"
     else:
         os.environ.pop("CSWAP_NB_FAST", None)
+    import nbformat  # loaded here, so that the command line starts without the notebook machinery
+    from nbclient import NotebookClient
+
     figures = []
     try:
         for path in notebooks:
