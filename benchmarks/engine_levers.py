@@ -15,6 +15,8 @@ random-weight torchvision model of ``benchmarks/tests_in_time.py``'s set-up (csw
 * ``layer-by-layer``: each compact copy cut by Torch-Pruning layer after layer (``CompactingEngine.one_sweep =
   False``) instead of in one sweep; ``time-share``: later copies and a kept copy's plan checks decided by the
   time share alone (``count_later = False``) instead of by the MACs they drop downstream; ``before``: both;
+* ``no-pointwise``: 1x1 convs over a few positions run as convs, not as matrix products
+  (``GraphEngine.pointwise_below = 0``);
 * ``no-compaction``: the session option ``compaction="off"``; ``same``: the defaults, for an A/A check.
 
     python benchmarks/engine_levers.py NAME [--rounds 3] [--variants both,no-thin,no-chain,neither]
@@ -41,7 +43,7 @@ from cswap_nb.engines.graph import GraphEngine
 from cswap_nb.pruning.descent import ClassByClass
 from tests_in_time import random_model  # benchmarks/, the script's own folder
 
-DEFAULTS = {"thin_below": GraphEngine.thin_below, "chain_rows": ClassByClass.chain_rows,
+DEFAULTS = {"thin_below": GraphEngine.thin_below, "pointwise_below": GraphEngine.pointwise_below, "chain_rows": ClassByClass.chain_rows,
             "chain_floor": ClassByClass.chain_floor, "max_stack": ClassByClass.max_stack, "ramp": False,
             "copy_cost": CompactingEngine.copy_cost, "one_sweep": CompactingEngine.one_sweep,
             "count_later": CompactingEngine.count_later}
@@ -51,7 +53,7 @@ SETTINGS = {"both": {}, "no-thin": {"thin_below": 0.0}, "no-chain": {"chain_rows
             "no-compaction": {"compaction": "off"}, "same": {},
             "whole-chains": {"chain_rows": 1 << 30}, "copy-any": {"copy_cost": None},
             "layer-by-layer": {"one_sweep": False}, "time-share": {"count_later": False},
-            "before": {"one_sweep": False, "count_later": False}}
+            "before": {"one_sweep": False, "count_later": False}, "no-pointwise": {"pointwise_below": 0}}
 
 
 _rate_length = ClassByClass._chain_length
@@ -72,6 +74,7 @@ def apply(variant: str) -> dict:
     """Set the class attributes of ``variant`` (every other one at its default); its session options."""
     got = {**DEFAULTS, **SETTINGS[variant]}
     GraphEngine.thin_below, ClassByClass.chain_rows = got["thin_below"], got["chain_rows"]
+    GraphEngine.pointwise_below = got["pointwise_below"]
     ClassByClass.chain_floor, ClassByClass.max_stack = got["chain_floor"], got["max_stack"]
     CompactingEngine.copy_cost = got["copy_cost"]
     CompactingEngine.one_sweep, CompactingEngine.count_later = got["one_sweep"], got["count_later"]

@@ -116,6 +116,7 @@ class GraphEngine(ScoreEngine):
             self.nodes = list(self.graph.nodes)
             self._first = next(n for n in self.nodes if n.op == "placeholder")
             self.modules = dict(model.named_modules())
+            self._pointwise = {name for name, m in self.modules.items() if _is_pointwise(m)}
             self._consts = {n: self._fetch(n.target) for n in self.nodes if n.op == "get_attr"}
             with torch.inference_mode():
                 got, ref = self._run_all(example), model(example)
@@ -168,6 +169,8 @@ class GraphEngine(ScoreEngine):
                          for a, n in zip(args, _arg_nodes(node.args)))
         op = node.op
         if op == "call_module":
+            if node.target in self._pointwise and not kwargs and _small_on_cpu(args[0], self.pointwise_below):
+                return _pointwise(self.modules[node.target], args[0])
             return self.modules[node.target](*args, **kwargs)
         if op == "call_function":
             return node.target(*args, **kwargs)
@@ -344,6 +347,7 @@ class GraphEngine(ScoreEngine):
         return env[plan.dirty[-1]]
 
     thin_below = 0.9  # a layer runs on its kept input channels when at most this share of them is kept
+    pointwise_below = 2048  # a 1x1 conv over fewer output positions (batch x pixels) runs as a matrix product
 
     def _thin_exec(self, node: fx.Node, env: dict, fresh: set, point: str):
         """Run a layer of :attr:`Plan.thin` on the input channels that mask point ``point`` keeps (the others
@@ -360,12 +364,11 @@ class GraphEngine(ScoreEngine):
         self.thinned += 1
         if linear:
             out = F.linear(x.index_select(-1, kept), mod.weight.index_select(1, kept), mod.bias)
+        elif node.target in self._pointwise and _small_on_cpu(x, self.pointwise_below):
+            return _pointwise(mod, x, kept)
         else:
             out = mod._conv_forward(x.index_select(1, kept), mod.weight.index_select(1, kept), mod.bias)
-        for hook in mod._forward_hooks.values():  # a mask point's own mask (Masker's hooks only: thin_inputs)
-            got = hook(mod, (x,), out)
-            out = out if got is None else got
-        return out
+        return _hooked(mod, x, out)
 
     def _logits_chunks(self, layer: UnitLayer, x: Tensor):
         plan, cache, given, removed = self._begin(layer, x)
@@ -556,6 +559,38 @@ class _Speculation:
             idx = [i for u in units for i in corr.channels[u]]
             out[corr.node] = base - corr.partial(take_rows(chunk[corr.input], rows), idx)
         return out
+
+
+def _is_pointwise(m: nn.Module) -> bool:
+    """A plain 1x1 conv (stride 1, no padding, one group) whose hooks :func:`_hooked` can apply: its output is a
+    matrix product over the channels at each position."""
+    return (type(m) is nn.Conv2d and m.kernel_size == (1, 1) and m.stride == (1, 1) and m.dilation == (1, 1)
+            and m.groups == 1 and m.padding in ((0, 0), "valid") and not m._forward_pre_hooks
+            and not m._forward_hooks_with_kwargs)
+
+
+def _small_on_cpu(x, below: int) -> bool:
+    return isinstance(x, Tensor) and x.ndim == 4 and x.device.type == "cpu" and x.shape[0] * x.shape[2] * x.shape[3] < below
+
+
+def _pointwise(mod: nn.Conv2d, x: Tensor, kept: Tensor | None = None) -> Tensor:
+    """``mod(x)`` for a 1x1 conv (:func:`_is_pointwise`) as a matrix product on the channels-last view of ``x``
+    (over the input channels ``kept`` only, when given), its forward hooks applied. On this CPU a conv over a few
+    pixels costs 1.2-3x the product (``benchmarks/engine_levers.py``, METHOD.md §10); the sums are the same up to
+    float reassociation."""
+    w = mod.weight.view(mod.out_channels, mod.in_channels)
+    xs = x.permute(0, 2, 3, 1)
+    if kept is not None:
+        xs, w = xs.index_select(-1, kept), w.index_select(1, kept)
+    return _hooked(mod, x, F.linear(xs, w, mod.bias).permute(0, 3, 1, 2))
+
+
+def _hooked(mod: nn.Module, x: Tensor, out: Tensor) -> Tensor:
+    """``out`` through ``mod``'s forward hooks, as a call of the module would pass it (a mask point's mask)."""
+    for hook in mod._forward_hooks.values():
+        got = hook(mod, (x,), out)
+        out = out if got is None else got
+    return out
 
 
 def _zero_channels(v: Tensor, idx: list[int], last_dim: bool) -> None:
