@@ -303,3 +303,29 @@ def test_layers_after_removed_channels_run_on_the_kept_ones(which, own_label_dat
         assert (got - want).abs().max() < 1e-4, layer.name
         m.set(layer.name, cand, False)
     assert e.thinned > 0
+
+
+def test_a_pointwise_conv_runs_as_a_matrix_product_with_its_hooks():
+    """graph._pointwise: a plain 1x1 conv as a matrix product on the channels-last view gives the conv's output
+    (its forward hooks applied: a mask point's mask), in the channels-last layout; over kept input channels it
+    equals the conv of the input with the other channels zeroed. Convs it cannot stand for are left alone."""
+    from cswap_nb.engines.graph import _is_pointwise, _pointwise
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 5, 1, bias=True)
+    conv.register_forward_hook(lambda m, i, o: o * torch.tensor([1.0, 1, 0, 1, 1]).view(1, -1, 1, 1))
+    x = torch.randn(3, 6, 4, 4).contiguous(memory_format=torch.channels_last)
+    assert _is_pointwise(conv)
+    got = _pointwise(conv, x)
+    assert got.shape == (3, 5, 4, 4) and got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(got, conv(x), atol=1e-6) and bool((got[:, 2] == 0).all())
+    kept = torch.tensor([0, 2, 5])
+    zeroed = x.clone()
+    zeroed[:, [1, 3, 4]] = 0
+    assert torch.allclose(_pointwise(conv, x, kept), conv(zeroed), atol=1e-6)
+    for other in (nn.Conv2d(6, 5, 1, stride=2), nn.Conv2d(6, 5, 3), nn.Conv2d(6, 6, 1, groups=2),
+                  nn.Conv2d(6, 5, 1, padding=1)):
+        assert not _is_pointwise(other)
+    pre = nn.Conv2d(6, 5, 1)
+    pre.register_forward_pre_hook(lambda m, i: None)
+    assert not _is_pointwise(pre)
