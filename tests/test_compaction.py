@@ -10,6 +10,7 @@ import torchvision.models as tvm
 from torch import nn
 
 import cswap_nb as cs
+from cswap_nb.core.surgery import count_macs
 from cswap_nb.engines.compact import CompactingEngine
 from cswap_nb.experiments.bench import engine_options
 from cswap_nb.pruning.session import PruneSession
@@ -249,6 +250,13 @@ def test_later_copies_and_kept_copies_answer_to_the_macs_their_cut_drops_downstr
     assert not e._checked_on_copy(c, first, built=False)
     monkeypatch.setattr(CompactingEngine, "check_cost", kept * (1 - 1e-6))
     assert e._checked_on_copy(c, first, built=False)
+    # the first copy's counted share equalled the estimate, so a later copy's share is the estimate, still its count
+    assert e._estimate_agrees is True
+    e.masker.set(other.name, [2, 3], True)
+    e._build(first)
+    assert e._compact.sliced == {other.name: (0, 1, 2, 3)}
+    counted = count_macs(e._compact.engine.model, e.example) / e._dense_macs
+    assert e._compact.share == pytest.approx(counted, rel=1e-12) and counted < c.share
 
 
 def test_a_copy_is_cut_in_one_sweep_as_layer_by_layer_removal_cuts_it():

@@ -83,9 +83,9 @@ class _Compact:
                  sliced: dict[str, list[int]], macs_share: Callable[[nn.Module, dict], float],
                  segmentation: tuple | None = None, surgery: CutSurgery | None = None):
         self.sliced = {name: tuple(units) for name, units in sliced.items() if units}
-        cut = {n: list(u) for n, u in self.sliced.items()}
+        removal = {n: list(u) for n, u in self.sliced.items()}
         model = copy.deepcopy(template)
-        model = surgery.apply(model, example, cut) if surgery is not None else remove_units(model, example, cut)
+        model = surgery.apply(model, example, removal) if surgery is not None else remove_units(model, example, removal)
         to_channels_last(model)  # the surgery's new weights are contiguous: the session's layout rule again
         # the layers with nothing sliced keep their unit indices; their channels are renumbered where they
         # share a mask point with a sliced layer
@@ -100,7 +100,7 @@ class _Compact:
         self.engine = GraphEngine(model, self.masker, example, plan_now=False)
         if segmentation is not None:
             self.engine.segmentation(*segmentation)
-        self.share = macs_share(model, cut)  # its MACs over the dense network's: its passes' cost in dense passes
+        self.share = macs_share(model, removal)  # its MACs over the dense network's: its passes' cost in dense passes
 
     def serves(self, removed: dict[str, tuple[int, ...]], layer: UnitLayer | None) -> bool:
         """Whether the session's removed units ``removed`` (:attr:`Masker.removed_units`) are this copy plus

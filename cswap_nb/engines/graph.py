@@ -169,7 +169,8 @@ class GraphEngine(ScoreEngine):
                          for a, n in zip(args, _arg_nodes(node.args)))
         op = node.op
         if op == "call_module":
-            if node.target in self._pointwise and not kwargs and _small_on_cpu(args[0], self.pointwise_below):
+            if (node.target in self._pointwise and not kwargs
+                    and _small_on_cpu(args[0], self.pointwise_below, self.modules[node.target])):
                 return _pointwise(self.modules[node.target], args[0])
             return self.modules[node.target](*args, **kwargs)
         if op == "call_function":
@@ -364,7 +365,7 @@ class GraphEngine(ScoreEngine):
         self.thinned += 1
         if linear:
             out = F.linear(x.index_select(-1, kept), mod.weight.index_select(1, kept), mod.bias)
-        elif node.target in self._pointwise and _small_on_cpu(x, self.pointwise_below):
+        elif node.target in self._pointwise and _small_on_cpu(x, self.pointwise_below, mod):
             return _pointwise(mod, x, kept)
         else:
             out = mod._conv_forward(x.index_select(1, kept), mod.weight.index_select(1, kept), mod.bias)
@@ -562,15 +563,20 @@ class _Speculation:
 
 
 def _is_pointwise(m: nn.Module) -> bool:
-    """A plain 1x1 conv (stride 1, no padding, one group) whose hooks :func:`_hooked` can apply: its output is a
-    matrix product over the channels at each position."""
+    """A plain 1x1 conv (stride 1, no padding, one group): its output is a matrix product over the channels at
+    each position. (Whether its hooks allow the product is asked at each call: :func:`_small_on_cpu`.)"""
     return (type(m) is nn.Conv2d and m.kernel_size == (1, 1) and m.stride == (1, 1) and m.dilation == (1, 1)
-            and m.groups == 1 and m.padding in ((0, 0), "valid") and not m._forward_pre_hooks
-            and not m._forward_hooks_with_kwargs)
+            and m.groups == 1 and m.padding in ((0, 0), "valid"))
 
 
-def _small_on_cpu(x, below: int) -> bool:
-    return isinstance(x, Tensor) and x.ndim == 4 and x.device.type == "cpu" and x.shape[0] * x.shape[2] * x.shape[3] < below
+def _small_on_cpu(x, below: int, mod: nn.Module) -> bool:
+    """Whether :func:`_pointwise` stands for ``mod(x)`` and pays: a channels-last CPU input over fewer than ``below``
+    output positions (the product's output is channels-last too), and only plain forward hooks on ``mod`` (which
+    :func:`_hooked` applies as a call would), none global."""
+    return (isinstance(x, Tensor) and x.ndim == 4 and x.device.type == "cpu"
+            and x.shape[0] * x.shape[2] * x.shape[3] < below and x.is_contiguous(memory_format=torch.channels_last)
+            and not mod._forward_pre_hooks and not mod._forward_hooks_with_kwargs
+            and not nn.modules.module._global_forward_hooks and not nn.modules.module._global_forward_pre_hooks)
 
 
 def _pointwise(mod: nn.Conv2d, x: Tensor, kept: Tensor | None = None) -> Tensor:

@@ -36,6 +36,9 @@ def notebook_key_figures(notebooks: list[Path], out: Path, fast: bool = False) -
     """Run each notebook top to bottom (``fast``: with ``CSWAP_NB_FAST=1``, as the test suite does) and save the
     figure of its cell tagged :data:`KEY_TAG` as ``out/<notebook>.png``. Returns ``(file, caption)`` pairs: the
     notebook's title, the mode, and what that cell printed."""
+    import nbformat  # loaded here, so that the command line starts without the notebook machinery
+    from nbclient import NotebookClient
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     saved = {k: os.environ.get(k) for k in ("CSWAP_NB_FAST", "MPLBACKEND")}
@@ -44,9 +47,6 @@ def notebook_key_figures(notebooks: list[Path], out: Path, fast: bool = False) -
         os.environ["CSWAP_NB_FAST"] = "1"
     else:
         os.environ.pop("CSWAP_NB_FAST", None)
-    import nbformat  # loaded here, so that the command line starts without the notebook machinery
-    from nbclient import NotebookClient
-
     figures = []
     try:
         for path in notebooks:
