@@ -327,7 +327,8 @@ def test_a_pointwise_conv_runs_as_a_matrix_product_with_its_hooks():
                   nn.Conv2d(6, 5, 1, padding=1)):
         assert not _is_pointwise(other)
     assert _small_on_cpu(x, 2048, conv) and not _small_on_cpu(x, 48, conv)  # 3 x 4 x 4 positions
-    assert not _small_on_cpu(x.contiguous(), 2048, conv)  # NCHW input: the conv, whose output keeps NCHW
+    nchw = _pointwise(conv, x.contiguous())  # the layout a conv gives: contiguous from contiguous input
+    assert nchw.is_contiguous() and torch.allclose(nchw, got, atol=1e-6)
     pre = nn.Conv2d(6, 5, 1)
     pre.register_forward_pre_hook(lambda m, i: None)
     assert _is_pointwise(pre) and not _small_on_cpu(x, 2048, pre)  # a pre-hook: the module is called

@@ -570,11 +570,11 @@ def _is_pointwise(m: nn.Module) -> bool:
 
 
 def _small_on_cpu(x, below: int, mod: nn.Module) -> bool:
-    """Whether :func:`_pointwise` stands for ``mod(x)`` and pays: a channels-last CPU input over fewer than ``below``
-    output positions (the product's output is channels-last too), and only plain forward hooks on ``mod`` (which
-    :func:`_hooked` applies as a call would), none global."""
+    """Whether :func:`_pointwise` stands for ``mod(x)`` and pays: a CPU input over fewer than ``below`` output
+    positions, and only plain forward hooks on ``mod`` (which :func:`_hooked` applies as a call would), none
+    global."""
     return (isinstance(x, Tensor) and x.ndim == 4 and x.device.type == "cpu"
-            and x.shape[0] * x.shape[2] * x.shape[3] < below and x.is_contiguous(memory_format=torch.channels_last)
+            and x.shape[0] * x.shape[2] * x.shape[3] < below
             and not mod._forward_pre_hooks and not mod._forward_hooks_with_kwargs
             and not nn.modules.module._global_forward_hooks and not nn.modules.module._global_forward_pre_hooks)
 
@@ -582,13 +582,17 @@ def _small_on_cpu(x, below: int, mod: nn.Module) -> bool:
 def _pointwise(mod: nn.Conv2d, x: Tensor, kept: Tensor | None = None) -> Tensor:
     """``mod(x)`` for a 1x1 conv (:func:`_is_pointwise`) as a matrix product on the channels-last view of ``x``
     (over the input channels ``kept`` only, when given), its forward hooks applied. On this CPU a conv over a few
-    pixels costs 1.2-3x the product (``benchmarks/engine_levers.py``, METHOD.md §10); the sums are the same up to
-    float reassociation."""
+    pixels costs 1.0-3.4x the product (``benchmarks/pointwise_conv.py``, METHOD.md §10); the sums are the same up
+    to float reassociation. The output has the layout a conv gives: channels-last, or contiguous where ``x`` is
+    (a copy of a few thousand positions), so that a model's later ``view`` of it works as with the conv."""
     w = mod.weight.view(mod.out_channels, mod.in_channels)
     xs = x.permute(0, 2, 3, 1)
     if kept is not None:
         xs, w = xs.index_select(-1, kept), w.index_select(1, kept)
-    return _hooked(mod, x, F.linear(xs, w, mod.bias).permute(0, 3, 1, 2))
+    out = F.linear(xs, w, mod.bias).permute(0, 3, 1, 2)
+    if x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last):
+        out = out.contiguous()
+    return _hooked(mod, x, out)
 
 
 def _hooked(mod: nn.Module, x: Tensor, out: Tensor) -> Tensor:
