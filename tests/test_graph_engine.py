@@ -309,7 +309,7 @@ def test_a_pointwise_conv_runs_as_a_matrix_product_with_its_hooks():
     """graph._pointwise: a plain 1x1 conv as a matrix product on the channels-last view gives the conv's output
     (its forward hooks applied: a mask point's mask), in the channels-last layout; over kept input channels it
     equals the conv of the input with the other channels zeroed. Convs it cannot stand for are left alone."""
-    from cswap_nb.engines.graph import _is_pointwise, _pointwise, _small_on_cpu
+    from cswap_nb.engines.graph import _is_pointwise, _pointwise, _pointwise_pays
 
     torch.manual_seed(0)
     conv = nn.Conv2d(6, 5, 1, bias=True)
@@ -326,9 +326,9 @@ def test_a_pointwise_conv_runs_as_a_matrix_product_with_its_hooks():
     for other in (nn.Conv2d(6, 5, 1, stride=2), nn.Conv2d(6, 5, 3), nn.Conv2d(6, 6, 1, groups=2),
                   nn.Conv2d(6, 5, 1, padding=1)):
         assert not _is_pointwise(other)
-    assert _small_on_cpu(x, 2048, conv) and not _small_on_cpu(x, 48, conv)  # 3 x 4 x 4 positions
+    assert _pointwise_pays(x, 2048, conv) and not _pointwise_pays(x, 48, conv)  # 3 x 4 x 4 positions
     nchw = _pointwise(conv, x.contiguous())  # the layout a conv gives: contiguous from contiguous input
     assert nchw.is_contiguous() and torch.allclose(nchw, got, atol=1e-6)
     pre = nn.Conv2d(6, 5, 1)
     pre.register_forward_pre_hook(lambda m, i: None)
-    assert _is_pointwise(pre) and not _small_on_cpu(x, 2048, pre)  # a pre-hook: the module is called
+    assert _is_pointwise(pre) and not _pointwise_pays(x, 2048, pre)  # a pre-hook: the module is called

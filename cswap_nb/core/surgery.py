@@ -43,13 +43,13 @@ def remove_units(model: nn.Module, example: Tensor, pruned: dict[str, list[int]]
 
 def _remove_groups(graph, modules: dict[str, nn.Module], todo: dict[str, list[int]]) -> None:
     """Prune each anchor's units (:func:`remove_units`) through ``graph``."""
+    grouped = _has_grouped(modules)
     for name, idxs in todo.items():
         anchor = modules[name]
-        fn = tp.prune_linear_out_channels if isinstance(anchor, nn.Linear) else tp.prune_conv_out_channels
-        if any(isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and not is_depthwise(m) for m in modules.values()):
+        fn, width = _out_channels(anchor)
+        if grouped:
             # (the slots are read from this partly pruned model: each grouped conv's side belongs to one group,
             # which no earlier removal in this loop has changed)
-            width = anchor.out_features if isinstance(anchor, nn.Linear) else anchor.out_channels
             slots = grouped_slots(graph.get_pruning_group(anchor, fn, idxs=list(range(width))))
             if slots is not None:
                 idxs = sorted(c for u in idxs for c in slots[u])
@@ -58,8 +58,31 @@ def _remove_groups(graph, modules: dict[str, nn.Module], todo: dict[str, list[in
         group.prune()
         MAPPINGS.stale(graph)
         for norm, kept, params in norms:  # Torch-Pruning 1.6.1 may keep a LayerNorm's rows out of order
-            for pname, value in params.items():
-                setattr(norm, pname, nn.Parameter(value[kept], requires_grad=value.requires_grad))
+            _put_rows(norm, kept, params)
+
+
+def _out_channels(anchor: nn.Module) -> tuple:
+    """Torch-Pruning's function that prunes ``anchor``'s output channels, and their number."""
+    if isinstance(anchor, nn.Linear):
+        return tp.prune_linear_out_channels, anchor.out_features
+    return tp.prune_conv_out_channels, anchor.out_channels
+
+
+def _has_grouped(modules: dict[str, nn.Module]) -> bool:
+    """Whether a conv with groups (not a depthwise one) is among ``modules``: then units may be slots."""
+    return any(isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and not is_depthwise(m) for m in modules.values())
+
+
+def _affine_params(norm: nn.LayerNorm) -> dict[str, Tensor]:
+    """A copy of a LayerNorm's weight and bias, before a handler slices them (:func:`_put_rows`)."""
+    return {name: p.detach().clone() for name, p in (("weight", norm.weight), ("bias", norm.bias)) if p is not None}
+
+
+def _put_rows(norm: nn.LayerNorm, kept: list[int], params: dict[str, Tensor]) -> None:
+    """Set a LayerNorm's affine parameters to the rows ``kept`` of ``params`` (:func:`_affine_params`), in order:
+    Torch-Pruning 1.6.1's handler may keep them out of order (:func:`_layer_norm_rows`)."""
+    for name, value in params.items():
+        setattr(norm, name, nn.Parameter(value[kept], requires_grad=value.requires_grad))
 
 
 class CutSurgery:
@@ -87,8 +110,7 @@ class CutSurgery:
             modules = dict(model.named_modules())
             module_names = {m: n for n, m in modules.items()}
             param_names = dict(getattr(graph, "_param_to_name", {}))
-            grouped = any(isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and not is_depthwise(m)
-                          for m in modules.values())
+            grouped = _has_grouped(modules)
             self.items: dict[str, list[tuple[str, str, object, int, list[list[int]]]]] = {}
             with MAPPINGS.holding(graph):
                 for name in names:
@@ -101,9 +123,7 @@ class CutSurgery:
     def _read(graph, anchor: nn.Module, grouped: bool, module_names: dict, param_names: dict) -> list:
         """The items of ``anchor``'s group: (target name, "module" or "param", handler, pruning dim, the
         indices of each unit)."""
-        linear = isinstance(anchor, nn.Linear)
-        fn = tp.prune_linear_out_channels if linear else tp.prune_conv_out_channels
-        width = anchor.out_features if linear else anchor.out_channels
+        fn, width = _out_channels(anchor)
         group = graph.get_pruning_group(anchor, fn, idxs=list(range(width)))
         slots = grouped_slots(group) if grouped else None
         unit_of = {c: u for u, chs in enumerate(slots) for c in chs} if slots else {c: c for c in range(width)}
@@ -154,16 +174,13 @@ class CutSurgery:
                     setattr(parent, attr, handler(getattr(parent, attr), idxs))
                     continue
                 mod = modules[tname]
-                params = {}
-                if isinstance(mod, nn.LayerNorm) and mod.elementwise_affine:  # kept in order: _layer_norm_rows
-                    params = {p: getattr(mod, p).detach().clone() for p in ("weight", "bias")
-                              if getattr(mod, p) is not None}
+                norm = isinstance(mod, nn.LayerNorm) and mod.elementwise_affine
+                params = _affine_params(mod) if norm else {}
+                width = mod.normalized_shape[-1] if norm else 0
                 handler(mod, idxs)
-                if params:
+                if norm:  # kept in order (_layer_norm_rows)
                     gone = set(idxs)
-                    kept = [c for c in range(params["weight"].shape[-1]) if c not in gone]
-                    for pname, value in params.items():
-                        setattr(mod, pname, nn.Parameter(value[kept], requires_grad=value.requires_grad))
+                    _put_rows(mod, [c for c in range(width) if c not in gone], params)
         finally:
             model.train(was_training)
         return model
@@ -224,8 +241,7 @@ def _layer_norm_rows(group) -> list[tuple[nn.LayerNorm, list[int], dict[str, Ten
         seen.add(id(mod))
         gone = {int(i) for i in item.idxs}
         kept = [c for c in range(mod.normalized_shape[-1]) if c not in gone]
-        params = {name: p.detach().clone() for name, p in (("weight", mod.weight), ("bias", mod.bias)) if p is not None}
-        out.append((mod, kept, params))
+        out.append((mod, kept, _affine_params(mod)))
     return out
 
 

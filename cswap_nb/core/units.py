@@ -260,20 +260,29 @@ def _maskable_norm(module: nn.Module) -> bool:
     return expected.shape == ours.shape and bool(torch.allclose(expected, ours, atol=1e-4, rtol=1e-4))
 
 
+def _hooked_pass(model: nn.Module, example: Tensor, modules, hook) -> None:
+    """One forward pass of ``model`` (in eval mode, restored after) on ``example`` with ``hook`` as a forward
+    hook of each of ``modules``, removed after."""
+    handles = [m.register_forward_hook(hook) for m in modules]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+
+
 def execution_order(model: nn.Module, example: Tensor) -> dict[nn.Module, int]:
-    """Index of the first call of each leaf module in one forward pass."""
+    """Index of the first call of each leaf module in one forward pass (in eval mode)."""
     order: dict[nn.Module, int] = {}
 
     def record(module, inputs, output) -> None:
         order.setdefault(module, len(order))
 
-    hooks = [m.register_forward_hook(record) for m in model.modules() if len(list(m.children())) == 0]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
+    _hooked_pass(model, example, [m for m in model.modules() if len(list(m.children())) == 0], record)
     return order
 
 
@@ -805,16 +814,7 @@ def weight_positions(model: nn.Module, example: Tensor) -> dict[str, int]:
             key = f"{names[module]}.weight"
             got[key] = got.get(key, 0) + output.numel() // (example.shape[0] * width)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, PRODUCERS)]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    _hooked_pass(model, example, [m for m in model.modules() if isinstance(m, PRODUCERS)], hook)
     return got
 
 

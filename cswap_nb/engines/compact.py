@@ -255,7 +255,7 @@ class CompactingEngine(EngineWrapper):
         """Whether the first copy, for ``layer``, drops enough: the share of the dense network's MACs it drops,
         times the layer's candidates left, at least :attr:`copy_cost`. The MACs are counted from the cut without
         a surgery (``estimate``); True where they cannot be counted, and for later copies, which answer to
-        :attr:`time_share`. Counted, not timed, so that the same run takes the same decisions. The first copy is
+        :meth:`_gain` and :attr:`time_share`. Counted, not timed, so that the same run takes the same decisions. The first copy is
         exempt from the time share, and once built every later layer checks its plan on a copy: on a random
         DenseNet121 at 64 px it was built where it sliced almost nothing, and its checks cost more than it
         saved (METHOD.md §10)."""

@@ -170,7 +170,7 @@ class GraphEngine(ScoreEngine):
         op = node.op
         if op == "call_module":
             if (node.target in self._pointwise and not kwargs
-                    and _small_on_cpu(args[0], self.pointwise_below, self.modules[node.target])):
+                    and _pointwise_pays(args[0], self.pointwise_below, self.modules[node.target])):
                 return _pointwise(self.modules[node.target], args[0])
             return self.modules[node.target](*args, **kwargs)
         if op == "call_function":
@@ -355,17 +355,15 @@ class GraphEngine(ScoreEngine):
         are zero: their weights would multiply zeros), else as the module does."""
         x = env[node.args[0]]
         mod = self.modules[node.target]
-        linear = isinstance(mod, nn.Linear)
         kept = self.masker.kept_channels(point, x.shape[0])
-        width = mod.weight.shape[1]
-        if kept is None or not 0 < kept.numel() <= self.thin_below * width:
+        if kept is None or not 0 < kept.numel() <= self.thin_below * mod.weight.shape[1]:
             return self._exec(node, env, fresh)
         if kept.device != x.device:
             kept = kept.to(x.device)
         self.thinned += 1
-        if linear:
+        if isinstance(mod, nn.Linear):
             out = F.linear(x.index_select(-1, kept), mod.weight.index_select(1, kept), mod.bias)
-        elif node.target in self._pointwise and _small_on_cpu(x, self.pointwise_below, mod):
+        elif node.target in self._pointwise and _pointwise_pays(x, self.pointwise_below, mod):
             return _pointwise(mod, x, kept)
         else:
             out = mod._conv_forward(x.index_select(1, kept), mod.weight.index_select(1, kept), mod.bias)
@@ -564,12 +562,12 @@ class _Speculation:
 
 def _is_pointwise(m: nn.Module) -> bool:
     """A plain 1x1 conv (stride 1, no padding, one group): its output is a matrix product over the channels at
-    each position. (Whether its hooks allow the product is asked at each call: :func:`_small_on_cpu`.)"""
+    each position. (Whether its hooks allow the product is asked at each call: :func:`_pointwise_pays`.)"""
     return (type(m) is nn.Conv2d and m.kernel_size == (1, 1) and m.stride == (1, 1) and m.dilation == (1, 1)
             and m.groups == 1 and m.padding in ((0, 0), "valid"))
 
 
-def _small_on_cpu(x, below: int, mod: nn.Module) -> bool:
+def _pointwise_pays(x, below: int, mod: nn.Module) -> bool:
     """Whether :func:`_pointwise` stands for ``mod(x)`` and pays: a CPU input over fewer than ``below`` output
     positions, and only plain forward hooks on ``mod`` (which :func:`_hooked` applies as a call would), none
     global."""
