@@ -3,19 +3,49 @@ fresh explorer, the same after its background precomputation of the slider's sto
 
     python benchmarks/explorer_times.py [--model resnet18-fashion] [--alphas 0.05,0.001,0.5,0.01,0.05]
                                         [--after 0.001,0.5,0.01,0.1,0.00316,0.0501] [--lowest 1e-4] [--skip-plain]
+                                        [--breakdown]
 
 Drives :class:`cswap_nb.ui.widgets.AlphaExplorer` without a browser (``explorer.run()``, what the run button
 does in its thread; ``explorer.prefetch()``, what it starts after each run) and prints, per run, the wall
 time, the analysis time, and the tests reused from the score cache or computed. ``--after`` values are
-rounded to the slider's stops (10^(0.1 j)), as the browser's slider would set them.
+rounded to the slider's stops (10^(0.1 j)), as the browser's slider would set them. ``--breakdown`` adds, per run,
+the seconds of the parts around the analysis: the session's set-up, the engine's build (inside the analysis),
+the physical removal with its check, the evaluation on the validation split and the drawing.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import time
 
+import cswap_nb.pruning.session as session_module
+import cswap_nb.ui.widgets as widgets
 from cswap_nb.ui.widgets import alpha_explorer
+
+PARTS: dict[str, float] = {}  # --breakdown: seconds per part of the last run
+
+
+def time_parts() -> None:
+    """Wrap the parts of a run around its analysis so that each adds its seconds to :data:`PARTS`."""
+    def timed(owner, name: str, label: str) -> None:
+        f = getattr(owner, name)
+
+        @functools.wraps(f)
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return f(*args, **kwargs)
+            finally:
+                PARTS[label] = PARTS.get(label, 0.0) + time.perf_counter() - t0
+
+        setattr(owner, name, wrapper)
+
+    timed(session_module.PruneSession, "__init__", "set-up")
+    timed(session_module.PruneSession, "build_engine", "engine build")
+    timed(session_module.PruneSession, "finish", "removal+check")
+    timed(widgets, "evaluate", "evaluation")
+    timed(widgets.AlphaExplorer, "_draw", "drawing")
 
 
 def timed_runs(explorer, alphas) -> None:
@@ -24,11 +54,13 @@ def timed_runs(explorer, alphas) -> None:
         explorer.controls["alpha"].value = a
         cache = explorer.cache()
         hits, misses = cache.hits, cache.misses
+        PARTS.clear()
         t0 = time.perf_counter()
         res = explorer.run()
         wall = time.perf_counter() - t0
         how = "done before" if "done before" in explorer.status.value else f"{cache.hits - hits:>8d}{cache.misses - misses:>10d}"
-        print(f"{a:>10.4g}{wall:>9.2f}{res.analysis_seconds:>12.2f}{how:>18s}{res.params_removed_pct:>11.1f}")
+        parts = "  " + ", ".join(f"{k} {v:.2f}" for k, v in PARTS.items()) if PARTS else ""
+        print(f"{a:>10.4g}{wall:>9.2f}{res.analysis_seconds:>12.2f}{how:>18s}{res.params_removed_pct:>11.1f}{parts}")
 
 
 def fresh(model: str):
@@ -46,7 +78,10 @@ def main(argv=None) -> None:
                    help="changes of alpha once the precomputation has finished")
     p.add_argument("--lowest", type=float, default=1e-4, help="the smallest stop precomputed")
     p.add_argument("--skip-plain", action="store_true", help="only the run with precomputation")
+    p.add_argument("--breakdown", action="store_true", help="the seconds of each part around the analysis")
     args = p.parse_args(argv)
+    if args.breakdown:
+        time_parts()
     alphas = [float(v) for v in args.alphas.split(",")]
     if not args.skip_plain:
         print("== changes of alpha right after the first run (nothing precomputed)")

@@ -2,7 +2,7 @@
 
     python benchmarks/prunability.py [--source torchvision|timm|both] [--size 64] [--max-params 150e6]
                                      [--only resnet18,vgg11] [--json PATH] [--markdown PATH]
-                                     [--cswap SECONDS] [--merge PREVIOUS.json]
+                                     [--cswap SECONDS] [--merge PREVIOUS.json] [--memory-gb 16]
 
 For every classification architecture of ``torchvision.models`` (and with ``--source timm`` a fixed list of
 common timm families), with random weights, ``num_classes=10`` and ``--size`` x ``--size`` inputs (224 for
@@ -18,7 +18,10 @@ models that need it), it records:
   the analysis also runs (k = 4 on 120 random images labelled by the model, the classes it predicts at least
   4 times, default options), stopped after S
   seconds: its seconds, the share of the parameters it removed, and ``pruned`` or ``over the limit``;
-* ``status``: ``ok``, or the first line of the error.
+* ``status``: ``ok``, or the first line of the error; an error without a message (a ``MemoryError``) names
+  the function it was raised in and the seconds spent. ``--memory-gb`` caps the process's address space
+  (``RLIMIT_AS``), so that a model whose grouping would fill the machine's memory fails with a ``MemoryError``
+  in its row instead of stopping the whole run.
 
 The calibration set is 40 random images labelled with the model's own predictions (every sample correctly
 classified), ``samples_per_class=2``. Models with more than ``--max-params`` parameters are listed as skipped.
@@ -28,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import time
+import traceback
 import warnings
 
 import torch
@@ -126,9 +131,21 @@ def measure(label: str, build, size: int, max_params: float, cswap_limit: float 
             except Exception as exc:  # noqa: BLE001 - reported in the table
                 row["cswap_outcome"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:100]}"
     except Exception as exc:  # noqa: BLE001 - reported in the table
-        row["status"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''}"
+        row["status"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:120] if str(exc).strip() else where(exc, t0)}"
     row["seconds"] = round(time.perf_counter() - t0, 1)
     return row
+
+
+def where(exc: BaseException, t0: float) -> str:
+    """For an error without a message (a MemoryError): the function it was raised in, and the last of this
+    toolkit's on the way, with the seconds since the model's row began."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    inner = frames[-1] if frames else None
+    ours = next((f for f in reversed(frames) if "/cswap_nb/" in f.filename), None)
+    said = f"raised in {inner.name} ({inner.filename.split('site-packages/')[-1]})" if inner else "raised"
+    if ours is not None and ours is not inner:
+        said += f", called from cswap_nb's {ours.name}"
+    return f"{said}, after {time.perf_counter() - t0:.0f} s"
 
 
 def markdown(rows: list[dict]) -> str:
@@ -155,7 +172,11 @@ def main(argv=None) -> None:
                         "stopped after SECONDS: its time, share removed and outcome")
     p.add_argument("--merge", default=None, metavar="JSON",
                    help="a previous --json: its rows are kept, and replaced by this run's rows of the same models")
+    p.add_argument("--memory-gb", type=float, default=None,
+                   help="cap the address space at this many GiB: a model that would fill the memory fails alone")
     args = p.parse_args(argv)
+    if args.memory_gb is not None:
+        resource.setrlimit(resource.RLIMIT_AS, (int(args.memory_gb * 2**30), resource.getrlimit(resource.RLIMIT_AS)[1]))
     torch.set_grad_enabled(True)
     only = set(args.only.split(",")) if args.only else None
     rows = []
