@@ -257,3 +257,56 @@ def test_prefetch_alphas_are_slider_stops_coarse_to_fine(explorer):
     assert [round(e, 6) for e in exps[:4]] == [-1.0, -2.0, -0.3, -3.0]  # powers of ten and ~0.5, near 0.05 first
     assert all(abs(2 * e - round(2 * e)) < 1e-6 for e in exps[4:7])  # then the half-decades
     assert all(abs(e - math.log10(0.05)) > 1e-3 for e in exps)
+
+
+def test_the_run_button_in_a_kernel_runs_on_its_event_loop_and_handles_stop_between_tests(explorer):
+    """In a Jupyter kernel (a running event loop) the button's run goes on the loop, in the calling thread, one
+    test at a time: a Stop click delivered on the loop between two tests stops it; the precomputation that
+    follows a run is a task on the same loop, which the next click stops at its next test. (From a worker
+    thread, PyTorch's OpenMP workers sleep between small operations: the analyses took 1.6x as long.)"""
+    import asyncio
+    import threading
+
+    explorer.controls["alpha"].value = 0.05
+    explorer.controls["samples_per_class"].value = 5  # a new cache: real work
+    threads, main = set(), threading.current_thread()
+    explorer.progress.observe(lambda _: threads.add(threading.current_thread()), names="value")
+    loop = asyncio.new_event_loop()
+    try:
+        async def click_then_stop():
+            explorer.run_in_background()
+            for _ in range(20):  # let a few tests run, then click Stop as the kernel would deliver it
+                await asyncio.sleep(0)
+            assert not explorer._task.done()
+            explorer.stop_button.click()
+            await explorer._task
+
+        last = explorer.last_result
+        loop.run_until_complete(click_then_stop())
+        assert "stopped" in explorer.status.value and explorer.last_result is last
+        assert explorer._thread is None or not explorer._thread.is_alive()
+        assert threads == {main}  # every step of the run ran in the loop's (the kernel's main) thread
+
+        async def click():
+            explorer.run_in_background()
+            await explorer._task
+
+        explorer.controls_prefetch.value = True
+        loop.run_until_complete(click())
+        res = explorer.last_result
+        assert res is not last and res.config["alpha"] == 0.05 and res.config["samples_per_class"] == 5
+        pre = explorer._prefetch_task
+        assert pre is not None and not pre.done()  # the precomputation waits on the loop
+        explorer.controls["alpha"].value = 0.5
+        loop.run_until_complete(click())  # it gives way at its next test
+        assert pre.done() and explorer.last_result.config["alpha"] == 0.5
+        fresh = cs.prune(explorer._model_and_data()[0], explorer._draws["resnet18-digits"](
+            cs.CSwapConfig(samples_per_class=5)), alpha=0.5, samples_per_class=5, progress=False)
+        assert explorer.last_result.labels[COLS].equals(fresh.labels[COLS])
+    finally:
+        explorer.stop_prefetch()  # the task ends at its next test
+        if explorer._prefetch_task is not None:
+            loop.run_until_complete(explorer._prefetch_task)
+        loop.close()
+        explorer.controls["samples_per_class"].value = 6
+        explorer.controls["alpha"].value = 0.05

@@ -12,13 +12,17 @@ A change of α answers as fast as three things allow. A run with options already
 (every finished run is kept). The interventional scores are cached by (network state, tested unit), so
 the progressive descent replays every step up to the first decision that differs without a single
 forward pass (see :class:`ScoreCache`), and a run whose scores are all cached builds no engine. After
-each run started with the button, the slider's other stops are computed in a background thread
-(:meth:`AlphaExplorer.prefetch`, the *precompute other α* box), which gives way to any run. The
+each run started with the button, the slider's other stops are computed in the background
+(:meth:`AlphaExplorer.prefetch`, the *precompute other α* box), which gives way to any run. In a Jupyter
+kernel the button's run and that precomputation go on the kernel's event loop in the main thread, one test
+at a time (a Stop click is handled between two tests), where PyTorch runs them about 1.6x as fast as in a
+worker thread; elsewhere they run in a thread. The
 explorer is scriptable: ``explorer.controls[name].value = ...``, ``explorer.run()``,
 ``explorer.prefetch(alphas, wait=True)``, ``explorer.last_result``.
 """
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
@@ -116,6 +120,8 @@ class AlphaExplorer:
         self.prefetch_log: list[tuple[float, float]] = []  # the last precomputation: (alpha, seconds) per stop ready
         self._results: dict[tuple, PruneResult] = {}  # every option (α to 10 digits) -> its run
         self._thread: threading.Thread | None = None
+        self._task: asyncio.Task | None = None  # the run button's run on a kernel's event loop
+        self._prefetch_task: asyncio.Task | None = None  # a precomputation on that loop
         self.run_button.on_click(lambda _: self.run_in_background())
         self.stop_button.on_click(lambda _: self._stop.set())
         self.clear_button.on_click(lambda _: self.clear_history())
@@ -185,9 +191,11 @@ class AlphaExplorer:
         worker = self._prefetcher
         if worker is not None and worker is not threading.current_thread():
             worker.join()  # ... and the run starts once it has: one analysis at a time, counts of this run only
-        return self._run_here()
+        return _drain(self._running())
 
-    def _run_here(self) -> PruneResult:
+    def _running(self):
+        """The run of :meth:`run` as a generator that yields after every test (its return value: the result):
+        drained at once by :meth:`run`, or step by step on the kernel's event loop by the run button."""
         v = self.values()
         cache = self.cache(v)
         hits0, misses0 = cache.hits, cache.misses
@@ -209,7 +217,7 @@ class AlphaExplorer:
                     self.status.value = "stopped: the model is unchanged; nothing was pruned"
                     raise Interrupted("stopped by the user")
 
-            res = self._compute(v, step)
+            res = yield from self._computing(v, step)
             how = f"{cache.hits - hits0} cached tests reused, {cache.misses - misses0} computed"
         seconds = time.perf_counter() - t0
         self.last_result = res
@@ -233,6 +241,10 @@ class AlphaExplorer:
         """The C-SWAP run of the options ``v`` (scores through the score cache of those options), measured on
         the evaluation split and kept for a later run with the same options. ``step(session, record)`` is
         called after every test; it may raise to abandon the run (nothing is kept then)."""
+        return _drain(self._computing(v, step))
+
+    def _computing(self, v: dict, step):
+        """:meth:`_compute` as a generator that yields after every test; its return value is the result."""
         model, data = self._model_and_data(str(v["model"]))
         cache = self.cache(v)
         options = {k: v[k] for k in OPTION_NAMES}
@@ -245,6 +257,7 @@ class AlphaExplorer:
         session.engine = cache.wrap(session.build_engine, session.masker, session.config.engine)
         for record in session.steps():
             step(session, record)
+            yield
         step(session, None)  # a precomputation that must stop does not pay for the removal and evaluation
         res = session.finish()
         if name not in self._dense:  # the dense model's metric does not change between runs
@@ -278,13 +291,14 @@ class AlphaExplorer:
         ordered = sorted(exps, key=lambda e: (level(e), abs(e - here)))
         return [float(c.base**e) for e in ordered if abs(e - here) > 1e-6]
 
-    def prefetch(self, alphas=None, wait: bool = False) -> threading.Thread:
-        """Precompute, in a background thread, the runs at other α with the present options (default
+    def prefetch(self, alphas=None, wait: bool = False) -> threading.Thread | asyncio.Task:
+        """Precompute in the background the runs at other α with the present options (default
         :meth:`prefetch_alphas`): a later run at one of them answers at once (:meth:`run` finds its result),
-        and any run finds their scores cached. The thread gives way to a run (it waits between two tests
-        while one is going) and stops for good when a run starts or the model changes; the run button
-        starts it again after each run when the *precompute* box is ticked. ``wait=True`` returns when it
-        has finished. Returns the thread."""
+        and any run finds their scores cached. It gives way to a run (it stops at its next test, and the run
+        waits for that) and stops for good when a run starts or the model changes; the run button starts it
+        again after each run when the *precompute* box is ticked. In a Jupyter kernel (a running event loop)
+        it is a task on that loop, one test at a time between the user's actions; elsewhere, or with
+        ``wait=True`` (which returns when it has finished), a thread. Returns the task or the thread."""
         with self._lock:  # the options read and the generation they belong to, together
             v = self.values()
             self._generation += 1
@@ -292,38 +306,43 @@ class AlphaExplorer:
         alphas = self.prefetch_alphas(v["alpha"]) if alphas is None else [float(a) for a in alphas]
         if self._prefetcher is not None and self._prefetcher is not threading.current_thread():
             self._prefetcher.join()  # an older precomputation stops at its next test (its generation is past)
-
-        def step(_session, _record):
-            if self._generation != generation:
-                raise Interrupted("a run started or an option changed: the precomputation stops")
-
         self.prefetch_log = []  # (alpha, seconds since the start) of each stop ready
-
-        def target():
-            done, t0 = 0, time.perf_counter()
-            for a in alphas:
-                if self._generation != generation:
-                    return
-                if self._result_key({**v, "alpha": a}) not in self._results:
-                    try:
-                        self._compute({**v, "alpha": a}, step)
-                    except Interrupted:
-                        return
-                    except Exception as exc:  # shown, not lost in a thread
-                        self.prefetch_status.value = f"<span style='color:#c53030'>precomputing: {exc}</span>"
-                        return
-                if self._generation != generation:
-                    return
-                done += 1
-                self.prefetch_log.append((a, time.perf_counter() - t0))
-                self.prefetch_status.value = (f"precomputed {done} of {len(alphas)} α stops (last α = {a:.3g}); "
-                                              "a run at one of them answers at once")
-
-        self._prefetcher = threading.Thread(target=target, daemon=True, name="cswap-prefetch")
+        loop = _kernel_loop()
+        if loop is not None and not wait:  # in a kernel: on its event loop, between the user's clicks
+            self._prefetch_task = loop.create_task(_stepped(self._prefetching(alphas, v, generation)))
+            return self._prefetch_task
+        self._prefetcher = threading.Thread(target=lambda: _drain(self._prefetching(alphas, v, generation)),
+                                            daemon=True, name="cswap-prefetch")
         self._prefetcher.start()
         if wait:
             self._prefetcher.join()
         return self._prefetcher
+
+    def _prefetching(self, alphas: list[float], v: dict, generation: int):
+        """The precomputation of :meth:`prefetch` as a generator that yields after every test; it ends at its
+        next test once the generation is past (a run started, an option changed)."""
+        def step(_session, _record):
+            if self._generation != generation:
+                raise Interrupted("a run started or an option changed: the precomputation stops")
+
+        done, t0 = 0, time.perf_counter()
+        for a in alphas:
+            if self._generation != generation:
+                return
+            if self._result_key({**v, "alpha": a}) not in self._results:
+                try:
+                    yield from self._computing({**v, "alpha": a}, step)
+                except Interrupted:
+                    return
+                except Exception as exc:  # shown, not lost in a thread
+                    self.prefetch_status.value = f"<span style='color:#c53030'>precomputing: {exc}</span>"
+                    return
+            if self._generation != generation:
+                return
+            done += 1
+            self.prefetch_log.append((a, time.perf_counter() - t0))
+            self.prefetch_status.value = (f"precomputed {done} of {len(alphas)} α stops (last α = {a:.3g}); "
+                                          "a run at one of them answers at once")
 
     def stop_prefetch(self) -> None:
         """Stop a precomputation (between two tests); what it computed stays."""
@@ -341,7 +360,17 @@ class AlphaExplorer:
         self.status.value = "runs cleared: the next run starts a new figure"
 
     def run_in_background(self) -> None:
-        """What the run button does: run in a thread so that Stop stays responsive."""
+        """What the run button does. In a Jupyter kernel, the run goes on the kernel's event loop in the main
+        thread, one test at a time, so that a Stop click is handled between two tests; then the precomputation
+        does the same between the user's clicks. Elsewhere (no running event loop) it runs in a thread. On the
+        main thread PyTorch's OpenMP workers stay awake between small operations; from another thread they
+        sleep and wake for each (libgomp throttles its spinning while the main thread's pool exists): the
+        analyses took 1.6x as long there (``python benchmarks/explorer_times.py --button --thread``)."""
+        loop = _kernel_loop()
+        if loop is not None:
+            if self._task is None or self._task.done():
+                self._task = loop.create_task(_button_run(self))
+            return
         if self._thread is not None and self._thread.is_alive():
             return
 
@@ -362,7 +391,7 @@ class AlphaExplorer:
         self._thread.start()
 
     def _draw(self, res: PruneResult, split: str | None = None) -> None:
-        """Draw on a Figure of its own (no pyplot state: runs happen in a worker thread) and hand the
+        """Draw on a Figure of its own (no pyplot state: runs may happen in a worker thread) and hand the
         rendered PNG to the output widget explicitly (no ``with output:`` capture across threads).
         ``split`` names where the metric was measured (:func:`evaluation_split`) on the plot's axis."""
         import base64
@@ -390,6 +419,56 @@ class AlphaExplorer:
         self.figure_out.outputs = ({"output_type": "display_data", "metadata": {},
                                     "data": {"image/png": base64.b64encode(buf.getvalue()).decode("ascii"),
                                              "text/plain": f"<Figure: {res.model_name}, α runs: {len(self.history)}>"}},)
+
+
+async def _button_run(explorer: AlphaExplorer) -> None:
+    """:meth:`AlphaExplorer.run_in_background` on the kernel's event loop: a precomputation on the loop ends at
+    its next test, the run goes one test at a time, then the precomputation starts again when ticked."""
+    explorer.run_button.disabled, explorer.stop_button.disabled = True, False
+    try:
+        explorer._bump()
+        worker, task = explorer._prefetcher, explorer._prefetch_task
+        if worker is not None:
+            worker.join()  # a precomputation started from a script, in a thread
+        if task is not None and not task.done():
+            await task  # it ends at its next test: its generation is past
+        await _stepped(explorer._running())
+        if explorer.controls_prefetch.value:
+            explorer.prefetch()
+    except Interrupted:
+        pass
+    except Exception as exc:  # shown to the user instead of lost in a task
+        explorer.status.value = f"<span style='color:#c53030'>error: {exc}</span>"
+    finally:
+        explorer.run_button.disabled, explorer.stop_button.disabled = False, True
+
+
+def _drain(steps):
+    """Run a generator of steps to its end; its return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+async def _stepped(steps):
+    """Run a generator of steps on the running event loop, handing the loop back after each (a Jupyter kernel
+    then handles the messages that came in meanwhile, e.g. a Stop click); its return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+        await asyncio.sleep(0)
+
+
+def _kernel_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread (a Jupyter kernel's, when a widget's callback calls), else None."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def render_counts(summary: dict) -> str:
