@@ -12,9 +12,10 @@ rounded to the slider's stops (10^(0.1 j)), as the browser's slider would set th
 the seconds of the parts around the analysis: the session's set-up, the engine's build (inside the analysis),
 the physical removal with its check, the evaluation on the validation split and the drawing. ``--button`` runs
 each change as the run button does in a Jupyter kernel (:meth:`AlphaExplorer.run_in_background` on a running
-event loop: the run one test at a time on the main thread, then the precomputation on the same loop; the next
-change stops it at its next test) and times it until the run has finished; with ``--thread``, as it does
-without an event loop (and did in a kernel before): in a worker thread. In a thread, PyTorch's OpenMP workers
+event loop: the run one test at a time on the main thread) and times it until the run has finished, with the
+*precompute* box unticked during the click (the time and counts are the run's alone; the second part of the
+benchmark times the precomputation on the loop); with ``--thread``, as it does without an event loop (and did
+in a kernel before): in a worker thread. In a thread, PyTorch's OpenMP workers
 do not spin between operations while the main thread's own pool exists, so every small operation waits for
 its workers to wake (about 220 against 16 µs here for a ReLU and a concatenation of 20 x 64 x 7 x 7).
 """
@@ -30,7 +31,13 @@ import cswap_nb.pruning.session as session_module
 import cswap_nb.ui.widgets as widgets
 from cswap_nb.ui.widgets import alpha_explorer
 
-LOOP: dict[str, asyncio.AbstractEventLoop] = {}  # --button: the one event loop, as a kernel has
+LOOP: list[asyncio.AbstractEventLoop] = []  # --button: the one event loop, as a kernel has
+
+
+def event_loop() -> asyncio.AbstractEventLoop:
+    if not LOOP:
+        LOOP.append(asyncio.new_event_loop())
+    return LOOP[0]
 PARTS: dict[str, float] = {}  # --breakdown: seconds per part of the last run
 
 
@@ -57,16 +64,23 @@ def time_parts() -> None:
 
 
 def clicked(explorer, loop: asyncio.AbstractEventLoop | None):
-    """The run button's run (on ``loop`` as in a kernel, else in a thread), waited for; its result."""
-    if loop is None:
-        explorer.run_in_background()
-        explorer._thread.join()  # the run is done (the precomputation it starts goes on)
-    else:
-        async def click():
+    """The run button's run (on ``loop`` as in a kernel, else in a thread), waited for; its result. The
+    *precompute* box is unticked meanwhile, so that the time and the counts are the run's alone."""
+    ticked, explorer.controls_prefetch.value = explorer.controls_prefetch.value, False
+    try:
+        if loop is None:
             explorer.run_in_background()
-            await explorer._task
+            explorer._thread.join()
+        else:
+            async def click():
+                explorer.run_in_background()
+                await explorer._task
 
-        loop.run_until_complete(click())  # the precomputation's task waits on the loop until the next click
+            loop.run_until_complete(click())
+    finally:
+        explorer.controls_prefetch.value = ticked
+    if "error" in explorer.status.value or "stopped" in explorer.status.value:
+        raise RuntimeError(f"the run did not finish: {explorer.status.value}")
     return explorer.last_result
 
 
@@ -79,7 +93,7 @@ def timed_runs(explorer, alphas, button: str | None = None) -> None:
         PARTS.clear()
         t0 = time.perf_counter()
         if button is not None:
-            res = clicked(explorer, None if button == "thread" else LOOP.setdefault("loop", asyncio.new_event_loop()))
+            res = clicked(explorer, None if button == "thread" else event_loop())
         else:
             res = explorer.run()
         wall = time.perf_counter() - t0
@@ -116,9 +130,7 @@ def main(argv=None) -> None:
         print("== changes of alpha right after the first run (nothing precomputed)")
         first = fresh(args.model)
         timed_runs(first, alphas, button=button)
-        first.stop_prefetch()  # its precomputation would share the loop with the next explorer's
-        if first._prefetch_task is not None:
-            LOOP["loop"].run_until_complete(first._prefetch_task)
+        first.stop_prefetch()  # none was started (the box was unticked during the clicks)
     print(f"\n== a fresh explorer: first run at alpha = {alphas[0]:g}, then the slider's stops from {args.lowest:g} "
           "precomputed in the background")
     explorer = fresh(args.model)
@@ -129,7 +141,7 @@ def main(argv=None) -> None:
         async def precompute():
             await explorer.prefetch(stops)
 
-        LOOP.setdefault("loop", asyncio.new_event_loop()).run_until_complete(precompute())
+        event_loop().run_until_complete(precompute())
     else:
         explorer.prefetch(stops, wait=True)
     print(f"precomputed {len(stops)} stops in {time.perf_counter() - t0:.1f} s "

@@ -263,14 +263,19 @@ def test_the_run_button_in_a_kernel_runs_on_its_event_loop_and_handles_stop_betw
     """In a Jupyter kernel (a running event loop) the button's run goes on the loop, in the calling thread, one
     test at a time: a Stop click delivered on the loop between two tests stops it; the precomputation that
     follows a run is a task on the same loop, which the next click stops at its next test. (From a worker
-    thread, PyTorch's OpenMP workers sleep between small operations: the analyses took 1.6x as long.)"""
+    thread, PyTorch's OpenMP workers sleep between small operations: the analyses took about 1.5x as long.)"""
     import asyncio
     import threading
 
     explorer.controls["alpha"].value = 0.05
+    k_before = explorer.controls["samples_per_class"].value
     explorer.controls["samples_per_class"].value = 5  # a new cache: real work
     threads, main = set(), threading.current_thread()
-    explorer.progress.observe(lambda _: threads.add(threading.current_thread()), names="value")
+
+    def seen(_):
+        threads.add(threading.current_thread())
+
+    explorer.progress.observe(seen, names="value")
     loop = asyncio.new_event_loop()
     try:
         async def click_then_stop():
@@ -284,6 +289,8 @@ def test_the_run_button_in_a_kernel_runs_on_its_event_loop_and_handles_stop_betw
         last = explorer.last_result
         loop.run_until_complete(click_then_stop())
         assert "stopped" in explorer.status.value and explorer.last_result is last
+        stopped_at = explorer.progress.value
+        assert 0 < stopped_at < explorer.progress.max
         assert explorer._thread is None or not explorer._thread.is_alive()
         assert threads == {main}  # every step of the run ran in the loop's (the kernel's main) thread
 
@@ -298,15 +305,16 @@ def test_the_run_button_in_a_kernel_runs_on_its_event_loop_and_handles_stop_betw
         pre = explorer._prefetch_task
         assert pre is not None and not pre.done()  # the precomputation waits on the loop
         explorer.controls["alpha"].value = 0.5
-        loop.run_until_complete(click())  # it gives way at its next test
+        loop.run_until_complete(click())  # it ends at once, between two of its tests
         assert pre.done() and explorer.last_result.config["alpha"] == 0.5
+        assert explorer.prefetch_log == []  # ended inside its first stop: nothing finished
         fresh = cs.prune(explorer._model_and_data()[0], explorer._draws["resnet18-digits"](
             cs.CSwapConfig(samples_per_class=5)), alpha=0.5, samples_per_class=5, progress=False)
         assert explorer.last_result.labels[COLS].equals(fresh.labels[COLS])
     finally:
-        explorer.stop_prefetch()  # the task ends at its next test
-        if explorer._prefetch_task is not None:
-            loop.run_until_complete(explorer._prefetch_task)
+        explorer.progress.unobserve(seen, names="value")
+        explorer.stop_prefetch()  # a task of this loop ends at once
+        loop.run_until_complete(asyncio.sleep(0))  # let a cancelled task finish
         loop.close()
-        explorer.controls["samples_per_class"].value = 6
+        explorer.controls["samples_per_class"].value = k_before
         explorer.controls["alpha"].value = 0.05

@@ -15,7 +15,7 @@ forward pass (see :class:`ScoreCache`), and a run whose scores are all cached bu
 each run started with the button, the slider's other stops are computed in the background
 (:meth:`AlphaExplorer.prefetch`, the *precompute other α* box), which gives way to any run. In a Jupyter
 kernel the button's run and that precomputation go on the kernel's event loop in the main thread, one test
-at a time (a Stop click is handled between two tests), where PyTorch runs them about 1.6x as fast as in a
+at a time (a Stop click is handled between two tests), where PyTorch runs them about 1.5x as fast as in a
 worker thread; elsewhere they run in a thread. The
 explorer is scriptable: ``explorer.controls[name].value = ...``, ``explorer.run()``,
 ``explorer.prefetch(alphas, wait=True)``, ``explorer.last_result``.
@@ -121,7 +121,8 @@ class AlphaExplorer:
         self._results: dict[tuple, PruneResult] = {}  # every option (α to 10 digits) -> its run
         self._thread: threading.Thread | None = None
         self._task: asyncio.Task | None = None  # the run button's run on a kernel's event loop
-        self._prefetch_task: asyncio.Task | None = None  # a precomputation on that loop
+        self._prefetch_task: asyncio.Task | None = None  # a precomputation on that loop ...
+        self._prefetch_steps = None  # ... and the generator of its steps (closed to end it at once)
         self.run_button.on_click(lambda _: self.run_in_background())
         self.stop_button.on_click(lambda _: self._stop.set())
         self.clear_button.on_click(lambda _: self.clear_history())
@@ -187,10 +188,7 @@ class AlphaExplorer:
         with exactly these options done before (by hand, or precomputed by :meth:`prefetch`) is not done
         again: its result is shown at once.
         """
-        self._bump()  # a precomputation in progress stops at its next test (its scores stay cached) ...
-        worker = self._prefetcher
-        if worker is not None and worker is not threading.current_thread():
-            worker.join()  # ... and the run starts once it has: one analysis at a time, counts of this run only
+        _end_prefetch(self)  # one analysis at a time, counts of this run only
         return _drain(self._running())
 
     def _running(self):
@@ -213,9 +211,7 @@ class AlphaExplorer:
                     return
                 self.progress.max = max(1, session.total_steps)
                 self.progress.value += 1
-                if self._stop.is_set():
-                    self.status.value = "stopped: the model is unchanged; nothing was pruned"
-                    raise Interrupted("stopped by the user")
+                self._check_stop()
 
             res = yield from self._computing(v, step)
             how = f"{cache.hits - hits0} cached tests reused, {cache.misses - misses0} computed"
@@ -232,19 +228,22 @@ class AlphaExplorer:
         self._draw(res, split)
         return res
 
+    def _check_stop(self) -> None:
+        """Raise :class:`Interrupted` when Stop was pressed (the run leaves no result)."""
+        if self._stop.is_set():
+            self.status.value = "stopped: the model is unchanged; nothing was pruned"
+            raise Interrupted("stopped by the user")
+
     @staticmethod
     def _result_key(v: dict) -> tuple:
         """A run's options as a key; α to 10 significant digits (the browser's slider computes 10**x itself)."""
         return tuple((k, f"{v[k]:.10g}" if k == "alpha" else v[k]) for k in sorted(v))
 
-    def _compute(self, v: dict, step) -> PruneResult:
-        """The C-SWAP run of the options ``v`` (scores through the score cache of those options), measured on
-        the evaluation split and kept for a later run with the same options. ``step(session, record)`` is
-        called after every test; it may raise to abandon the run (nothing is kept then)."""
-        return _drain(self._computing(v, step))
-
     def _computing(self, v: dict, step):
-        """:meth:`_compute` as a generator that yields after every test; its return value is the result."""
+        """The C-SWAP run of the options ``v`` (scores through the score cache of those options), measured on
+        the evaluation split and kept for a later run with the same options, as a generator that yields after
+        every test (its return value: the result). ``step(session, record)`` is called after every test; it
+        may raise to abandon the run (nothing is kept then)."""
         model, data = self._model_and_data(str(v["model"]))
         cache = self.cache(v)
         options = {k: v[k] for k in OPTION_NAMES}
@@ -291,31 +290,31 @@ class AlphaExplorer:
         ordered = sorted(exps, key=lambda e: (level(e), abs(e - here)))
         return [float(c.base**e) for e in ordered if abs(e - here) > 1e-6]
 
-    def prefetch(self, alphas=None, wait: bool = False) -> threading.Thread | asyncio.Task:
-        """Precompute in the background the runs at other α with the present options (default
-        :meth:`prefetch_alphas`): a later run at one of them answers at once (:meth:`run` finds its result),
-        and any run finds their scores cached. It gives way to a run (it stops at its next test, and the run
-        waits for that) and stops for good when a run starts or the model changes; the run button starts it
-        again after each run when the *precompute* box is ticked. In a Jupyter kernel (a running event loop)
-        it is a task on that loop, one test at a time between the user's actions; elsewhere, or with
-        ``wait=True`` (which returns when it has finished), a thread. Returns the task or the thread."""
+    def prefetch(self, alphas=None, wait: bool = False) -> threading.Thread | asyncio.Task | None:
+        """Precompute the runs at other α with the present options (default :meth:`prefetch_alphas`): a later
+        run at one of them answers at once (:meth:`run` finds its result), and any run finds their scores
+        cached. It stops between two tests when a run starts (the run begins once it has) and at its next test
+        when an option changes; the run button starts it again after each run when the *precompute* box is
+        ticked. In a Jupyter kernel (a running event loop) it is a task on that loop, one test at a time while
+        the kernel is otherwise idle (a cell or a click waits at most for the test under way); elsewhere a
+        thread; with ``wait=True``, in the calling thread, returning when it has finished. Returns the task or
+        the thread (None with ``wait=True``)."""
+        _end_prefetch(self)  # an older precomputation ends: its generation is past
         with self._lock:  # the options read and the generation they belong to, together
-            v = self.values()
-            self._generation += 1
-            generation = self._generation
+            v, generation = self.values(), self._generation
         alphas = self.prefetch_alphas(v["alpha"]) if alphas is None else [float(a) for a in alphas]
-        if self._prefetcher is not None and self._prefetcher is not threading.current_thread():
-            self._prefetcher.join()  # an older precomputation stops at its next test (its generation is past)
         self.prefetch_log = []  # (alpha, seconds since the start) of each stop ready
+        steps = self._prefetching(alphas, v, generation)
+        if wait:  # in the calling thread: no worker to wake (see run_in_background)
+            _drain(steps)
+            return None
         loop = _kernel_loop()
-        if loop is not None and not wait:  # in a kernel: on its event loop, between the user's clicks
-            self._prefetch_task = loop.create_task(_stepped(self._prefetching(alphas, v, generation)))
+        if loop is not None:  # in a kernel: on its event loop, between the user's actions
+            self._prefetch_steps = steps
+            self._prefetch_task = loop.create_task(_stepped(steps))
             return self._prefetch_task
-        self._prefetcher = threading.Thread(target=lambda: _drain(self._prefetching(alphas, v, generation)),
-                                            daemon=True, name="cswap-prefetch")
+        self._prefetcher = threading.Thread(target=lambda: _drain(steps), daemon=True, name="cswap-prefetch")
         self._prefetcher.start()
-        if wait:
-            self._prefetcher.join()
         return self._prefetcher
 
     def _prefetching(self, alphas: list[float], v: dict, generation: int):
@@ -346,9 +345,7 @@ class AlphaExplorer:
 
     def stop_prefetch(self) -> None:
         """Stop a precomputation (between two tests); what it computed stays."""
-        self._bump()
-        if self._prefetcher is not None and self._prefetcher is not threading.current_thread():
-            self._prefetcher.join()
+        _end_prefetch(self)
 
     def clear_history(self) -> None:
         """Forget the runs drawn so far (the figure starts again with the next run); the score cache, the
@@ -365,10 +362,10 @@ class AlphaExplorer:
         does the same between the user's clicks. Elsewhere (no running event loop) it runs in a thread. On the
         main thread PyTorch's OpenMP workers stay awake between small operations; from another thread they
         sleep and wake for each (libgomp throttles its spinning while the main thread's pool exists): the
-        analyses took 1.6x as long there (``python benchmarks/explorer_times.py --button --thread``)."""
+        analyses took about 1.5x as long there (``python benchmarks/explorer_times.py --button --thread``)."""
         loop = _kernel_loop()
         if loop is not None:
-            if self._task is None or self._task.done():
+            if self._task is None or self._task.done() or self._task.get_loop() is not loop:
                 self._task = loop.create_task(_button_run(self))
             return
         if self._thread is not None and self._thread.is_alive():
@@ -426,13 +423,8 @@ async def _button_run(explorer: AlphaExplorer) -> None:
     its next test, the run goes one test at a time, then the precomputation starts again when ticked."""
     explorer.run_button.disabled, explorer.stop_button.disabled = True, False
     try:
-        explorer._bump()
-        worker, task = explorer._prefetcher, explorer._prefetch_task
-        if worker is not None:
-            worker.join()  # a precomputation started from a script, in a thread
-        if task is not None and not task.done():
-            await task  # it ends at its next test: its generation is past
-        await _stepped(explorer._running())
+        _end_prefetch(explorer)  # closed between two of its tests: the run starts at once
+        await _stepped(explorer._running(), explorer._check_stop)
         if explorer.controls_prefetch.value:
             explorer.prefetch()
     except Interrupted:
@@ -441,6 +433,21 @@ async def _button_run(explorer: AlphaExplorer) -> None:
         explorer.status.value = f"<span style='color:#c53030'>error: {exc}</span>"
     finally:
         explorer.run_button.disabled, explorer.stop_button.disabled = False, True
+
+
+def _end_prefetch(explorer: AlphaExplorer) -> None:
+    """End a precomputation (its cached scores stay): a thread at its next test, waited for; a task on this
+    thread's event loop at once (it is between two tests)."""
+    explorer._bump()
+    worker, task = explorer._prefetcher, explorer._prefetch_task
+    if worker is not None and worker is not threading.current_thread():
+        worker.join()
+    # a task is between two tests unless its loop is running in another thread (it then stops at its next)
+    if task is not None and not task.done() and (not task.get_loop().is_running()
+                                                 or _kernel_loop() is task.get_loop()):
+        explorer._prefetch_steps.close()  # its session closes its bar
+        if not task.get_loop().is_closed():
+            task.cancel()
 
 
 def _drain(steps):
@@ -452,15 +459,21 @@ def _drain(steps):
             return done.value
 
 
-async def _stepped(steps):
+async def _stepped(steps, gate=None):
     """Run a generator of steps on the running event loop, handing the loop back after each (a Jupyter kernel
-    then handles the messages that came in meanwhile, e.g. a Stop click); its return value."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value
-        await asyncio.sleep(0)
+    then handles the messages that came in meanwhile, e.g. a Stop click) and calling ``gate()`` before the
+    next (it may raise to stop there); its return value. The generator is closed however this ends."""
+    try:
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+            await asyncio.sleep(0)
+            if gate is not None:
+                gate()
+    finally:
+        steps.close()
 
 
 def _kernel_loop() -> asyncio.AbstractEventLoop | None:
