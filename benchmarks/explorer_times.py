@@ -119,7 +119,7 @@ def main(argv=None) -> None:
     p.add_argument("--skip-plain", action="store_true", help="only the run with precomputation")
     p.add_argument("--breakdown", action="store_true", help="the seconds of each part around the analysis")
     p.add_argument("--button", action="store_true", help="the changes without precomputation as the run button "
-                   "makes them in a kernel: on an event loop, the precomputation started after each")
+                   "makes them in a kernel: on an event loop (the precompute box unticked during each click)")
     p.add_argument("--thread", action="store_true", help="with --button: in a worker thread (no event loop)")
     args = p.parse_args(argv)
     if args.breakdown:
@@ -128,9 +128,7 @@ def main(argv=None) -> None:
     alphas = [float(v) for v in args.alphas.split(",")]
     if not args.skip_plain:
         print("== changes of alpha right after the first run (nothing precomputed)")
-        first = fresh(args.model)
-        timed_runs(first, alphas, button=button)
-        first.stop_prefetch()  # none was started (the box was unticked during the clicks)
+        timed_runs(fresh(args.model), alphas, button=button)
     print(f"\n== a fresh explorer: first run at alpha = {alphas[0]:g}, then the slider's stops from {args.lowest:g} "
           "precomputed in the background")
     explorer = fresh(args.model)

@@ -366,25 +366,11 @@ class AlphaExplorer:
         loop = _kernel_loop()
         if loop is not None:
             if self._task is None or self._task.done() or self._task.get_loop() is not loop:
-                self._task = loop.create_task(_button_run(self))
+                self._task = loop.create_task(_stepped(_button_steps(self)))
             return
         if self._thread is not None and self._thread.is_alive():
             return
-
-        def target():
-            self.run_button.disabled, self.stop_button.disabled = True, False
-            try:
-                self.run()
-                if self.controls_prefetch.value:
-                    self.prefetch()
-            except Interrupted:
-                pass
-            except Exception as exc:  # shown to the user instead of lost in a thread
-                self.status.value = f"<span style='color:#c53030'>error: {exc}</span>"
-            finally:
-                self.run_button.disabled, self.stop_button.disabled = False, True
-
-        self._thread = threading.Thread(target=target, daemon=True)
+        self._thread = threading.Thread(target=lambda: _drain(_button_steps(self)), daemon=True)
         self._thread.start()
 
     def _draw(self, res: PruneResult, split: str | None = None) -> None:
@@ -418,20 +404,26 @@ class AlphaExplorer:
                                              "text/plain": f"<Figure: {res.model_name}, α runs: {len(self.history)}>"}},)
 
 
-async def _button_run(explorer: AlphaExplorer) -> None:
-    """:meth:`AlphaExplorer.run_in_background` on the kernel's event loop: a precomputation on the loop ends at
-    its next test, the run goes one test at a time, then the precomputation starts again when ticked."""
+def _button_steps(explorer: AlphaExplorer):
+    """What :meth:`AlphaExplorer.run_in_background` runs, as a generator that yields after every test (drained in
+    a thread, or stepped on the kernel's event loop): a precomputation ends (a task at once, between two of its
+    tests), the run goes one test at a time with Stop checked before the next (a click handled while the loop
+    had it), then the precomputation starts again when ticked. Errors are shown in the status."""
     explorer.run_button.disabled, explorer.stop_button.disabled = True, False
+    run = explorer._running()
     try:
-        _end_prefetch(explorer)  # closed between two of its tests: the run starts at once
-        await _stepped(explorer._running(), explorer._check_stop)
+        _end_prefetch(explorer)
+        for _ in run:
+            yield
+            explorer._check_stop()
         if explorer.controls_prefetch.value:
             explorer.prefetch()
     except Interrupted:
         pass
-    except Exception as exc:  # shown to the user instead of lost in a task
+    except Exception as exc:  # shown to the user instead of lost in a thread or a task
         explorer.status.value = f"<span style='color:#c53030'>error: {exc}</span>"
     finally:
+        run.close()  # stopped between two tests: its session closes its bar
         explorer.run_button.disabled, explorer.stop_button.disabled = False, True
 
 
@@ -459,10 +451,10 @@ def _drain(steps):
             return done.value
 
 
-async def _stepped(steps, gate=None):
+async def _stepped(steps):
     """Run a generator of steps on the running event loop, handing the loop back after each (a Jupyter kernel
-    then handles the messages that came in meanwhile, e.g. a Stop click) and calling ``gate()`` before the
-    next (it may raise to stop there); its return value. The generator is closed however this ends."""
+    then handles the messages that came in meanwhile, e.g. a Stop click); its return value. The generator is
+    closed however this ends."""
     try:
         while True:
             try:
@@ -470,8 +462,6 @@ async def _stepped(steps, gate=None):
             except StopIteration as done:
                 return done.value
             await asyncio.sleep(0)
-            if gate is not None:
-                gate()
     finally:
         steps.close()
 
