@@ -18,7 +18,8 @@ models that need it), it records:
   the analysis also runs (k = 4 on 120 random images labelled by the model, the classes it predicts at least
   4 times, default options), stopped after S
   seconds: its seconds, the share of the parameters it removed, and ``pruned`` or ``over the limit``;
-* ``status``: ``ok``, or the first line of the error; an error without a message (a ``MemoryError``) names
+* ``status``: ``ok``, or the first line of the error (a refusal of ``l1``'s ``scope="all"``, an
+  ``UnsupportedModel``, still lets the C-SWAP analysis run at its default scope); an error without a message (a ``MemoryError``) names
   the function it was raised in and the seconds spent. ``--memory-gb`` caps the process's address space
   (``RLIMIT_AS``), so that a model whose grouping would fill the machine's memory fails with a ``MemoryError``
   in its row instead of stopping the whole run.
@@ -42,7 +43,7 @@ import torchvision
 import cswap_nb as cs
 from cswap_nb.core.config import CSwapConfig
 from cswap_nb.core.result import equivalence_tolerance
-from cswap_nb.core.units import survey_units
+from cswap_nb.core.units import UnsupportedModel, survey_units
 from cswap_nb.pruning.descent import visiting_plan
 
 TIMM = ["resnet18", "resnet50", "resnext50_32x4d", "regnetx_004", "mobilenetv3_small_100", "efficientnet_b0",
@@ -112,14 +113,17 @@ def measure(label: str, build, size: int, max_params: float, cswap_limit: float 
         reasons = cov.reasons
         row["left_out_mainly"] = next(iter(reasons), None)
         row["cswap_tests"] = len(visiting_plan(layers, CSwapConfig()))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            res = cs.prune(model, (x, y), "l1", ratio=0.3, scope="all", samples_per_class=2, progress=False)
-        row["in_units_all_pct"] = round(100 * res.coverage.share, 2)
-        row["l1_removed_pct"] = round(res.params_removed_pct, 2)
-        row["masked_vs_pruned"] = float(f"{res.equivalence_max_abs_diff:.2g}")
-        row["max_logit"] = float(f"{res.equivalence_logit_scale:.2g}")
-        row["status"] = "ok"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                res = cs.prune(model, (x, y), "l1", ratio=0.3, scope="all", samples_per_class=2, progress=False)
+            row["in_units_all_pct"] = round(100 * res.coverage.share, 2)
+            row["l1_removed_pct"] = round(res.params_removed_pct, 2)
+            row["masked_vs_pruned"] = float(f"{res.equivalence_max_abs_diff:.2g}")
+            row["max_logit"] = float(f"{res.equivalence_logit_scale:.2g}")
+            row["status"] = "ok"
+        except UnsupportedModel as exc:  # refused at scope="all": C-SWAP still runs at its default scope
+            row["status"] = f"UnsupportedModel: {str(exc).strip().splitlines()[0][:120]}"
         if cswap_limit is not None:
             xc = torch.randn(120, 3, side, side, generator=torch.Generator().manual_seed(1))
             with torch.no_grad():

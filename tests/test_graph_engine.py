@@ -332,3 +332,43 @@ def test_a_pointwise_conv_runs_as_a_matrix_product_with_its_hooks():
     pre = nn.Conv2d(6, 5, 1)
     pre.register_forward_pre_hook(lambda m, i: None)
     assert _is_pointwise(pre) and not _pointwise_pays(x, 2048, pre)  # a pre-hook: the module is called
+
+
+class GhostBlock(nn.Module):
+    """GhostNet's module: a primary conv and a cheap depthwise conv computed from it, both concatenated. Both
+    branches leave the primary conv's per-channel region, one after the other (a region read twice)."""
+
+    def __init__(self, classes: int = 3):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.primary = nn.Sequential(nn.Conv2d(8, 6, 1, bias=False), nn.BatchNorm2d(6), nn.ReLU())
+        self.cheap = nn.Sequential(nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=False), nn.BatchNorm2d(6), nn.ReLU())
+        self.out = nn.Sequential(nn.Conv2d(12, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x):
+        p = self.primary(self.stem(x))
+        h = torch.cat([p, self.cheap(p)], dim=1)
+        return self.fc(self.out(h).mean((2, 3)))
+
+
+def test_a_region_read_by_two_consumers_in_a_row_is_taken_from_the_cache_with_removals_elsewhere():
+    model = _random_bn(GhostBlock(), seed=3)
+    x = torch.randn(24, 3, 12, 12)
+    y = model(x).argmax(1)
+    layers = find_unit_layers(model, x[:1])
+    masker = Masker(model, layers)
+    engine = GraphEngine(model, masker, x[:1])
+    full_passes = FullPasses(model, masker)
+    try:
+        plan = engine._plans["primary.0"]
+        assert plan is not None and engine.layer_fallbacks == {}
+        assert sorted(r.target for r in plan.materialize) == ["cheap.2", "primary.2"]
+        assert not {"cheap.0", "cheap.1"} & {n.target for n in plan.dirty}  # the region is never recomputed
+        for layer in layers:  # a removal everywhere: every cache is built by running the graph
+            masker.set(layer.name, [0], True)
+        for layer in layers:
+            masker.set(layer.name, [1], True)
+            assert torch.allclose(engine.scores(x, y, "prob", layer), full_passes.scores(x, y, "prob"), atol=1e-6)
+    finally:
+        masker.remove()

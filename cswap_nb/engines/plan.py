@@ -135,14 +135,19 @@ def plan_layer(g: GraphView, layer: UnitLayer) -> Plan | None:
     if not masks:
         return None
     shortcut = _heads(g, layer, masks) if layer.kind == "heads" else _region(g, layer, masks)
-    corrections, materialize, channels, dim = shortcut if shortcut is not None else ([], [], [], 1)
+    corrections, materialize, channels, dim, region = shortcut if shortcut is not None else ([], [], [], 1, set())
     given = {c.node for c in corrections} | set(materialize)  # values a candidate gets without running
     if shortcut is None:
         dirty = _downstream(masks) | set(masks)
     else:
-        exits = {u for r in materialize for u in r.users if u not in given}
-        dirty = (_downstream(given) | exits) - given
+        # a region node is never recomputed: what reads it outside the region is given its value (a GhostNet
+        # module materialises both its primary branch and the cheap branch computed from it)
+        exits = {u for r in materialize for u in r.users if u not in given and u not in region}
+        dirty = (_downstream(given) | exits) - given - region
     dirty_list = [n for n in g.nodes if n in dirty]
+    stale = next((n for n in g.nodes if n not in dirty and any(i in dirty for i in n.all_input_nodes)), None)
+    if stale is not None:  # the cache would be built from a value it does not compute
+        raise ValueError(f"{stale.name} is read from the cache but reads a recomputed value")
     frontier = {i for d in dirty_list for i in d.all_input_nodes if i not in dirty and i not in given}
     needed = frontier | given | {c.input for c in corrections}
     cost = sum(g.costs.get(n, 0.0) for n in dirty_list)
@@ -208,12 +213,13 @@ def _heads(g: GraphView, layer: UnitLayer, masks: list[fx.Node]):
             return None
         d, per_unit = layer.head_dim, layer.points[m.target]
         out.append(Correction(m, m.args[0], [list(range(h * d, (h + 1) * d)) for h in per_unit], mod))
-    return out, [], [], -1
+    return out, [], [], -1, set()
 
 
 def _region(g: GraphView, layer: UnitLayer, masks: list[fx.Node]):
     """The per-channel region after the layer's first mask points: ``(corrections, materialized
-    nodes, channel per unit, channel dim)``, or None when a candidate must run all downstream nodes.
+    nodes, channel per unit, channel dim, the region's nodes)``, or None when a candidate must run all
+    downstream nodes.
 
     A region node's value for a candidate is its cached value with the removed units' channels
     set to 0 (zero state) or unknown (a BatchNorm or biased depthwise conv after the zero); a
@@ -240,7 +246,7 @@ def _region(g: GraphView, layer: UnitLayer, masks: list[fx.Node]):
                 step = None
             if step is not None:
                 zero[n] = True if step == "mask" else (zero[ins[0]] and step == "zero")
-        corrections, materialize = [], []
+    corrections, materialize = [], []
     for r, is_zero in zero.items():
         exits = [u for u in r.users if u not in zero]
         if not exits:
@@ -258,7 +264,7 @@ def _region(g: GraphView, layer: UnitLayer, masks: list[fx.Node]):
                 rest.append(u)
         if rest:
             materialize.append(r)
-    return corrections, materialize, per_unit, dim
+    return corrections, materialize, per_unit, dim, set(zero)
 
 
 def last_use(order: list) -> dict:
