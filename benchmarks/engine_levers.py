@@ -15,6 +15,8 @@ random-weight torchvision model of ``benchmarks/tests_in_time.py``'s set-up (csw
 * ``layer-by-layer``: each compact copy cut by Torch-Pruning layer after layer (``CompactingEngine.one_sweep =
   False``) instead of in one sweep; ``time-share``: later copies and a kept copy's plan checks decided by the
   time share alone (``count_later = False``) instead of by the MACs they drop downstream; ``before``: both;
+* ``check-copies``: each compact copy checks its plans itself instead of adopting the masked network's checked
+  ones (``CompactingEngine.adopt_plans = False``);
 * ``no-pointwise``: 1x1 convs over a few positions run as convs, not as matrix products
   (``GraphEngine.pointwise_below = 0``);
 * ``no-compaction``: the session option ``compaction="off"``; ``same``: the defaults, for an A/A check.
@@ -46,14 +48,15 @@ from tests_in_time import random_model  # benchmarks/, the script's own folder
 DEFAULTS = {"thin_below": GraphEngine.thin_below, "pointwise_below": GraphEngine.pointwise_below, "chain_rows": ClassByClass.chain_rows,
             "chain_floor": ClassByClass.chain_floor, "max_stack": ClassByClass.max_stack, "ramp": False,
             "copy_cost": CompactingEngine.copy_cost, "one_sweep": CompactingEngine.one_sweep,
-            "count_later": CompactingEngine.count_later}
+            "count_later": CompactingEngine.count_later, "adopt_plans": CompactingEngine.adopt_plans}
 SETTINGS = {"both": {}, "no-thin": {"thin_below": 0.0}, "no-chain": {"chain_rows": 0},
             "neither": {"thin_below": 0.0, "chain_rows": 0}, "short-chain": {"chain_floor": 0.6},
             "long-chain": {"max_stack": 16}, "ramp": {"ramp": True},
             "no-compaction": {"compaction": "off"}, "same": {},
             "whole-chains": {"chain_rows": 1 << 30}, "copy-any": {"copy_cost": None},
             "layer-by-layer": {"one_sweep": False}, "time-share": {"count_later": False},
-            "before": {"one_sweep": False, "count_later": False}, "no-pointwise": {"pointwise_below": 0}}
+            "before": {"one_sweep": False, "count_later": False}, "no-pointwise": {"pointwise_below": 0},
+            "check-copies": {"adopt_plans": False}}
 
 
 _rate_length = ClassByClass._chain_length
@@ -78,6 +81,7 @@ def apply(variant: str) -> dict:
     ClassByClass.chain_floor, ClassByClass.max_stack = got["chain_floor"], got["max_stack"]
     CompactingEngine.copy_cost = got["copy_cost"]
     CompactingEngine.one_sweep, CompactingEngine.count_later = got["one_sweep"], got["count_later"]
+    CompactingEngine.adopt_plans = got["adopt_plans"]
     ClassByClass._chain_length = _ramp_length if got["ramp"] else _rate_length
     ClassByClass._chained = _chained_counting if got["ramp"] else _chained
     return {k: v for k, v in got.items() if k not in DEFAULTS}

@@ -77,6 +77,7 @@ def test_a_compact_copy_scores_like_the_masks_on_random_cuts(own_label_data, eve
         engine._layer = None  # as when a new layer is first scored
         got = engine.scores(session.x, session.test_y, "prob", under_test)
         assert engine._use is not None, "no compact copy was used"
+        assert engine._use.engine.adopted >= 1  # the copy took the masked network's checked plan, unchecked
         want = engine.inner.scores(session.x, session.test_y, "prob", under_test)
         assert torch.allclose(got, want, atol=1e-5), float((got - want).abs().max())
         # the copy is not the dense network: the scores of a network without the cut differ

@@ -520,3 +520,43 @@ def test_the_index_mapping_is_computed_once_per_survey_and_after_each_prune_only
     assert [p.shape for p in pruned.parameters()] == [p.shape for p in ref.parameters()]
     with torch.no_grad():
         assert torch.allclose(pruned(x), ref(x))
+
+
+def test_the_maskers_channel_masks_follow_the_removed_units_at_every_point():
+    """Masker.set writes a layer's masks at all its points in one operation (one flat tensor), and rows_keep
+    builds the per-row masks from a table: both must equal masks built unit by unit from the layers' points,
+    with a DenseNet's channels masked at every later norm of their block and several layers sharing a point."""
+    from cswap_nb.core.units import Masker, find_unit_layers, unit_channels
+
+    model = torchvision.models.DenseNet(growth_rate=4, block_config=(3, 2), num_init_features=8, bn_size=2,
+                                        num_classes=3).eval()
+    layers = find_unit_layers(model, torch.randn(1, 3, 16, 16))
+    assert max(len(layer.points) for layer in layers) >= 3
+    masker = Masker(model, layers)
+    g = torch.Generator().manual_seed(0)
+    try:
+        for step in range(60):
+            layer = layers[int(torch.randint(len(layers), (1,), generator=g))]
+            units = torch.randperm(layer.size, generator=g)[: int(torch.randint(1, layer.size + 1, (1,), generator=g))]
+            masker.set(layer.name, units.tolist(), bool(step % 3))
+            expected = {}
+            for other in layers:
+                removed = masker.removed[other.name].nonzero().flatten().tolist()
+                assert masker.removed_units[other.name] == tuple(removed)
+                for point, per_unit in other.points.items():
+                    keep = expected.setdefault(point, torch.ones(masker._keep[point].numel()))
+                    keep[unit_channels(per_unit, removed)] = 0.0
+            for point, keep in expected.items():
+                assert torch.equal(masker._keep[point], keep), (step, point)
+            assert masker._masked == {p for p, keep in expected.items() if not bool(keep.all())}
+            point = next(iter(layer.points))
+            states = [[], [0], list(range(layer.size))]
+            got = masker.rows_keep(layer.name, point, states, 2)
+            base = expected[point].clone()
+            base[unit_channels(layer.points[point], list(masker.removed_units[layer.name]))] = 1.0
+            for i, units in enumerate(states):
+                want = base.clone()
+                want[unit_channels(layer.points[point], units)] = 0.0
+                assert torch.equal(got[2 * i], want) and torch.equal(got[2 * i + 1], want)
+    finally:
+        masker.remove()

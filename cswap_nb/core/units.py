@@ -925,6 +925,35 @@ class Masker:
                     self._norms.add(mod_name)
                 hook = (self._norm_hook if isinstance(mod, nn.LayerNorm) else self._hook)(mod_name, channel_dim(mod))
                 self._handles.append(mod.register_forward_hook(hook))
+        # a point is masked while any layer it belongs to has a unit removed (every unit has a channel there)
+        self._owners: dict[str, list[str]] = {}
+        for layer in layers:
+            if layer.kind != "heads":
+                for mod_name in layer.points:
+                    self._owners.setdefault(mod_name, []).append(layer.name)
+        self._flat, self._flat_pos, self._chan = self._flatten(layers)
+
+    def _flatten(self, layers: list[UnitLayer]):
+        """Every channel mask as a view of one flat tensor, and per layer whose units are one channel at each
+        point a ``(units, points)`` table of their positions there: :meth:`set` then changes a layer's masks
+        with one operation, however many points it has (a DenseNet layer's channels are masked again at every
+        later norm of its block). Also each such (layer, point)'s channel per unit as a tensor
+        (:meth:`rows_keep`). None, {}, {} where the masks live on several devices."""
+        chan = {(layer.name, m): torch.tensor(per_unit) for layer in layers if layer.kind != "heads"
+                for m, per_unit in layer.points.items() if all(isinstance(c, int) for c in per_unit)}
+        if not self._keep or len({t.device for t in self._keep.values()}) != 1:
+            return None, {}, chan
+        offsets, total = {}, 0
+        for name, t in self._keep.items():
+            offsets[name], total = total, total + t.numel()
+        flat = torch.ones(total, device=next(iter(self._keep.values())).device)
+        for name, t in self._keep.items():
+            self._keep[name] = flat[offsets[name] : offsets[name] + t.numel()]
+        pos = {}
+        for layer in layers:
+            if layer.kind != "heads" and all((layer.name, m) in chan for m in layer.points):
+                pos[layer.name] = torch.stack([chan[(layer.name, m)] + offsets[m] for m in layer.points], 1).to(flat.device)
+        return flat, pos, chan
 
     @property
     def hooked(self) -> set[str]:
@@ -992,13 +1021,18 @@ class Masker:
         ``(len(states) * rows, channels)`` tensor for :attr:`row_keep`."""
         per_unit = self.layers[layer_name].points[mod_name]
         base = self._keep[mod_name].clone()
-        base[unit_channels(per_unit, list(self._units[layer_name]))] = 1.0
-        blocks = []
-        for units in states:
-            k = base.clone()
-            k[unit_channels(per_unit, units)] = 0.0
-            blocks.append(k)
-        return torch.stack(blocks).repeat_interleave(rows, dim=0)
+        chan = self._chan.get((layer_name, mod_name))
+        if chan is None:
+            base[unit_channels(per_unit, list(self._units[layer_name]))] = 1.0
+            blocks = base.repeat(len(states), 1)
+            for i, units in enumerate(states):
+                blocks[i, unit_channels(per_unit, units)] = 0.0
+        else:
+            base[chan[list(self._units[layer_name])]] = 1.0
+            blocks = base.repeat(len(states), 1)
+            which = [i for i, units in enumerate(states) for _ in units]
+            blocks[which, chan[[u for units in states for u in units]]] = 0.0
+        return blocks.repeat_interleave(rows, dim=0)
 
     def _norm_hook(self, mod_name: str, dim: int):
         """A LayerNorm's channels: its output recomputed over the kept channels (:func:`masked_layer_norm`), so
@@ -1025,17 +1059,27 @@ class Masker:
         """Remove (``removed=True``) or restore units of one layer."""
         layer = self.layers[layer_name]
         units = [int(u) for u in (units if hasattr(units, "__iter__") else [units])]
+        if not units:
+            return
         self.removed[layer_name][units] = removed
-        self._units[layer_name] = tuple(self.removed[layer_name].nonzero().flatten().tolist())
-        keep = self._keep_heads if layer.kind == "heads" else self._keep
-        for mod_name, per_unit in layer.points.items():
-            idx = unit_channels(per_unit, units)
-            keep[mod_name][idx] = 0.0 if removed else 1.0
-            if layer.kind != "heads":
-                if bool(keep[mod_name].all()):
-                    self._masked.discard(mod_name)
-                else:
-                    self._masked.add(mod_name)
+        now = set(self._units[layer_name])
+        self._units[layer_name] = tuple(sorted(now | set(units) if removed else now - set(units)))
+        value = 0.0 if removed else 1.0
+        if layer.kind == "heads":
+            for mod_name, per_unit in layer.points.items():
+                self._keep_heads[mod_name][unit_channels(per_unit, units)] = value
+            return
+        pos = self._flat_pos.get(layer_name)
+        if pos is not None:
+            self._flat.index_fill_(0, pos[units].flatten(), value)
+        else:
+            for mod_name, per_unit in layer.points.items():
+                self._keep[mod_name][unit_channels(per_unit, units)] = value
+        for mod_name in layer.points:
+            if any(self._units[owner] for owner in self._owners[mod_name]):
+                self._masked.add(mod_name)
+            else:
+                self._masked.discard(mod_name)
 
     @property
     def removed_units(self) -> dict[str, tuple[int, ...]]:

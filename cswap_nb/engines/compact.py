@@ -81,7 +81,8 @@ class _Compact:
 
     def __init__(self, template: nn.Module, example: Tensor, layers: dict[str, UnitLayer],
                  sliced: dict[str, list[int]], macs_share: Callable[[nn.Module, dict], float],
-                 segmentation: tuple | None = None, surgery: CutSurgery | None = None):
+                 segmentation: tuple | None = None, surgery: CutSurgery | None = None,
+                 checked_by: GraphEngine | None = None):
         self.sliced = {name: tuple(units) for name, units in sliced.items() if units}
         removal = {n: list(u) for n, u in self.sliced.items()}
         model = copy.deepcopy(template)
@@ -97,7 +98,7 @@ class _Compact:
         cut = {mod: sorted(chs) for mod, chs in gone.items()}
         self.layers = {name: _remapped(layer, cut) for name, layer in layers.items() if name not in self.sliced}
         self.masker = Masker(model, list(self.layers.values()))
-        self.engine = GraphEngine(model, self.masker, example, plan_now=False)
+        self.engine = GraphEngine(model, self.masker, example, plan_now=False, checked_by=checked_by)
         if segmentation is not None:
             self.engine.segmentation(*segmentation)
         self.share = macs_share(model, removal)  # its MACs over the dense network's: its passes' cost in dense passes
@@ -154,6 +155,11 @@ class CompactingEngine(EngineWrapper):
     """What a kept copy's check of its plan for a new layer costs, in candidates scored at the dense width: the copy
     scores the layer only where the MACs its cut drops from the layer's candidates' passes (:meth:`_gain`) are
     worth at least this."""
+
+    adopt_plans: bool = True
+    """A copy's graph takes the masked network's checked plan of a layer where both are the same nodes by name
+    (:func:`cswap_nb.engines.graph._adopted_plan`); False: it checks each plan itself,
+    as before (``benchmarks/engine_levers.py``)."""
 
     time_share: float | None = 0.1
     """After the first copy, another is built (or the last one checks its plan for a new layer) only while all
@@ -329,7 +335,7 @@ class CompactingEngine(EngineWrapper):
               surgery: CutSurgery | None) -> _Compact:
         """A compact copy without ``sliced``, masked as ``removed`` says, checked against the masked network."""
         c = _Compact(self.template, self.example, self.masker.layers, sliced, self._share, self._segmentation,
-                     surgery)
+                     surgery, self.inner if isinstance(self.inner, GraphEngine) and self.adopt_plans else None)
         c.sync(removed)
         # the copy with the present masks must compute what the masked network computes
         with torch.inference_mode():

@@ -100,10 +100,12 @@ class GraphEngine(ScoreEngine):
     path = "graph"
 
     def __init__(self, model: nn.Module, masker: Masker, example: Tensor, batch_size: int = 512,
-                 plan_now: bool = True, name: str = "fast"):
+                 plan_now: bool = True, name: str = "fast", checked_by: "GraphEngine | None" = None):
         super().__init__(model, masker, batch_size, name)
         self.full = FullPasses(model, masker, batch_size, name)
         self.example = example
+        self.checked_by = checked_by  # an engine whose checked plans this one adopts (_adopted_plan)
+        self.adopted = 0  # plans taken from checked_by without a check of their own
         self._layer_fallbacks: dict[str, str] = {}
         self._plans: dict[str, Plan | None] = {}
         self._cache: _Cache | None = None
@@ -149,7 +151,7 @@ class GraphEngine(ScoreEngine):
         """The checked plan of ``layer`` (None: full passes, :attr:`layer_fallbacks` says why)."""
         if layer.name not in self._plans:
             work = self._work  # the checks run on one or two samples: not the analysis's work
-            self._plans[layer.name] = self._checked_plan(layer, self.example)
+            self._plans[layer.name] = _adopted_plan(self, layer) or self._checked_plan(layer, self.example)
             self._work = work
         return self._plans[layer.name]
 
@@ -223,12 +225,7 @@ class GraphEngine(ScoreEngine):
                 if not _check_plan(self, layer, plan, example):
                     self._layer_fallbacks[layer.name] = "its cached plan did not reproduce a full pass"
                     return None
-                # candidates stack when they differ only in the values they are given, or also in the
-                # layer's mask points a candidate recomputes (a coupled group's later points: DenseNet's
-                # norms after a concatenation) where those take a mask per row (Masker.row_keep)
-                plan.row_points = [n.target for n in plan.dirty if n.op == "call_module" and n.target in layer.points]
-                plan.stackable = plan.sliceable and plan.shortcut and layer.kind != "heads" and all(
-                    self.masker.row_maskable(m) for m in plan.row_points)
+                _set_stacking(plan, layer, self.masker)
         except Exception as exc:  # noqa: BLE001
             self._layer_fallbacks[layer.name] = f"its cached plan failed ({type(exc).__name__}: {exc})"
             return None
@@ -440,6 +437,48 @@ class GraphEngine(ScoreEngine):
     def clear_stacked(self) -> None:
         """Forget the results :meth:`stack_rows` computed in advance."""
         self._speculation.clear()
+
+
+def _adopted_plan(e: GraphEngine, layer: UnitLayer) -> Plan | None:
+    """``layer``'s plan with the verdicts of :attr:`GraphEngine.checked_by`'s checked plan for it (sliceable, the
+    batched frontier values), where both plans are the same nodes by name: a compact copy is the same traced graph
+    at smaller widths, checked at its build to compute what the masked network computes
+    (:mod:`cswap_nb.engines.compact`), so its plan needs no check of its own (a DenseNet169's copies checked 104
+    plans, 0.1 s each). None: the engine checks the plan itself."""
+    ref = e.checked_by._plans.get(layer.name) if e.checked_by is not None else None
+    if ref is None:
+        return None
+    try:
+        plan = plan_layer(e.view, layer)
+    except Exception:  # noqa: BLE001 - checked (and refused) by _checked_plan
+        return None
+    if plan is None or _outline(plan) != _outline(ref):
+        return None
+    plan.thin = thin_inputs(e.view, plan.dirty, e.masker.channel_points)
+    plan.sliceable = ref.sliceable
+    names = {n.name for n in ref.batched}
+    plan.batched = {n for n in plan.frontier if n.name in names}
+    _set_stacking(plan, layer, e.masker)
+    e.adopted += 1
+    return plan
+
+
+def _set_stacking(plan: Plan, layer: UnitLayer, masker: Masker) -> None:
+    """Whether candidates of a checked plan stack (:meth:`GraphEngine.stack_rows`): when they differ only in the
+    values they are given, or also in the layer's mask points a candidate recomputes (a coupled group's later
+    points: DenseNet's norms after a concatenation) where those take a mask per row (Masker.row_keep)."""
+    plan.row_points = [n.target for n in plan.dirty if n.op == "call_module" and n.target in layer.points]
+    plan.stackable = plan.sliceable and plan.shortcut and layer.kind != "heads" and all(
+        masker.row_maskable(m) for m in plan.row_points)
+
+
+def _outline(plan: Plan) -> tuple:
+    """A plan's nodes by name: what it recomputes, reads, corrects and materialises, and its channel dimension."""
+    def names(nodes):
+        return tuple(n.name for n in nodes)
+
+    return (names(plan.dirty), names(plan.frontier), tuple((c.node.name, c.input.name) for c in plan.corrections),
+            names(plan.materialize), plan.dim)
 
 
 def _check_plan(e: "GraphEngine", layer: UnitLayer, plan: Plan, example: Tensor) -> bool:
