@@ -533,6 +533,7 @@ def test_the_maskers_channel_masks_follow_the_removed_units_at_every_point():
     layers = find_unit_layers(model, torch.randn(1, 3, 16, 16))
     assert max(len(layer.points) for layer in layers) >= 3
     masker = Masker(model, layers)
+    assert masker._flat is not None and set(masker._flat_pos) == {layer.name for layer in layers}  # one operation each
     g = torch.Generator().manual_seed(0)
     try:
         for step in range(60):

@@ -951,7 +951,9 @@ class Masker:
             self._keep[name] = flat[offsets[name] : offsets[name] + t.numel()]
         pos = {}
         for layer in layers:
-            if layer.kind != "heads" and all((layer.name, m) in chan for m in layer.points):
+            if layer.kind != "heads" and all((layer.name, m) in chan and 0 <= int(chan[(layer.name, m)].min())
+                                             and int(chan[(layer.name, m)].max()) < self._keep[m].numel()
+                                             for m in layer.points):
                 pos[layer.name] = torch.stack([chan[(layer.name, m)] + offsets[m] for m in layer.points], 1).to(flat.device)
         return flat, pos, chan
 
@@ -1061,6 +1063,9 @@ class Masker:
         units = [int(u) for u in (units if hasattr(units, "__iter__") else [units])]
         if not units:
             return
+        if not all(-layer.size <= u < layer.size for u in units):
+            raise IndexError(f"layer {layer_name!r} has {layer.size} units, not {units}")
+        units = [u % layer.size for u in units]  # as a tensor index would read them
         self.removed[layer_name][units] = removed
         now = set(self._units[layer_name])
         self._units[layer_name] = tuple(sorted(now | set(units) if removed else now - set(units)))
