@@ -372,3 +372,25 @@ def test_a_region_read_by_two_consumers_in_a_row_is_taken_from_the_cache_with_re
             assert torch.allclose(engine.scores(x, y, "prob", layer), full_passes.scores(x, y, "prob"), atol=1e-6)
     finally:
         masker.remove()
+
+
+def test_an_engine_adopts_a_checked_plan_only_where_both_plans_name_the_same_nodes():
+    """A compact copy's engine takes the masked network's checked plan of a layer (no check of its own) only when
+    its own plan recomputes, reads and corrects the same nodes; a plan that differs is checked."""
+    model = _random_bn(BranchyNet())
+    x = torch.randn(1, 3, 16, 16)
+    layers = find_unit_layers(model, x)
+    checked = GraphEngine(model, Masker(model, layers), x)
+    twin = copy.deepcopy(model)
+    masker = Masker(twin, find_unit_layers(twin, x))
+    try:
+        same = GraphEngine(twin, masker, x, plan_now=False, checked_by=checked)
+        a, b = layers[0], layers[-1]
+        assert same.prepare(a) and same.adopted == 1
+        assert same._plans[a.name].sliceable == checked._plans[a.name].sliceable
+        checked._plans[b.name] = checked._plans[a.name]  # another layer's plan under b's name: not adopted
+        assert same.prepare(b) and same.adopted == 1
+        assert [n.name for n in same._plans[b.name].dirty] != [n.name for n in checked._plans[a.name].dirty]
+    finally:
+        masker.remove()
+        checked.masker.remove()
