@@ -112,14 +112,18 @@ def test_the_plans_of_the_user_model_use_the_cache_everywhere():
         masker.remove()
 
 
-def test_graph_scores_equal_full_passes_with_masks_everywhere():
-    model = _random_bn(BranchyNet(), seed=2)
-    x = torch.randn(24, 3, 16, 16)
+def _graph_and_full(model: nn.Module, x: torch.Tensor):
+    """The model's own labels of ``x``, its unit layers, a masker, and a graph engine and full passes over it."""
     y = model(x).argmax(1)
     layers = find_unit_layers(model, x[:1])
     masker = Masker(model, layers)
-    engine = GraphEngine(model, masker, x[:1])
-    full_passes = FullPasses(model, masker)
+    return y, layers, masker, GraphEngine(model, masker, x[:1]), FullPasses(model, masker)
+
+
+def test_graph_scores_equal_full_passes_with_masks_everywhere():
+    model = _random_bn(BranchyNet(), seed=2)
+    x = torch.randn(24, 3, 16, 16)
+    y, layers, masker, engine, full_passes = _graph_and_full(model, x)
     g = torch.Generator().manual_seed(0)
     try:
         for layer in layers:  # masks spread over the whole network
@@ -355,11 +359,7 @@ class GhostBlock(nn.Module):
 def test_a_region_read_by_two_consumers_in_a_row_is_taken_from_the_cache_with_removals_elsewhere():
     model = _random_bn(GhostBlock(), seed=3)
     x = torch.randn(24, 3, 12, 12)
-    y = model(x).argmax(1)
-    layers = find_unit_layers(model, x[:1])
-    masker = Masker(model, layers)
-    engine = GraphEngine(model, masker, x[:1])
-    full_passes = FullPasses(model, masker)
+    y, layers, masker, engine, full_passes = _graph_and_full(model, x)
     try:
         plan = engine._plans["primary.0"]
         assert plan is not None and engine.layer_fallbacks == {}

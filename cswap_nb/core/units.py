@@ -938,7 +938,8 @@ class Masker:
         point a ``(units, points)`` table of their positions there: :meth:`set` then changes a layer's masks
         with one operation, however many points it has (a DenseNet layer's channels are masked again at every
         later norm of its block). Also each such (layer, point)'s channel per unit as a tensor
-        (:meth:`rows_keep`). None, {}, {} where the masks live on several devices."""
+        (:meth:`rows_keep`). Where the masks live on several devices: no flat tensor and no table (None, {}),
+        the channel tensors still."""
         chan = {(layer.name, m): torch.tensor(per_unit) for layer in layers if layer.kind != "heads"
                 for m, per_unit in layer.points.items() if all(isinstance(c, int) for c in per_unit)}
         if not self._keep or len({t.device for t in self._keep.values()}) != 1:
@@ -949,12 +950,12 @@ class Masker:
         flat = torch.ones(total, device=next(iter(self._keep.values())).device)
         for name, t in self._keep.items():
             self._keep[name] = flat[offsets[name] : offsets[name] + t.numel()]
-        pos = {}
-        for layer in layers:
-            if layer.kind != "heads" and all((layer.name, m) in chan and 0 <= int(chan[(layer.name, m)].min())
-                                             and int(chan[(layer.name, m)].max()) < self._keep[m].numel()
-                                             for m in layer.points):
-                pos[layer.name] = torch.stack([chan[(layer.name, m)] + offsets[m] for m in layer.points], 1).to(flat.device)
+        def within(name: str, m: str) -> bool:  # a channel outside its point would write into a neighbour's mask
+            c = chan.get((name, m))
+            return c is not None and 0 <= int(c.min()) and int(c.max()) < self._keep[m].numel()
+
+        pos = {layer.name: torch.stack([chan[(layer.name, m)] + offsets[m] for m in layer.points], 1).to(flat.device)
+               for layer in layers if layer.kind != "heads" and all(within(layer.name, m) for m in layer.points)}
         return flat, pos, chan
 
     @property
