@@ -174,3 +174,28 @@ def test_chains_follow_the_removal_rate_and_survive_one_critical_candidate():
     for _ in range(10):  # where most candidates are critical, a chain would rarely be followed
         c._chained(verdict("critical"))
     assert c._chain_length() == 1
+
+
+@pytest.mark.parametrize("rows, chained", [(200, 0), (64, 0), (12, 4)])
+def test_a_set_larger_than_chain_rows_builds_no_chain(rows, chained):
+    """ClassByClass._whole chains the next candidates only while the pass stays within ``chain_rows`` rows. A
+    set over that bound once made the chain's length 0, and ``upcoming[: 0 - 1]`` then chained all but one of
+    the upcoming candidates: passes of up to 7 x 200 rows on the shipped checkpoints, where chains do not pay
+    (vit-fashion's analysis took 11.7 s with them, 6.4 s without; benchmarks/analysis_run.py)."""
+    from types import SimpleNamespace
+
+    from cswap_nb.pruning.descent import ClassByClass
+
+    calls = []
+    layer = SimpleNamespace(name="l")
+    engine = SimpleNamespace(masker=SimpleNamespace(removed_units={"l": ()}), can_stack=lambda layer, x: True,
+                             stack_rows=lambda x, y, score, layer, states, r: calls.append(states),
+                             rows_scores=lambda x, y, score, layer, r: torch.zeros(len(y)))
+    c = ClassByClass.__new__(ClassByClass)
+    c.engine, c.x, c.y = engine, torch.zeros(rows, 1), torch.zeros(rows, dtype=torch.long)
+    c.cfg = SimpleNamespace(score="prob")
+    c.removal_rate, c._chain = 0.99, None
+    c._whole(layer, [0], [[1], [2], [3], [4], [5], [6]])
+    assert len(calls) == (1 if chained else 0)
+    if chained:  # 64 // 12 = 5 candidates in the pass: the present one and 4 more, each with those before it
+        assert calls[0] == [[1], [1, 2], [1, 2, 3], [1, 2, 3, 4]]

@@ -204,8 +204,8 @@ class ClassByClass:
             chain[1].pop(0)  # scored ahead by the chain (the engine checks the exact state)
         else:
             self._chain = None
-            k = min(self._chain_length(), self.chain_rows // max(1, len(y)))
-            nxt = [list(u) for u in upcoming[: k - 1]]
+            k = min(self._chain_length(), self.chain_rows // max(1, len(y)))  # 0 on a set over chain_rows
+            nxt = [list(u) for u in upcoming[: max(0, k - 1)]]
             if nxt and engine.can_stack(layer, x):
                 state, states = set(engine.masker.removed_units[layer.name]), []
                 for u in nxt:
