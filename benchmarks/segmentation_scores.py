@@ -2,7 +2,7 @@
 computes it for every candidate (per (scene, class) pair: the class's probability over its own pixels),
 with this checkout's ``cswap_nb.core.causal`` and, side by side, with another module given by path.
 
-    python benchmarks/segmentation_scores.py [--other OLD_CAUSAL.py] [--rounds 5]
+    python benchmarks/segmentation_scores.py [--other OLD_CHECKOUT_OR_ITS_CAUSAL.py] [--rounds 5]
 
 Prints the median milliseconds per batch of each and their ratio, and the largest difference of the
 scores. The logits come from the shipped model in the toolkit's own layout (channels-last on the CPU).
@@ -10,10 +10,11 @@ scores. The logits come from the shipped model in the toolkit's own layout (chan
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -24,11 +25,22 @@ from cswap_nb.core.layout import channels_last_copy
 
 
 def _load(path: str):
-    spec = importlib.util.spec_from_file_location("other_causal", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["other_causal"] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    """Another checkout's ``cswap_nb.core.causal`` (``path``: its ``causal.py`` or the checkout's root), imported
+    as a package of its own beside this one (its relative imports read its own modules)."""
+    root = Path(path).resolve()
+    if root.is_file():
+        root = root.parents[2]  # cswap_nb/core/causal.py -> the checkout
+    ours = {k: v for k, v in sys.modules.items() if k == "cswap_nb" or k.startswith("cswap_nb.")}
+    for k in ours:
+        del sys.modules[k]
+    sys.path.insert(0, str(root))
+    try:
+        return importlib.import_module("cswap_nb.core.causal")
+    finally:
+        sys.path.remove(str(root))
+        for k in [k for k in sys.modules if k == "cswap_nb" or k.startswith("cswap_nb.")]:
+            del sys.modules[k]
+        sys.modules.update(ours)
 
 
 def main() -> None:
@@ -36,11 +48,13 @@ def main() -> None:
     ap.add_argument("--other", help="path of another causal.py to time side by side")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--k", type=int, default=20, help="calibration scenes per class, as samples_per_class")
+    ap.add_argument("--scenes", type=int, default=None, help="score only the first this many (default: all)")
     args = ap.parse_args()
     torch.manual_seed(0)
     model, data = cs.zoo.load("ddrnet23slim-roads")
-    x, masks, _ = select_segmentation_calibration(data.calib.x, data.calib.y, 10, 19)
-    x, masks = x[:32], masks[:32]
+    x, masks, _ = select_segmentation_calibration(data.calib.x, data.calib.y, args.k, 19)
+    x, masks = x[: args.scenes], masks[: args.scenes]
     work = channels_last_copy(model).eval()  # the session's working copy is channels-last on the CPU
     with torch.inference_mode():
         logits = work(x.contiguous(memory_format=torch.channels_last))

@@ -211,3 +211,29 @@ def test_pixel_scores_survive_logits_far_below_their_image_maximum(score):
     ref = want.flatten(1).mean(1) if score == "logprob" else want.exp().flatten(1).mean(1)
     assert torch.isfinite(got).all()
     assert torch.allclose(got, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("score", ["prob", "logprob", "logit"])
+def test_pixel_scores_in_groups_of_images_equal_one_group_bit_for_bit(score, monkeypatch):
+    """_own_pixel_scores upsamples, exponentiates (in place) and sums a few images at a time, so that each step
+    works in the CPU's cache. The groups must change nothing: every score equals the one-group computation
+    exactly. An underflowing image sends its group to the per-pixel logsumexp (one group: every image), so
+    there the scores agree to rounding."""
+    from cswap_nb.core import causal
+
+    torch.manual_seed(2)
+    logits = torch.randn(5, 4, 4, 8).contiguous(memory_format=torch.channels_last)
+    masks = torch.randint(0, 4, (5, 32, 64))
+    for underflow in (False, True):
+        if underflow:
+            logits[1, :, :, :4] -= 200.0
+        monkeypatch.setattr(causal, "PIXEL_CHUNK", 10**9)
+        whole = true_class_scores(logits, masks, score)
+        pairs = class_pixel_scores(logits, masks, score).nan_to_num(-1)
+        for chunk in (1, 2 * 4 * 32 * 64):  # one image a group; two
+            monkeypatch.setattr(causal, "PIXEL_CHUNK", chunk)
+            got, got_pairs = true_class_scores(logits, masks, score), class_pixel_scores(logits, masks, score)
+            if underflow:
+                assert torch.allclose(got, whole, atol=1e-6) and torch.isfinite(got).all()
+            else:
+                assert torch.equal(got, whole) and torch.equal(got_pairs.nan_to_num(-1), pairs)
