@@ -4,7 +4,8 @@ another checkout for before/after figures (whole processes, several runs each, i
     python benchmarks/analysis_run.py [NAME] [--eval] [--k K] [--scope internal|all] [--compaction on|off]
 
 ``--k`` and ``--scope`` set ``samples_per_class`` and ``scope`` (default: the toolkit's defaults), e.g.
-``ddrnet23slim-roads --k 10 --scope all`` is notebook 05's analysis. To time another checkout with this
+``ddrnet23slim-roads --k 10 --scope all`` is notebook 05's analysis as it was before it moved to k = 8 on a
+300-scene pool. To time another checkout with this
 script: ``PYTHONPATH=/path/to/checkout python benchmarks/analysis_run.py ...``.
 """
 import argparse

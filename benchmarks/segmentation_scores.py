@@ -35,7 +35,10 @@ def _load(path: str):
         del sys.modules[k]
     sys.path.insert(0, str(root))
     try:
-        return importlib.import_module("cswap_nb.core.causal")
+        mod = importlib.import_module("cswap_nb.core.causal")
+        if not Path(mod.__file__).resolve().is_relative_to(root):  # found this checkout's package instead
+            raise SystemExit(f"no cswap_nb package under {root}: give another checkout's root or its causal.py")
+        return mod
     finally:
         sys.path.remove(str(root))
         for k in [k for k in sys.modules if k == "cswap_nb" or k.startswith("cswap_nb.")]:
@@ -45,7 +48,7 @@ def _load(path: str):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--other", help="path of another causal.py to time side by side")
+    ap.add_argument("--other", help="another checkout (its root, or its cswap_nb/core/causal.py) to time side by side")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--k", type=int, default=20, help="calibration scenes per class, as samples_per_class")

@@ -224,6 +224,14 @@ def test_pixel_scores_in_groups_of_images_equal_one_group_bit_for_bit(score, mon
     torch.manual_seed(2)
     logits = torch.randn(5, 4, 4, 8).contiguous(memory_format=torch.channels_last)
     masks = torch.randint(0, 4, (5, 32, 64))
+    same_size = torch.randint(0, 4, (5, 4, 8))  # masks at the logits' size: nothing to upsample
+    before = logits.clone()
+    for chunk in (1, 10**9):
+        monkeypatch.setattr(causal, "PIXEL_CHUNK", chunk)
+        direct = logits.log_softmax(1).gather(1, same_size[:, None]).squeeze(1).flatten(1).mean(1)
+        got = true_class_scores(logits, same_size, "logprob")
+        assert torch.allclose(got, direct, atol=1e-6)
+    assert torch.equal(logits, before)  # the in-place exp never reaches the caller's logits
     for underflow in (False, True):
         if underflow:
             logits[1, :, :, :4] -= 200.0

@@ -51,20 +51,23 @@ def _own_pixel_scores(logits: Tensor, size, target: Tensor, score: str) -> Tenso
     upsampling (``python benchmarks/segmentation_scores.py``), and equal to it up to rounding (~1e-6). A pixel whose every class lies far below its image's
     largest logit (a sum under 1e-30) is scored the safe way, with a per-pixel ``logsumexp``.
 
-    The images go through in groups of about :data:`PIXEL_CHUNK` upsampled values (5 MB), each group's upsampling,
-    ``exp`` (in place) and sum while it is still in the CPU's cache: every step is memory-bound on the full-size
-    tensor (76 road scenes x 19 classes x 64 x 128: 47 MB), and in groups the score took 8.5 instead of 40 ms,
-    bit for bit the same (each pixel's sum over classes is the same sum; ``benchmarks/segmentation_scores.py``).
+    On the CPU the images go through in groups of about :data:`PIXEL_CHUNK` upsampled values (5 MB), each group's
+    upsampling, ``exp`` (in place) and sum while it is still in the CPU's cache: every step is memory-bound on the
+    full-size tensor (76 road scenes x 19 classes x 64 x 128: 47 MB), and in groups the score took 10.5 instead of
+    39.3 ms, bit for bit the same (each pixel's sum over classes is the same sum; ``benchmarks/segmentation_scores.py``).
+    Only where a pixel underflows do the results differ, by rounding: its group alone takes the safe way, where one
+    group took it for the whole batch. On a GPU the batch is one group (each group's underflow check waits for it).
     """
     z = logits.float()
     if score == "logit":
         return upsample_logits(z.contiguous(), size).gather(1, target)
     shifted = (z - z.amax((1, 2, 3), keepdim=True)).contiguous(memory_format=torch.channels_last)
     per_image = z.shape[1] * int(size[0]) * int(size[1])
-    step = max(1, PIXEL_CHUNK // max(1, per_image))
-    out = [_own_pixel_chunk(shifted[i : i + step], size, target[i : i + step], score)
-           for i in range(0, z.shape[0], step)]
-    return out[0] if len(out) == 1 else torch.cat(out)
+    step = z.shape[0] if z.is_cuda else max(1, PIXEL_CHUNK // max(1, per_image))
+    if z.shape[0] <= step:
+        return _own_pixel_chunk(shifted, size, target, score)
+    return torch.cat([_own_pixel_chunk(shifted[i : i + step], size, target[i : i + step], score)
+                      for i in range(0, z.shape[0], step)])
 
 
 PIXEL_CHUNK = 1_250_000  # upsampled values (float32) scored in one group by _own_pixel_scores: about 5 MB
