@@ -120,11 +120,22 @@ def _graph_and_full(model: nn.Module, x: torch.Tensor):
     return y, layers, masker, GraphEngine(model, masker, x[:1]), FullPasses(model, masker)
 
 
-def test_graph_scores_equal_full_passes_with_masks_everywhere():
-    model = _random_bn(BranchyNet(), seed=2)
-    x = torch.randn(24, 3, 16, 16)
+def _bottleneck():
+    from test_engine import small_torchvision_bottleneck
+
+    return small_torchvision_bottleneck()
+
+
+@pytest.mark.parametrize("which", ["branchy", "torchvision-bottleneck"])
+def test_graph_scores_equal_full_passes_with_masks_everywhere(which):
+    """Every layer's candidates, whole and on a slice of rows, through kept removals folded into the cache. The
+    torchvision Bottleneck adds its shortcut in place to a norm's output and runs in-place ReLUs: where the norm
+    is folded into a correction (the cache holds its output), a candidate must not change the cached value."""
+    model, size = (_random_bn(BranchyNet(), seed=2), 16) if which == "branchy" else (_bottleneck(), 32)
+    x = torch.randn(24, 3, size, size)
     y, layers, masker, engine, full_passes = _graph_and_full(model, x)
     g = torch.Generator().manual_seed(0)
+    rows = ((3, 9),)
     try:
         for layer in layers:  # masks spread over the whole network
             masker.set(layer.name, torch.randperm(layer.size, generator=g)[: layer.size // 3], True)
@@ -135,11 +146,33 @@ def test_graph_scores_equal_full_passes_with_masks_everywhere():
                     masker.set(layer.name, step, True)
                 else:
                     masker.set(layer.name, [alive[0]], False)  # undo a kept removal (as the guard does)
-                fast = engine.scores(x, y, "prob", layer)
                 full = full_passes.scores(x, y, "prob")
+                if engine.can_slice(layer, x):  # a slice first, then the whole set from the same candidate
+                    part = engine.rows_scores(x, y, "prob", layer, rows)
+                    assert torch.allclose(part, full[3:9], atol=1e-6), (layer.name, step)
+                fast = engine.scores(x, y, "prob", layer)
                 assert torch.allclose(fast, full, atol=1e-6), (layer.name, step)
+        plans = [engine._plan(layer) for layer in layers]
+        assert all(p is not None for p in plans)
+        assert any(p.folds for p in plans) and any(c.norm is not None for p in plans for c in p.corrections)
+        assert which == "branchy" or any(p.shared for p in plans)
     finally:
         masker.remove()
+
+
+def test_folded_norms_change_no_decision(own_label_data):
+    """Runs with BatchNorms folded into the convs before them (GraphEngine.fold_norms) and without take the
+    same decisions, with p-values equal to float reassociation."""
+    model = _bottleneck()
+    x, y = own_label_data(model, n=60, shape=(3, 32, 32), min_per_class=4)
+    runs = {}
+    for fold in (True, False):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(GraphEngine, "fold_norms", fold)
+            runs[fold] = cs.prune(model, (x, y), samples_per_class=4, alpha=0.2, compaction="off", progress=False)
+    on, off = runs[True].labels, runs[False].labels
+    assert on[COLS].equals(off[COLS]) and on.classes.equals(off.classes)
+    assert (on.p_lower - off.p_lower).abs().max() < 1e-4
 
 
 def _tiny_vit():
@@ -394,3 +427,23 @@ def test_an_engine_adopts_a_checked_plan_only_where_both_plans_name_the_same_nod
     finally:
         masker.remove()
         checked.masker.remove()
+
+
+def test_the_stem_before_every_mask_runs_once_for_all_cache_builds():
+    """Nodes upstream of every mask point (a ResNet's stem) have one value for the whole analysis: the first
+    cache build computes them, later builds (other layers, other removals) take a copy, and scores still equal
+    full passes."""
+    model = _bottleneck()
+    x = torch.randn(24, 3, 32, 32)
+    y, layers, masker, engine, full_passes = _graph_and_full(model, x)
+    calls = []
+    handle = model.conv1.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        assert "conv1" in {n.target for n in engine._prefix.nodes}
+        for layer in layers[:3]:
+            masker.set(layer.name, [0], True)
+            assert torch.allclose(engine.scores(x, y, "prob", layer), full_passes.scores(x, y, "prob"), atol=1e-6)
+        assert len(calls) == 1 + 3  # one build's prefix, and the three full passes
+    finally:
+        handle.remove()
+        masker.remove()

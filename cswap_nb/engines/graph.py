@@ -49,7 +49,8 @@ from ..core.causal import true_class_scores
 from ..core.units import Masker, UnitLayer
 from .base import Rows, ScoreEngine
 from .passes import FullPasses, row_count, take_rows
-from .plan import INPLACE_FUNCTIONS, GraphView, Plan, last_use, node_costs, plan_layer, thin_inputs, trace
+from .plan import (INPLACE_FUNCTIONS, GraphView, Plan, downstream, fold_norms, folded, last_use, node_costs,
+                   plan_layer, reused_sums, thin_inputs, trace)
 
 @dataclass
 class _Cache:
@@ -86,6 +87,33 @@ class _CleanRuns:
         return self.runs[(x.data_ptr(), tuple(x.shape))][2]
 
 
+class _Prefix:
+    """The values of the nodes upstream of every mask point (a stem before the first unit layer), which no mask
+    changes: computed once per calibration tensor and batch, and handed to each cache build (copied: the build
+    may work on them in place) instead of being run again for every layer. Only those read by a later node are
+    kept. A ResNet50's stem at 28 x 28 took 63 of a 134-ms pass; it ran again for each of its 33 builds."""
+
+    def __init__(self, engine: "GraphEngine"):
+        e = self.engine = engine
+        masked = [n for n in e.nodes if n.op == "call_module" and n.target in e.masker.hooked]
+        moving = downstream(masked) | set(masked)
+        self.nodes = [n for n in e.nodes if n not in moving and n.op != "output"]
+        static = set(self.nodes)
+        self.edge = [n for n in self.nodes if any(u not in static for u in n.users)]
+        self.key, self.values = None, []
+
+    def env(self, x: Tensor, i0: int) -> dict:
+        """The edge values for rows ``i0 : i0 + batch_size`` of ``x``, copied."""
+        if self.key is None or self.key[0] is not x or self.key[1] != tuple(x.shape):
+            self.key, self.values = (x, tuple(x.shape)), {}  # x kept: its address stays its own
+        got = self.values.get(i0)
+        if got is None:
+            e = self.engine
+            env = e._run_nodes(self.nodes, x[i0 : i0 + e.batch_size], keep=set(self.edge))
+            got = self.values[i0] = {n: env[n] for n in self.edge}
+        return {n: v.clone() if isinstance(v, Tensor) else v for n, v in got.items()}
+
+
 class GraphUnavailable(Exception):
     """The model cannot be run as a traced graph (:func:`make_engine` then uses the family's parts)."""
 
@@ -111,7 +139,8 @@ class GraphEngine(ScoreEngine):
         self._cache: _Cache | None = None
         self._current: tuple | None = None  # (token, cache, state) of the candidate begun last
         self._speculation = _Speculation(self)  # candidates scored ahead by stack_rows
-        self.thinned = 0  # layer runs on their kept input channels only (_thin_exec)
+        self.thinned = 0  # layer runs on their kept input channels only (_thin_run)
+        self._fused: dict[str, tuple[Tensor, Tensor]] = {}  # a folded conv's weight and bias (_fold_exec)
         self._clean = _CleanRuns(self)
         try:
             self.graph = trace(model)
@@ -131,6 +160,7 @@ class GraphEngine(ScoreEngine):
         costs, ndim = node_costs(self.nodes, lambda n, env: self._input(n, example) if n.op == "placeholder"
                                  else self._exec(n, env))
         self.view = GraphView(self.nodes, self.modules, costs, ndim, masker.hooked)
+        self._prefix = _Prefix(self)
         if plan_now:  # else each layer's plan is traced and checked when the layer is first scored
             for layer in masker.layers.values():
                 self._plan(layer)
@@ -193,11 +223,13 @@ class GraphEngine(ScoreEngine):
             return node.args[0]
         raise ValueError(f"forward takes a second argument without a default ({node.target!r})")
 
-    def _run_nodes(self, order: list[fx.Node], x: Tensor, keep=frozenset(), last: dict | None = None) -> dict:
-        """Run the nodes of ``order`` on ``x``, freeing each value after its last reader there unless
-        it is in ``keep``; the values left (``keep``'s and those no node of ``order`` reads)."""
+    def _run_nodes(self, order: list[fx.Node], x: Tensor, keep=frozenset(), last: dict | None = None,
+                   env: dict | None = None) -> dict:
+        """Run the nodes of ``order`` on ``x`` (``env``: values given for nodes before them), freeing each value
+        after its last reader there unless it is in ``keep``; the values left (``keep``'s and those no node of
+        ``order`` reads)."""
         last = last_use(order) if last is None else last
-        env: dict = {}
+        env = {} if env is None else env
         for i, node in enumerate(order):
             env[node] = self._input(node, x) if node.op == "placeholder" else self._exec(node, env)
             for a in node.all_input_nodes:
@@ -218,6 +250,9 @@ class GraphEngine(ScoreEngine):
             self._layer_fallbacks[layer.name] = "none of its mask points is a node of the traced graph"
             return None
         plan.thin = thin_inputs(self.view, plan.dirty, self.masker.channel_points)
+        if self.fold_norms:
+            fold_norms(self.view, plan, self.masker.channel_points)
+        reused_sums(self.view, plan)
         saved = self.masker.removed[layer.name].clone()
         try:
             with torch.inference_mode():
@@ -245,7 +280,9 @@ class GraphEngine(ScoreEngine):
             self.masker.set(layer.name, removed.nonzero().flatten().tolist(), False)
         dirty = set(plan.dirty)
         keep = set(plan.frontier)
-        order = [n for n in self.nodes if n not in dirty]
+        prefix = self._prefix
+        static = set(prefix.nodes)
+        order = [n for n in self.nodes if n not in dirty and n not in static]
         last = last_use(order)
         values = []
         try:
@@ -253,8 +290,12 @@ class GraphEngine(ScoreEngine):
                 env = self._clean.env(x)
                 values.append({n: env[n].clone() if isinstance(env[n], Tensor) else env[n] for n in plan.frontier})
             for i0 in range(0, x.shape[0] if not values else 0, self.batch_size):
-                env = self._run_nodes(order, x[i0 : i0 + self.batch_size], keep, last)
+                env = self._run_nodes(order, x[i0 : i0 + self.batch_size], keep, last, prefix.env(x, i0))
                 values.append({n: env[n] for n in plan.frontier})
+            for corr in plan.corrections:  # a folded norm's output, as the candidates' corrections read it
+                if corr.norm is not None:
+                    for chunk in values:
+                        chunk[corr.node] = corr.normed(chunk[corr.node])
         finally:
             if plan.shortcut:
                 self.masker.set(layer.name, removed.nonzero().flatten().tolist(), True)
@@ -336,35 +377,29 @@ class GraphEngine(ScoreEngine):
         return self._dirty_run(plan, env)
 
     def _dirty_run(self, plan: Plan, env: dict):
-        fresh, thin = plan.fresh, plan.thin
+        fresh, thin, folds, norms, reuse = plan.fresh, plan.thin, plan.folds, plan.norms, plan.reuse
         for node, done in zip(plan.dirty, plan.release):
             point = thin.get(node) if thin else None
-            env[node] = self._exec(node, env, fresh) if point is None else self._thin_exec(node, env, fresh, point)
+            k = reuse.get(node) if reuse else None
+            if k is not None and _same_layout(a := env[node.args[k]], b := env[node.args[1 - k]]):
+                env[node] = a.add_(b)  # into a value no later node reads: no new memory (plan.reused_sums)
+            elif node in folds:
+                env[node] = _fold_run(self, node, folds[node], env, point)
+            elif node in norms:  # its conv ran it, or the cache holds it: only the mask hook is left
+                v = env[node.args[0]]
+                out = _hooked(self.modules[node.target], v, v)
+                env[node] = v.clone() if out is v and node in plan.shared else out  # a later op may work in place
+            elif point is None:
+                env[node] = self._exec(node, env, fresh)
+            else:
+                env[node] = _thin_run(self, node, env, fresh, point)
             for a in done:
                 del env[a]
         return env[plan.dirty[-1]]
 
     thin_below = 0.9  # a layer runs on its kept input channels when at most this share of them is kept
     pointwise_below = 2048  # a 1x1 conv over fewer output positions (batch x pixels) runs as a matrix product
-
-    def _thin_exec(self, node: fx.Node, env: dict, fresh: set, point: str):
-        """Run a layer of :attr:`Plan.thin` on the input channels that mask point ``point`` keeps (the others
-        are zero: their weights would multiply zeros), else as the module does."""
-        x = env[node.args[0]]
-        mod = self.modules[node.target]
-        kept = self.masker.kept_channels(point, x.shape[0])
-        if kept is None or not 0 < kept.numel() <= self.thin_below * mod.weight.shape[1]:
-            return self._exec(node, env, fresh)
-        if kept.device != x.device:
-            kept = kept.to(x.device)
-        self.thinned += 1
-        if isinstance(mod, nn.Linear):
-            out = F.linear(x.index_select(-1, kept), mod.weight.index_select(1, kept), mod.bias)
-        elif node.target in self._pointwise and _pointwise_pays(x, self.pointwise_below, mod):
-            return _pointwise(mod, x, kept)
-        else:
-            out = mod._conv_forward(x.index_select(1, kept), mod.weight.index_select(1, kept), mod.bias)
-        return _hooked(mod, x, out)
+    fold_norms = True  # plans run a conv and the BatchNorm after it as one conv (plan.fold_norms)
 
     def _logits_chunks(self, layer: UnitLayer, x: Tensor):
         plan, cache, given, removed = self._begin(layer, x)
@@ -439,6 +474,51 @@ class GraphEngine(ScoreEngine):
         self._speculation.clear()
 
 
+def _kept_input(e: GraphEngine, point: str | None, x: Tensor, width: int) -> Tensor | None:
+    """The input channels a layer of :attr:`Plan.thin` runs on: those mask point ``point`` keeps, where at most
+    :attr:`GraphEngine.thin_below` of the layer's ``width`` (else None: the layer runs as it is)."""
+    kept = e.masker.kept_channels(point, x.shape[0]) if point is not None else None
+    if kept is None or not 0 < kept.numel() <= e.thin_below * width:
+        return None
+    e.thinned += 1
+    return kept if kept.device == x.device else kept.to(x.device)
+
+
+def _thin_run(e: GraphEngine, node: fx.Node, env: dict, fresh: set, point: str):
+    """Run a layer of :attr:`Plan.thin` on the input channels that mask point ``point`` keeps (the others are
+    zero: their weights would multiply zeros), else as the module does."""
+    x = env[node.args[0]]
+    mod = e.modules[node.target]
+    kept = _kept_input(e, point, x, mod.weight.shape[1])
+    if kept is None:
+        return e._exec(node, env, fresh)
+    if isinstance(mod, nn.Linear):
+        out = F.linear(x.index_select(-1, kept), mod.weight.index_select(1, kept), mod.bias)
+    elif node.target in e._pointwise and _pointwise_pays(x, e.pointwise_below, mod):
+        return _pointwise(mod, x, kept)
+    else:
+        out = mod._conv_forward(x.index_select(1, kept), mod.weight.index_select(1, kept), mod.bias)
+    return _hooked(mod, x, out)
+
+
+def _fold_run(e: GraphEngine, node: fx.Node, norm: fx.Node, env: dict, point: str | None) -> Tensor:
+    """The output of ``norm`` after conv ``node`` without the norm's hooks, as one conv whose weights fold in the
+    norm (:func:`~cswap_nb.engines.plan.fold_norms`); on the input channels that mask point ``point`` keeps where
+    given (as :func:`_thin_run`), as a matrix product where a 1x1 conv's pays."""
+    x = env[node.args[0]]
+    conv = e.modules[node.target]
+    fused = e._fused.get(node.target)
+    if fused is None:
+        fused = e._fused[node.target] = folded(conv, e.modules[norm.target])
+    w, b = fused
+    kept = _kept_input(e, point, x, w.shape[1])
+    if node.target in e._pointwise and _pointwise_pays(x, e.pointwise_below, conv):
+        return _product(x, w, b, kept)
+    if kept is not None:
+        x, w = x.index_select(1, kept), w.index_select(1, kept)
+    return conv._conv_forward(x, w, b)
+
+
 def _adopted_plan(e: GraphEngine, layer: UnitLayer) -> Plan | None:
     """``layer``'s plan with the verdicts of :attr:`GraphEngine.checked_by`'s checked plan for it (sliceable, the
     batched frontier values), where both plans are the same nodes by name: a compact copy is the same traced graph
@@ -455,6 +535,9 @@ def _adopted_plan(e: GraphEngine, layer: UnitLayer) -> Plan | None:
     if plan is None or _outline(plan) != _outline(ref):
         return None
     plan.thin = thin_inputs(e.view, plan.dirty, e.masker.channel_points)
+    if e.fold_norms:
+        fold_norms(e.view, plan, e.masker.channel_points)
+    reused_sums(e.view, plan)
     plan.sliceable = ref.sliceable
     names = {n.name for n in ref.batched}
     plan.batched = {n for n in plan.frontier if n.name in names}
@@ -622,14 +705,25 @@ def _pointwise(mod: nn.Conv2d, x: Tensor, kept: Tensor | None = None) -> Tensor:
     pixels costs 1.0-3.4x the product (``benchmarks/pointwise_conv.py``, METHOD.md §10); the sums are the same up
     to float reassociation. The output has the layout a conv gives: channels-last, or contiguous where ``x`` is
     (a copy of a few thousand positions), so that a model's later ``view`` of it works as with the conv."""
-    w = mod.weight.view(mod.out_channels, mod.in_channels)
+    return _hooked(mod, x, _product(x, mod.weight, mod.bias, kept))
+
+
+def _product(x: Tensor, weight: Tensor, bias: Tensor | None, kept: Tensor | None = None) -> Tensor:
+    """A 1x1 conv of ``x`` with ``weight`` and ``bias`` as a matrix product (:func:`_pointwise`), no hooks."""
+    w = weight.view(weight.shape[0], weight.shape[1])
     xs = x.permute(0, 2, 3, 1)
     if kept is not None:
         xs, w = xs.index_select(-1, kept), w.index_select(1, kept)
-    out = F.linear(xs, w, mod.bias).permute(0, 3, 1, 2)
+    out = F.linear(xs, w, bias).permute(0, 3, 1, 2)
     if x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last):
         out = out.contiguous()
-    return _hooked(mod, x, out)
+    return out
+
+
+def _same_layout(a, b) -> bool:
+    """Whether ``a + b`` can be written into ``a``: two tensors of one shape, strides, type and device."""
+    return (isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape and a.stride() == b.stride()
+            and a.dtype == b.dtype and a.device == b.device)
 
 
 def _hooked(mod: nn.Module, x: Tensor, out: Tensor) -> Tensor:

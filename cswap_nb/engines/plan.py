@@ -53,6 +53,8 @@ class Correction:
     input: fx.Node  # the chain's last node, L's only input
     channels: list[list[int]]  # per unit: L's input channels it occupies
     module: nn.Module
+    norm: nn.Module | None = None  # the BatchNorm after L whose output the cache holds instead (fold_norms)
+    weight: Tensor | None = None  # then L's weight with the norm's scale folded in
 
     @property
     def last_dim(self) -> bool:
@@ -61,9 +63,17 @@ class Correction:
 
     def partial(self, v: Tensor, idx: list[int]) -> Tensor:
         m = self.module
+        w = m.weight if self.weight is None else self.weight
         if self.last_dim:
-            return F.linear(v[..., idx], m.weight[:, idx])
-        return m._conv_forward(v[:, idx], m.weight[:, idx], None)
+            return F.linear(v[..., idx], w[:, idx])
+        return m._conv_forward(v[:, idx], w[:, idx], None)
+
+    def normed(self, out: Tensor) -> Tensor:
+        """L's cached output ``out`` as the cache holds it: through :attr:`norm` (its hooks aside), if any."""
+        bn = self.norm
+        if bn is None:
+            return out
+        return F.batch_norm(out, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
 
 
 @dataclass
@@ -85,6 +95,10 @@ class Plan:
     stackable: bool = False  # whether several candidates can run in one batch (set with the layer's plan)
     row_points: list[str] = field(default_factory=list)  # the layer's mask points a candidate recomputes
     thin: dict = field(default_factory=dict)  # dirty layers run on the kept channels only (thin_inputs)
+    folds: dict = field(default_factory=dict)  # conv -> its BatchNorm, run as one conv (fold_norms)
+    norms: set = field(default_factory=set)  # BatchNorms whose conv ran them: only their hooks run (fold_norms)
+    shared: set = field(default_factory=set)  # those of norms whose unmasked output is a cached value: copied
+    reuse: dict = field(default_factory=dict)  # sums written into one of their inputs' memory (reused_sums)
 
     def __post_init__(self):
         # values a candidate computes itself and keeps no further: in-place ops may work on them. The
@@ -138,12 +152,12 @@ def plan_layer(g: GraphView, layer: UnitLayer) -> Plan | None:
     corrections, materialize, channels, dim, region = shortcut if shortcut is not None else ([], [], [], 1, set())
     given = {c.node for c in corrections} | set(materialize)  # values a candidate gets without running
     if shortcut is None:
-        dirty = _downstream(masks) | set(masks)
+        dirty = downstream(masks) | set(masks)
     else:
         # a region node is never recomputed: what reads it outside the region is given its value (a GhostNet
         # module materialises both its primary branch and the cheap branch computed from it)
         exits = {u for r in materialize for u in r.users if u not in given and u not in region}
-        dirty = (_downstream(given) | exits) - given - region
+        dirty = (downstream(given) | exits) - given - region
     dirty_list = [n for n in g.nodes if n in dirty]
     stale = next((n for n in g.nodes if n not in dirty and any(i in dirty for i in n.all_input_nodes)), None)
     if stale is not None:  # the cache would be built from a value it does not compute
@@ -166,9 +180,8 @@ def thin_inputs(g: GraphView, dirty: list[fx.Node], points: set[str]) -> dict[fx
     """The layers among ``dirty`` that mix channels (a linear, an ungrouped conv) and read, through per-channel
     operations with f(0) = 0 only, the output of a channel mask point (``points``) that the same run
     recomputes: ``{node: the mask point's module name}``. Every channel the masks zero there is zero in the
-    layer's input, so the layer can run on the kept channels alone (:meth:`GraphEngine._thin_exec
-    <cswap_nb.engines.graph.GraphEngine>`): the units already removed cost no multiplications, as in the
-    compacted network. Values read from the cache are left out: their zeros are the cache's, not the masks'."""
+    layer's input, so the layer can run on the kept channels alone (:func:`~cswap_nb.engines.graph._thin_run`):
+    the units already removed cost no multiplications, as in the compacted network. Values read from the cache are left out: their zeros are the cache's, not the masks'."""
     inside, out = set(dirty), {}
     for node in dirty:
         if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
@@ -190,6 +203,95 @@ def thin_inputs(g: GraphView, dirty: list[fx.Node], points: set[str]) -> dict[fx
                 break
             prev = prev.args[0]
     return out
+
+
+def fold_norms(g: GraphView, plan: Plan, points: set[str]) -> None:
+    """Let ``plan``'s candidates skip the eval-mode BatchNorms that read a conv alone: a recomputed conv and
+    its norm run as one conv whose weights fold in the norm's scale and shift (:attr:`Plan.folds`,
+    :meth:`GraphEngine._fold_exec <cswap_nb.engines.graph.GraphEngine>`); a correction's layer followed by
+    such a norm caches the norm's output and corrects it with the folded weights (:attr:`Correction.norm`).
+    The norm node then only applies its mask hook (:attr:`Plan.norms`). The same values up to float
+    reassociation, without the norm's own pass over the output (17% of a ResNet50 analysis's time,
+    METHOD.md §10). ``points``: the masker's channel mask points, whose hooks read only the output."""
+    for node in plan.dirty:
+        norm = _foldable(g, node, points)
+        if norm is not None and norm in plan.fresh:
+            plan.folds[node] = norm
+    for corr in plan.corrections:
+        norm = None if corr.last_dim else _foldable(g, corr.node, points)
+        if norm is not None and norm in plan.fresh:
+            corr.norm = g.modules[norm.target]
+            corr.weight = folded(corr.module, corr.norm)[0]
+            plan.norms.add(norm)
+            if not all(_makes_new(u, g.modules) for u in norm.users):
+                plan.shared.add(norm)
+    plan.norms.update(plan.folds.values())
+
+
+def reused_sums(g: GraphView, plan: Plan) -> None:
+    """The sums among the recomputed nodes (a residual add) that can be written into the memory of one of their
+    two inputs: a value the same run computed into a tensor of its own (a conv, a linear, a norm, a sum) that
+    no later node reads. ``plan.reuse`` maps each such sum to that input's position; the run adds in place
+    when both tensors have the same shape, strides and type (:meth:`GraphEngine._dirty_run
+    <cswap_nb.engines.graph.GraphEngine>`). The sum is the same, bit for bit; it saves the allocation of a
+    new output, which on this CPU costs page faults as much as the addition (a 24-MB sum took 34 ms)."""
+    pos = {n: i for i, n in enumerate(plan.dirty)}
+    last = last_use(plan.dirty)
+    owned = set()
+    for node in plan.dirty:
+        if node in plan.norms:
+            if node in plan.folds.values():  # its conv's output, which only it reads
+                owned.add(node)
+            continue
+        if node.op == "call_module" and _makes_new(node, g.modules) and not g.modules[node.target]._forward_hooks:
+            owned.add(node)
+        if node.op != "call_function" or node.target not in (operator.add, torch.add) or node.kwargs:
+            continue
+        owned.add(node)  # a new tensor, or the memory of an input it owned
+        if len(node.args) != 2 or node.args[0] is node.args[1]:
+            continue
+        for k, a in enumerate(node.args):
+            if isinstance(a, fx.Node) and a in owned and last.get(a) == pos[node]:
+                plan.reuse[node] = k
+                break
+
+
+def _makes_new(node: fx.Node, modules: dict) -> bool:
+    """Whether ``node`` reads its inputs without changing them and returns a new tensor (a layer, a sum, a
+    concatenation): a value it reads may be one the cache keeps."""
+    if node.op == "call_module":
+        mod = modules[node.target]
+        return isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm))
+    return node.op == "call_function" and node.target in (operator.add, torch.add, torch.cat, operator.mul)
+
+
+def _foldable(g: GraphView, node: fx.Node, points: set[str]) -> fx.Node | None:
+    """The eval-mode BatchNorm that alone reads conv ``node``'s output, where the two can run as one conv: no
+    hooks on the conv, none on the norm but a channel mask point's (``points``)."""
+    if node.op != "call_module" or len(node.users) != 1 or len(node.args) != 1 or node.kwargs:
+        return None
+    norm = next(iter(node.users))
+    conv = g.modules[node.target]
+    if (norm.op != "call_module" or norm.args != (node,) or norm.kwargs
+            or not isinstance(conv, nn.modules.conv._ConvNd) or conv.transposed or conv.training
+            or conv._forward_hooks or conv._forward_pre_hooks or node.target in g.hooked):
+        return None
+    bn = g.modules[norm.target]
+    if (not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.training or bn.running_mean is None
+            or bn.running_var is None or bn.num_features != conv.out_channels or bn._forward_pre_hooks
+            or bn._forward_hooks_with_kwargs or len(bn._forward_hooks) != (1 if norm.target in points else 0)):
+        return None
+    return norm
+
+
+def folded(conv: nn.Module, bn: nn.Module) -> tuple[Tensor, Tensor]:
+    """The weight and bias of one conv computing ``bn(conv(x))`` (eval mode), by torch's own fusion."""
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    with torch.inference_mode(False), torch.no_grad():
+        w, b = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight,
+                                    bn.bias)
+    return w.detach(), b.detach()
 
 
 def _keeps_zeros(node: fx.Node, g: GraphView, channels_first: bool) -> bool:
@@ -225,8 +327,8 @@ def _region(g: GraphView, layer: UnitLayer, masks: list[fx.Node]):
     set to 0 (zero state) or unknown (a BatchNorm or biased depthwise conv after the zero); a
     consumer outside the region is a linear layer (corrected), or reads the value materialised
     from the cache (then the region node must be in zero state)."""
-    downstream = _downstream(masks)
-    firsts = [m for m in masks if m not in downstream]
+    below = downstream(masks)
+    firsts = [m for m in masks if m not in below]
     per_unit = layer.points[firsts[0].target]
     if (any(layer.points[m.target] != per_unit for m in firsts) or layer.slots is not None
             or any(isinstance(g.modules[m.target], nn.LayerNorm) for m in masks)):
@@ -272,7 +374,7 @@ def last_use(order: list) -> dict:
     return {a: i for i, n in enumerate(order) for a in n.all_input_nodes}
 
 
-def _downstream(starts) -> set:
+def downstream(starts) -> set:
     """Every node that reads, directly or not, one of ``starts``."""
     seen, stack = set(), list(starts)
     while stack:
