@@ -153,9 +153,9 @@ def test_graph_scores_equal_full_passes_with_masks_everywhere(which):
                 fast = engine.scores(x, y, "prob", layer)
                 assert torch.allclose(fast, full, atol=1e-6), (layer.name, step)
         plans = [engine._plan(layer) for layer in layers]
-        assert all(p is not None for p in plans)
+        assert all(p is not None for p in plans) and engine.layer_fallbacks == {}
         assert any(p.folds for p in plans) and any(c.norm is not None for p in plans for c in p.corrections)
-        assert which == "branchy" or any(p.shared for p in plans)
+        assert which == "branchy" or (any(p.shared for p in plans) and any(p.reuse for p in plans))
     finally:
         masker.remove()
 
@@ -447,3 +447,43 @@ def test_the_stem_before_every_mask_runs_once_for_all_cache_builds():
     finally:
         handle.remove()
         masker.remove()
+
+
+class _SumWithConstant(nn.Module):
+    """A sum of a layer's output and a constant at the end (a hand-written shift): not summed in place."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return self.fc(torch.relu(y).mean((2, 3))) + 3
+
+
+def test_norms_that_do_more_and_sums_with_constants_keep_the_fast_path():
+    """A sum with a constant keeps every layer's plan (it is not summed in place), and a BatchNorm subclass whose
+    forward does more than the norm (timm's BatchNormAct2d: an activation) is never folded into its conv."""
+    from timm.layers import BatchNormAct2d
+
+    from cswap_nb.engines.plan import GraphView, _foldable, trace
+
+    model = _random_bn(_SumWithConstant(), seed=4)
+    x = torch.randn(24, 3, 8, 8)
+    y, layers, masker, engine, full_passes = _graph_and_full(model, x)
+    try:
+        for layer in layers:
+            masker.set(layer.name, [0], True)
+            assert torch.allclose(engine.scores(x, y, "prob", layer), full_passes.scores(x, y, "prob"), atol=1e-6)
+            masker.set(layer.name, [0], False)
+        assert engine.layer_fallbacks == {}
+    finally:
+        masker.remove()
+    for norm, folds in ((nn.BatchNorm2d(8), True), (BatchNormAct2d(8), False)):
+        net = nn.Sequential(nn.Conv2d(3, 8, 3), norm, nn.Conv2d(8, 4, 1)).eval()
+        graph = trace(net)
+        view = GraphView(list(graph.nodes), dict(net.named_modules()), {}, {}, set())
+        conv = next(n for n in graph.nodes if n.target == "0")
+        assert (_foldable(view, conv, set()) is not None) == folds

@@ -95,7 +95,9 @@ class _Prefix:
 
     def __init__(self, engine: "GraphEngine"):
         e = self.engine = engine
-        masked = [n for n in e.nodes if n.op == "call_module" and n.target in e.masker.hooked]
+        hooked = e.masker.hooked  # a leaf module that holds a mask point changes with it too
+        masked = [n for n in e.nodes if n.op == "call_module"
+                  and any(h == n.target or h.startswith(f"{n.target}.") for h in hooked)]
         moving = downstream(masked) | set(masked)
         self.nodes = [n for n in e.nodes if n not in moving and n.op != "output"]
         static = set(self.nodes)
@@ -104,8 +106,9 @@ class _Prefix:
 
     def env(self, x: Tensor, i0: int) -> dict:
         """The edge values for rows ``i0 : i0 + batch_size`` of ``x``, copied."""
-        if self.key is None or self.key[0] is not x or self.key[1] != tuple(x.shape):
-            self.key, self.values = (x, tuple(x.shape)), {}  # x kept: its address stays its own
+        key = (x, tuple(x.shape), self.engine.batch_size)
+        if self.key is None or self.key[0] is not x or self.key[1:] != key[1:]:
+            self.key, self.values = key, {}  # x kept: its address stays its own
         got = self.values.get(i0)
         if got is None:
             e = self.engine
@@ -140,7 +143,7 @@ class GraphEngine(ScoreEngine):
         self._current: tuple | None = None  # (token, cache, state) of the candidate begun last
         self._speculation = _Speculation(self)  # candidates scored ahead by stack_rows
         self.thinned = 0  # layer runs on their kept input channels only (_thin_run)
-        self._fused: dict[str, tuple[Tensor, Tensor]] = {}  # a folded conv's weight and bias (_fold_exec)
+        self._fused: dict[tuple, tuple[Tensor, Tensor]] = {}  # a folded conv's weight and bias (_fold_run)
         self._clean = _CleanRuns(self)
         try:
             self.graph = trace(model)
@@ -507,9 +510,9 @@ def _fold_run(e: GraphEngine, node: fx.Node, norm: fx.Node, env: dict, point: st
     given (as :func:`_thin_run`), as a matrix product where a 1x1 conv's pays."""
     x = env[node.args[0]]
     conv = e.modules[node.target]
-    fused = e._fused.get(node.target)
+    fused = e._fused.get((node.target, norm.target))
     if fused is None:
-        fused = e._fused[node.target] = folded(conv, e.modules[norm.target])
+        fused = e._fused[(node.target, norm.target)] = folded(conv, e.modules[norm.target])
     w, b = fused
     kept = _kept_input(e, point, x, w.shape[1])
     if node.target in e._pointwise and _pointwise_pays(x, e.pointwise_below, conv):

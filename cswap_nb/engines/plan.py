@@ -27,6 +27,9 @@ ZERO_METHODS = {"relu", "tanh", "relu_"}
 # pooling over positions: per channel (channels-first tensors only), a zero channel pools to zero
 POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
          nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool2d)
+# the convs and norms that fold_norms folds: torch's own classes, whose forward is the conv or the norm alone
+PLAIN_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+PLAIN_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, torch.relu_}
 
 
@@ -208,7 +211,7 @@ def thin_inputs(g: GraphView, dirty: list[fx.Node], points: set[str]) -> dict[fx
 def fold_norms(g: GraphView, plan: Plan, points: set[str]) -> None:
     """Let ``plan``'s candidates skip the eval-mode BatchNorms that read a conv alone: a recomputed conv and
     its norm run as one conv whose weights fold in the norm's scale and shift (:attr:`Plan.folds`,
-    :meth:`GraphEngine._fold_exec <cswap_nb.engines.graph.GraphEngine>`); a correction's layer followed by
+    :func:`~cswap_nb.engines.graph._fold_run`); a correction's layer followed by
     such a norm caches the norm's output and corrects it with the folded weights (:attr:`Correction.norm`).
     The norm node then only applies its mask hook (:attr:`Plan.norms`). The same values up to float
     reassociation, without the norm's own pass over the output (17% of a ResNet50 analysis's time,
@@ -248,10 +251,10 @@ def reused_sums(g: GraphView, plan: Plan) -> None:
         if node.op != "call_function" or node.target not in (operator.add, torch.add) or node.kwargs:
             continue
         owned.add(node)  # a new tensor, or the memory of an input it owned
-        if len(node.args) != 2 or node.args[0] is node.args[1]:
-            continue
+        if len(node.args) != 2 or node.args[0] is node.args[1] or not all(isinstance(a, fx.Node) for a in node.args):
+            continue  # a sum with a constant is left as it is
         for k, a in enumerate(node.args):
-            if isinstance(a, fx.Node) and a in owned and last.get(a) == pos[node]:
+            if a in owned and len(a.users) == 1 and last.get(a) == pos[node]:  # no other reader, not even an alias
                 plan.reuse[node] = k
                 break
 
@@ -272,12 +275,13 @@ def _foldable(g: GraphView, node: fx.Node, points: set[str]) -> fx.Node | None:
         return None
     norm = next(iter(node.users))
     conv = g.modules[node.target]
-    if (norm.op != "call_module" or norm.args != (node,) or norm.kwargs
-            or not isinstance(conv, nn.modules.conv._ConvNd) or conv.transposed or conv.training
-            or conv._forward_hooks or conv._forward_pre_hooks or node.target in g.hooked):
+    if (norm.op != "call_module" or norm.args != (node,) or norm.kwargs or type(conv) not in PLAIN_CONVS
+            or conv.training or conv._forward_hooks or conv._forward_pre_hooks or node.target in g.hooked
+            or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks):
         return None
     bn = g.modules[norm.target]
-    if (not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.training or bn.running_mean is None
+    # torch's own classes only: a subclass may do more in its forward (timm's BatchNormAct2d: an activation)
+    if (type(bn) not in PLAIN_NORMS or bn.training or bn.running_mean is None
             or bn.running_var is None or bn.num_features != conv.out_channels or bn._forward_pre_hooks
             or bn._forward_hooks_with_kwargs or len(bn._forward_hooks) != (1 if norm.target in points else 0)):
         return None
