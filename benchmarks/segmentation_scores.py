@@ -30,7 +30,10 @@ def _load(path: str):
     root = Path(path).resolve()
     if root.is_file():
         root = root.parents[2]  # cswap_nb/core/causal.py -> the checkout
-    ours = {k: v for k, v in sys.modules.items() if k == "cswap_nb" or k.startswith("cswap_nb.")}
+    def package(k: str) -> bool:  # a module of cswap_nb, whichever checkout it came from
+        return k == "cswap_nb" or k.startswith("cswap_nb.")
+
+    ours = {k: v for k, v in sys.modules.items() if package(k)}
     for k in ours:
         del sys.modules[k]
     sys.path.insert(0, str(root))
@@ -41,7 +44,7 @@ def _load(path: str):
         return mod
     finally:
         sys.path.remove(str(root))
-        for k in [k for k in sys.modules if k == "cswap_nb" or k.startswith("cswap_nb.")]:
+        for k in [k for k in sys.modules if package(k)]:
             del sys.modules[k]
         sys.modules.update(ours)
 

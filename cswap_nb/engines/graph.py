@@ -100,9 +100,9 @@ class _Prefix:
                   and any(h == n.target or h.startswith(f"{n.target}.") for h in hooked)]
         moving = downstream(masked) | set(masked)
         self.nodes = [n for n in e.nodes if n not in moving and n.op != "output"]
-        static = set(self.nodes)
-        self.edge = [n for n in self.nodes if any(u not in static for u in n.users)]
-        self.key, self.values = None, []
+        self.static = set(self.nodes)
+        self.edge = [n for n in self.nodes if any(u not in self.static for u in n.users)]
+        self.key, self.values = None, {}
 
     def env(self, x: Tensor, i0: int) -> dict:
         """The edge values for rows ``i0 : i0 + batch_size`` of ``x``, copied."""
@@ -252,10 +252,7 @@ class GraphEngine(ScoreEngine):
         if plan is None:
             self._layer_fallbacks[layer.name] = "none of its mask points is a node of the traced graph"
             return None
-        plan.thin = thin_inputs(self.view, plan.dirty, self.masker.channel_points)
-        if self.fold_norms:
-            fold_norms(self.view, plan, self.masker.channel_points)
-        reused_sums(self.view, plan)
+        _run_hints(self, plan)
         saved = self.masker.removed[layer.name].clone()
         try:
             with torch.inference_mode():
@@ -283,9 +280,7 @@ class GraphEngine(ScoreEngine):
             self.masker.set(layer.name, removed.nonzero().flatten().tolist(), False)
         dirty = set(plan.dirty)
         keep = set(plan.frontier)
-        prefix = self._prefix
-        static = set(prefix.nodes)
-        order = [n for n in self.nodes if n not in dirty and n not in static]
+        order = [n for n in self.nodes if n not in dirty and n not in self._prefix.static]
         last = last_use(order)
         values = []
         try:
@@ -293,7 +288,7 @@ class GraphEngine(ScoreEngine):
                 env = self._clean.env(x)
                 values.append({n: env[n].clone() if isinstance(env[n], Tensor) else env[n] for n in plan.frontier})
             for i0 in range(0, x.shape[0] if not values else 0, self.batch_size):
-                env = self._run_nodes(order, x[i0 : i0 + self.batch_size], keep, last, prefix.env(x, i0))
+                env = self._run_nodes(order, x[i0 : i0 + self.batch_size], keep, last, self._prefix.env(x, i0))
                 values.append({n: env[n] for n in plan.frontier})
             for corr in plan.corrections:  # a folded norm's output, as the candidates' corrections read it
                 if corr.norm is not None:
@@ -389,9 +384,7 @@ class GraphEngine(ScoreEngine):
             elif node in folds:
                 env[node] = _fold_run(self, node, folds[node], env, point)
             elif node in norms:  # its conv ran it, or the cache holds it: only the mask hook is left
-                v = env[node.args[0]]
-                out = _hooked(self.modules[node.target], v, v)
-                env[node] = v.clone() if out is v and node in plan.shared else out  # a later op may work in place
+                env[node] = _norm_hooks(self, node, env[node.args[0]], plan)
             elif point is None:
                 env[node] = self._exec(node, env, fresh)
             else:
@@ -497,10 +490,8 @@ def _thin_run(e: GraphEngine, node: fx.Node, env: dict, fresh: set, point: str):
         return e._exec(node, env, fresh)
     if isinstance(mod, nn.Linear):
         out = F.linear(x.index_select(-1, kept), mod.weight.index_select(1, kept), mod.bias)
-    elif node.target in e._pointwise and _pointwise_pays(x, e.pointwise_below, mod):
-        return _pointwise(mod, x, kept)
     else:
-        out = mod._conv_forward(x.index_select(1, kept), mod.weight.index_select(1, kept), mod.bias)
+        out = _conv_kept(e, node, x, mod.weight, mod.bias, kept)
     return _hooked(mod, x, out)
 
 
@@ -509,17 +500,38 @@ def _fold_run(e: GraphEngine, node: fx.Node, norm: fx.Node, env: dict, point: st
     norm (:func:`~cswap_nb.engines.plan.fold_norms`); on the input channels that mask point ``point`` keeps where
     given (as :func:`_thin_run`), as a matrix product where a 1x1 conv's pays."""
     x = env[node.args[0]]
-    conv = e.modules[node.target]
     fused = e._fused.get((node.target, norm.target))
     if fused is None:
-        fused = e._fused[(node.target, norm.target)] = folded(conv, e.modules[norm.target])
+        fused = e._fused[(node.target, norm.target)] = folded(e.modules[node.target], e.modules[norm.target])
     w, b = fused
-    kept = _kept_input(e, point, x, w.shape[1])
+    return _conv_kept(e, node, x, w, b, _kept_input(e, point, x, w.shape[1]))
+
+
+def _conv_kept(e: GraphEngine, node: fx.Node, x: Tensor, w: Tensor, b: Tensor | None, kept: Tensor | None) -> Tensor:
+    """Conv ``node`` of ``x`` with weight ``w`` and bias ``b`` (its own, or folded with a norm), on the input
+    channels ``kept`` where given, as a matrix product where a 1x1 conv's pays; no hooks."""
+    conv = e.modules[node.target]
     if node.target in e._pointwise and _pointwise_pays(x, e.pointwise_below, conv):
         return _product(x, w, b, kept)
     if kept is not None:
         x, w = x.index_select(1, kept), w.index_select(1, kept)
     return conv._conv_forward(x, w, b)
+
+
+def _norm_hooks(e: GraphEngine, node: fx.Node, v: Tensor, plan: Plan) -> Tensor:
+    """A folded norm's value (:attr:`Plan.norms`): ``v`` through its mask hook only; copied where ``v`` is a
+    cached value that a later op may change in place (:attr:`Plan.shared`)."""
+    out = _hooked(e.modules[node.target], v, v)
+    return v.clone() if out is v and node in plan.shared else out
+
+
+def _run_hints(e: GraphEngine, plan: Plan) -> None:
+    """How ``plan``'s candidates run its nodes, from the engine's graph and masker (its own plan or an adopted one):
+    the thin layers, the folded norms, the sums written in place."""
+    plan.thin = thin_inputs(e.view, plan.dirty, e.masker.channel_points)
+    if e.fold_norms:
+        fold_norms(e.view, plan, e.masker.channel_points)
+    reused_sums(e.view, plan)
 
 
 def _adopted_plan(e: GraphEngine, layer: UnitLayer) -> Plan | None:
@@ -537,10 +549,7 @@ def _adopted_plan(e: GraphEngine, layer: UnitLayer) -> Plan | None:
         return None
     if plan is None or _outline(plan) != _outline(ref):
         return None
-    plan.thin = thin_inputs(e.view, plan.dirty, e.masker.channel_points)
-    if e.fold_norms:
-        fold_norms(e.view, plan, e.masker.channel_points)
-    reused_sums(e.view, plan)
+    _run_hints(e, plan)
     plan.sliceable = ref.sliceable
     names = {n.name for n in ref.batched}
     plan.batched = {n for n in plan.frontier if n.name in names}

@@ -184,7 +184,8 @@ def thin_inputs(g: GraphView, dirty: list[fx.Node], points: set[str]) -> dict[fx
     operations with f(0) = 0 only, the output of a channel mask point (``points``) that the same run
     recomputes: ``{node: the mask point's module name}``. Every channel the masks zero there is zero in the
     layer's input, so the layer can run on the kept channels alone (:func:`~cswap_nb.engines.graph._thin_run`):
-    the units already removed cost no multiplications, as in the compacted network. Values read from the cache are left out: their zeros are the cache's, not the masks'."""
+    the units already removed cost no multiplications, as in the compacted network. Values read from the cache
+    are left out: their zeros are the cache's, not the masks'."""
     inside, out = set(dirty), {}
     for node in dirty:
         if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
