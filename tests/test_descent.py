@@ -1,6 +1,7 @@
 """Search strategies: greedy vs rank-and-prune, exact cost counters, parameter targets, compare."""
 from __future__ import annotations
 
+import copy
 import json
 import re
 
@@ -185,3 +186,44 @@ def test_the_budget_search_finds_what_bisection_finds_with_fewer_counts_on_a_nea
 
     assert _first_at_most(counted, 600_000, 1888) == bisect(params.__getitem__, 600_000, 1888)
     assert len(calls) <= 7  # bisection: 11 counts
+
+
+def test_predicted_harm_ranks_units_and_classes_as_real_removals_do(zoo_model, zoo_load):
+    """The first-order estimate that orders the classes scored first (pruning/foresight.py) must rank each
+    (unit, class) pair as removing the unit really lowers that class's scores, in units of the class's spread:
+    a flipped sign or a unit read from the wrong channel would fail. Where the network cannot be
+    differentiated from its input, it gives no estimate (the p-values then order the classes alone)."""
+    from scipy.stats import spearmanr
+
+    from cswap_nb.core.causal import true_class_scores
+    from cswap_nb.pruning.foresight import predicted_harm
+    from cswap_nb.pruning.session import PruneSession
+
+    s = PruneSession(zoo_model, zoo_load("resnet18-digits")[1].calib, samples_per_class=10, progress=False)
+    classes = sorted(set(s.y.tolist()))
+    harm = predicted_harm(s.work, s.layers, s.x, s.y, classes, "prob")
+    with torch.inference_mode():
+        q = true_class_scores(s.work(s.x), s.y, "prob")
+    for layer in s.layers[1::3]:
+        assert harm[layer.name].shape == (layer.size, len(classes))
+        predicted, real = [], []
+        for u in range(layer.size):
+            s.masker.set(layer.name, [u], True)
+            with torch.inference_mode():
+                qn = true_class_scores(s.work(s.x), s.y, "prob")
+            s.masker.set(layer.name, [u], False)
+            for i, c in enumerate(classes):
+                mine = s.y == c
+                real.append(float((q[mine] - qn[mine]).mean() / (q[mine].std() + 1e-6)))
+                predicted.append(float(harm[layer.name][u, i]))
+        assert spearmanr(predicted, real).statistic > 0.8, layer.name
+
+    frozen = copy.deepcopy(s.work)
+    forward = frozen.forward
+
+    def without_grad(x):
+        with torch.no_grad():
+            return forward(x)
+
+    frozen.forward = without_grad
+    assert predicted_harm(frozen, s.layers, s.x, s.y, classes, "prob") is None

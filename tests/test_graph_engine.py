@@ -314,6 +314,45 @@ def test_stacked_candidates_with_their_own_masks_at_later_points(own_label_data)
     assert with_points >= 2  # the growth layers of both blocks, whose later norms are their mask points
 
 
+def test_stacked_candidates_each_on_their_own_rows(own_label_data):
+    """Stacked candidates may each be scored on their own first classes (stack_rows' others_rows), in blocks of
+    different sizes, with per-row masks at later mask points (a DenseNet's): each result must equal a real pass
+    on exactly those rows with exactly that state's masks, and be handed out for those rows only."""
+    from cswap_nb.core.causal import true_class_scores
+    from cswap_nb.pruning.session import PruneSession
+
+    model = LIBRARY_MODELS["torchvision-densenet"]()
+    x, y = own_label_data(model, n=60, shape=(3, 32, 32), min_per_class=4)
+    s = PruneSession(model, (x, y), samples_per_class=4, progress=False, compaction="off")
+    e, m = s.engine, s.masker
+    n = len(s.y)
+    assert n >= 4
+    own = {(1,): ((0, 1), (n - 2, n)), (2,): ((1, 3),), (3, 4): ((0, n),)}  # 3, 2 and n rows
+    checked = 0
+    for layer in s.layers:
+        if layer.size < 6 or not e.can_stack(layer, s.x):
+            continue
+        m.set(layer.name, [5], True)  # a removal kept earlier
+        e.rows_scores(s.x, s.y, "logit", layer, ((0, len(s.y)),))
+        m.set(layer.name, [1], True)
+        e.stack_rows(s.x, s.y, "logit", layer, [[2, 5], [3, 4, 5]], own[(1,)], [own[(2,)], own[(3, 4)]])
+        assert len(e._speculation.results) == 3
+        for cand, rows in own.items():
+            m.set(layer.name, [1, 2, 3, 4], False)
+            m.set(layer.name, list(cand), True)
+            assert e._speculation.take(e._token(layer, s.x), ((0, 1),)) is None  # other rows: not handed out
+            taken = len(e._speculation.results)
+            got = e.rows_scores(s.x, s.y, "logit", layer, rows)
+            assert len(e._speculation.results) == taken - 1, (layer.name, cand)  # the stacked result was used
+            xr, yr = torch.cat([s.x[a:b] for a, b in rows]), torch.cat([s.y[a:b] for a, b in rows])
+            with torch.inference_mode():
+                want = true_class_scores(s.work(xr), yr, "logit")
+            assert (got - want).abs().max() < 1e-4, (layer.name, cand)
+        m.set(layer.name, [1, 2, 3, 4, 5], False)
+        checked += bool(e._plan(layer).row_points)
+    assert checked >= 2  # layers whose later norms are mask points, stacked with blocks of 3, 2 and n rows
+
+
 @pytest.mark.parametrize("which", ["torchvision-densenet", "timm-vit"])
 def test_layers_after_removed_channels_run_on_the_kept_ones(which, own_label_data):
     """A conv or linear layer that a candidate recomputes, fed by a mask point through f(0) = 0 operations, runs

@@ -113,10 +113,11 @@ class CSwapConfig:
             "``\"naive\"``: one full pass per candidate on every sample, the reference; ``\"parts\"``: the earlier "
             "engine of the family's parts only, kept for benchmarks.")
     evaluation: str = _option(
-        "early", "early: score a candidate on the three classes most likely to decide it first, and on the rest "
+        "early", "early: score a candidate on the two classes most likely to decide it first, and on the rest "
                  "only when they do not decide it critical (exact: the same labels); full: every class for every "
                  "candidate", EVALUATIONS, scores=False,
-        doc="``\"early\"``: a candidate is scored first on the three classes with the smallest recent p-values, and "
+        doc="``\"early\"``: a candidate is scored first on the two classes it most likely hurts (by recent p-values "
+            "and a first-order estimate of its harm), and "
             "on every class only when they do not decide it critical (exact: the labels equal a full evaluation's; "
             "cswap_nb/METHOD.md §10); ``\"full\"``: every class is evaluated for every candidate, so every record "
             "holds all the per-class evidence. Segmentation, ``inference=\"general\"``, the ``\"naive\"`` engine and "

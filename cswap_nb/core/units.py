@@ -1018,10 +1018,10 @@ class Masker:
         hook multiplies (not a LayerNorm's recomputation, not a head)."""
         return mod_name in self._keep and mod_name not in self._norms
 
-    def rows_keep(self, layer_name: str, mod_name: str, states: list[list[int]], rows: int) -> Tensor:
-        """The mask of ``mod_name``'s channels for a batch of ``len(states)`` blocks of ``rows`` rows, block i
-        with ``layer_name``'s removed units taken as ``states[i]`` (every other layer's as they are): a
-        ``(len(states) * rows, channels)`` tensor for :attr:`row_keep`."""
+    def rows_keep(self, layer_name: str, mod_name: str, states: list[list[int]], rows: int | list[int]) -> Tensor:
+        """The mask of ``mod_name``'s channels for a batch of ``len(states)`` blocks of ``rows`` rows (or of
+        ``rows[i]`` rows for block i), block i with ``layer_name``'s removed units taken as ``states[i]`` (every
+        other layer's as they are): a ``(total rows, channels)`` tensor for :attr:`row_keep`."""
         per_unit = self.layers[layer_name].points[mod_name]
         base = self._keep[mod_name].clone()
         chan = self._chan.get((layer_name, mod_name))
@@ -1035,7 +1035,9 @@ class Masker:
             blocks = base.repeat(len(states), 1)
             which = [i for i, units in enumerate(states) for _ in units]
             blocks[which, chan[[u for units in states for u in units]]] = 0.0
-        return blocks.repeat_interleave(rows, dim=0)
+        if isinstance(rows, int) or len(set(rows)) == 1:
+            return blocks.repeat_interleave(rows if isinstance(rows, int) else rows[0], dim=0)
+        return blocks.repeat_interleave(torch.tensor(rows, device=blocks.device), dim=0)
 
     def _norm_hook(self, mod_name: str, dim: int):
         """A LayerNorm's channels: its output recomputed over the kept channels (:func:`masked_layer_norm`), so

@@ -136,9 +136,10 @@ class ScoreEngine:
         return False
 
     def stack_rows(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer, others: list[list[int]],
-                   rows: Rows) -> None:
+                   rows: Rows, others_rows: list[Rows] | None = None) -> None:
         """Score ``rows`` ahead for the present candidate and for the states ``others``, each the complete list of
-        ``layer``'s removed units in a state to come (needs :meth:`can_stack`)."""
+        ``layer``'s removed units in a state to come, on its own rows of ``others_rows`` (default: ``rows``)
+        (needs :meth:`can_stack`)."""
         raise NotImplementedError(f"the {self.name!r} engine scores one candidate per pass")
 
     def clear_stacked(self) -> None:
@@ -197,8 +198,8 @@ class EngineWrapper(ScoreEngine):
         return self.inner.can_stack(layer, x)
 
     def stack_rows(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer, others: list[list[int]],
-                   rows: Rows) -> None:
-        self.inner.stack_rows(x, y, score, layer, others, rows)
+                   rows: Rows, others_rows: list[Rows] | None = None) -> None:
+        self.inner.stack_rows(x, y, score, layer, others, rows, others_rows)
 
     def clear_stacked(self) -> None:
         self.inner.clear_stacked()

@@ -146,12 +146,12 @@ class CachedEngine(EngineWrapper):
         rows = self._class_rows(y, [(0, len(y))]) if layer is not None else [(0, len(y))]
         return self._cached(self._key(score, layer), rows, lambda: self.inner.scores(x, y, score, layer))
 
-    def stack_rows(self, x: Tensor, y: Tensor, score: str, layer, others, rows) -> None:
+    def stack_rows(self, x: Tensor, y: Tensor, score: str, layer, others, rows, others_rows=None) -> None:
         """Score ahead (the wrapped engine's :meth:`~cswap_nb.engines.graph.GraphEngine.stack_rows`) unless the
         present candidate's rows are stored: a re-run then finds the next candidates' rows stored too."""
         key = self._key(score, layer)
         if not all((*key, r) in self.cache.store for r in self._class_rows(y, rows)):
-            self.inner.stack_rows(x, y, score, layer, others, rows)
+            self.inner.stack_rows(x, y, score, layer, others, rows, others_rows)
 
     def rows_scores(self, x: Tensor, y: Tensor, score: str, layer, rows) -> Tensor:
         split = self._class_rows(y, rows)

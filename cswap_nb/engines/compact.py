@@ -427,12 +427,13 @@ class CompactingEngine(EngineWrapper):
         return self.inner.can_stack(layer, x)
 
     def stack_rows(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer, others: list[list[int]],
-                   rows: Rows) -> None:
+                   rows: Rows, others_rows: list[Rows] | None = None) -> None:
         """Score ahead on the engine that scores the layer, where it can (a speculation left out costs no
         decision: :meth:`rows_scores` then computes the rows)."""
         e = self._rows_engine(layer, x)
         if e.can_stack(self._layer_in(e, layer), x):
-            self._counted(e, lambda e: e.stack_rows(x, y, score, self._layer_in(e, layer), others, rows))
+            self._counted(e, lambda e: e.stack_rows(x, y, score, self._layer_in(e, layer), others, rows,
+                                                    others_rows))
 
     def clear_stacked(self) -> None:
         self.inner.clear_stacked()

@@ -457,13 +457,14 @@ class GraphEngine(ScoreEngine):
         return plan is not None and plan.stackable and self.can_slice(layer, x)
 
     def stack_rows(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer, others: list[list[int]],
-                   rows: Rows) -> None:
+                   rows: Rows, others_rows: list[Rows] | None = None) -> None:
         """Score ``rows`` for the current candidate and, in the same pass, for the states ``others``: each the
-        complete list of ``layer``'s removed units in a state to come (every other layer as it is now), one
-        batch of ``(1 + len(others))`` times the rows. The results wait for :meth:`rows_scores`, which takes
-        one only when the masks are exactly in its state: a speculation that does not come true costs work,
-        never a decision (cswap_nb/METHOD.md §10)."""
-        self._speculation.stack(x, y, score, layer, others, tuple(rows))
+        complete list of ``layer``'s removed units in a state to come (every other layer as it is now), on
+        its rows of ``others_rows`` (default: ``rows``), in one batch. The results wait for :meth:`rows_scores`,
+        which takes one only when the masks are exactly in its state and it asks for the same rows: a
+        speculation that does not come true costs work, never a decision (cswap_nb/METHOD.md §10)."""
+        per_state = [tuple(r) for r in others_rows] if others_rows is not None else [tuple(rows)] * len(others)
+        self._speculation.stack(x, y, score, layer, list(zip(others, per_state)), tuple(rows))
 
     def clear_stacked(self) -> None:
         """Forget the results :meth:`stack_rows` computed in advance."""
@@ -642,44 +643,52 @@ class _Speculation:
         self.taken += q is not None
         return q
 
-    def stack(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer, others: list[list[int]], rows: Rows) -> None:
+    def stack(self, x: Tensor, y: Tensor, score: str, layer: UnitLayer, others: list[tuple[list[int], Rows]],
+              rows: Rows) -> None:
+        """Score the present candidate on ``rows`` and each state of ``others`` (removed units, rows) on its rows,
+        one block of rows after the other in one batch."""
         e = self.engine
         with torch.inference_mode():
             plan, cache, given, _ = e._begin(layer, x)
             chunk = cache.values[0]
             current = list(e.masker.removed_units[layer.name])
             base = set(cache.base.nonzero().flatten().tolist())
-            states = [(current, {n: take_rows(v, rows) for n, v in given[0].items()} if given else {})]
-            for removed in others:
+            states = [(current, rows, {n: take_rows(v, rows) for n, v in given[0].items()} if given else {})]
+            for removed, own in others:
                 removed = sorted(set(removed))
                 if not base.issubset(removed):
                     continue  # a removal folded into the cache undone: not a state the corrections reach
                 extra = [u for u in removed if u not in base]
-                states.append((removed, self._corrected_rows(plan, chunk, extra, rows)))
-            env = {n: (torch.cat([take_rows(v, rows)] * len(states)) if n in plan.batched else v)
+                states.append((removed, own, self._corrected_rows(plan, chunk, extra, own)))
+            same = all(own == rows for _, own, _ in states)
+            env = {n: ((torch.cat([take_rows(v, rows)] * len(states)) if same else
+                        torch.cat([take_rows(v, own) for _, own, _ in states])) if n in plan.batched else v)
                    for n, v in chunk.items()}
             for corr in plan.corrections:
-                env[corr.node] = torch.cat([g[corr.node] for _, g in states])
+                env[corr.node] = torch.cat([g[corr.node] for _, _, g in states])
             for r in plan.materialize:
                 parts = []
-                for removed, _ in states:
-                    v = take_rows(chunk[r], rows, copy=True)
+                for removed, own, _ in states:
+                    v = take_rows(chunk[r], own, copy=True)
                     if removed:
                         _zero_channels(v, [plan.channels[u] for u in removed], plan.dim != 1)
                     parts.append(v)
                 env[r] = torch.cat(parts)
-            n, ys = row_count(rows), take_rows(y, rows)
+            counts = [row_count(own) for _, own, _ in states]
             masker = e.masker
-            masker.row_keep = {m: masker.rows_keep(layer.name, m, [r for r, _ in states], n) for m in plan.row_points}
+            masker.row_keep = {m: masker.rows_keep(layer.name, m, [r for r, _, _ in states], counts)
+                               for m in plan.row_points}
             try:
                 logits = e._dirty_run(plan, env)
             finally:
                 masker.row_keep = {}
             self.results = {}
-            for i, (removed, _) in enumerate(states):
-                q = true_class_scores(logits[i * n : (i + 1) * n], ys, score)
-                self.results[(e._token(layer, x, removed), rows)] = q
-        e._work += plan.cost * n * len(states) / x.shape[0]
+            start = 0
+            for (removed, own, _), n in zip(states, counts):
+                q = true_class_scores(logits[start : start + n], take_rows(y, own), score)
+                self.results[(e._token(layer, x, removed), own)] = q
+                start += n
+        e._work += plan.cost * sum(counts) / x.shape[0]
 
     def _corrected_rows(self, plan: Plan, chunk: dict, units: list[int], rows: Rows) -> dict:
         """:meth:`GraphEngine._corrected` on ``rows`` only, for a speculated candidate."""

@@ -149,7 +149,7 @@ class ShardedEngine(EngineWrapper):
     def can_stack(self, layer, x: Tensor) -> bool:
         return False  # a candidate scored ahead would be one rank's speculation
 
-    def stack_rows(self, x, y, score, layer, others, rows) -> None:
+    def stack_rows(self, x, y, score, layer, others, rows, others_rows=None) -> None:
         raise NotImplementedError("a ShardedEngine scores one candidate per pass (can_stack is False)")
 
     def scores(self, x: Tensor, y: Tensor, score: str, layer=None) -> Tensor:

@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
 from torch import Tensor
 
 from ..core.calibration import class_ranges  # noqa: F401 (re-exported)
@@ -27,6 +28,7 @@ from ..core.config import LAYER_ORDERS, REFERENCES, UNIT_ORDERS, CSwapConfig  # 
 from ..engines.base import ScoreEngine
 from ..engines.passes import merge_rows
 from ..core.units import Masker, UnitLayer
+from .foresight import predicted_harm
 
 
 def group_size_of(layer: UnitLayer, cfg: CSwapConfig) -> int:
@@ -125,8 +127,9 @@ class ClassByClass:
 
     A unit is critical as soon as one class's test rejects; the classes not evaluated yet cannot change
     that (:func:`~cswap_nb.core.causal.verdict_of`). So a candidate is first scored on :attr:`first` classes
-    alone: those with the smallest p-values of "removal lowers q" when they were last evaluated (the
-    candidates of a layer tend to hurt the same classes). If they do not decide it, it is scored on the
+    alone: those it is most likely to hurt, by the p-values of "removal lowers q" when each class was last
+    evaluated (the candidates of a layer tend to hurt the same classes) and by a first-order estimate of its
+    harm to each class (:func:`~cswap_nb.pruning.foresight.predicted_harm`). If they do not decide it, it is scored on the
     other classes' samples (the first classes' scores are kept) and gets exactly the full evaluation's
     verdict (neutral and detrimental always need every class). The first stage pays only while it often decides: when fewer than
     :attr:`threshold` of the recent candidates were decided by their first classes (a running average,
@@ -146,7 +149,7 @@ class ClassByClass:
 
     threshold = 0.3  # the share of candidates decided by their first classes below which none is tried
     max_stack = 8  # candidates scored together on their first classes, at most
-    first = 3  # classes scored in the first stage
+    first = 2  # classes scored in the first stage (2 or 3 chosen on the shipped checkpoints: METHOD.md §10)
     chain_rows = 64  # candidates chained in one pass of at most this many rows (_whole)
     chain_floor = 0.25  # a chained state is scored while the chance that the chain reaches it is at least this
 
@@ -163,10 +166,41 @@ class ClassByClass:
         self.removal_rate = 0.5  # running share of the candidates scored whole that were removed (_chain_length)
         self._chain: tuple | None = None  # (layer, candidates scored ahead whole, each removed, in order)
         engine.clear_stacked()  # results another run left are not this run's speculation
+        self.harm = (predicted_harm(engine.masker.model, list(engine.masker.layers.values()), x, y, self.classes,
+                                    cfg.score) if self.enabled and self.foresight else None)
+        self.concordance = np.array([0.75, 0.75])  # running share of pairs of classes each guess ordered right
+        self._guesses: dict[tuple[int, ...], tuple] = {}  # candidate -> the two guesses it was picked by
 
-    def _promising(self) -> list[int]:
-        """The :attr:`first` classes (positions in :attr:`ranges`) with the smallest last p-values."""
-        return np.argsort(self.hint, kind="stable")[: min(self.first, len(self.ranges) - 1)].tolist()
+    foresight = True  # order the first classes by predicted_harm too (cswap_nb/pruning/foresight.py)
+
+    def _promising(self, layer: UnitLayer | None = None, units: list[int] = ()) -> list[int]:
+        """The :attr:`first` classes (positions in :attr:`ranges`) most likely to decide the candidate ``units``
+        of ``layer``, from two guesses: the classes with the smallest last p-values (the candidates of a layer
+        tend to hurt the same classes), and those :func:`predicted_harm` expects these units to hurt most. Each
+        guess does better on some networks (the second on MobileNetV2's, the first on the ViT's:
+        cswap_nb/METHOD.md §10), so the classes are ordered by the two guesses' ranks, each weighted by how
+        well it has ordered the classes scored since (:meth:`_score_guesses`). The first guess alone where
+        there is no prediction."""
+        n = min(self.first, len(self.ranges) - 1)
+        harm = self.harm.get(layer.name) if self.harm is not None and layer is not None else None
+        if harm is None or not len(units):
+            return np.argsort(self.hint, kind="stable")[:n].tolist()
+        guesses = (self.hint.copy(), -harm[list(units)].sum(0))
+        self._guesses[tuple(units)] = guesses
+        weight = np.clip(2 * self.concordance - 1, 0.05, None)
+        rank = weight[0] * rankdata(guesses[0]) + weight[1] * rankdata(guesses[1])
+        return np.argsort(rank, kind="stable")[:n].tolist()
+
+    def _score_guesses(self, units: list[int], lows: dict[int, float]) -> None:
+        """Update :attr:`concordance` from the candidate ``units``'s p-values (``lows``: position in :attr:`ranges`
+        -> p-value, for the classes scored): the share of pairs of these classes that each guess ordered as
+        their p-values are, both guesses judged on the same pairs."""
+        guesses = self._guesses.pop(tuple(units), None)
+        pairs = [(a, b) for a in lows for b in lows if lows[a] < lows[b]]
+        if guesses is None or not pairs:
+            return
+        right = np.array([np.mean([g[a] < g[b] for a, b in pairs]) for g in guesses])
+        self.concordance = 0.9 * self.concordance + 0.1 * right
 
     def _rows(self, picked: list[int]) -> tuple[tuple[int, int], ...]:
         return tuple((self.ranges[i][1], self.ranges[i][2]) for i in picked)
@@ -174,21 +208,23 @@ class ClassByClass:
     def _first_classes(self, layer: UnitLayer, units: list[int], upcoming: list[list[int]]) -> list[int]:
         """The positions in :attr:`ranges` of the classes scored first. A candidate that an earlier one
         speculated on (its first classes scored in the same pass, while every candidate since was
-        restored) takes that one's classes, whatever the engine did with them; any other takes the most
-        promising classes and speculates on the next candidates of ``upcoming``."""
+        restored) takes the classes picked for it then, whatever the engine did with them; any other takes
+        its most promising classes and speculates on the next candidates of ``upcoming``, each on its own."""
         spec = self._spec
         if spec is not None and spec[0] is layer and spec[2] and spec[2][0] == list(units):
             spec[2].pop(0)
-            return spec[1]
-        picked = self._promising()
+            return spec[1].pop(0)
+        picked = self._promising(layer, units)
         k = min(self.max_stack, 1 + self.critical_run)
         others = [list(u) for u in upcoming[: k - 1]]
-        self._spec = (layer, picked, others) if others else None
+        picks = [self._promising(layer, u) for u in others]
+        self._spec = (layer, picks, others) if others else None
         engine, x = self.engine, self.x
         if others and engine.can_stack(layer, x):
             before = set(engine.masker.removed_units[layer.name]) - set(units)  # the present one restored
             states = [sorted(before | set(u)) for u in others]
-            engine.stack_rows(x, self.y, self.cfg.score, layer, states, self._rows(picked))
+            engine.stack_rows(x, self.y, self.cfg.score, layer, states, self._rows(picked),
+                              [self._rows(p) for p in picks])
         return picked
 
     def _whole(self, layer: UnitLayer, units: list[int], upcoming: list[list[int]]) -> Tensor:
@@ -256,13 +292,14 @@ class ClassByClass:
             bounds = np.cumsum([0] + [e - s for s, e in rows])
             lo, hi = group_pvalues(a, b, [np.arange(bounds[i], bounds[i + 1]) for i in range(len(rows))], cfg.test)
             self.hint[picked] = lo
+            self._score_guesses(list(units), dict(zip(picked, lo)))
             verdict = self._decided(picked, lo, hi, float((a - b).mean()))
             self._learn(verdict is not None)
             if verdict is not None:
                 self.critical_run += 1
                 return verdict, None, [self.classes[i] for i in picked], samples
         else:
-            picked = self._promising()
+            picked = self._promising(layer, units)
         if first is None:
             q = self._whole(layer, list(units), list(upcoming))
         else:  # the other classes only: the first ones' scores are kept
@@ -271,6 +308,7 @@ class ClassByClass:
         a, b = as_compared(q, q_ref, cfg.score)
         lows, highs = group_pvalues(a, b, [np.arange(s, e) for _, s, e in self.ranges], cfg.test)
         if first is None:  # scored whole at once: would the first classes alone have decided?
+            self._score_guesses(list(units), dict(enumerate(lows)))
             self._learn(self._decided(picked, lows[picked], highs[picked], 0.0) is not None)
         self.hint[:] = lows
         verdict = verdict_of(lows, highs, self.classes, cfg.alpha, cfg.correction, float((a - b).mean()))

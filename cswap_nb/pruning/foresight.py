@@ -1,0 +1,87 @@
+"""Which classes a candidate is likely to hurt: a first-order estimate that orders the classes an early
+decision scores first (cswap_nb/METHOD.md §10, "The classes scored first").
+
+It orders work and decides nothing: a unit decided early is critical whichever classes rejected it, so a
+poor estimate costs passes, never a label.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..core.causal import true_class_scores
+from ..core.units import UnitLayer, channels_first, register_site_hook
+from ..data import tensor_batches
+
+
+def predicted_harm(model: nn.Module, layers: list[UnitLayer], x: Tensor, y: Tensor, classes: list[int],
+                   score: str = "prob", batch_size: int = 64) -> dict[str, np.ndarray] | None:
+    """For each layer, a ``(units, classes)`` array: how much removing each unit is expected to lower each
+    class's scores, in units of that class's spread of scores (a t-like figure; larger: more harm).
+
+    One forward and one backward pass of ``model`` as it is (its masks included) over ``x``: removing unit
+    ``u`` changes sample ``i``'s score ``q_i`` by about ``-sum a * dq_i/da`` over the unit's channels and
+    positions (first order, as the Taylor criterion). Its mean over the samples of class ``c``, divided by the
+    standard deviation of ``q`` over class ``c``, estimates the class's test statistic. The estimate is
+    additive over units, so a group's is the sum of its units' rows. ``classes`` gives the column order.
+
+    None where the network cannot be differentiated from its input (the caller then keeps its other
+    order), and under ``torch.distributed`` with several processes: each would order on its own
+    floating-point sums, and the processes must score the same classes.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and \
+            torch.distributed.get_world_size() > 1:
+        return None
+    modules = dict(model.named_modules())
+    layer_of = {n: layer for layer in layers for n in layer.points}
+    names = sorted(layer_of)
+    acts: dict[str, Tensor] = {}
+
+    def keep(name: str):
+        def fn(t: Tensor) -> None:
+            acts[name] = t
+        return fn
+
+    position = {c: i for i, c in enumerate(classes)}
+    sums = {layer.name: torch.zeros(layer.size, len(classes), dtype=torch.float64) for layer in layers}
+    scores, labels = [], []
+    handles = [register_site_hook(modules[n], layer_of[n], keep(n)) for n in names]
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            for xb, yb in tensor_batches(batch_size, x, y):
+                acts.clear()
+                q = true_class_scores(model(xb.detach().clone().requires_grad_(True)), yb, score)
+                live = [n for n in names if n in acts and acts[n].requires_grad]
+                grads = torch.autograd.grad(q.sum(), [acts[n] for n in live], allow_unused=True)
+                member = torch.zeros(len(yb), len(classes), dtype=torch.float64)
+                member[torch.arange(len(yb)), torch.tensor([position[int(c)] for c in yb.tolist()])] = 1.0
+                for n, g in zip(live, grads):
+                    if g is not None:
+                        sums[layer_of[n].name] += _per_unit(acts[n].detach() * g, modules[n], layer_of[n], n).T @ member
+                scores.append(q.detach().double().cpu())
+                labels.append(yb.cpu())
+    except Exception:  # noqa: BLE001 - an order is a hint: without it the classes keep their last p-values' order
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+    q, labels = torch.cat(scores), torch.cat(labels)
+    count = torch.tensor([float((labels == c).sum()) for c in classes], dtype=torch.float64).clamp(min=1)
+    spread = torch.tensor([float(q[labels == c].std()) if int((labels == c).sum()) > 1 else 1.0 for c in classes],
+                          dtype=torch.float64)
+    scale = count * (spread + 1e-6)
+    return {name: (s / scale).numpy() for name, s in sums.items()}
+
+
+def _per_unit(ag: Tensor, module: nn.Module, layer: UnitLayer, name: str) -> Tensor:
+    """``a * dq/da`` at one mask point summed over positions, per sample and unit: ``(N, units)`` (float64)."""
+    ag = channels_first(ag, module, layer)
+    ag = (ag.flatten(2).sum(2) if ag.ndim > 2 else ag).double().cpu()
+    per_unit = layer.points[name]
+    if layer.slots is not None:  # a unit of several channels: their sum
+        return torch.stack([ag[:, c].sum(1) for c in per_unit], 1)
+    return ag[:, per_unit]
+
+
+__all__ = ["predicted_harm"]
