@@ -189,14 +189,14 @@ def test_the_budget_search_finds_what_bisection_finds_with_fewer_counts_on_a_nea
 
 
 def test_predicted_harm_ranks_units_and_classes_as_real_removals_do(zoo_model, zoo_load):
-    """The first-order estimate that orders the classes scored first (pruning/foresight.py) must rank each
+    """The first-order estimate that orders the classes scored first (core/foresight.py) must rank each
     (unit, class) pair as removing the unit really lowers that class's scores, in units of the class's spread:
     a flipped sign or a unit read from the wrong channel would fail. Where the network cannot be
     differentiated from its input, it gives no estimate (the p-values then order the classes alone)."""
     from scipy.stats import spearmanr
 
     from cswap_nb.core.causal import true_class_scores
-    from cswap_nb.pruning.foresight import predicted_harm
+    from cswap_nb.core.foresight import predicted_harm
     from cswap_nb.pruning.session import PruneSession
 
     s = PruneSession(zoo_model, zoo_load("resnet18-digits")[1].calib, samples_per_class=10, progress=False)

@@ -25,6 +25,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..core.causal import PixelClasses, class_pixel_scores, pixel_classes, true_class_scores
+from ..core.foresight import predicted_harm
 from ..core.units import Masker, UnitLayer
 
 Rows = tuple[tuple[int, int], ...]  # sample ranges (start, stop) of the calibration set
@@ -145,6 +146,11 @@ class ScoreEngine:
     def clear_stacked(self) -> None:
         """Forget results scored ahead (none here)."""
 
+    def predicted_harm(self, x: Tensor, y: Tensor, classes: list[int], score: str) -> dict | None:
+        """:func:`~cswap_nb.core.foresight.predicted_harm` of the network in its present state, whose order of
+        the classes an early decision scores first (cswap_nb/METHOD.md §10)."""
+        return predicted_harm(self.masker.model, list(self.masker.layers.values()), x, y, classes, score)
+
 
 class EngineWrapper(ScoreEngine):
     """An engine that adds to another, :attr:`inner`: every part of the interface is the inner engine's
@@ -203,6 +209,9 @@ class EngineWrapper(ScoreEngine):
 
     def clear_stacked(self) -> None:
         self.inner.clear_stacked()
+
+    def predicted_harm(self, x: Tensor, y: Tensor, classes: list[int], score: str) -> dict | None:
+        return self.inner.predicted_harm(x, y, classes, score)
 
 
 __all__ = ["ScoreEngine", "EngineWrapper", "Rows", "SEGMENTATION_PIXELS"]

@@ -112,6 +112,11 @@ class CachedEngine(EngineWrapper):
         if self._inner is not None:
             self._inner.clear_stacked()
 
+    def predicted_harm(self, x: Tensor, y: Tensor, classes: list[int], score: str) -> dict | None:
+        """The estimate, once per cache and network state (a run whose every score is stored computes none)."""
+        return self._fact(("predicted_harm", score, self.masker.state(), tuple(x.shape)),
+                          lambda: ScoreEngine.predicted_harm(self, x, y, classes, score))
+
     def _cached(self, key: tuple, rows, compute) -> Tensor:
         """Scores of ``rows`` (sample ranges; None: every sample) from the store, else computed and
         stored range by range."""

@@ -28,7 +28,6 @@ from ..core.config import LAYER_ORDERS, REFERENCES, UNIT_ORDERS, CSwapConfig  # 
 from ..engines.base import ScoreEngine
 from ..engines.passes import merge_rows
 from ..core.units import Masker, UnitLayer
-from .foresight import predicted_harm
 
 
 def group_size_of(layer: UnitLayer, cfg: CSwapConfig) -> int:
@@ -162,16 +161,24 @@ class ClassByClass:
         self.hint = np.zeros(len(self.classes))  # each class's p_lower when it was last evaluated
         self.first_rate = 0.5  # running share of candidates that their first classes decided
         self.critical_run = 0  # candidates in a row labelled critical (restored): how far to speculate
-        self._spec: tuple | None = None  # (layer, first classes, candidates speculated on, in order)
+        self._spec: tuple | None = None  # (layer, each speculated candidate's first classes, those candidates)
         self.removal_rate = 0.5  # running share of the candidates scored whole that were removed (_chain_length)
         self._chain: tuple | None = None  # (layer, candidates scored ahead whole, each removed, in order)
         engine.clear_stacked()  # results another run left are not this run's speculation
-        self.harm = (predicted_harm(engine.masker.model, list(engine.masker.layers.values()), x, y, self.classes,
-                                    cfg.score) if self.enabled and self.foresight else None)
+        self._harm: dict | None | bool = False  # the engine's predicted_harm, asked when first needed
         self.concordance = np.array([0.75, 0.75])  # running share of pairs of classes each guess ordered right
-        self._guesses: dict[tuple[int, ...], tuple] = {}  # candidate -> the two guesses it was picked by
+        self._guesses: dict[tuple, tuple] = {}  # (layer, candidate) -> the two guesses it was picked by
 
-    foresight = True  # order the first classes by predicted_harm too (cswap_nb/pruning/foresight.py)
+    foresight = True  # order the first classes by predicted_harm too (cswap_nb/core/foresight.py)
+
+    @property
+    def harm(self) -> dict | None:
+        """The engine's :meth:`~cswap_nb.engines.base.ScoreEngine.predicted_harm`, computed on first use (a run
+        that never scores part of the calibration set needs none), or None."""
+        if self._harm is False:
+            self._harm = (self.engine.predicted_harm(self.x, self.y, self.classes, self.cfg.score)
+                          if self.enabled and self.foresight else None)
+        return self._harm
 
     def _promising(self, layer: UnitLayer | None = None, units: list[int] = ()) -> list[int]:
         """The :attr:`first` classes (positions in :attr:`ranges`) most likely to decide the candidate ``units``
@@ -182,25 +189,31 @@ class ClassByClass:
         well it has ordered the classes scored since (:meth:`_score_guesses`). The first guess alone where
         there is no prediction."""
         n = min(self.first, len(self.ranges) - 1)
-        harm = self.harm.get(layer.name) if self.harm is not None and layer is not None else None
-        if harm is None or not len(units):
+        harm = self.harm.get(layer.name) if layer is not None and len(units) and self.harm is not None else None
+        expected = -harm[list(units)].sum(0) if harm is not None else None
+        if expected is None or not np.isfinite(expected).all():
             return np.argsort(self.hint, kind="stable")[:n].tolist()
-        guesses = (self.hint.copy(), -harm[list(units)].sum(0))
-        self._guesses[tuple(units)] = guesses
+        guesses = (self.hint.copy(), expected)
+        self._guesses[(layer.name, tuple(units))] = guesses
         weight = np.clip(2 * self.concordance - 1, 0.05, None)
         rank = weight[0] * rankdata(guesses[0]) + weight[1] * rankdata(guesses[1])
         return np.argsort(rank, kind="stable")[:n].tolist()
 
-    def _score_guesses(self, units: list[int], lows: dict[int, float]) -> None:
+    def _score_guesses(self, layer: UnitLayer, units: list[int], lows: dict[int, float]) -> None:
         """Update :attr:`concordance` from the candidate ``units``'s p-values (``lows``: position in :attr:`ranges`
         -> p-value, for the classes scored): the share of pairs of these classes that each guess ordered as
-        their p-values are, both guesses judged on the same pairs."""
-        guesses = self._guesses.pop(tuple(units), None)
-        pairs = [(a, b) for a in lows for b in lows if lows[a] < lows[b]]
-        if guesses is None or not pairs:
+        their p-values are (a tie: half right), both guesses judged on the same pairs."""
+        guesses = self._guesses.pop((layer.name, tuple(units)), None)
+        if guesses is None:
             return
-        right = np.array([np.mean([g[a] < g[b] for a, b in pairs]) for g in guesses])
-        self.concordance = 0.9 * self.concordance + 0.1 * right
+        at = np.array(list(lows))
+        p = np.array([lows[c] for c in at])
+        pairs = p[:, None] < p[None, :]
+        if not pairs.any():
+            return
+        right = [float(((g[at][:, None] < g[at][None, :]) + 0.5 * (g[at][:, None] == g[at][None, :]))[pairs].mean())
+                 for g in guesses]
+        self.concordance = 0.9 * self.concordance + 0.1 * np.array(right)
 
     def _rows(self, picked: list[int]) -> tuple[tuple[int, int], ...]:
         return tuple((self.ranges[i][1], self.ranges[i][2]) for i in picked)
@@ -292,7 +305,7 @@ class ClassByClass:
             bounds = np.cumsum([0] + [e - s for s, e in rows])
             lo, hi = group_pvalues(a, b, [np.arange(bounds[i], bounds[i + 1]) for i in range(len(rows))], cfg.test)
             self.hint[picked] = lo
-            self._score_guesses(list(units), dict(zip(picked, lo)))
+            self._score_guesses(layer, list(units), dict(zip(picked, lo)))
             verdict = self._decided(picked, lo, hi, float((a - b).mean()))
             self._learn(verdict is not None)
             if verdict is not None:
@@ -308,7 +321,7 @@ class ClassByClass:
         a, b = as_compared(q, q_ref, cfg.score)
         lows, highs = group_pvalues(a, b, [np.arange(s, e) for _, s, e in self.ranges], cfg.test)
         if first is None:  # scored whole at once: would the first classes alone have decided?
-            self._score_guesses(list(units), dict(enumerate(lows)))
+            self._score_guesses(layer, list(units), dict(enumerate(lows)))
             self._learn(self._decided(picked, lows[picked], highs[picked], 0.0) is not None)
         self.hint[:] = lows
         verdict = verdict_of(lows, highs, self.classes, cfg.alpha, cfg.correction, float((a - b).mean()))

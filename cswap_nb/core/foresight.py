@@ -6,13 +6,15 @@ poor estimate costs passes, never a label.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..core.causal import true_class_scores
-from ..core.units import UnitLayer, channels_first, register_site_hook
 from ..data import tensor_batches
+from .causal import true_class_scores
+from .units import UnitLayer, channels_first, register_site_hook
 
 
 def predicted_harm(model: nn.Module, layers: list[UnitLayer], x: Tensor, y: Tensor, classes: list[int],
@@ -23,45 +25,49 @@ def predicted_harm(model: nn.Module, layers: list[UnitLayer], x: Tensor, y: Tens
     One forward and one backward pass of ``model`` as it is (its masks included) over ``x``: removing unit
     ``u`` changes sample ``i``'s score ``q_i`` by about ``-sum a * dq_i/da`` over the unit's channels and
     positions (first order, as the Taylor criterion). Its mean over the samples of class ``c``, divided by the
-    standard deviation of ``q`` over class ``c``, estimates the class's test statistic. The estimate is
-    additive over units, so a group's is the sum of its units' rows. ``classes`` gives the column order.
+    standard deviation of ``q`` over class ``c``, follows the class's test statistic (up to the test's
+    square root of the class size and its pooled spread: it only orders). The estimate is additive over
+    units, so a group's is the sum of its units' rows. ``classes`` gives the column order.
 
-    None where the network cannot be differentiated from its input (the caller then keeps its other
-    order), and under ``torch.distributed`` with several processes: each would order on its own
-    floating-point sums, and the processes must score the same classes.
+    None where the estimate fails (a network that cannot be differentiated from its input, memory; the reason
+    is logged at INFO level, and the caller keeps its other order), and under ``torch.distributed`` with
+    several processes: each would order on its own floating-point sums, and the processes must score the
+    same classes.
     """
     if torch.distributed.is_available() and torch.distributed.is_initialized() and \
             torch.distributed.get_world_size() > 1:
         return None
     modules = dict(model.named_modules())
-    layer_of = {n: layer for layer in layers for n in layer.points}
-    names = sorted(layer_of)
-    acts: dict[str, Tensor] = {}
+    sites = [(n, layer) for layer in layers for n in layer.points]  # a module may be a point of several layers
+    acts: dict[int, Tensor] = {}
 
-    def keep(name: str):
+    def keep(i: int):
         def fn(t: Tensor) -> None:
-            acts[name] = t
+            acts[i] = t
         return fn
 
     position = {c: i for i, c in enumerate(classes)}
     sums = {layer.name: torch.zeros(layer.size, len(classes), dtype=torch.float64) for layer in layers}
-    scores, labels = [], []
-    handles = [register_site_hook(modules[n], layer_of[n], keep(n)) for n in names]
+    scores, labels, handles = [], [], []
     try:
+        handles = [register_site_hook(modules[n], layer, keep(i)) for i, (n, layer) in enumerate(sites)]
         with torch.inference_mode(False), torch.enable_grad():
             for xb, yb in tensor_batches(batch_size, x, y):
                 acts.clear()
+                yb = yb.clone()
                 q = true_class_scores(model(xb.detach().clone().requires_grad_(True)), yb, score)
-                live = [n for n in names if n in acts and acts[n].requires_grad]
-                grads = torch.autograd.grad(q.sum(), [acts[n] for n in live], allow_unused=True)
+                live = [i for i in range(len(sites)) if i in acts and acts[i].requires_grad]
+                grads = torch.autograd.grad(q.sum(), [acts[i] for i in live], allow_unused=True)
                 member = torch.zeros(len(yb), len(classes), dtype=torch.float64)
                 member[torch.arange(len(yb)), torch.tensor([position[int(c)] for c in yb.tolist()])] = 1.0
-                for n, g in zip(live, grads):
+                for i, g in zip(live, grads):
                     if g is not None:
-                        sums[layer_of[n].name] += _per_unit(acts[n].detach() * g, modules[n], layer_of[n], n).T @ member
+                        n, layer = sites[i]
+                        sums[layer.name] += _per_unit(acts[i].detach() * g, modules[n], layer, n).T @ member
                 scores.append(q.detach().double().cpu())
                 labels.append(yb.cpu())
-    except Exception:  # noqa: BLE001 - an order is a hint: without it the classes keep their last p-values' order
+    except Exception as error:  # noqa: BLE001 - an order is a guess: without it the last p-values order the classes
+        logging.getLogger(__name__).info("no first-order estimate of the units' harm: %r", error)
         return None
     finally:
         for h in handles:
