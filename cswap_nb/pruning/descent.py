@@ -128,8 +128,8 @@ class ClassByClass:
     that (:func:`~cswap_nb.core.causal.verdict_of`). So a candidate is first scored on :attr:`first` classes
     alone: those it is most likely to hurt, by the p-values of "removal lowers q" when each class was last
     evaluated (the candidates of a layer tend to hurt the same classes) and by a first-order estimate of its
-    harm to each class (:func:`~cswap_nb.pruning.foresight.predicted_harm`). If they do not decide it, it is scored on the
-    other classes' samples (the first classes' scores are kept) and gets exactly the full evaluation's
+    harm to each class (:func:`~cswap_nb.core.foresight.predicted_harm`). If they do not decide it, it is
+    scored on the other classes' samples (the first classes' scores are kept) and gets exactly the full evaluation's
     verdict (neutral and detrimental always need every class). The first stage pays only while it often decides: when fewer than
     :attr:`threshold` of the recent candidates were decided by their first classes (a running average,
     counted also on candidates scored whole), a candidate is scored whole at once. Where the engine
