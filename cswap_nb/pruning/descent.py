@@ -19,7 +19,6 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 from torch import Tensor
 
 from ..core.calibration import class_ranges  # noqa: F401 (re-exported)
@@ -196,7 +195,7 @@ class ClassByClass:
         guesses = (self.hint.copy(), expected)
         self._guesses[(layer.name, tuple(units))] = guesses
         weight = np.clip(2 * self.concordance - 1, 0.05, None)
-        rank = weight[0] * rankdata(guesses[0]) + weight[1] * rankdata(guesses[1])
+        rank = weight[0] * _ranks(guesses[0]) + weight[1] * _ranks(guesses[1])
         return np.argsort(rank, kind="stable")[:n].tolist()
 
     def _score_guesses(self, layer: UnitLayer, units: list[int], lows: dict[int, float]) -> None:
@@ -351,6 +350,14 @@ class ClassByClass:
 
     def _learn(self, decided: bool, weight: float = 0.2) -> None:
         self.first_rate = (1 - weight) * self.first_rate + weight * float(decided)
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Each value's rank (0: the smallest; ties in order of position): ``scipy.stats.rankdata`` costs 30 times as
+    much, and a candidate's first classes ask for two ranks."""
+    out = np.empty(len(values))
+    out[np.argsort(values, kind="stable")] = np.arange(len(values))
+    return out
 
 
 def progressive(
