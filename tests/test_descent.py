@@ -5,6 +5,7 @@ import copy
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -205,8 +206,9 @@ def test_predicted_harm_ranks_units_and_classes_as_real_removals_do(zoo_model, z
     with torch.inference_mode():
         q = true_class_scores(s.work(s.x), s.y, "prob")
     for layer in s.layers[1::3]:
-        assert harm[layer.name].shape == (layer.size, len(classes))
-        predicted, real = [], []
+        predicted = harm[layer.name]
+        assert predicted.shape == (layer.size, len(classes))
+        real = np.zeros(predicted.shape)
         for u in range(layer.size):
             s.masker.set(layer.name, [u], True)
             with torch.inference_mode():
@@ -214,9 +216,15 @@ def test_predicted_harm_ranks_units_and_classes_as_real_removals_do(zoo_model, z
             s.masker.set(layer.name, [u], False)
             for i, c in enumerate(classes):
                 mine = s.y == c
-                real.append(float((q[mine] - qn[mine]).mean() / (q[mine].std() + 1e-6)))
-                predicted.append(float(harm[layer.name][u, i]))
-        assert spearmanr(predicted, real).statistic > 0.8, layer.name
+                real[u, i] = float((q[mine] - qn[mine]).mean() / (q[mine].std() + 1e-6))
+        assert spearmanr(predicted.ravel(), real.ravel()).statistic > 0.8, layer.name  # measured 0.95-0.99
+        # within a unit, across classes: the class it is expected to hurt most is among the two it hurts most
+        strong = np.argsort(-real.max(1))[: layer.size // 4]
+        hits = [int(np.argmax(predicted[u])) in np.argsort(-real[u])[:2] for u in strong]
+        assert np.mean(hits) >= 0.8, layer.name  # measured 1.0; chance 0.2
+
+    tester = cs.pruning.descent.ClassByClass(s.build_engine(), s.x, s.y, s.config)
+    assert tester.harm is not None  # asked of the engine as a run asks for it
 
     frozen = copy.deepcopy(s.work)
     forward = frozen.forward

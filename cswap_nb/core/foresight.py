@@ -50,7 +50,8 @@ def predicted_harm(model: nn.Module, layers: list[UnitLayer], x: Tensor, y: Tens
     sums = {layer.name: torch.zeros(layer.size, len(classes), dtype=torch.float64) for layer in layers}
     scores, labels, handles = [], [], []
     try:
-        handles = [register_site_hook(modules[n], layer, keep(i)) for i, (n, layer) in enumerate(sites)]
+        for i, (n, layer) in enumerate(sites):
+            handles.append(register_site_hook(modules[n], layer, keep(i)))
         with torch.inference_mode(False), torch.enable_grad():
             for xb, yb in tensor_batches(batch_size, x, y):
                 acts.clear()
@@ -82,8 +83,8 @@ def predicted_harm(model: nn.Module, layers: list[UnitLayer], x: Tensor, y: Tens
 
 def _per_unit(ag: Tensor, module: nn.Module, layer: UnitLayer, name: str) -> Tensor:
     """``a * dq/da`` at one mask point summed over positions, per sample and unit: ``(N, units)`` (float64)."""
-    ag = channels_first(ag, module, layer)
-    ag = (ag.flatten(2).sum(2) if ag.ndim > 2 else ag).double().cpu()
+    ag = channels_first(ag, module, layer).double()  # summed in float64: the same order on any machine
+    ag = (ag.flatten(2).sum(2) if ag.ndim > 2 else ag).cpu()
     per_unit = layer.points[name]
     if layer.slots is not None:  # a unit of several channels: their sum
         return torch.stack([ag[:, c].sum(1) for c in per_unit], 1)

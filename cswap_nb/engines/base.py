@@ -147,8 +147,8 @@ class ScoreEngine:
         """Forget results scored ahead (none here)."""
 
     def predicted_harm(self, x: Tensor, y: Tensor, classes: list[int], score: str) -> dict | None:
-        """:func:`~cswap_nb.core.foresight.predicted_harm` of the network in its present state, whose order of
-        the classes an early decision scores first (cswap_nb/METHOD.md §10)."""
+        """:func:`~cswap_nb.core.foresight.predicted_harm` of the network in its present state: how early
+        decisions order the classes they score first (cswap_nb/METHOD.md §10)."""
         return predicted_harm(self.masker.model, list(self.masker.layers.values()), x, y, classes, score)
 
 

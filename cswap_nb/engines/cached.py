@@ -20,8 +20,9 @@ class ScoreCache:
     same states until their first differing decision, so everything up to it is reused.
     Scores are kept class by class, so a candidate decided early (cswap_nb/METHOD.md §10) at one
     α reuses the classes it evaluated when another α needs more of them. :attr:`facts` keeps what
-    the engine said of the model (which layers it scores on part of the calibration set, its name),
-    so that a run whose every score is stored never builds an engine.
+    the engine said of the model (which layers it scores on part of the calibration set, its name; and
+    the first-order estimate that orders early decisions' first classes, by network state), so that a
+    run whose every score is stored never builds an engine.
     """
 
     def __init__(self):
@@ -96,7 +97,7 @@ class CachedEngine(EngineWrapper):
 
     def _fact(self, key: tuple, compute):
         """What the engine answers for ``key``, asked once per cache (the answers depend on the model and
-        the engine option, not on the network's state)."""
+        the engine option; a key that depends on the network's state holds the state)."""
         facts, key = self.cache.facts, (self.kind, *key)
         if key not in facts:
             facts[key] = compute()
@@ -113,7 +114,8 @@ class CachedEngine(EngineWrapper):
             self._inner.clear_stacked()
 
     def predicted_harm(self, x: Tensor, y: Tensor, classes: list[int], score: str) -> dict | None:
-        """The estimate, once per cache and network state (a run whose every score is stored computes none)."""
+        """The estimate, once per cache and network state (a later run whose every score is stored computes
+        none). Computed here, from the masker's model, so that no engine is built for it."""
         return self._fact(("predicted_harm", score, self.masker.state(), tuple(x.shape)),
                           lambda: ScoreEngine.predicted_harm(self, x, y, classes, score))
 

@@ -464,7 +464,7 @@ class GraphEngine(ScoreEngine):
         which takes one only when the masks are exactly in its state and it asks for the same rows: a
         speculation that does not come true costs work, never a decision (cswap_nb/METHOD.md §10)."""
         per_state = [tuple(r) for r in others_rows] if others_rows is not None else [tuple(rows)] * len(others)
-        self._speculation.stack(x, y, score, layer, list(zip(others, per_state)), tuple(rows))
+        self._speculation.stack(x, y, score, layer, list(zip(others, per_state, strict=True)), tuple(rows))
 
     def clear_stacked(self) -> None:
         """Forget the results :meth:`stack_rows` computed in advance."""

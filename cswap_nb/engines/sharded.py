@@ -152,6 +152,9 @@ class ShardedEngine(EngineWrapper):
     def stack_rows(self, x, y, score, layer, others, rows, others_rows=None) -> None:
         raise NotImplementedError("a ShardedEngine scores one candidate per pass (can_stack is False)")
 
+    def predicted_harm(self, x, y, classes, score) -> None:
+        return None  # each rank would order the classes on its own sums, and every rank must score the same rows
+
     def scores(self, x: Tensor, y: Tensor, score: str, layer=None) -> Tensor:
         if not self.sharded:
             return self.inner.scores(x, y, score, layer)

@@ -128,8 +128,8 @@ class ClassByClass:
     alone: those it is most likely to hurt, by the p-values of "removal lowers q" when each class was last
     evaluated (the candidates of a layer tend to hurt the same classes) and by a first-order estimate of its
     harm to each class (:func:`~cswap_nb.core.foresight.predicted_harm`). If they do not decide it, it is
-    scored on the other classes' samples (the first classes' scores are kept) and gets exactly the full evaluation's
-    verdict (neutral and detrimental always need every class). The first stage pays only while it often decides: when fewer than
+    scored on the other classes' samples (the first classes' scores are kept) and gets exactly the full
+    evaluation's verdict (neutral and detrimental always need every class). The first stage pays only while it often decides: when fewer than
     :attr:`threshold` of the recent candidates were decided by their first classes (a running average,
     counted also on candidates scored whole), a candidate is scored whole at once. Where the engine
     can, the first classes of the next candidates of a layer are scored in the same pass, as if the
@@ -147,7 +147,7 @@ class ClassByClass:
 
     threshold = 0.3  # the share of candidates decided by their first classes below which none is tried
     max_stack = 8  # candidates scored together on their first classes, at most
-    first = 2  # classes scored in the first stage (2 or 3 chosen on the shipped checkpoints: METHOD.md §10)
+    first = 2  # classes scored in the first stage (2, chosen over 3 on the shipped checkpoints: METHOD.md §10)
     chain_rows = 64  # candidates chained in one pass of at most this many rows (_whole)
     chain_floor = 0.25  # a chained state is scored while the chance that the chain reaches it is at least this
 
@@ -179,16 +179,16 @@ class ClassByClass:
                           if self.enabled and self.foresight else None)
         return self._harm
 
-    def _promising(self, layer: UnitLayer | None = None, units: list[int] = ()) -> list[int]:
+    def _promising(self, layer: UnitLayer, units: list[int]) -> list[int]:
         """The :attr:`first` classes (positions in :attr:`ranges`) most likely to decide the candidate ``units``
         of ``layer``, from two guesses: the classes with the smallest last p-values (the candidates of a layer
-        tend to hurt the same classes), and those :func:`predicted_harm` expects these units to hurt most. Each
-        guess does better on some networks (the second on MobileNetV2's, the first on the ViT's:
-        cswap_nb/METHOD.md §10), so the classes are ordered by the two guesses' ranks, each weighted by how
-        well it has ordered the classes scored since (:meth:`_score_guesses`). The first guess alone where
-        there is no prediction."""
+        tend to hurt the same classes), and those :func:`~cswap_nb.core.foresight.predicted_harm` expects these
+        units to hurt most. Each guess does better on some networks (the second on MobileNetV2's, the first on
+        the ViT's: cswap_nb/METHOD.md §10), so the classes are ordered by the two guesses' ranks, each weighted
+        by how well it has ordered the classes scored since (:meth:`_score_guesses`). The first guess alone
+        where there is no prediction."""
         n = min(self.first, len(self.ranges) - 1)
-        harm = self.harm.get(layer.name) if layer is not None and len(units) and self.harm is not None else None
+        harm = self.harm.get(layer.name) if len(units) and self.harm is not None else None
         expected = -harm[list(units)].sum(0) if harm is not None else None
         if expected is None or not np.isfinite(expected).all():
             return np.argsort(self.hint, kind="stable")[:n].tolist()
@@ -353,11 +353,10 @@ class ClassByClass:
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
-    """Each value's rank (0: the smallest; ties in order of position): ``scipy.stats.rankdata`` costs 30 times as
-    much, and a candidate's first classes ask for two ranks."""
-    out = np.empty(len(values))
-    out[np.argsort(values, kind="stable")] = np.arange(len(values))
-    return out
+    """Each value's rank from 1 (the smallest), ties at their average rank, as ``scipy.stats.rankdata`` gives
+    them at a twentieth of its cost (a candidate's first classes ask for two ranks)."""
+    ordered = np.sort(values)
+    return (np.searchsorted(ordered, values, "left") + np.searchsorted(ordered, values, "right") + 1) / 2
 
 
 def progressive(
