@@ -88,6 +88,33 @@ def test_a_compact_copy_scores_like_the_masks_on_random_cuts(own_label_data, eve
         assert not torch.allclose(got, uncut, atol=1e-3)
 
 
+def test_a_copy_synced_from_one_state_to_another_masks_as_if_set_afresh(own_label_data, every_layer):
+    """``_Compact.sync`` changes only the units that differ between the copy's masks and the session's: from
+    any state to any other, in both directions, the copy's masks then hold the session's units and its
+    network gives what a masker reset and set to those units gives."""
+    model = _random_bn(BranchyNet(), seed=3)
+    x, y = own_label_data(model, n=80, shape=(3, 16, 16), min_per_class=4)
+    session = PruneSession(model, (x, y), samples_per_class=4, progress=False)
+    engine, layers = session.engine, list(session.layers)
+    session.masker.set(layers[-1].name, [0, 1], True)
+    engine.scores(session.x, session.test_y, "prob", layers[0])
+    copy = engine._use
+    assert copy is not None and set(copy.layers) == {layer.name for layer in layers[:-1]}
+    g = torch.Generator().manual_seed(1)
+    for _ in range(6):
+        wanted = dict(session.masker.removed_units)
+        for name, layer in copy.layers.items():
+            wanted[name] = tuple(sorted(torch.randperm(layer.size, generator=g)[: layer.size // 2].tolist()))
+        copy.sync(wanted)
+        assert {n: copy.masker.removed_units[n] for n in copy.layers} == {n: wanted[n] for n in copy.layers}
+        with torch.inference_mode():
+            got = copy.engine.model(session.x)
+            for name, layer in copy.layers.items():  # afresh: every unit restored, then the wanted ones removed
+                copy.masker.set(name, range(layer.size), False)
+                copy.masker.set(name, list(wanted[name]), True)
+            assert torch.equal(got, copy.engine.model(session.x))
+
+
 def test_a_removal_undone_under_a_copy_is_scored_on_the_masked_network(own_label_data, every_layer):
     """A unit sliced out of the copy and then restored (what a guard's roll-back does) cannot be served by
     that copy: the masked network scores it, and the copy is dropped."""

@@ -113,11 +113,12 @@ class _Compact:
     def sync(self, removed: dict[str, tuple[int, ...]]) -> None:
         """Mask in the copy what the session's masks remove in the layers with nothing sliced."""
         mine = self.masker.removed_units
-        for name, layer in self.layers.items():
+        for name in self.layers:
             now = removed[name]
-            if now != mine[name]:
-                self.masker.set(name, range(layer.size), False)
-                self.masker.set(name, list(now), True)
+            if now != mine[name]:  # only the units that differ (a step changes one): set costs per unit
+                had, want = set(mine[name]), set(now)
+                self.masker.set(name, sorted(had - want), False)
+                self.masker.set(name, sorted(want - had), True)
 
 
 class CompactingEngine(EngineWrapper):
