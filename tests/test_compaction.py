@@ -88,30 +88,60 @@ def test_a_compact_copy_scores_like_the_masks_on_random_cuts(own_label_data, eve
         assert not torch.allclose(got, uncut, atol=1e-3)
 
 
-def test_a_copy_synced_from_one_state_to_another_masks_as_if_set_afresh(own_label_data, every_layer):
+SYNC_MODELS = {  # (model, input size): plain channels, heads, and norms shared by several layers' units
+    "branchy": (lambda: _random_bn(BranchyNet(), seed=3), 16),
+    "timm-vit": (_tiny_vit, 16),
+    "torchvision-densenet": (lambda: _random_bn(tvm.DenseNet(growth_rate=8, block_config=(2, 2),
+                                                             num_init_features=16, num_classes=3)), 32),
+}
+
+
+def _sync_walk(copy, g: torch.Generator):
+    """States for each layer of ``copy``: random ones of any size, one unit more, one unit fewer, none."""
+    now = {n: set(copy.masker.removed_units[n]) for n in copy.layers}
+    for step in range(7):
+        for name, layer in copy.layers.items():
+            units = now[name]
+            if step < 3 or step == 6:
+                size = int(torch.randint(0, layer.size, (), generator=g))
+                units = set(torch.randperm(layer.size, generator=g)[:size].tolist())
+            elif step == 3 and len(units) < layer.size - 1:
+                units = units | {min(set(range(layer.size)) - units)}
+            elif step == 4 and units:
+                units = units - {min(units)}
+            elif step == 5:
+                units = set()
+            now[name] = units
+        yield {n: tuple(sorted(u)) for n, u in now.items()}
+
+
+@pytest.mark.parametrize("name", list(SYNC_MODELS))
+def test_a_copy_synced_from_one_state_to_another_masks_as_if_set_afresh(name, own_label_data, every_layer):
     """``_Compact.sync`` changes only the units that differ between the copy's masks and the session's: from
-    any state to any other, in both directions, the copy's masks then hold the session's units and its
-    network gives what a masker reset and set to those units gives."""
-    model = _random_bn(BranchyNet(), seed=3)
-    x, y = own_label_data(model, n=80, shape=(3, 16, 16), min_per_class=4)
+    any state to any other (more units, fewer, one more, one fewer, none), the copy's masks then hold the
+    session's units, and its masker and network are what a masker reset and set to those units gives."""
+    build, size = SYNC_MODELS[name]
+    model = build()
+    x, y = own_label_data(model, n=60, shape=(3, size, size), min_per_class=4)
     session = PruneSession(model, (x, y), samples_per_class=4, progress=False)
     engine, layers = session.engine, list(session.layers)
     session.masker.set(layers[-1].name, [0, 1], True)
     engine.scores(session.x, session.test_y, "prob", layers[0])
     copy = engine._use
     assert copy is not None and set(copy.layers) == {layer.name for layer in layers[:-1]}
-    g = torch.Generator().manual_seed(1)
-    for _ in range(6):
-        wanted = dict(session.masker.removed_units)
-        for name, layer in copy.layers.items():
-            wanted[name] = tuple(sorted(torch.randperm(layer.size, generator=g)[: layer.size // 2].tolist()))
-        copy.sync(wanted)
-        assert {n: copy.masker.removed_units[n] for n in copy.layers} == {n: wanted[n] for n in copy.layers}
+    masker = copy.masker
+    for wanted in _sync_walk(copy, torch.Generator().manual_seed(1)):
+        copy.sync({**session.masker.removed_units, **wanted})
+        assert {n: masker.removed_units[n] for n in copy.layers} == wanted
+        synced = ({n: masker.removed[n].clone() for n in copy.layers}, set(masker._masked))
         with torch.inference_mode():
             got = copy.engine.model(session.x)
-            for name, layer in copy.layers.items():  # afresh: every unit restored, then the wanted ones removed
-                copy.masker.set(name, range(layer.size), False)
-                copy.masker.set(name, list(wanted[name]), True)
+        for n, layer in copy.layers.items():  # afresh: every unit restored, then the wanted ones removed
+            masker.set(n, range(layer.size), False)
+            masker.set(n, list(wanted[n]), True)
+        assert all(torch.equal(synced[0][n], masker.removed[n]) for n in copy.layers)
+        assert synced[1] == masker._masked
+        with torch.inference_mode():
             assert torch.equal(got, copy.engine.model(session.x))
 
 
