@@ -3,10 +3,11 @@
     python benchmarks/conv_rates.py [NAME ...] [--batches 20,40,200] [--repeats 10]
 
 An engine's speed-up over the naive one is its work ratio (FLOPs skipped) times the ratio of the rates at
-which the two engines run the FLOPs they do (cswap_nb/METHOD.md §10). This prints the second factor's
-ceiling: a large square matrix product in float32 and bfloat16 (the machine's peak), then, per checkpoint
-and batch size, every convolution of the network alone (its own input shape, channels-last as the toolkit
-runs it, nothing between two convs), in GFLOP/s, by kind (depthwise, pointwise 1x1, k x k).
+which the two engines run the FLOPs they do (cswap_nb/METHOD.md §10). This prints what bounds an engine's
+rate on this machine: a large square matrix product in float32 and bfloat16, then, per checkpoint and batch
+size, every convolution of the network alone (its own input shape, channels-last as the toolkit runs it,
+nothing between two convs), in GFLOP/s, by kind (depthwise, other grouped, pointwise 1x1, k x k), with each
+kind's share of the convs' time at that batch size.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import time
 import torch
 
 import cswap_nb as cs
+from cswap_nb.core.units import is_depthwise
 
 
 def seconds(f, repeats: int) -> float:
@@ -49,7 +51,8 @@ def convs(name: str, batches: list[int], repeats: int) -> None:
         for batch in batches:
             by_kind = collections.defaultdict(lambda: [0.0, 0.0])  # kind -> seconds, FLOPs
             for conv, shape in found:
-                kind = "depthwise" if conv.groups > 1 else ("pointwise" if conv.kernel_size == (1, 1) else "k x k")
+                kind = ("depthwise" if is_depthwise(conv) else "grouped" if conv.groups > 1 else
+                        "pointwise" if conv.kernel_size == (1, 1) else "k x k")
                 x = torch.randn(batch, *shape).contiguous(memory_format=torch.channels_last)
                 conv = conv.to(memory_format=torch.channels_last)
                 out = conv(x)
@@ -64,7 +67,7 @@ def convs(name: str, batches: list[int], repeats: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("names", nargs="*", default=["resnet18-fashion", "mobilenetv2-fashion"])
+    ap.add_argument("names", nargs="*", default=["resnet18-fashion", "mobilenetv2-fashion", "resnet50-fashion"])
     ap.add_argument("--batches", default="20,40,200")
     ap.add_argument("--repeats", type=int, default=10)
     args = ap.parse_args()

@@ -15,11 +15,13 @@ all known):
   lies at a vertex: some missing scores at 1, the others at 0), and Welch's degrees of freedom are at least
   k - 1 (a smaller df gives a larger lower tail for t < 0). Where this bound is below α, m images decide.
 * ``necessary``: the largest p-value over those vertices alone. The true largest p-value is at least this,
-  so where it reaches α no exact rule can decide the unit on these m images.
+  so where it reaches α no rule that knows only that the missing scores lie in [0, 1] can decide the unit
+  exactly on these m images.
 
-The two counts bracket what any exact within-class rule could decide. This runs one C-SWAP analysis with
-every candidate scored on every class (``evaluation="full"``), records each candidate's scores, and counts,
-per m, the critical units that some class decides on its first m images (the images in calibration order).
+The two counts bracket what such an exact rule could decide on the first m images of a class (in calibration
+order). This runs one C-SWAP analysis at ``--alpha`` with every candidate scored on every class
+(``evaluation="full"``), records each candidate's scores, and counts, per m, the critical units that some
+class decides on its first m images.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from cswap_nb.core.causal import CRITICAL, one_sided_pvalues
 from cswap_nb.pruning import descent
 
 
-def record_scores(name: str) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+def record_scores(name: str, alpha: float) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
     """(label, removed scores, reference scores, labels) of every candidate of a full-evaluation analysis."""
     seen = []
     evaluate = descent.ClassByClass.evaluate
@@ -47,7 +49,7 @@ def record_scores(name: str) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarr
     descent.ClassByClass.evaluate = recording
     try:
         model, data = cs.zoo.load(name)
-        cs.prune(model, data.calib, progress=False, evaluation="full")
+        cs.prune(model, data.calib, progress=False, evaluation="full", alpha=alpha)
     finally:
         descent.ClassByClass.evaluate = evaluate
     return seen
@@ -78,7 +80,7 @@ def main() -> None:
     ap.add_argument("--parts", default="5,10,15", help="images of a class scored (m), comma-separated")
     ap.add_argument("--alpha", type=float, default=0.05)
     args = ap.parse_args()
-    seen = record_scores(args.name)
+    seen = record_scores(args.name, args.alpha)
     critical = [s for s in seen if s[0] == CRITICAL]
     print(f"{args.name}: {len(seen)} candidates, {len(critical)} critical (evaluation='full', Welch, prob)")
     for m in (int(v) for v in args.parts.split(",")):
@@ -92,7 +94,7 @@ def main() -> None:
                     best = (min(best[0], b[0]), min(best[1], b[1]))
             sufficient += best[0] < args.alpha
             necessary += best[1] < args.alpha
-        print(f"m = {m}: decided by the bound {sufficient}, at most {necessary} by any exact rule, "
+        print(f"m = {m}: decided by the bound {sufficient}, at most {necessary} by any exact rule on scores in [0, 1], "
               f"of {len(critical)} critical units")
 
 
