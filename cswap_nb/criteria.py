@@ -42,7 +42,8 @@ from .data.labels import IGNORE_INDEX
 from .models.families import family_of
 from .engines.build import make_engine
 from .core.layout import to_channels_last
-from .core.units import Masker, UnitLayer, channels_first, register_output_hook, register_site_hook
+from .core.units import (Masker, UnitLayer, channels_first, register_output_hook, register_site_hook,
+                         unit_sums)
 
 Scores = dict[str, Tensor]
 class Criterion(Protocol):
@@ -112,12 +113,8 @@ def _no_inplace(model: nn.Module) -> nn.Module:
 def _gather(layer: UnitLayer, per_point: dict[str, Tensor]) -> Tensor:
     """Sum per-channel scores of every mask point onto the layer's units."""
     out = torch.zeros(layer.size)
-    for name, per_unit in layer.points.items():
-        values = per_point[name].detach().float().cpu()
-        if layer.slots is not None:  # a unit of several channels (a grouped conv's slot): their sum
-            out += torch.stack([values[c].sum() for c in per_unit])
-        else:
-            out += values[per_unit]
+    for name, per_unit in layer.points.items():  # a grouped conv's slot: the sum of its channels
+        out += unit_sums(per_point[name].detach().float().cpu(), per_unit, layer.slots is not None)
     return out
 
 

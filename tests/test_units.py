@@ -14,7 +14,7 @@ import cswap_nb as cs
 from cswap_nb.pruning.session import LOW_COVERAGE, LowCoverageWarning, PruneSession
 from cswap_nb.core.surgery import count_params, remove_units
 from cswap_nb.core.units import (COUPLED_STREAM, GROUPED_CONV, IGNORED_LAYER, NOT_ONE_TO_ONE, OUTPUT_LAYER, STAT_NORM,
-                            Masker, find_unit_layers, survey_units, unit_coverage)
+                            Masker, find_unit_layers, survey_units, unit_coverage, unit_sums)
 
 
 class GroupedBlock(nn.Module):
@@ -125,6 +125,20 @@ class ConcatGrouped(nn.Module):
 def concat_grouped_net() -> nn.Module:
     torch.manual_seed(0)
     return ConcatGrouped().eval()
+
+
+def test_unit_sums_put_each_units_channels_in_its_place_on_the_last_dimension():
+    """What the criteria (one score per channel) and the first-order estimate (one per sample and channel)
+    both sum onto units: a unit's channel, or the sum of its slot's channels, in the units' order."""
+    g = torch.Generator().manual_seed(0)
+    per_channel, per_sample = torch.randn(12, generator=g), torch.randn(5, 12, generator=g)
+    slots = [[3, 7, 11], [0, 4, 8], [1, 5, 9], [2, 6, 10]]
+    order = [5, 0, 11, 2]
+    assert torch.equal(unit_sums(per_channel, order, False), per_channel[order])
+    assert torch.equal(unit_sums(per_sample, order, False), per_sample[:, order])
+    assert torch.equal(unit_sums(per_channel, slots, True), torch.stack([per_channel[c].sum() for c in slots]))
+    want = torch.stack([per_sample[i, c].sum() for i in range(5) for c in slots]).view(5, 4)
+    assert torch.allclose(unit_sums(per_sample, slots, True), want)
 
 
 def test_grouped_convolutions_are_pruned_by_slots(own_label_data, randomize_bn):

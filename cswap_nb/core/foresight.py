@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..data import tensor_batches
 from .causal import true_class_scores
-from .units import UnitLayer, channels_first, register_site_hook
+from .units import UnitLayer, channels_first, register_site_hook, unit_sums
 
 
 def predicted_harm(model: nn.Module, layers: list[UnitLayer], x: Tensor, y: Tensor, classes: list[int],
@@ -85,10 +85,7 @@ def _per_unit(ag: Tensor, module: nn.Module, layer: UnitLayer, name: str) -> Ten
     """``a * dq/da`` at one mask point summed over positions, per sample and unit: ``(N, units)`` (float64)."""
     ag = channels_first(ag, module, layer).double()  # summed in float64: the same order on any machine
     ag = (ag.flatten(2).sum(2) if ag.ndim > 2 else ag).cpu()
-    per_unit = layer.points[name]
-    if layer.slots is not None:  # a unit of several channels: their sum
-        return torch.stack([ag[:, c].sum(1) for c in per_unit], 1)
-    return ag[:, per_unit]
+    return unit_sums(ag, layer.points[name], layer.slots is not None)  # a slot's channels: their sum
 
 
 __all__ = ["predicted_harm"]

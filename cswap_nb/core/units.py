@@ -653,6 +653,15 @@ def grouped_slots(group) -> list[list[int]] | None:
     return partition if len(partition) > 1 else None
 
 
+def unit_sums(values: Tensor, per_unit: list, slotted: bool) -> Tensor:
+    """Per-channel ``values`` (channels on the last dimension) onto units, in the order of ``per_unit`` (a mask
+    point's ``points`` entry): each unit's channel, or with ``slotted`` (``layer.slots`` set) the sum of its
+    slot's channels. The units take the last dimension's place."""
+    if slotted:
+        return torch.stack([values[..., c].sum(-1) for c in per_unit], -1)
+    return values[..., per_unit]
+
+
 def unit_channels(per_unit: list, units) -> list[int]:
     """The channels of ``units`` at one mask point (``points`` entries: a channel, or a list for a slot)."""
     out: list[int] = []
